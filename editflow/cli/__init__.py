@@ -1,0 +1,1 @@
+"""The ``editflow`` command line: one entry point for every component."""

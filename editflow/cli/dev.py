@@ -1,0 +1,200 @@
+"""``editflow dev``: install, start, inspect and stop the embedded local platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from editflow.devstack import installer, paths
+from editflow.devstack.components import Health
+
+app = typer.Typer(help="The embedded local platform (kube-apiserver, etcd, NATS, MinIO).")
+console = Console(stderr=True)
+
+
+@app.command()
+def install(
+    force: bool = typer.Option(False, help="rebuild even when the cached binaries are fresh"),
+    only: list[str] = typer.Option(None, help="build only these steps (repeatable)"),
+) -> None:
+    """Build or verify every pinned platform binary (cached under ~/.cache/editflow)."""
+    began = time.monotonic()
+    tasks: dict[str, int] = {}
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} packages"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+
+        def on_progress(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.update(tasks[step], completed=done, total=total)
+
+        try:
+            results = installer.install_all(
+                force=force, only=set(only) if only else None, progress=on_progress
+            )
+        except installer.InstallError as exc:
+            console.print(f"[red]install failed:[/red] {exc}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"platform binaries in {paths.platform_bin_dir()}")
+    for col in ("step", "binary", "version", "sha256", "seconds", "state"):
+        table.add_column(col)
+    for res in results:
+        for rec in res.binaries:
+            table.add_row(
+                res.step, rec.name, rec.version, rec.sha256[:16],
+                f"{res.seconds:.1f}", "cached" if res.cached else "built",
+            )  # fmt: skip
+    console.print(table)
+    console.print(f"total {time.monotonic() - began:.1f}s")
+
+
+def health_table(rows: list[Health], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("component", "endpoint", "version", "healthy", "detail"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            row.component, row.endpoint, row.version,
+            "[green]yes[/green]" if row.healthy else "[red]no[/red]", row.detail,
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def check() -> None:
+    """Start the whole local stack, print a health table, and stop it again."""
+    from editflow.devstack.stack import LocalStack
+
+    began = time.monotonic()
+    with console.status("starting etcd, kube-apiserver, kube-controller-manager, NATS, MinIO"):
+        stack = LocalStack().start()
+    try:
+        rows = stack.health()
+        console.print(health_table(rows, f"local stack up in {time.monotonic() - began:.1f}s"))
+    finally:
+        with console.status("stopping"):
+            stack.stop()
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+    console.print("[green]all components healthy; stack stopped, nothing left running[/green]")
+
+
+def _state_file() -> Path:
+    return paths.dev_state_dir() / "endpoints.json"
+
+
+def _pid_file() -> Path:
+    return paths.dev_state_dir() / "supervisor.pid"
+
+
+@app.command()
+def serve(workdir: Path = typer.Option(None, help="where the stack keeps its data")) -> None:
+    """Run the stack in the foreground until SIGTERM/Ctrl-C (``dev up`` runs this detached)."""
+    from editflow.devstack.stack import LocalStack
+
+    state = paths.dev_state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(workdir or state / "stack", keep_workdir=True)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stack.start()
+    try:
+        stack.write_endpoints(_state_file())
+        (state / "kubeconfig").write_bytes(stack.kubeconfig.read_bytes())
+        (state / "kubeconfig").chmod(0o600)
+        while not stopping:
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+        _state_file().unlink(missing_ok=True)
+
+
+@app.command()
+def up(timeout: float = typer.Option(180, help="seconds to wait for the stack")) -> None:
+    """Start the local stack in the background; kubeconfig and endpoints go to the state dir."""
+    state = paths.dev_state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    if _pid_file().exists() and _alive(int(_pid_file().read_text())):
+        console.print(
+            f"already running (pid {_pid_file().read_text().strip()}); see {_state_file()}"
+        )
+        return
+    _state_file().unlink(missing_ok=True)
+    log = (state / "supervisor.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "editflow.cli.main", "dev", "serve"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    _pid_file().write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    with console.status("starting the local stack"):
+        while not _state_file().exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                console.print(f"[red]the stack did not start[/red]; see {state / 'supervisor.log'}")
+                raise typer.Exit(1)
+            time.sleep(0.3)
+    data = json.loads(_state_file().read_text())
+    console.print(health_table([Health(**h) for h in data["health"]], "local stack is up"))
+    console.print(f"export KUBECONFIG={state / 'kubeconfig'}")
+    console.print(f"endpoints: {_state_file()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@app.command()
+def down(timeout: float = typer.Option(60, help="seconds to wait for a clean stop")) -> None:
+    """Stop the stack started by ``editflow dev up``."""
+    if not _pid_file().exists():
+        console.print("no local stack is running")
+        return
+    pid = int(_pid_file().read_text())
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    _pid_file().unlink(missing_ok=True)
+    console.print("local stack stopped")
+
+
+@app.command()
+def status() -> None:
+    """Show whether ``dev up`` is running and where its endpoints are."""
+    if _pid_file().exists() and _alive(int(_pid_file().read_text())) and _state_file().exists():
+        data = json.loads(_state_file().read_text())
+        console.print(health_table([Health(**h) for h in data["health"]], "local stack (at start)"))
+        console.print(f"export KUBECONFIG={paths.dev_state_dir() / 'kubeconfig'}")
+    else:
+        console.print("no local stack is running")
+        raise typer.Exit(1)

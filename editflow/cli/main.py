@@ -1,0 +1,36 @@
+"""``editflow``: the single entry point for every component (``editflow dev ...`` and more)."""
+
+from __future__ import annotations
+
+import typer
+
+from editflow import __version__
+from editflow.cli import dev
+
+app = typer.Typer(
+    name="editflow",
+    help="OA-approved image edits as Kubernetes GPU Jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(dev.app, name="dev")
+
+
+@app.command()
+def version() -> None:
+    """Print the editflow version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def demo() -> None:
+    """The main job on the embedded local stack.
+
+    Until the edit pipeline lands, the demo brings the whole local platform
+    up, prints each component's endpoint and version, and tears it down.
+    """
+    dev.check()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,330 @@
+"""The servers of the local platform, one class each.
+
+Each component knows its command line, how to tell it is healthy and how to
+read its version. All listen on 127.0.0.1 on free ports and keep their state
+in the stack's temp dir, so several stacks (parallel test sessions) never meet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from editflow.devstack import installer
+from editflow.devstack.kubeconfig import write_kubeconfig
+from editflow.devstack.pki import LocalCA, write_service_account_keys
+from editflow.devstack.procs import ManagedProcess, free_port, wait_until
+
+#: The controllers the Job path needs (names from cmd/kube-controller-manager/names).
+CONTROLLERS = (
+    "serviceaccount-token-controller",
+    "job-controller",
+    "garbage-collector-controller",
+    "serviceaccount-controller",
+    "namespace-controller",
+    "root-ca-certificate-publisher-controller",
+    "pod-garbage-collector-controller",
+    "ttl-after-finished-controller",
+)
+
+SERVICE_CIDR = "10.0.0.0/24"
+
+
+@dataclass(frozen=True)
+class Health:
+    """One row of the health table."""
+
+    component: str
+    endpoint: str
+    version: str
+    healthy: bool
+    detail: str = ""
+
+
+def _get(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:  # noqa: S310
+        return resp.read()
+
+
+class Component:
+    """A server process plus how to check it."""
+
+    name: str = "component"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.process: ManagedProcess | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = ManagedProcess(
+            self.name, argv, log_path=self.workdir / "logs" / f"{self.name}.log", env=env
+        )
+        self.process.start()
+
+    def _wait(self, check: object, timeout: float) -> None:
+        assert self.process is not None
+
+        def ready() -> bool:
+            self.process.ensure_running()  # type: ignore[union-attr]
+            return bool(check())  # type: ignore[operator]
+
+        try:
+            wait_until(ready, timeout=timeout, what=f"{self.name} to become healthy")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last log lines:\n{self.process.log_tail()}") from None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def health(self) -> Health:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Etcd(Component):
+    name = "etcd"
+
+    def start(self) -> None:
+        self.port, peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        data = self.workdir / "etcd"
+        self._spawn(
+            [
+                str(installer.binary("etcd")),
+                "--name=editflow",
+                f"--data-dir={data}",
+                f"--listen-client-urls={self.url}",
+                f"--advertise-client-urls={self.url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=editflow=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ]
+        )
+        self._wait(lambda: json.loads(_get(f"{self.url}/health"))["health"] == "true", 60)
+
+    def health(self) -> Health:
+        try:
+            ok = json.loads(_get(f"{self.url}/health"))["health"] == "true"
+            version = json.loads(_get(f"{self.url}/version"))["etcdserver"]
+        except Exception as exc:
+            return Health(self.name, self.url, "?", False, str(exc))
+        return Health(self.name, self.url, f"v{version}", ok)
+
+
+class KubeAPIServer(Component):
+    name = "kube-apiserver"
+
+    def __init__(self, workdir: Path, etcd: Etcd) -> None:
+        super().__init__(workdir)
+        self.etcd = etcd
+        self.pki_dir = workdir / "pki"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = LocalCA(self.pki_dir)
+        serving = self.ca.issue(
+            "apiserver",
+            common_name="kube-apiserver",
+            dns_names=("localhost", "kubernetes", "kubernetes.default",
+                       "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+            ip_addresses=("127.0.0.1", "10.0.0.1"),
+            server=True,
+        )  # fmt: skip
+        self.admin = self.ca.issue(
+            "admin", common_name="editflow-admin", organizations=("system:masters",)
+        )
+        self.sa_key, self.sa_pub = write_service_account_keys(self.pki_dir)
+        self.kubeconfig = write_kubeconfig(
+            self.workdir / "admin.kubeconfig",
+            server=self.url, ca_file=self.ca.cert_path, user="editflow-admin", client=self.admin,
+        )  # fmt: skip
+        self._spawn(
+            [
+                str(installer.binary("kube-apiserver")),
+                f"--etcd-servers={self.etcd.url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.pki_dir}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={self.ca.cert_path}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={self.url}",
+                f"--service-account-key-file={self.sa_pub}",
+                f"--service-account-signing-key-file={self.sa_key}",
+                # Nothing routes to the loopback "kubernetes" Service endpoints here.
+                "--endpoint-reconciler-type=none",
+                "--v=1",
+            ]
+        )
+        self.ssl_admin = ssl.create_default_context(cafile=str(self.ca.cert_path))
+        self.ssl_admin.load_cert_chain(str(self.admin.cert), str(self.admin.key))
+        self._wait(lambda: _get(f"{self.url}/readyz", context=self.ssl_admin) == b"ok", 120)
+
+    def get_json(self, path: str) -> dict[str, object]:
+        return json.loads(_get(f"{self.url}{path}", context=self.ssl_admin))
+
+    def health(self) -> Health:
+        try:
+            ok = _get(f"{self.url}/readyz", context=self.ssl_admin) == b"ok"
+            version = str(self.get_json("/version")["gitVersion"])
+        except Exception as exc:
+            return Health(self.name, self.url, "?", False, str(exc))
+        return Health(self.name, self.url, version, ok)
+
+
+class KubeControllerManager(Component):
+    name = "kube-controller-manager"
+
+    def __init__(self, workdir: Path, api: KubeAPIServer) -> None:
+        super().__init__(workdir)
+        self.api = api
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        ident = self.api.ca.issue(
+            "controller-manager", common_name="system:kube-controller-manager"
+        )
+        kubeconfig = write_kubeconfig(
+            self.workdir / "controller-manager.kubeconfig",
+            server=self.api.url, ca_file=self.api.ca.cert_path,
+            user="system:kube-controller-manager", client=ident,
+        )  # fmt: skip
+        self._spawn(
+            [
+                str(installer.binary("kube-controller-manager")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.workdir / 'controller-manager'}",
+                f"--root-ca-file={self.api.ca.cert_path}",
+                f"--service-account-private-key-file={self.api.sa_key}",
+                # Each controller acts with its own service account, as kubeadm does,
+                # so RBAC is exercised for the controllers too.
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                f"--controllers={','.join(CONTROLLERS)}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--v=1",
+            ]
+        )
+        no_verify = ssl.create_default_context()
+        no_verify.check_hostname = False
+        no_verify.verify_mode = ssl.CERT_NONE  # self-signed serving cert of a local process
+        self._ssl = no_verify
+        self._wait(lambda: _get(f"{self.url}/healthz", context=no_verify) == b"ok", 90)
+
+    def health(self) -> Health:
+        try:
+            ok = _get(f"{self.url}/healthz", context=self._ssl) == b"ok"
+        except Exception as exc:
+            return Health(self.name, self.url, "?", False, str(exc))
+        return Health(self.name, self.url, installer.KUBERNETES_VERSION, ok)
+
+
+class Nats(Component):
+    name = "nats-server"
+
+    def start(self) -> None:
+        self.port, self.monitor_port = free_port(), free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.store_dir = self.workdir / "jetstream"
+        self.start_process()
+
+    def start_process(self) -> None:
+        """(Re)start on the same ports and store: tests restart NATS mid-stream."""
+        self._spawn(
+            [
+                str(installer.binary("nats-server")),
+                "-a", "127.0.0.1",
+                "-p", str(self.port),
+                "-m", str(self.monitor_port),
+                "-js",
+                "-sd", str(self.store_dir),
+                "--server_name", "editflow-local",
+            ]
+        )  # fmt: skip
+        self._wait(
+            lambda: (
+                _get(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true")
+                is not None
+            ),
+            30,
+        )
+
+    def health(self) -> Health:
+        try:
+            varz = json.loads(_get(f"http://127.0.0.1:{self.monitor_port}/varz"))
+            js = json.loads(_get(f"http://127.0.0.1:{self.monitor_port}/jsz"))
+        except Exception as exc:
+            return Health(self.name, self.url, "?", False, str(exc))
+        return Health(
+            self.name,
+            self.url,
+            f"v{varz['version']}",
+            True,
+            f"JetStream store {js.get('config', {}).get('store_dir', '')}",
+        )
+
+
+class MinIO(Component):
+    name = "minio"
+
+    def __init__(self, workdir: Path, bucket: str) -> None:
+        super().__init__(workdir)
+        self.bucket = bucket
+        self.access_key = "editflow-" + secrets.token_hex(4)
+        self.secret_key = secrets.token_urlsafe(24)
+
+    def start(self) -> None:
+        self.port, console = free_port(), free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.endpoint}"
+        env = dict(os.environ)
+        env.update(
+            MINIO_ROOT_USER=self.access_key,
+            MINIO_ROOT_PASSWORD=self.secret_key,
+            MINIO_BROWSER="off",
+            MINIO_UPDATE="off",
+            MINIO_CI_CD="1",
+        )
+        self._spawn(
+            [
+                str(installer.binary("minio")),
+                "server",
+                "--quiet",
+                "--address", self.endpoint,
+                "--console-address", f"127.0.0.1:{console}",
+                str(self.workdir / "minio"),
+            ],
+            env=env,
+        )  # fmt: skip
+        self._wait(lambda: _get(f"{self.url}/minio/health/ready") is not None, 60)
+
+    def version(self) -> str:
+        out = subprocess.run(
+            [str(installer.binary("minio")), "--version"], capture_output=True, text=True
+        ).stdout.split()
+        return out[2] if len(out) > 2 else "?"
+
+    def health(self) -> Health:
+        try:
+            _get(f"{self.url}/minio/health/ready")
+        except Exception as exc:
+            return Health(self.name, self.url, "?", False, str(exc))
+        return Health(self.name, self.url, self.version(), True, f"bucket {self.bucket}")

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install everything editflow needs on a fresh machine, idempotently:
+#   1. a virtualenv in .venv with the pinned packages (constraints.txt),
+#   2. editflow itself (editable, strict mode: see operator/README.md),
+#   3. the platform binaries (`editflow dev install`, cached under ~/.cache/editflow).
+# A second run only checks stamps and checksums: it takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+CACHE=${EDITFLOW_CACHE_DIR:-$HOME/.cache/editflow}
+export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+mkdir -p "$CACHE"
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+t0=$(date +%s)
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "error: $PYTHON not found; editflow needs CPython 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "error: the Go toolchain (>= 1.24) is needed to build the platform binaries; install it and put 'go' on PATH" >&2
+  exit 1
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+# Reinstall packages only when what decides them changed.
+stamp="$VENV/.editflow-deps-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  step "installing Python packages (torch is large: the first run downloads several GB)"
+  s=$(date +%s)
+  "$VENV/bin/pip" install --progress-bar on -c constraints.txt "setuptools>=75" wheel
+  "$VENV/bin/pip" install --progress-bar on -c constraints.txt -e ".[inference,dev]" \
+      --config-settings editable_mode=strict
+  rm -f "$VENV"/.editflow-deps-*
+  touch "$stamp"
+  echo "    python packages: $(( $(date +%s) - s ))s" >&2
+fi
+
+# Strict editable mode links files one by one: relink so new modules are seen.
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+
+step "platform binaries (editflow dev install)"
+"$VENV/bin/editflow" dev install
+echo "bootstrap done in $(( $(date +%s) - t0 ))s" >&2

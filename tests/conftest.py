@@ -1,0 +1,52 @@
+"""Shared fixtures: one real local platform per test session.
+
+The stack is started by the project's own launcher on loopback, free ports
+and a temp dir, and stopped (with every process it started) at the end, even
+when tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from editflow.devstack import installer
+from editflow.devstack.stack import LocalStack
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def kubectl(stack: LocalStack):
+    """Run the pinned kubectl against the session's control plane."""
+    binary = str(installer.binary("kubectl"))
+
+    def run(*args: str, check: bool = True, input: str | None = None, token: str | None = None):
+        argv = [binary, f"--kubeconfig={stack.kubeconfig}"]
+        if token is not None:
+            # A bare token user: same server and CA, no client certificate.
+            argv = [
+                binary,
+                f"--server={stack.apiserver.url}",
+                f"--certificate-authority={stack.apiserver.ca.cert_path}",
+                f"--token={token}",
+            ]
+        result = subprocess.run(
+            [*argv, *args], capture_output=True, text=True, input=input,
+            env={**os.environ, "KUBECONFIG": "/dev/null"}, timeout=60,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    return run
