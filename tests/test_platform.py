@@ -176,13 +176,16 @@ def test_stopping_the_stack_leaves_no_process_and_no_port_even_after_a_failure()
 def test_a_killed_launcher_takes_its_servers_with_it(tmp_path) -> None:
     script = (
         "import json, sys, time\n"
-        "from editflow.devstack.stack import LocalStack\n"
-        "s = LocalStack(kube=False).start()\n"
+        "from pathlib import Path\nfrom editflow.devstack.stack import LocalStack\n"
+        "s = LocalStack(Path(sys.argv[1]), kube=False).start()\n"
         "print(json.dumps({'pids': s.pids(), 'ports': s.ports()}), flush=True)\n"
         "time.sleep(600)\n"
     )
     launcher = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        [sys.executable, "-c", script, str(tmp_path / "stack")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         info = json.loads(launcher.stdout.readline())
@@ -196,3 +199,23 @@ def test_a_killed_launcher_takes_its_servers_with_it(tmp_path) -> None:
     )  # fmt: skip
     time.sleep(0.2)
     assert not any(port_is_open(p) for p in info["ports"])
+
+
+def test_a_second_install_is_all_cache_hits_with_matching_checksums() -> None:
+    results = installer.install_all()
+    assert results and all(r.cached for r in results)
+    for result in results:
+        for record in result.binaries:
+            path = installer.binary(record.name)
+            assert installer.sha256_file(path) == record.sha256
+
+
+def test_helm_and_minio_report_their_pinned_versions() -> None:
+    helm = subprocess.run(
+        [str(installer.binary("helm")), "version", "--short"], capture_output=True, text=True
+    )
+    assert helm.stdout.startswith(installer.HELM_VERSION)
+    minio = subprocess.run(
+        [str(installer.binary("minio")), "--version"], capture_output=True, text=True
+    )
+    assert minio.returncode == 0 and "minio version" in minio.stdout

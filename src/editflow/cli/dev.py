@@ -19,7 +19,8 @@ from editflow.devstack import installer, paths
 from editflow.devstack.components import Health
 
 app = typer.Typer(help="The embedded local platform (kube-apiserver, etcd, NATS, MinIO).")
-console = Console(stderr=True)
+# Wide enough for the tables when output goes to a CI log rather than a terminal.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 @app.command()

@@ -50,6 +50,20 @@ def _kube_version_ldflags() -> tuple[str, ...]:
     return tuple(flags)
 
 
+def _minio_ldflags() -> tuple[str, ...]:
+    # What MinIO's buildscripts/gen-ldflags.go stamps; without it the server
+    # calls itself DEVELOPMENT.GOGET and nobody can tell which build runs.
+    pkg = "github.com/minio/minio/cmd"
+    commit = MINIO_VERSION.rsplit("-", 1)[-1]
+    return (
+        f"-X {pkg}.Version=2026-02-12T20:18:48Z",
+        f"-X {pkg}.ReleaseTag=DEVELOPMENT.2026-02-12T20-18-48Z.{commit}",
+        f"-X {pkg}.CommitID={commit}",
+        f"-X {pkg}.ShortCommitID={commit}",
+        f"-X {pkg}.CopyrightYear=2026",
+    )
+
+
 def _helm_ldflags() -> tuple[str, ...]:
     major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
     return (
@@ -125,6 +139,7 @@ RECIPES: tuple[GoRecipe, ...] = (
         module_dir="minio",
         packages=("github.com/minio/minio",),
         version=MINIO_VERSION,
+        ldflags=_minio_ldflags(),
     ),
 )
 

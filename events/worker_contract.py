@@ -1,0 +1,119 @@
+"""The contract between the operator and the GPU worker, in one place.
+
+The operator starts each attempt's Job with exactly one argument list::
+
+    editflow worker run --request '<WorkerRequest JSON>'
+
+and reads back one :class:`WorkerResult` JSON document, which the worker
+writes (1) to stdout as its last line, (2) to its termination message
+(``/dev/termination-log`` or ``--termination-log``), and (3) to S3 at
+:func:`result_json_key`, next to the image, so an outcome survives the
+deletion of the Job and its Pod. The worker's exit code follows
+:class:`editflow.core.errors.ExitCode`: 0 success, 2..69 permanent, 70+
+retriable.
+
+Both sides import this module; neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from editflow.core.errors import ErrorInfo
+
+OutputFormat = Literal["png", "jpeg"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceRef(_Strict):
+    """Exactly one of ``url`` (http/https) or ``s3_key`` (in the platform bucket)."""
+
+    url: str | None = Field(None, max_length=4096)
+    s3_key: str | None = Field(None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceRef:
+        if (self.url is None) == (self.s3_key is None):
+            raise ValueError("source: set exactly one of url or s3_key")
+        return self
+
+
+class GenerationParameters(_Strict):
+    """Overrides of the model's defaults; ``None`` means "the model's default"."""
+
+    steps: int | None = Field(None, ge=1, le=200)
+    guidance_scale: float | None = Field(None, ge=0, le=30)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    negative_prompt: str | None = Field(None, max_length=2000)
+
+
+class OutputSpec(_Strict):
+    """Where the result goes and how it is encoded."""
+
+    key_prefix: str = Field("results", max_length=512)
+    format: OutputFormat = "png"
+    quality: int = Field(95, ge=50, le=100)
+
+
+class WorkerRequest(_Strict):
+    """Everything one attempt needs; built by the operator from the EditJob spec."""
+
+    edit_id: str = Field(..., min_length=1, max_length=253, pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    attempt: int = Field(1, ge=1, le=100)
+    source: SourceRef
+    prompt: str = Field(..., min_length=1, max_length=2000)
+    model: str = "longcat-image-edit"
+    parameters: GenerationParameters = GenerationParameters()
+    output: OutputSpec = OutputSpec()
+    usage: str | None = Field(None, max_length=64)
+    event_id: str | None = Field(None, max_length=256)
+
+
+class CostBreakdown(BaseModel):
+    """Seconds spent in each step of the worker's straight line."""
+
+    fetch: float = 0.0
+    preprocess: float = 0.0
+    load: float = 0.0
+    infer: float = 0.0
+    upload: float = 0.0
+    total: float = 0.0
+
+
+class WorkerResult(BaseModel):
+    """What one attempt produced: the image's location, or the error."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["success", "failed"]
+    edit_id: str
+    attempt: int
+    model: str
+    seed: int | None = None
+    bucket: str | None = None
+    result_key: str | None = None
+    result_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: OutputFormat | None = None
+    cost: CostBreakdown = CostBreakdown()
+    error: ErrorInfo | None = None
+
+
+def attempt_prefix(request: WorkerRequest) -> str:
+    """The S3 prefix of one attempt: ``<key_prefix>/<edit_id>/attempt-<n>``."""
+    return f"{request.output.key_prefix.strip('/')}/{request.edit_id}/attempt-{request.attempt}"
+
+
+def result_json_key(key_prefix: str, edit_id: str, attempt: int) -> str:
+    """Where the worker writes its :class:`WorkerResult` (the operator reads it back)."""
+    return f"{key_prefix.strip('/')}/{edit_id}/attempt-{attempt}/result.json"
+
+
+#: Termination messages are capped at 4096 bytes by the kubelet.
+TERMINATION_MESSAGE_LIMIT = 4096

@@ -1,0 +1,265 @@
+"""The EditJob CustomResourceDefinition: the one source of truth.
+
+The Helm chart's ``crds/editjob.yaml`` is rendered from :func:`editjob_crd`
+(``editflow operator crd``) and a test keeps the two in sync. The OpenAPI
+schema carries descriptions, enums, bounds and required fields so that the
+apiserver itself refuses an invalid EditJob with a message naming the field,
+and ``kubectl explain editjob.spec`` reads like documentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GROUP = "editflow.io"
+VERSION = "v1alpha1"
+KIND = "EditJob"
+PLURAL = "editjobs"
+SINGULAR = "editjob"
+SHORT_NAMES = ("ej",)
+
+PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed", "NeedsReview", "Cancelled")
+MODELS = (
+    "longcat-image-edit",
+    "longcat-image-edit-turbo",
+    "qwen-image-edit",
+    "flux-kontext",
+    "instruct-pix2pix",
+)
+OUTPUT_FORMATS = ("png", "jpeg")
+
+_DNS_LABELISH = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+def _s(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _i(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "description": description, **extra}
+
+
+def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": properties, **extra}
+
+
+SOURCE = _obj(
+    "Where the image to edit comes from: exactly one of url or s3Key.",
+    {
+        "url": _s(
+            "http(s) URL of the image. Private, loopback, link-local and metadata addresses "
+            "are refused unless the operator allow-lists them.",
+            maxLength=4096,
+            pattern=r"^https?://",
+        ),
+        "s3Key": _s("Object key in the platform bucket (e.g. uploads/abc.png).", maxLength=1024),
+    },
+    **{"x-kubernetes-validations": [
+        {"rule": "has(self.url) != has(self.s3Key)",
+         "message": "set exactly one of spec.source.url or spec.source.s3Key"},
+    ]},
+)  # fmt: skip
+
+PARAMETERS = _obj(
+    "Generation parameters; omitted ones take the model's defaults.",
+    {
+        "steps": _i("Denoising steps (LongCat: 50, Turbo: 8).", minimum=1, maximum=200),
+        "guidanceScale": {
+            "type": "number",
+            "description": "Classifier-free guidance (LongCat: 4.5, Turbo: 1).",
+            "minimum": 0,
+            "maximum": 30,
+        },
+        "seed": _i("Random seed for a reproducible result.", minimum=0, maximum=2**32 - 1),
+        "negativePrompt": _s("What to avoid in the result.", maxLength=2000),
+    },
+)
+
+OA_REFS = _obj(
+    "The OA approval this edit belongs to (carried into labels, events and the audit log).",
+    {
+        "eventId": _s("CloudEvent id of the approval event: the idempotency key.", maxLength=256),
+        "formId": _s("OA form id.", maxLength=256),
+        "approvalInstanceId": _s("OA approval instance id.", maxLength=256),
+        "applicant": _s("Who asked for the edit.", maxLength=256),
+        "approvers": {
+            "type": "array",
+            "description": "Who approved it, in order.",
+            "items": {"type": "string", "maxLength": 256},
+            "maxItems": 10,
+        },
+    },
+)
+
+CALLBACK = _obj(
+    "Where the completion is also reported (the completion event always goes to NATS).",
+    {
+        "natsSubject": _s("NATS subject for the completion event.", maxLength=256),
+        "webhookUrl": _s(
+            "HTTPS URL that receives the signed completion.", maxLength=2048, pattern=r"^https://"
+        ),
+    },
+)
+
+RETRY = _obj(
+    "How retriable failures (infrastructure, timeouts) are retried; permanent errors never are.",
+    {
+        "maxAttempts": _i("Attempts in total, the first included.", minimum=1, maximum=10),
+        "backoffSeconds": _i(
+            "Delay before the second attempt; doubles for each further one.",
+            minimum=0,
+            maximum=3600,
+        ),
+    },
+)
+
+OUTPUT = _obj(
+    "Where and how the result is written.",
+    {
+        "prefix": _s("Key prefix in the bucket for the result.", maxLength=512),
+        "format": _s("Image format of the result.", enum=list(OUTPUT_FORMATS)),
+        "quality": _i("JPEG quality.", minimum=50, maximum=100),
+    },
+)
+
+SPEC = _obj(
+    "What to edit and how. Immutable once the EditJob is created.",
+    {
+        "source": SOURCE,
+        "prompt": _s(
+            "One edit instruction (Chinese or English): action + object + result; put text "
+            "to render in quotes.",
+            minLength=1,
+            maxLength=2000,
+        ),
+        "model": _s("Model registry entry.", enum=list(MODELS)),
+        "parameters": PARAMETERS,
+        "usage": _s(
+            "OA usage (e.g. wechat-article, mini-program, display-board): selects the output "
+            "profile.",
+            maxLength=64,
+        ),
+        "template": _obj(
+            "Prompt template the instruction was built from, if any.",
+            {
+                "id": _s("Template id.", maxLength=64),
+                "parameters": {
+                    "type": "object",
+                    "description": "Template parameters.",
+                    "additionalProperties": {"type": "string", "maxLength": 500},
+                },
+            },
+        ),
+        "output": OUTPUT,
+        "oa": OA_REFS,
+        "callback": CALLBACK,
+        "priority": _i("Higher runs first when GPUs are busy.", minimum=0, maximum=100),
+        "deadlineSeconds": _i(
+            "Active deadline of one attempt's Job, in seconds.", minimum=30, maximum=86400
+        ),
+        "pendingTimeoutSeconds": _i(
+            "How long an attempt may wait for a GPU before it counts as failed.",
+            minimum=10,
+            maximum=86400,
+        ),
+        "retry": RETRY,
+    },
+    required=["source", "prompt"],
+    **{"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "spec is immutable: create a new EditJob"},
+    ]},
+)  # fmt: skip
+
+CONDITION = _obj(
+    "A status condition.",
+    {
+        "type": _s("Condition type."),
+        "status": _s("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+        "reason": _s("Machine-readable reason (CamelCase)."),
+        "message": _s("What a person should know."),
+        "lastTransitionTime": _s("When the status last changed.", format="date-time"),
+    },
+    required=["type", "status"],
+)
+
+STATUS = _obj(
+    "What happened, written by the operator.",
+    {
+        "phase": _s("Where the edit is in its life.", enum=list(PHASES)),
+        "message": _s("Human-readable summary of the current phase."),
+        "attempts": _i("Attempts started so far."),
+        "jobName": _s("Kubernetes Job of the current attempt."),
+        "resultKey": _s("Object key of the result image."),
+        "resultUrl": _s("Presigned URL of the result image."),
+        "costSeconds": {"type": "number", "description": "Total edit time in seconds."},
+        "errorCode": _s("Stable error code of the last failure."),
+        "completionEventId": _s("Id of the completion event published for the outcome."),
+        "queuedAt": _s("When the edit started waiting for capacity.", format="date-time"),
+        "startedAt": _s("When the current attempt started.", format="date-time"),
+        "finishedAt": _s("When the edit reached its final phase.", format="date-time"),
+        "sampledForReview": {"type": "boolean", "description": "Flagged for quality review."},
+        "observedGeneration": _i("Generation the status refers to."),
+        "conditions": {
+            "type": "array",
+            "description": "Ready, Scheduled, Completed, ... conditions.",
+            "items": CONDITION,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    },
+    **{"x-kubernetes-preserve-unknown-fields": True},
+)
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+    {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+    {"name": "Cost", "type": "number", "jsonPath": ".status.costSeconds", "description": "s"},
+    {"name": "Result", "type": "string", "jsonPath": ".status.resultKey"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def editjob_crd() -> dict[str, Any]:
+    """The CRD manifest, as the apiserver and the Helm chart receive it."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "editflow"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "kind": KIND,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["editflow"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": _obj(
+                            "An image edit approved in the OA system, run as a GPU Job.",
+                            {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": SPEC,
+                                "status": STATUS,
+                            },
+                            required=["spec"],
+                        )
+                    },
+                }
+            ],
+        },
+    }
