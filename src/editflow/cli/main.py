@@ -6,6 +6,7 @@ import typer
 
 from editflow import __version__
 from editflow.cli import dev
+from editflow.cli import worker as worker_cli
 
 app = typer.Typer(
     name="editflow",
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(worker_cli.app, name="worker")
 
 
 @app.command()

@@ -59,6 +59,85 @@ class NatsSettings(BaseModel):
     tls_key_file: str | None = None
 
 
+class WorkerSettings(BaseModel):
+    """The GPU worker (``editflow worker run|serve``): where weights live, how to run them.
+
+    A model's weights are looked up as ``<models_root>/<model name>`` (a local
+    directory or a mounted PVC); if that is missing and ``weights_s3_prefix``
+    is set, ``<weights_s3_prefix>/<model name>/`` is downloaded once into
+    ``<cache_dir>/<model name>`` and verified against its ``manifest.json``.
+    """
+
+    models_root: str = Field("/models", description="directory (or PVC mount) of model dirs")
+    weights_s3_prefix: str | None = Field(
+        None, description="S3 prefix holding <model>/ dirs with a manifest.json (platform bucket)"
+    )
+    weights_s3_bucket: str | None = Field(None, description="bucket of the weights (default: s3)")
+    cache_dir: str = Field("/var/cache/editflow/models", description="where S3 weights land")
+    device: str = Field("auto", description="auto | cuda | cuda:N | cpu")
+    dtype: str = Field("auto", pattern="^(auto|bfloat16|float16|float32)$")
+    cpu_offload: str = Field("none", pattern="^(none|model|sequential)$")
+    attention_backend: str | None = Field(
+        None, description="diffusers attention backend name, e.g. flash, _native_cudnn"
+    )
+    compile_repeated_blocks: bool = False
+    fetch_max_bytes: int = Field(30 * 1024 * 1024, ge=1024)
+    fetch_timeout_seconds: float = Field(30.0, gt=0)
+    fetch_max_redirects: int = Field(5, ge=0, le=20)
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel cap (bombs)")
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="host names exempt from the SSRF guard"
+    )
+    allow_cidrs: list[str] = Field(
+        default_factory=list, description="networks exempt from the SSRF guard, e.g. 10.0.0.0/8"
+    )
+    termination_log: str = "/dev/termination-log"
+    http_port: int = Field(8080, ge=0, le=65535, description="warm mode /healthz /readyz /metrics")
+    drain_seconds: float = Field(300.0, ge=0, description="SIGTERM grace for the edit in flight")
+
+
+class EventsSettings(BaseModel):
+    """Names and limits of the event bus (see ``editflow.events``); every name is configurable
+    so that several installations (or test cases) can share one NATS account."""
+
+    approvals_stream: str = Field("EDITFLOW_APPROVALS", pattern=r"^[A-Za-z0-9_-]+$")
+    approval_subject: str = Field(
+        "oa.approvals.image-edit", description="the only subject approval events are accepted on"
+    )
+    withdraw_subject: str = Field(
+        "oa.approvals.image-edit.withdraw", description="the only subject withdraw events use"
+    )
+    completions_stream: str = Field("EDITFLOW_COMPLETIONS", pattern=r"^[A-Za-z0-9_-]+$")
+    completion_subject_prefix: str = "editflow.completions"
+    review_subject_prefix: str = "editflow.reviews"
+    dlq_stream: str = Field("EDITFLOW_DLQ", pattern=r"^[A-Za-z0-9_-]+$")
+    dlq_subject_prefix: str = "editflow.dlq"
+    advisories_stream: str = Field("EDITFLOW_ADVISORIES", pattern=r"^[A-Za-z0-9_-]+$")
+    consumer: str = Field("editflow-operator", pattern=r"^[A-Za-z0-9_-]+$")
+    ack_wait_seconds: float = Field(60, gt=0)
+    max_deliver: int = Field(6, ge=2)
+    backoff_seconds: list[float] = Field(
+        default_factory=lambda: [10, 30, 60, 120, 300],
+        description="redelivery delays; fewer entries than max_deliver",
+    )
+    duplicate_window_seconds: float = Field(24 * 3600, gt=0)
+    max_age_seconds: float = Field(7 * 24 * 3600, gt=0)
+    dlq_max_age_seconds: float = Field(90 * 24 * 3600, gt=0)
+    max_event_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    storage: str = Field("file", pattern="^(file|memory)$")
+    replicas: int = Field(1, ge=1, le=5)
+    signing_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key; when set, OA events must carry a valid signature"
+    )
+    signing_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _load_files(self) -> EventsSettings:
+        if key := _read_secret_file(self.signing_key_file):
+            self.signing_key = key
+        return self
+
+
 class Settings(BaseSettings):
     """Everything an editflow process can be configured with."""
 
@@ -71,6 +150,8 @@ class Settings(BaseSettings):
     namespace: str = "default"
     s3: S3Settings = S3Settings()
     nats: NatsSettings = NatsSettings()
+    events: EventsSettings = EventsSettings()
+    worker: WorkerSettings = WorkerSettings()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,119 @@
+"""Step 5: bring the edited image to the promised size, encode it, store it, sign a URL.
+
+The pipeline works at about one megapixel whatever the input, so the result
+is resized back to the preprocessed input's size (or smaller, if the usage
+profile caps it) before encoding.
+
+Upload atomicity: each object is written with one S3 ``PutObject`` (or one
+multipart upload, which S3 and MinIO publish only on
+``CompleteMultipartUpload``), and S3 never serves a partially written
+object: a reader sees either no object or the whole one. The image is written
+before ``result.json``, so a reader who finds the result JSON always finds
+the image it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import quote
+
+from editflow.inference.profiles import OutputProfile
+from PIL import Image
+
+from editflow.core.errors import UpstreamError
+from editflow.core.settings import S3Settings
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    data: bytes
+    format: str
+    width: int
+    height: int
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+
+def final_size(prepared: tuple[int, int], profile: OutputProfile) -> tuple[int, int]:
+    width, height = prepared
+    cap = profile.max_long_side
+    if cap is None or max(width, height) <= cap:
+        return width, height
+    scale = cap / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def encode(image: Image.Image, size: tuple[int, int], profile: OutputProfile) -> Encoded:
+    """Resize to ``size`` and encode per ``profile`` (no metadata is written)."""
+    rgb = image.convert("RGB")
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    if profile.format == "jpeg":
+        rgb.save(buffer, "JPEG", quality=profile.quality, optimize=True, subsampling=0
+                 if profile.quality >= 90 else 2)  # fmt: skip
+    else:
+        rgb.save(buffer, "PNG", optimize=False, compress_level=6)
+    return Encoded(buffer.getvalue(), profile.format, *size)
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def object_metadata(
+    *, edit_id: str, attempt: int, event_id: str | None, prompt: str, model: str, seed: int
+) -> dict[str, str]:
+    """``x-amz-meta-*`` fields (ASCII only: free text is percent-encoded)."""
+    meta = {
+        "edit-id": edit_id,
+        "attempt": str(attempt),
+        "prompt-sha256": prompt_hash(prompt),
+        "model": model,
+        "seed": str(seed),
+    }
+    if event_id:
+        meta["event-id"] = quote(event_id, safe="")
+    return meta
+
+
+def put_bytes(
+    s3: S3Settings,
+    key: str,
+    data: bytes,
+    content_type: str,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    from editflow.core.s3 import s3_client
+
+    try:
+        s3_client(s3).put_object(
+            s3.bucket, key, io.BytesIO(data), len(data),
+            content_type=content_type, metadata=metadata or None,
+        )  # fmt: skip
+    except (S3Error, OSError, Urllib3Error) as exc:
+        raise UpstreamError(f"could not write s3://{s3.bucket}/{key}: {exc}") from exc
+
+
+def presign(s3: S3Settings, key: str) -> str:
+    """A GET URL on the public endpoint, valid for ``presign_expiry_seconds``."""
+    from editflow.core.s3 import presigning_client
+
+    return presigning_client(s3).presigned_get_object(
+        s3.bucket, key, expires=timedelta(seconds=s3.presign_expiry_seconds)
+    )
+
+
+def result_image_key(attempt_prefix: str, fmt: str) -> str:
+    return f"{attempt_prefix}/result.{EXTENSIONS[fmt]}"

@@ -1,0 +1,190 @@
+"""Step 4: load a registry model from its local directory and run one edit.
+
+Loading is ``<PipelineClass>.from_pretrained(model_dir, local_files_only=True)``
+with ``HF_HUB_OFFLINE=1``: the same call for real weights and for the tiny
+test models. Device, dtype, CPU offload, attention backend and regional
+compilation come from :class:`~editflow.core.settings.WorkerSettings`.
+Seeds drive a CPU ``torch.Generator`` so a seed gives the same noise on any
+device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from editflow.inference.prompts import patch_diffusers_quote_splitter
+from editflow.inference.registry import ModelSpec
+from editflow.inference.weights import model_dir_defaults, resolve_model_dir
+
+from editflow.core.errors import ModelError
+from editflow.core.settings import S3Settings, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def go_offline() -> None:
+    """Make sure no library reaches a model hub from this process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model_dir: Path
+    pipe: Any
+    device: str
+    dtype: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: One edit at a time per pipeline (diffusers pipelines keep per-call state).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.pipe, self.spec.prompt.tokenizer, None)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtypes(spec: ModelSpec, requested: str, device: str) -> dict[str, Any]:
+    """``from_pretrained``'s per-component ``torch_dtype`` mapping."""
+    import torch
+
+    if requested != "auto":
+        return {"default": getattr(torch, requested)}
+    if device == "cpu":  # bf16/fp16 matmuls on CPU are slow or unsupported
+        return {"default": torch.float32}
+    return {
+        ("default" if name == "*" else name): getattr(torch, dtype)
+        for name, dtype in spec.component_dtypes.items()
+    }
+
+
+def load_tokenizer(spec: ModelSpec, model_dir: Path) -> Any:
+    """Only the prompt-counting tokenizer: validates a prompt before the model loads."""
+    from transformers import AutoTokenizer
+
+    go_offline()
+    path = model_dir / spec.prompt.tokenizer
+    if not path.is_dir():
+        return None
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> LoadedModel:
+    """``from_pretrained`` from ``model_dir`` and place it as the settings say."""
+    go_offline()
+    import diffusers
+
+    patch_diffusers_quote_splitter()
+    device = pick_device(worker.device)
+    dtypes = torch_dtypes(spec, worker.dtype, device)
+    cls = getattr(diffusers, spec.pipeline_class)
+    try:
+        pipe = cls.from_pretrained(model_dir, torch_dtype=dtypes, local_files_only=True)
+        if worker.cpu_offload == "model" and device != "cpu":
+            pipe.enable_model_cpu_offload(device=device)
+        elif worker.cpu_offload == "sequential" and device != "cpu":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+        if worker.attention_backend and denoiser is not None:
+            denoiser.set_attention_backend(worker.attention_backend)
+        if worker.compile_repeated_blocks and denoiser is not None:
+            denoiser.compile_repeated_blocks(fullgraph=True)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        raise ModelError(f"could not load {spec.name} from {model_dir}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(
+        spec=spec,
+        model_dir=model_dir,
+        pipe=pipe,
+        device=device,
+        dtype=str(dtypes.get("default")).removeprefix("torch."),
+        defaults=model_dir_defaults(model_dir),
+    )
+
+
+class ModelCache:
+    """Loaded pipelines by model name: one per process in ``run``, kept warm in ``serve``."""
+
+    def __init__(self, worker: WorkerSettings, s3: S3Settings) -> None:
+        self.worker = worker
+        self.s3 = s3
+        self._loaded: dict[str, LoadedModel] = {}
+        self._dirs: dict[str, Path] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def model_dir(self, spec: ModelSpec) -> Path:
+        if spec.name not in self._dirs:
+            self._dirs[spec.name] = resolve_model_dir(spec.name, self.worker, self.s3)
+        return self._dirs[spec.name]
+
+    def tokenizer(self, spec: ModelSpec) -> Any:
+        if spec.name in self._loaded:
+            return self._loaded[spec.name].tokenizer
+        if spec.name not in self._tokenizers:
+            try:
+                self._tokenizers[spec.name] = load_tokenizer(spec, self.model_dir(spec))
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"could not load the tokenizer of {spec.name}: {exc}") from exc
+        return self._tokenizers[spec.name]
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        with self._lock:
+            if spec.name not in self._loaded:
+                self._loaded[spec.name] = load_pipeline(spec, self.model_dir(spec), self.worker)
+            return self._loaded[spec.name]
+
+
+def run_edit(
+    model: LoadedModel,
+    *,
+    image: Any,
+    prompt: str,
+    steps: int,
+    guidance_scale: float,
+    negative_prompt: str | None,
+    seed: int,
+) -> Any:
+    """One edit; returns the pipeline's PIL image (at the pipeline's own size)."""
+    import torch
+
+    spec = model.spec
+    kwargs: dict[str, Any] = {
+        "image": image,
+        "prompt": prompt,
+        "num_inference_steps": steps,
+        spec.guidance_kwarg: guidance_scale,
+        "generator": torch.Generator(device="cpu").manual_seed(seed),
+        **spec.extra_call_kwargs,
+    }
+    if negative_prompt is not None:
+        kwargs["negative_prompt"] = negative_prompt
+    with model.lock:
+        try:
+            output = model.pipe(**kwargs)
+        except torch.OutOfMemoryError as exc:
+            raise ModelError(f"{spec.name} ran out of accelerator memory: {exc}") from exc
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelError(f"{spec.name} failed during the edit: {exc}") from exc
+    return output.images[0]

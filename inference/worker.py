@@ -1,0 +1,235 @@
+"""The worker's straight line: fetch -> preprocess -> edit -> upload -> report.
+
+``editflow worker run --request '<WorkerRequest JSON>'`` runs :func:`execute`
+once and exits with the outcome's exit code (the operator contract, see
+:mod:`editflow.events.worker_contract`); ``editflow worker serve`` runs the
+same :func:`process` for each message of a JetStream work queue with the
+pipeline kept loaded (:mod:`editflow.inference.serve`).
+
+Environment (all read through :class:`editflow.core.settings.Settings`):
+
+==========================================  ==========================================
+``EDITFLOW_WORKER__MODELS_ROOT``            dir (or PVC mount) holding ``<model>/`` dirs
+                                            saved with ``save_pretrained`` (default
+                                            ``/models``)
+``EDITFLOW_WORKER__WEIGHTS_S3_PREFIX``      S3 prefix with ``<model>/`` + manifest.json,
+                                            used when the local dir is missing
+``EDITFLOW_WORKER__WEIGHTS_S3_BUCKET``      bucket of the weights (default: the S3 bucket)
+``EDITFLOW_WORKER__CACHE_DIR``              where S3 weights are downloaded once
+``EDITFLOW_WORKER__DEVICE``                 ``auto`` | ``cuda`` | ``cuda:N`` | ``cpu``
+``EDITFLOW_WORKER__DTYPE``                  ``auto`` | ``bfloat16`` | ``float16`` | ``float32``
+``EDITFLOW_WORKER__CPU_OFFLOAD``            ``none`` | ``model`` | ``sequential``
+``EDITFLOW_WORKER__ATTENTION_BACKEND``      diffusers attention backend (e.g. ``flash``)
+``EDITFLOW_WORKER__COMPILE_REPEATED_BLOCKS``  ``true`` compiles the transformer's blocks
+``EDITFLOW_WORKER__FETCH_MAX_BYTES``        download cap (default 30 MiB)
+``EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS``  whole-fetch deadline (default 30)
+``EDITFLOW_WORKER__MAX_PIXELS``             decoded pixel cap (default 40 M)
+``EDITFLOW_WORKER__ALLOW_HOSTS``            JSON list of hosts exempt from the SSRF guard
+``EDITFLOW_WORKER__ALLOW_CIDRS``            JSON list of networks exempt from it
+``EDITFLOW_WORKER__TERMINATION_LOG``        termination message path
+                                            (default ``/dev/termination-log``)
+``EDITFLOW_S3__*``                          endpoint, keys, bucket, public endpoint,
+                                            ``PRESIGN_EXPIRY_SECONDS``
+==========================================  ==========================================
+
+A tiny model for tests: ``editflow worker tiny-model --model longcat-image-edit
+--out $ROOT/longcat-image-edit`` then ``EDITFLOW_WORKER__MODELS_ROOT=$ROOT``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+
+from editflow.events.worker_contract import (
+    CostBreakdown,
+    WorkerRequest,
+    WorkerResult,
+    attempt_prefix,
+)
+from editflow.inference import output, report
+from editflow.inference.fetch import Fetched, FetchLimits, fetch_s3, fetch_url
+from editflow.inference.pipeline import ModelCache, run_edit
+from editflow.inference.preprocess import PreparedImage, preprocess
+from editflow.inference.profiles import output_profile
+from editflow.inference.prompts import validate_prompt
+from editflow.inference.registry import ModelSpec, get_spec
+from pydantic import ValidationError
+
+from editflow.core.errors import EditflowError, InvalidInputError
+from editflow.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timer:
+    cost: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cost[name] = round(self.cost.get(name, 0.0) + time.perf_counter() - began, 4)
+
+    def breakdown(self) -> CostBreakdown:
+        return CostBreakdown(**self.cost, total=round(time.perf_counter() - self.started, 4))
+
+
+def parse_request(raw: str) -> WorkerRequest:
+    """Operator JSON -> :class:`WorkerRequest`, or one ``InvalidInputError`` naming the field."""
+    try:
+        return WorkerRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInputError(f"invalid worker request: {problems}", field=where) from exc
+
+
+def fetch(request: WorkerRequest, settings: Settings) -> Fetched:
+    limits = FetchLimits.from_settings(settings.worker)
+    if request.source.url is not None:
+        return fetch_url(request.source.url, limits)
+    assert request.source.s3_key is not None
+    return fetch_s3(request.source.s3_key, settings.s3, limits)
+
+
+def process(
+    request: WorkerRequest,
+    settings: Settings,
+    models: ModelCache,
+    *,
+    on_step: Callable[[str], None] | None = None,
+    timer: Timer | None = None,
+) -> WorkerResult:
+    """One edit end to end; raises :class:`EditflowError` on failure (no reporting here)."""
+    timer = timer or Timer()
+    spec: ModelSpec = get_spec(request.model)
+    seed = request.parameters.seed
+    if seed is None:
+        seed = secrets.randbits(32)
+
+    def step(name: str) -> AbstractContextManager[None]:
+        if on_step is not None:
+            on_step(name)
+        return timer.step(name)
+
+    # Cheap, permanent checks first: a bad prompt never waits for a 6B load.
+    with step("load"):
+        tokenizer = models.tokenizer(spec)
+    prompt = validate_prompt(request.prompt, tokenizer, spec.prompt)
+    with step("fetch"):
+        fetched = fetch(request, settings)
+    with step("preprocess"):
+        prepared: PreparedImage = preprocess(
+            fetched.data, max_pixels=settings.worker.max_pixels, multiple=spec.multiple
+        )
+    with step("load"):
+        model = models.get(spec)
+    steps, guidance, negative = spec.resolve_params(
+        steps=request.parameters.steps,
+        guidance_scale=request.parameters.guidance_scale,
+        negative_prompt=request.parameters.negative_prompt,
+        overrides=model.defaults,
+    )
+    with step("infer"):
+        edited = run_edit(
+            model, image=prepared.image, prompt=prompt, steps=steps,
+            guidance_scale=guidance, negative_prompt=negative, seed=seed,
+        )  # fmt: skip
+    with step("upload"):
+        profile = output_profile(request)
+        encoded = output.encode(edited, output.final_size(prepared.size, profile), profile)
+        key = output.result_image_key(attempt_prefix(request), encoded.format)
+        metadata = output.object_metadata(
+            edit_id=request.edit_id, attempt=request.attempt, event_id=request.event_id,
+            prompt=prompt, model=spec.name, seed=seed,
+        )  # fmt: skip
+        output.put_bytes(settings.s3, key, encoded.data, encoded.content_type, metadata)
+        url = output.presign(settings.s3, key)
+    log.info(
+        "edit done",
+        extra={"edit_id": request.edit_id, "attempt": request.attempt, "key": key,
+               "source": fetched.source, "cost": timer.cost},
+    )  # fmt: skip
+    return WorkerResult(
+        status="success",
+        edit_id=request.edit_id,
+        attempt=request.attempt,
+        model=spec.name,
+        seed=seed,
+        bucket=settings.s3.bucket,
+        result_key=key,
+        result_url=url,
+        width=encoded.width,
+        height=encoded.height,
+        format=encoded.format,  # type: ignore[arg-type]
+        cost=timer.breakdown(),
+    )
+
+
+def failure(
+    request: WorkerRequest | None, raw: str | None, error: EditflowError | None, exc: BaseException
+) -> WorkerResult:
+    edit_id, attempt, model = "unknown", 1, "unknown"
+    if request is not None:
+        edit_id, attempt, model = request.edit_id, request.attempt, request.model
+    elif raw:
+        try:
+            data = json.loads(raw)
+            edit_id = str(data.get("edit_id") or edit_id)
+            attempt = int(data.get("attempt") or 1)
+            model = str(data.get("model") or model)
+        except (ValueError, TypeError, AttributeError):
+            pass
+    info = error.info() if error is not None else report.unexpected_error_info(exc)
+    seed = request.parameters.seed if request is not None else None
+    return WorkerResult(
+        status="failed", edit_id=edit_id, attempt=attempt, model=model, seed=seed, error=info
+    )
+
+
+def execute(
+    raw: str,
+    settings: Settings,
+    models: ModelCache | None = None,
+    *,
+    termination_log: str | None = None,
+) -> tuple[WorkerResult, int]:
+    """Parse, process and report one request; returns the result and the exit code."""
+    models = models or ModelCache(settings.worker, settings.s3)
+    request: WorkerRequest | None = None
+    error: EditflowError | None = None
+    timer = Timer()
+    try:
+        request = parse_request(raw)
+        result = process(request, settings, models, timer=timer)
+    except EditflowError as exc:
+        error = exc
+        result = failure(request, raw, exc, exc)
+        log.warning("edit failed", extra={"edit_id": result.edit_id, "error": str(exc)})
+    except Exception as exc:  # the contract still needs a result and a retriable code
+        log.exception(
+            "edit failed unexpectedly", extra={"edit_id": getattr(request, "edit_id", None)}
+        )
+        result = failure(request, raw, None, exc)
+    if result.status == "failed":
+        result.cost = timer.breakdown()
+    key_prefix = request.output.key_prefix if request is not None else "results"
+    if result.edit_id != "unknown":
+        report.upload_result(result, settings.s3, key_prefix)
+    report.write_termination_message(
+        termination_log if termination_log is not None else settings.worker.termination_log, result
+    )
+    return result, report.exit_code_for(result, error)

@@ -1,0 +1,128 @@
+"""``editflow worker``: the GPU worker's command line (the operator contract).
+
+``run`` is what each attempt's Job executes; ``serve`` is the warm worker;
+``tiny-model`` builds a random-weight model directory for tests. torch and
+diffusers are imported inside the commands only: ``editflow`` itself starts in
+the control plane, where they are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="The GPU worker: fetch, preprocess, edit, upload, report.", no_args_is_help=True
+)
+
+
+def _settings():  # noqa: ANN202 - keeps pydantic-settings import inside the command
+    from editflow.core.logging import configure_logging
+    from editflow.core.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def run(
+    request: str = typer.Option(
+        None, "--request", help="WorkerRequest JSON (or @path to a file with it)."
+    ),
+    termination_log: str = typer.Option(
+        None,
+        "--termination-log",
+        envvar="EDITFLOW_WORKER__TERMINATION_LOG",
+        help="Termination message path (default /dev/termination-log).",
+    ),
+) -> None:
+    """Run one edit; print the WorkerResult JSON last; exit with its ExitCode."""
+    raw = request
+    if raw is None:
+        raw = sys.stdin.read()
+    elif raw.startswith("@"):
+        raw = Path(raw[1:]).read_text(encoding="utf-8")
+    from editflow.inference import report
+    from editflow.inference.worker import execute
+
+    settings = _settings()
+    result, code = execute(raw, settings, termination_log=termination_log)
+    report.print_last_line(result)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(
+        None, "--model", help="Model to keep loaded (default: the registry's default)."
+    ),
+    http_port: int = typer.Option(
+        None, "--http-port", help="Port of /healthz, /readyz and /metrics (0: any free port)."
+    ),
+) -> None:
+    """Warm mode: keep the pipeline loaded and take requests from the JetStream work queue."""
+    import asyncio
+
+    from editflow.inference.registry import DEFAULT_MODEL
+    from editflow.inference.serve import WarmWorker
+
+    settings = _settings()
+    worker = WarmWorker(
+        settings,
+        model=model or DEFAULT_MODEL,
+        http_port=settings.worker.http_port if http_port is None else http_port,
+    )
+    raise typer.Exit(asyncio.run(worker.run()))
+
+
+@app.command("tiny-model")
+def tiny_model(
+    model: str = typer.Option("longcat-image-edit", "--model", help="Registry model name."),
+    out: Path = typer.Option(..., "--out", help="Directory to save the pipeline into."),
+) -> None:
+    """Build a tiny random-weight model offline and save it with save_pretrained.
+
+    Point a worker at it with EDITFLOW_WORKER__MODELS_ROOT=<parent of --out> when
+    --out ends in the model's name (the worker looks for <root>/<model>).
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from editflow.inference.tiny import save_tiny_model
+
+    try:
+        path = save_tiny_model(model, out)
+    except KeyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    hint = {"model": model, "path": str(path.resolve())}
+    if path.name == model:
+        hint["EDITFLOW_WORKER__MODELS_ROOT"] = str(path.resolve().parent)
+    typer.echo(json.dumps(hint))
+
+
+@app.command("models")
+def models() -> None:
+    """List the registry's models (those verified end to end with a tiny instance)."""
+    from editflow.inference.registry import REGISTRY
+
+    for spec in REGISTRY.values():
+        typer.echo(
+            f"{spec.name}\t{spec.pipeline_class}\tsteps={spec.steps}\t"
+            f"{spec.guidance_kwarg}={spec.guidance_scale}"
+        )
+
+
+@app.command("publish-weights")
+def publish_weights(
+    model_dir: Path = typer.Argument(..., help="A saved pipeline directory."),
+    prefix: str = typer.Option(..., "--prefix", help="S3 prefix, e.g. models/longcat-image-edit"),
+) -> None:
+    """Upload a model directory to S3 with the checksum manifest the worker verifies."""
+    from editflow.inference.weights import publish_to_s3
+
+    settings = _settings()
+    typer.echo(publish_to_s3(model_dir, settings.s3, prefix))
