@@ -1,0 +1,116 @@
+"""One way to open a NATS connection: credentials, TLS and reconnects from the settings.
+
+Credentials are whichever :class:`~editflow.core.settings.NatsSettings`
+configures: user + password, a token, an NKey seed file, or a ``.creds``
+file (JWT + seed). TLS is used when any ``tls_*`` file is set or the URL is
+``tls://``; a client certificate is presented when both cert and key are set.
+
+Reconnects: once connected, nats-py reconnects for ever
+(``max_reconnect_attempts=-1``), waiting ``reconnect_wait`` seconds between
+rounds, and resubscribes every subscription, durable pull consumers
+included. The *first* connection is retried here with exponential backoff
+(0.2 s doubling to 5 s) for up to ``connect_for`` seconds, because an
+operator Pod routinely starts before the NATS Pod is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from editflow.core.errors import UpstreamError
+from editflow.core.settings import NatsSettings
+
+log = logging.getLogger("editflow.events.nats")
+
+
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """A client TLS context from the ``tls_*`` files, or ``None`` when TLS is not configured."""
+    if not (
+        settings.tls_ca_file
+        or settings.tls_cert_file
+        or settings.tls_key_file
+        or settings.url.startswith("tls://")
+    ):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.tls_ca_file)
+    if settings.tls_cert_file and settings.tls_key_file:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    elif settings.tls_cert_file or settings.tls_key_file:
+        raise ValueError("NATS TLS: set both tls_cert_file and tls_key_file, or neither")
+    return context
+
+
+def connect_options(
+    settings: NatsSettings, *, name: str, reconnect_wait: float = 2.0
+) -> dict[str, Any]:
+    """Keyword arguments for :func:`nats.connect` (separate: testable without a server)."""
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in settings.url.split(",") if u.strip()],
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": reconnect_wait,
+        "connect_timeout": 5,
+        "ping_interval": 20,
+        "max_outstanding_pings": 3,
+    }
+    if settings.user:
+        options["user"] = settings.user
+        options["password"] = settings.password.get_secret_value() if settings.password else ""
+    if settings.token:
+        options["token"] = settings.token.get_secret_value()
+    if settings.creds_file:
+        options["user_credentials"] = settings.creds_file
+    if settings.nkey_seed_file:
+        options["nkeys_seed"] = settings.nkey_seed_file
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+    return options
+
+
+async def connect(
+    settings: NatsSettings,
+    *,
+    name: str = "editflow",
+    reconnect_wait: float = 2.0,
+    connect_for: float = 30.0,
+) -> NATS:
+    """Connect (retrying the first connection with backoff) and log every disconnect."""
+
+    async def disconnected() -> None:
+        log.warning("nats disconnected; reconnecting", extra={"nats_name": name})
+
+    async def reconnected() -> None:
+        log.info("nats reconnected", extra={"nats_name": name})
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc, extra={"nats_name": name})
+
+    options = connect_options(settings, name=name, reconnect_wait=reconnect_wait)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_for
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                **options,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
+            if loop.time() + delay > deadline:
+                raise UpstreamError(
+                    f"cannot reach NATS at {settings.url}: {exc}; check the URL and that "
+                    "the server is up"
+                ) from exc
+            log.info("nats not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

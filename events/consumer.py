@@ -1,0 +1,230 @@
+"""Consume approval and withdraw events: the operator's one entry point to the bus.
+
+Usage (the operator)::
+
+    from editflow.events import consumer, topology
+
+    async def on_event(event: ApprovalEvent | WithdrawEvent, delivery: Delivery) -> None:
+        ...                                   # create / cancel the EditJob (idempotently)
+
+    nc = await connection.connect(settings.nats, name="editflow-operator")
+    topo = topology.Topology(settings.events)
+    await topology.provision(nc.jetstream(), topo)
+    await consumer.run_consumer(nc.jetstream(), on_event, topology=topo,
+                                policy=Policy.from_settings(settings.events, accept=OA_EVENT_TYPES))
+
+The handler says what happened by how it ends:
+
+================================  ===================================================
+handler ...                       the message is ...
+================================  ===================================================
+returns                           acked (done)
+raises ``RetryLater(delay=…)``,   nak'ed with that delay (or the configured backoff)
+any ``RetriableError`` or any     and redelivered; on the last allowed delivery it is
+other exception                   dead-lettered with ``retries_exhausted`` and term'ed
+raises ``PermanentError``         dead-lettered with the error's code, then term'ed
+(e.g. ``InvalidInputError``)
+never ends (process dies)         redelivered after the ack wait; after max deliveries
+                                  the advisory is turned into a dead letter
+================================  ===================================================
+
+Invalid events never reach the handler: they are dead-lettered with the
+reason from :func:`~editflow.events.validation.parse_event` and term'ed.
+
+Delivery is at least once: after a crash, a lost ack or a NATS restart the
+same event can come again (``delivery.deliveries > 1``). Handlers must be
+idempotent, which the operator gets by naming the EditJob after the event id.
+NATS restarts are ridden out: nats-py reconnects and resubscribes, fetch
+errors back off and retry, and the durable consumer resumes where it was.
+Stop by setting ``stop`` or by cancelling the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+from editflow.events.dlq import dead_letter, run_dead_letter_mover
+from editflow.events.models import OA_EVENT_TYPES, ApprovalEvent, WithdrawEvent
+from editflow.events.problems import EventRejected
+from editflow.events.topology import Topology
+from editflow.events.validation import Policy, parse_event
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from editflow.core.errors import PermanentError, RetriableError
+
+log = logging.getLogger("editflow.events.consumer")
+
+RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+class RetryLater(RetriableError):
+    """Raise from a handler to have the event redelivered after ``delay`` seconds."""
+
+    code = "retry_later"
+
+    def __init__(self, message: str = "retry later", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where an event came from and how often it has been delivered."""
+
+    subject: str
+    stream_seq: int
+    deliveries: int
+    max_deliver: int
+    msg: Msg
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.deliveries >= self.max_deliver
+
+    async def in_progress(self) -> None:
+        """Reset the ack timer (call it from handlers that take longer than the ack wait)."""
+        await self.msg.in_progress()
+
+
+OAEvent = ApprovalEvent | WithdrawEvent
+Handler = Callable[[OAEvent, Delivery], Awaitable[None]]
+
+
+async def handle_message(
+    js: JetStreamContext,
+    msg: Msg,
+    handler: Handler,
+    *,
+    topology: Topology,
+    policy: Policy,
+) -> str:
+    """Process one message end to end; returns what was done (ack, nak, dead_letter)."""
+    meta = msg.metadata
+    delivery = Delivery(
+        subject=msg.subject,
+        stream_seq=meta.sequence.stream,
+        deliveries=meta.num_delivered,
+        max_deliver=topology.settings.max_deliver,
+        msg=msg,
+    )
+    where = {
+        "subject": msg.subject,
+        "stream_seq": delivery.stream_seq,
+        "deliveries": delivery.deliveries,
+    }
+
+    async def to_dead_letter(reason: str, message: str) -> str:
+        await dead_letter(
+            js, topology, body=msg.data, headers=dict(msg.headers or {}), subject=msg.subject,
+            reason=reason, message=message, stream=meta.stream, stream_seq=delivery.stream_seq,
+            consumer=meta.consumer, deliveries=delivery.deliveries,
+        )  # fmt: skip
+        await msg.term()
+        return "dead_letter"
+
+    try:
+        event = parse_event(msg.data, msg.headers, subject=msg.subject, policy=policy)
+    except EventRejected as exc:
+        return await to_dead_letter(exc.info().code, exc.message)
+
+    try:
+        await handler(event, delivery)  # type: ignore[arg-type]
+    except asyncio.CancelledError:
+        raise
+    except PermanentError as exc:
+        log.warning("handler refused event %s: %s", event.id, exc, extra=where)
+        return await to_dead_letter(exc.code, exc.message)
+    except Exception as exc:
+        delay = exc.delay if isinstance(exc, RetryLater) else None
+        if delivery.last_attempt:
+            return await to_dead_letter(
+                RETRIES_EXHAUSTED,
+                f"handler failed on delivery {delivery.deliveries} of {delivery.max_deliver}: "
+                f"{exc!r}",
+            )
+        delay = delay if delay is not None else topology.retry_delay(delivery.deliveries)
+        log.warning(
+            "handler failed for event %s (%r); redelivering in %.1fs",
+            event.id, exc, delay, extra=where, exc_info=not isinstance(exc, RetriableError),
+        )  # fmt: skip
+        await msg.nak(delay=delay)
+        return "nak"
+    await msg.ack()
+    return "ack"
+
+
+async def run_consumer(
+    js: JetStreamContext,
+    handler: Handler,
+    *,
+    topology: Topology,
+    policy: Policy | None = None,
+    stop: asyncio.Event | None = None,
+    batch: int = 10,
+    fetch_timeout: float = 2.0,
+    capture_max_deliveries: bool = True,
+) -> None:
+    """Feed approval and withdraw events to ``handler`` until ``stop`` is set (or cancelled).
+
+    With ``capture_max_deliveries`` (the default) the dead-letter mover runs
+    alongside, so messages JetStream gives up on are dead-lettered too.
+    """
+    policy = policy or Policy.from_settings(topology.settings, accept=OA_EVENT_TYPES)
+    stop = stop or asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        if capture_max_deliveries:
+            group.create_task(
+                run_dead_letter_mover(js, topology, stop=stop, fetch_timeout=fetch_timeout)
+            )
+        try:
+            await _consume(js, handler, topology, policy, stop, batch, fetch_timeout)
+        finally:
+            stop.set()
+
+
+async def _consume(
+    js: JetStreamContext,
+    handler: Handler,
+    topology: Topology,
+    policy: Policy,
+    stop: asyncio.Event,
+    batch: int,
+    fetch_timeout: float,
+) -> None:
+    sub = None
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            if sub is None:
+                sub = await js.pull_subscribe_bind(
+                    topology.consumer, stream=topology.approvals_stream
+                )
+            msgs = await sub.fetch(batch, timeout=fetch_timeout)
+        except nats.errors.TimeoutError:
+            continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Reconnecting, JetStream recovering after a restart, consumer not there yet, ...
+            log.warning("fetching events failed: %r; retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.2
+        for msg in msgs:
+            try:
+                await handle_message(js, msg, handler, topology=topology, policy=policy)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The dead letter or the ack could not be written (NATS went away):
+                # leave the message unacked, JetStream redelivers it after the ack wait.
+                log.warning("could not settle message %s: %r", msg.subject, exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1)
