@@ -138,48 +138,6 @@ class EventsSettings(BaseModel):
         return self
 
 
-class EventsSettings(BaseModel):
-    """Names and limits of the event bus (see ``editflow.events``); every name is configurable
-    so that several installations (or test cases) can share one NATS account."""
-
-    approvals_stream: str = Field("EDITFLOW_APPROVALS", pattern=r"^[A-Za-z0-9_-]+$")
-    approval_subject: str = Field(
-        "oa.approvals.image-edit", description="the only subject approval events are accepted on"
-    )
-    withdraw_subject: str = Field(
-        "oa.approvals.image-edit.withdraw", description="the only subject withdraw events use"
-    )
-    completions_stream: str = Field("EDITFLOW_COMPLETIONS", pattern=r"^[A-Za-z0-9_-]+$")
-    completion_subject_prefix: str = "editflow.completions"
-    review_subject_prefix: str = "editflow.reviews"
-    dlq_stream: str = Field("EDITFLOW_DLQ", pattern=r"^[A-Za-z0-9_-]+$")
-    dlq_subject_prefix: str = "editflow.dlq"
-    advisories_stream: str = Field("EDITFLOW_ADVISORIES", pattern=r"^[A-Za-z0-9_-]+$")
-    consumer: str = Field("editflow-operator", pattern=r"^[A-Za-z0-9_-]+$")
-    ack_wait_seconds: float = Field(60, gt=0)
-    max_deliver: int = Field(6, ge=2)
-    backoff_seconds: list[float] = Field(
-        default_factory=lambda: [10, 30, 60, 120, 300],
-        description="redelivery delays; fewer entries than max_deliver",
-    )
-    duplicate_window_seconds: float = Field(24 * 3600, gt=0)
-    max_age_seconds: float = Field(7 * 24 * 3600, gt=0)
-    dlq_max_age_seconds: float = Field(90 * 24 * 3600, gt=0)
-    max_event_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
-    storage: str = Field("file", pattern="^(file|memory)$")
-    replicas: int = Field(1, ge=1, le=5)
-    signing_key: SecretStr | None = Field(
-        None, description="HMAC-SHA256 key; when set, OA events must carry a valid signature"
-    )
-    signing_key_file: str | None = None
-
-    @model_validator(mode="after")
-    def _load_files(self) -> EventsSettings:
-        if key := _read_secret_file(self.signing_key_file):
-            self.signing_key = key
-        return self
-
-
 class Settings(BaseSettings):
     """Everything an editflow process can be configured with."""
 
@@ -192,7 +150,6 @@ class Settings(BaseSettings):
     namespace: str = "default"
     s3: S3Settings = S3Settings()
     nats: NatsSettings = NatsSettings()
-    events: EventsSettings = EventsSettings()
     events: EventsSettings = EventsSettings()
     worker: WorkerSettings = WorkerSettings()
 
