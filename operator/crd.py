@@ -54,11 +54,15 @@ SOURCE = _obj(
         ),
         "s3Key": _s("Object key in the platform bucket (e.g. uploads/abc.png).", maxLength=1024),
     },
-    **{"x-kubernetes-validations": [
-        {"rule": "has(self.url) != has(self.s3Key)",
-         "message": "set exactly one of spec.source.url or spec.source.s3Key"},
-    ]},
-)  # fmt: skip
+    **{
+        "x-kubernetes-validations": [
+            {
+                "rule": "has(self.url) != has(self.s3Key)",
+                "message": "set exactly one of spec.source.url or spec.source.s3Key",
+            },
+        ]
+    },
+)
 
 PARAMETERS = _obj(
     "Generation parameters; omitted ones take the model's defaults.",
@@ -165,10 +169,12 @@ SPEC = _obj(
         "retry": RETRY,
     },
     required=["source", "prompt"],
-    **{"x-kubernetes-validations": [
-        {"rule": "self == oldSelf", "message": "spec is immutable: create a new EditJob"},
-    ]},
-)  # fmt: skip
+    **{
+        "x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": "spec is immutable: create a new EditJob"},
+        ]
+    },
+)
 
 CONDITION = _obj(
     "A status condition.",

@@ -42,9 +42,13 @@ def kubectl(stack: LocalStack):
                 f"--token={token}",
             ]
         result = subprocess.run(
-            [*argv, *args], capture_output=True, text=True, input=input,
-            env={**os.environ, "KUBECONFIG": "/dev/null"}, timeout=60,
-        )  # fmt: skip
+            [*argv, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            env={**os.environ, "KUBECONFIG": "/dev/null"},
+            timeout=60,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result

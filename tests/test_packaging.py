@@ -39,8 +39,12 @@ def _probe(python_args: list[str], cwd: Path, env: dict[str, str] | None = None)
 
     out = subprocess.run(
         [sys.executable, *python_args, "-c", PROBE, *SUBPACKAGES],
-        cwd=cwd, capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -62,8 +66,11 @@ def test_stdlib_operator_wins_even_from_the_repository_root() -> None:
     assert Path(found["<stdlib operator>"]).parent == Path(sysconfig.get_paths()["stdlib"])
     out = subprocess.run(
         [sys.executable, "-c", "import torch, collections; print('ok')"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -72,8 +79,10 @@ def test_built_wheel_imports_every_subpackage(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = dist.glob("editflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not any(n.startswith(("operator/", "events/", "inference/", "gateway/")) for n in names)
@@ -81,8 +90,9 @@ def test_built_wheel_imports_every_subpackage(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     # -S: no site processing, so the editable install's .pth is not active and
     # only the wheel's copy of editflow can be found (dependencies come from
     # the venv's site-packages, added by hand).

@@ -62,8 +62,9 @@ def test_crd_schema_refuses_an_invalid_object(kubectl) -> None:
     ok = "apiVersion: test.editflow.io/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n"
     wait_until(
         lambda: kubectl("apply", "-f", "-", input=ok, check=False).returncode == 0,
-        timeout=30, what="the Widget kind to be served",
-    )  # fmt: skip
+        timeout=30,
+        what="the Widget kind to be served",
+    )
     bad = ok.replace("w1", "w2").replace("size: 3", "size: 42")
     refused = kubectl("apply", "-f", "-", input=bad, check=False)
     assert refused.returncode != 0
@@ -80,13 +81,19 @@ def test_rbac_denies_a_service_account_until_a_rolebinding_allows_it(kubectl) ->
     assert f"system:serviceaccount:{ns}:reader" in denied.stderr
     kubectl("-n", ns, "create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps")
     kubectl(
-        "-n", ns, "create", "rolebinding", "cm-reader",
-        "--role=cm-reader", f"--serviceaccount={ns}:reader",
-    )  # fmt: skip
+        "-n",
+        ns,
+        "create",
+        "rolebinding",
+        "cm-reader",
+        "--role=cm-reader",
+        f"--serviceaccount={ns}:reader",
+    )
     wait_until(
         lambda: kubectl("-n", ns, "get", "configmaps", token=token, check=False).returncode == 0,
-        timeout=30, what="RBAC to allow the service account",
-    )  # fmt: skip
+        timeout=30,
+        what="RBAC to allow the service account",
+    )
     still_denied = kubectl("-n", ns, "get", "secrets", token=token, check=False)
     assert still_denied.returncode != 0
 
@@ -110,8 +117,9 @@ def test_deleting_an_owner_cascades_through_the_garbage_collector(kubectl) -> No
     kubectl("-n", ns, "delete", "configmap", "owner", "--cascade=background")
     wait_until(
         lambda: kubectl("-n", ns, "get", "configmap", "dependent", check=False).returncode != 0,
-        timeout=60, what="the garbage collector to delete the dependent",
-    )  # fmt: skip
+        timeout=60,
+        what="the garbage collector to delete the dependent",
+    )
 
 
 async def test_jetstream_drops_a_repeated_msg_id(stack: LocalStack) -> None:
@@ -165,7 +173,7 @@ def test_stopping_the_stack_leaves_no_process_and_no_port_even_after_a_failure()
     with pytest.raises(RuntimeError, match="boom"), LocalStack() as running:
         seen["pids"] = running.pids()
         seen["ports"] = running.ports()
-        assert len(seen["pids"]) == 5 and all(port_is_open(p) for p in running.ports())
+        assert len(seen["pids"]) == 6 and all(port_is_open(p) for p in running.ports())
         workdir = running.workdir
         raise RuntimeError("boom")
     assert all(_gone(pid) for pid in seen["pids"])
@@ -194,9 +202,10 @@ def test_a_killed_launcher_takes_its_servers_with_it(tmp_path) -> None:
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
     wait_until(
-        lambda: all(_gone(p) for p in info["pids"]), timeout=15,
+        lambda: all(_gone(p) for p in info["pids"]),
+        timeout=15,
         what="servers to die with their launcher",
-    )  # fmt: skip
+    )
     time.sleep(0.2)
     assert not any(port_is_open(p) for p in info["ports"])
 

@@ -59,9 +59,13 @@ def install(
     for res in results:
         for rec in res.binaries:
             table.add_row(
-                res.step, rec.name, rec.version, rec.sha256[:16],
-                f"{res.seconds:.1f}", "cached" if res.cached else "built",
-            )  # fmt: skip
+                res.step,
+                rec.name,
+                rec.version,
+                rec.sha256[:16],
+                f"{res.seconds:.1f}",
+                "cached" if res.cached else "built",
+            )
     console.print(table)
     console.print(f"total {time.monotonic() - began:.1f}s")
 
@@ -72,9 +76,12 @@ def health_table(rows: list[Health], title: str) -> Table:
         table.add_column(col)
     for row in rows:
         table.add_row(
-            row.component, row.endpoint, row.version,
-            "[green]yes[/green]" if row.healthy else "[red]no[/red]", row.detail,
-        )  # fmt: skip
+            row.component,
+            row.endpoint,
+            row.version,
+            "[green]yes[/green]" if row.healthy else "[red]no[/red]",
+            row.detail,
+        )
     return table
 
 
@@ -147,8 +154,11 @@ def up(timeout: float = typer.Option(180, help="seconds to wait for the stack"))
     log = (state / "supervisor.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "editflow.cli.main", "dev", "serve"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     _pid_file().write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     with console.status("starting the local stack"):
@@ -187,6 +197,46 @@ def down(timeout: float = typer.Option(60, help="seconds to wait for a clean sto
             os.killpg(pid, signal.SIGKILL)
     _pid_file().unlink(missing_ok=True)
     console.print("local stack stopped")
+
+
+@app.command()
+def kubelet(
+    kubeconfig: Path = typer.Option(..., help="kubeconfig of the node identity"),
+    root: Path = typer.Option(..., help="where pod directories, logs and volumes live"),
+    port: int = typer.Option(10250, help="HTTPS port for /healthz and kubectl logs"),
+    cert: Path = typer.Option(..., help="serving certificate"),
+    key: Path = typer.Option(..., help="serving key"),
+    client_ca: Path = typer.Option(..., help="CA that signs the apiserver's client certificate"),
+    node_name: str = typer.Option("editflow-local-node", help="Node name to register"),
+    gpus: int = typer.Option(1, help="nvidia.com/gpu capacity to advertise"),
+    config_file: Path = typer.Option(None, help="JSON overrides (images, pvc_root, host_paths)"),
+) -> None:
+    """Run the process kubelet: Pods bound to this node run as local processes."""
+    from editflow.core.logging import configure_logging
+    from editflow.devstack.kubelet.config import KubeletConfig
+    from editflow.devstack.kubelet.main import run
+
+    configure_logging()
+    config = KubeletConfig.from_file(config_file, root) if config_file else KubeletConfig(root=root)
+    config.node_name = node_name
+    config.gpus = gpus
+    run(kubeconfig=kubeconfig, config=config, port=port, cert=cert, key=key, client_ca=client_ca)
+
+
+@app.command()
+def logs(
+    pod: str = typer.Argument(..., help="pod name"),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    container: str = typer.Option(None, "-c", "--container"),
+) -> None:
+    """Print a local-mode pod's container log (what ``kubectl logs`` shows)."""
+    root = paths.dev_state_dir() / "stack" / "kubelet"
+    matches = sorted(root.glob(f"pods/{namespace}_{pod}_*/logs/{container or '*'}.log"))
+    if not matches:
+        console.print(f"no logs for pod {namespace}/{pod} under {root}")
+        raise typer.Exit(1)
+    for match in matches:
+        sys.stdout.write(match.read_text(errors="replace"))
 
 
 @app.command()

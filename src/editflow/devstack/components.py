@@ -134,19 +134,33 @@ class KubeAPIServer(Component):
         serving = self.ca.issue(
             "apiserver",
             common_name="kube-apiserver",
-            dns_names=("localhost", "kubernetes", "kubernetes.default",
-                       "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+            dns_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
             ip_addresses=("127.0.0.1", "10.0.0.1"),
             server=True,
-        )  # fmt: skip
+        )
         self.admin = self.ca.issue(
             "admin", common_name="editflow-admin", organizations=("system:masters",)
         )
         self.sa_key, self.sa_pub = write_service_account_keys(self.pki_dir)
+        # The apiserver's identity towards kubelets (kubectl logs/exec go through it).
+        self.kubelet_client = self.ca.issue(
+            "apiserver-kubelet-client",
+            common_name="kube-apiserver-kubelet-client",
+            organizations=("system:masters",),
+        )
         self.kubeconfig = write_kubeconfig(
             self.workdir / "admin.kubeconfig",
-            server=self.url, ca_file=self.ca.cert_path, user="editflow-admin", client=self.admin,
-        )  # fmt: skip
+            server=self.url,
+            ca_file=self.ca.cert_path,
+            user="editflow-admin",
+            client=self.admin,
+        )
         self._spawn(
             [
                 str(installer.binary("kube-apiserver")),
@@ -166,6 +180,10 @@ class KubeAPIServer(Component):
                 f"--service-account-signing-key-file={self.sa_key}",
                 # Nothing routes to the loopback "kubernetes" Service endpoints here.
                 "--endpoint-reconciler-type=none",
+                f"--kubelet-client-certificate={self.kubelet_client.cert}",
+                f"--kubelet-client-key={self.kubelet_client.key}",
+                f"--kubelet-certificate-authority={self.ca.cert_path}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--v=1",
             ]
         )
@@ -200,9 +218,11 @@ class KubeControllerManager(Component):
         )
         kubeconfig = write_kubeconfig(
             self.workdir / "controller-manager.kubeconfig",
-            server=self.api.url, ca_file=self.api.ca.cert_path,
-            user="system:kube-controller-manager", client=ident,
-        )  # fmt: skip
+            server=self.api.url,
+            ca_file=self.api.ca.cert_path,
+            user="system:kube-controller-manager",
+            client=ident,
+        )
         self._spawn(
             [
                 str(installer.binary("kube-controller-manager")),
@@ -251,14 +271,19 @@ class Nats(Component):
         self._spawn(
             [
                 str(installer.binary("nats-server")),
-                "-a", "127.0.0.1",
-                "-p", str(self.port),
-                "-m", str(self.monitor_port),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
                 "-js",
-                "-sd", str(self.store_dir),
-                "--server_name", "editflow-local",
+                "-sd",
+                str(self.store_dir),
+                "--server_name",
+                "editflow-local",
             ]
-        )  # fmt: skip
+        )
         self._wait(
             lambda: (
                 _get(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true")
@@ -308,12 +333,14 @@ class MinIO(Component):
                 str(installer.binary("minio")),
                 "server",
                 "--quiet",
-                "--address", self.endpoint,
-                "--console-address", f"127.0.0.1:{console}",
+                "--address",
+                self.endpoint,
+                "--console-address",
+                f"127.0.0.1:{console}",
                 str(self.workdir / "minio"),
             ],
             env=env,
-        )  # fmt: skip
+        )
         self._wait(lambda: _get(f"{self.url}/minio/health/ready") is not None, 60)
 
     def version(self) -> str:
@@ -328,3 +355,108 @@ class MinIO(Component):
         except Exception as exc:
             return Health(self.name, self.url, "?", False, str(exc))
         return Health(self.name, self.url, self.version(), True, f"bucket {self.bucket}")
+
+
+class ProcessKubeletServer(Component):
+    """The project's process kubelet, supervised like every other server."""
+
+    name = "process-kubelet"
+
+    def __init__(self, workdir: Path, api: KubeAPIServer, *, gpus: int = 1) -> None:
+        super().__init__(workdir)
+        self.api = api
+        self.gpus = gpus
+        self.node_name = "editflow-local-node"
+        self.root = workdir / "kubelet"
+
+    def start(self) -> None:
+        from editflow.devstack.kubeapi import KubeClient, KubeError
+
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        user = f"system:node:{self.node_name}"
+        ident = self.api.ca.issue("kubelet", common_name=user, organizations=("system:nodes",))
+        serving = self.api.ca.issue(
+            "kubelet-serving",
+            common_name=self.node_name,
+            dns_names=(self.node_name,),
+            ip_addresses=("127.0.0.1",),
+            server=True,
+        )
+        kubeconfig = write_kubeconfig(
+            self.workdir / "kubelet.kubeconfig",
+            server=self.api.url,
+            ca_file=self.api.ca.cert_path,
+            user=user,
+            client=ident,
+        )
+        # Least privilege: the bootstrap roles of a node and of a scheduler
+        # (it binds Pods), not cluster-admin. RBAC stands in for the Node
+        # authorizer, which would need the real kubelet's node identity flow.
+        admin = KubeClient(self.api.kubeconfig)
+        try:
+            for role in ("system:node", "system:kube-scheduler"):
+                binding = {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": f"editflow-process-kubelet:{role.split(':')[1]}"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": role,
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                    ],
+                }
+                try:
+                    admin.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+                except KubeError as exc:
+                    if exc.status != 409:
+                        raise
+        finally:
+            admin.close()
+        self.start_process(kubeconfig, serving)
+
+    def start_process(self, kubeconfig: Path | None = None, serving: object = None) -> None:
+        """(Re)start the agent; tests restart it to prove adoption."""
+        import sys
+
+        if kubeconfig is not None:
+            self._argv = [
+                sys.executable,
+                "-m",
+                "editflow.cli.main",
+                "dev",
+                "kubelet",
+                f"--kubeconfig={kubeconfig}",
+                f"--root={self.root}",
+                f"--port={self.port}",
+                f"--cert={serving.cert}",
+                f"--key={serving.key}",  # type: ignore[attr-defined]
+                f"--client-ca={self.api.ca.cert_path}",
+                f"--node-name={self.node_name}",
+                f"--gpus={self.gpus}",
+            ]
+        self._spawn(self._argv)
+        self._ssl = ssl.create_default_context(cafile=str(self.api.ca.cert_path))
+        self._wait(lambda: _get(f"{self.url}/healthz", context=self._ssl) == b"ok", 60)
+
+    def stop(self) -> None:
+        from editflow.devstack.kubelet import runtime
+
+        super().stop()
+        runtime.sweep(self.root)  # whatever the agent could not stop itself
+
+    def health(self) -> Health:
+        try:
+            ok = _get(f"{self.url}/healthz", context=self._ssl) == b"ok"
+        except Exception as exc:
+            return Health(self.name, self.url, "?", False, str(exc))
+        return Health(
+            self.name,
+            self.url,
+            installer.KUBERNETES_VERSION,
+            ok,
+            f"node {self.node_name}, {self.gpus} GPU",
+        )

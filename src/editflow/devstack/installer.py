@@ -272,11 +272,16 @@ def build_recipe(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     cmd = [
-        "go", "build", "-v", "-trimpath",
-        "-ldflags", " ".join(("-s", "-w", *recipe.ldflags)),
-        "-o", f"{staging}/",
+        "go",
+        "build",
+        "-v",
+        "-trimpath",
+        "-ldflags",
+        " ".join(("-s", "-w", *recipe.ldflags)),
+        "-o",
+        f"{staging}/",
         *recipe.packages,
-    ]  # fmt: skip
+    ]
     proc = subprocess.Popen(
         cmd,
         cwd=GOMODS / recipe.module_dir,

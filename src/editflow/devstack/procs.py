@@ -53,6 +53,8 @@ def wait_until(
         try:
             if check():
                 return
+        except StartupError:
+            raise  # the server died: waiting longer cannot help
         except Exception:  # noqa: S110 - a check that raises just is not ready yet
             pass
         if time.monotonic() > deadline:

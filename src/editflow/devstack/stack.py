@@ -36,12 +36,13 @@ from editflow.devstack.components import (
     KubeControllerManager,
     MinIO,
     Nats,
+    ProcessKubeletServer,
 )
 from editflow.devstack.procs import wait_until
 
 
 class LocalStack:
-    """etcd + kube-apiserver + kube-controller-manager + NATS JetStream + MinIO on loopback."""
+    """etcd, kube-apiserver, kube-controller-manager, the process kubelet, NATS and MinIO."""
 
     def __init__(
         self,
@@ -51,6 +52,8 @@ class LocalStack:
         nats: bool = True,
         minio: bool = True,
         bucket: str = "editflow",
+        kubelet: bool = True,
+        gpus: int = 1,
         keep_workdir: bool = False,
     ) -> None:
         self._own_workdir = workdir is None
@@ -62,6 +65,11 @@ class LocalStack:
         self.controller_manager = (
             KubeControllerManager(self.workdir, self.apiserver) if self.apiserver else None
         )
+        self.kubelet = (
+            ProcessKubeletServer(self.workdir, self.apiserver, gpus=gpus)
+            if self.apiserver and kubelet
+            else None
+        )
         self.nats = Nats(self.workdir) if nats else None
         self.minio = MinIO(self.workdir, bucket) if minio else None
         self.started: list[Component] = []
@@ -69,7 +77,14 @@ class LocalStack:
 
     # -- lifecycle ---------------------------------------------------------
     def components(self) -> Iterator[Component]:
-        for comp in (self.etcd, self.apiserver, self.controller_manager, self.nats, self.minio):
+        for comp in (
+            self.etcd,
+            self.apiserver,
+            self.controller_manager,
+            self.kubelet,
+            self.nats,
+            self.minio,
+        ):
             if comp is not None:
                 yield comp
 
@@ -80,8 +95,8 @@ class LocalStack:
                 self.started.append(comp)
                 comp.start()  # type: ignore[attr-defined]
                 self.timings[comp.name] = round(time.monotonic() - began, 2)
-            if self.controller_manager is not None:
-                self._wait_for_default_service_account()
+                if comp is self.controller_manager:
+                    self._wait_for_default_service_account()
             if self.minio is not None:
                 self._create_bucket()
         except BaseException:

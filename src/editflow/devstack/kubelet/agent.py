@@ -1,0 +1,667 @@
+"""The process kubelet's control loops.
+
+Threads, each with one job:
+
+- ``node``: registers the Node, clears the ``not-ready`` taint admission put
+  on it, and posts a Ready heartbeat;
+- ``watch``: list+watch of all Pods with a bounded timeout, feeding a cache
+  and a work queue (a 410 Gone or a dropped stream means: list again);
+- ``monitor``: polls container exit records and deadlines, and re-queues
+  Pods that need another look (this is also how a Pending Pod gets bound
+  once a GPU frees up);
+- ``worker``: the only thread that acts: it reconciles one Pod at a time
+  from the cache (level-triggered: what to do depends only on the Pod and
+  the on-disk container state, never on which event arrived).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from editflow.devstack.kubeapi import KubeClient, KubeError
+from editflow.devstack.kubelet import runtime
+from editflow.devstack.kubelet import status as st
+from editflow.devstack.kubelet.config import KubeletConfig
+from editflow.devstack.kubelet.podspec import (
+    ContainerConfigError,
+    ContainerPlan,
+    ImageNotMapped,
+    materialize_volumes,
+    plan_container,
+    pod_dir_for,
+    service_env,
+)
+from editflow.devstack.kubelet.scheduling import TERMINAL_PHASES, fits
+
+log = logging.getLogger("editflow.kubelet")
+
+Pod = dict[str, Any]
+
+
+def _parse_time(value: str) -> float:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+@dataclass
+class LocalPod:
+    """What this agent knows about a Pod it runs (rebuilt from disk after a restart)."""
+
+    uid: str
+    pod_dir: Path
+    init: list[ContainerPlan] = field(default_factory=list)
+    main: list[ContainerPlan] = field(default_factory=list)
+    started_init: int = 0
+    main_started: bool = False
+    term_sent_at: float | None = None
+    kill_at: float | None = None
+    deadline_exceeded: bool = False
+    last_status: str = ""
+
+
+class ProcessKubelet:
+    """Runs Pods bound to one Node as local processes."""
+
+    def __init__(
+        self, client: KubeClient, config: KubeletConfig, *, api_port: int | None, kubelet_port: int
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.api_port = api_port
+        self.kubelet_port = kubelet_port
+        self.version = "v1.34.4-process"
+        self.cache: dict[str, Pod] = {}
+        self.assumed: dict[str, Pod] = {}
+        self.local: dict[str, LocalPod] = {}
+        self.lock = threading.Lock()
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.queued: set[str] = set()
+        self.stop_event = threading.Event()
+        self.shims: list[Any] = []
+        self.node: dict[str, Any] | None = None
+        self.last_watch = time.monotonic()
+        self.threads: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        self.config.root.mkdir(parents=True, exist_ok=True)
+        self.register_node()
+        self.relist()
+        for name, target in (
+            ("node", self._node_loop),
+            ("watch", self._watch_loop),
+            ("monitor", self._monitor_loop),
+            ("worker", self._worker_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"kubelet-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def shutdown(self, kill_pods: bool = True) -> None:
+        """Stop the loops; with ``kill_pods`` (local-mode teardown) no process survives."""
+        self.stop_event.set()
+        if kill_pods:
+            runtime.sweep(self.config.root)
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+    def healthy(self) -> bool:
+        return self.node is not None and all(t.is_alive() for t in self.threads)
+
+    # -- node ------------------------------------------------------------------
+    def register_node(self) -> None:
+        manifest = st.node_manifest(self.config)
+        name = self.config.node_name
+        try:
+            self.client.post("/api/v1/nodes", manifest)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        # Admission adds node.kubernetes.io/not-ready at creation; no node
+        # lifecycle controller runs to clear it, so the agent sets its own taints.
+        self.client.patch(
+            f"/api/v1/nodes/{name}",
+            {
+                "metadata": {"labels": manifest["metadata"]["labels"]},
+                "spec": {"taints": self.config.taints or None},
+            },
+        )
+        self.post_node_status()
+
+    def post_node_status(self) -> None:
+        body = {"status": st.node_status(self.config, self.kubelet_port, self.version)}
+        self.node = self.client.patch(f"/api/v1/nodes/{self.config.node_name}/status", body)
+
+    def _node_loop(self) -> None:
+        while not self.stop_event.wait(self.config.heartbeat_seconds):
+            try:
+                self.post_node_status()
+            except Exception:
+                log.exception("node heartbeat failed")
+
+    # -- pod cache -------------------------------------------------------------
+    def enqueue(self, uid: str) -> None:
+        with self.lock:
+            if uid in self.queued:
+                return
+            self.queued.add(uid)
+        self.queue.put(uid)
+
+    def relist(self) -> str:
+        listing = self.client.get("/api/v1/pods")
+        fresh = {p["metadata"]["uid"]: p for p in listing.get("items", [])}
+        with self.lock:
+            gone = set(self.cache) - set(fresh)
+            self.cache = fresh
+        for uid in [*fresh, *gone, *list(self.local)]:
+            self.enqueue(uid)
+        self.last_watch = time.monotonic()
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch_loop(self) -> None:
+        version = ""
+        while not self.stop_event.is_set():
+            try:
+                if not version:
+                    version = self.relist()
+                for event in self.client.watch(
+                    "/api/v1/pods", resource_version=version, timeout_seconds=30
+                ):
+                    self.last_watch = time.monotonic()
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        version = ""  # 410 Gone: our version is too old, list again
+                        break
+                    version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    uid = obj["metadata"]["uid"]
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            self.cache.pop(uid, None)
+                        else:
+                            self.cache[uid] = obj
+                        if obj["spec"].get("nodeName"):
+                            self.assumed.pop(uid, None)
+                    self.enqueue(uid)
+                    if self.stop_event.is_set():
+                        return
+            except Exception as exc:
+                if self.stop_event.is_set():
+                    return
+                log.warning("pod watch failed, relisting: %s", exc)
+                version = ""
+                self.stop_event.wait(1)
+
+    def _monitor_loop(self) -> None:
+        last_resync = 0.0
+        while not self.stop_event.wait(0.2):
+            self.shims = [s for s in self.shims if s.poll() is None]  # reap finished shims
+            for uid in list(self.local):
+                self.enqueue(uid)
+            if time.monotonic() - last_resync >= self.config.resync_seconds:
+                last_resync = time.monotonic()
+                with self.lock:
+                    pending = [
+                        uid
+                        for uid, pod in self.cache.items()
+                        if not pod["spec"].get("nodeName")
+                        and pod.get("status", {}).get("phase") == "Pending"
+                    ]
+                for uid in pending:
+                    self.enqueue(uid)
+
+    def _worker_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                uid = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            with self.lock:
+                self.queued.discard(uid)
+            try:
+                self.reconcile(uid)
+            except Exception:
+                log.exception("reconciling pod %s failed; will retry", uid)
+
+    # -- reconcile -------------------------------------------------------------
+    def reconcile(self, uid: str) -> None:
+        with self.lock:
+            pod = self.cache.get(uid)
+        if pod is None:
+            self._forget(uid, kill=True)
+            return
+        node_name = pod["spec"].get("nodeName")
+        if not node_name:
+            self._schedule(pod)
+        elif node_name == self.config.node_name:
+            self._sync_pod(pod)
+
+    def _forget(self, uid: str, *, kill: bool) -> None:
+        local = self.local.pop(uid, None)
+        if local is None:
+            return
+        if kill:
+            for plan in [*local.init, *local.main]:
+                runtime.send(local.pod_dir, plan.name, signal.SIGKILL)
+        shutil.rmtree(local.pod_dir, ignore_errors=True)
+
+    # -- scheduling --------------------------------------------------------------
+    def _bound_here(self) -> list[Pod]:
+        with self.lock:
+            bound = [
+                p for p in self.cache.values() if p["spec"].get("nodeName") == self.config.node_name
+            ]
+            return bound + list(self.assumed.values())
+
+    def _schedule(self, pod: Pod) -> None:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp") or pod["spec"].get("schedulingGates"):
+            return
+        if pod["spec"].get("schedulerName", "default-scheduler") != "default-scheduler":
+            return
+        if pod.get("status", {}).get("phase") in TERMINAL_PHASES:
+            return
+        node = self.node or {}
+        fit = fits(pod, node, self._bound_here()) if node else None
+        if fit is None:
+            return
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        if fit.ok:
+            binding = {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": meta["name"], "uid": meta["uid"]},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": self.config.node_name},
+            }
+            try:
+                self.client.post(f"{path}/binding", binding)
+            except KubeError as exc:
+                if exc.status in (404, 409):
+                    return
+                raise
+            with self.lock:
+                # Assume until the watch shows the binding, so the next Pod in
+                # the queue cannot take the same GPU.
+                self.assumed[meta["uid"]] = {
+                    **pod,
+                    "spec": {**pod["spec"], "nodeName": self.config.node_name},
+                }
+            self._event(
+                pod,
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {meta['namespace']}/{meta['name']} "
+                f"to {self.config.node_name}",
+            )
+            return
+        current = next(
+            (
+                c
+                for c in pod.get("status", {}).get("conditions") or []
+                if c["type"] == "PodScheduled"
+            ),
+            None,
+        )
+        if current and current.get("status") == "False" and current.get("message") == fit.message:
+            return
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": fit.message,
+            "lastTransitionTime": st.now(),
+        }
+        with contextlib.suppress(KubeError):
+            self.client.patch(
+                f"{path}/status", {"status": {"conditions": [condition]}}, kind="strategic"
+            )
+        self._event(pod, "Warning", "FailedScheduling", fit.message)
+
+    # -- running -----------------------------------------------------------------
+    def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        resource = {"Secret": "secrets", "ConfigMap": "configmaps"}[kind]
+        try:
+            return self.client.get(f"/api/v1/namespaces/{namespace}/{resource}/{name}")
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _token(self, pod: Pod, audience: str | None, expiry: int) -> str:
+        meta = pod["metadata"]
+        sa = pod["spec"].get("serviceAccountName", "default")
+        body: dict[str, Any] = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": max(expiry, 600),
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            },
+        }
+        if audience:
+            body["spec"]["audiences"] = [audience]
+        result = self.client.post(
+            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body
+        )
+        return str(result["status"]["token"])
+
+    def _prepare(self, pod: Pod) -> LocalPod:
+        pod_dir = pod_dir_for(self.config.root, pod)
+        volumes = materialize_volumes(pod, pod_dir, self.config, self._lookup, self._token)
+        alloc = (self.node or {}).get("status", {}).get("allocatable", {})
+
+        def plans(containers: list[dict[str, Any]]) -> list[ContainerPlan]:
+            return [
+                plan_container(
+                    pod,
+                    c,
+                    pod_dir=pod_dir,
+                    volumes=volumes,
+                    config=self.config,
+                    lookup=self._lookup,
+                    node_alloc=alloc,
+                    service_env=service_env(self.api_port),
+                )
+                for c in containers
+            ]
+
+        return LocalPod(
+            uid=pod["metadata"]["uid"],
+            pod_dir=pod_dir,
+            init=plans(pod["spec"].get("initContainers") or []),
+            main=plans(pod["spec"]["containers"]),
+        )
+
+    def _sync_pod(self, pod: Pod) -> None:
+        uid = pod["metadata"]["uid"]
+        phase = pod.get("status", {}).get("phase")
+        local = self.local.get(uid)
+        if phase in TERMINAL_PHASES:
+            if pod["metadata"].get("deletionTimestamp"):
+                self._final_delete(pod)
+            return
+        if local is None:
+            local = self._adopt_or_start(pod)
+            if local is None:
+                return
+        if pod["metadata"].get("deletionTimestamp"):
+            self._terminate(pod, local)
+            return
+        self._enforce_deadline(pod, local)
+        self._advance(pod, local)
+
+    def _adopt_or_start(self, pod: Pod) -> LocalPod | None:
+        meta = pod["metadata"]
+        try:
+            local = self._prepare(pod)
+        except ImageNotMapped as exc:
+            self._write_terminal_error(pod, "ErrImagePull", str(exc))
+            self._event(pod, "Warning", "Failed", str(exc))
+            return None
+        except ContainerConfigError as exc:
+            states = [
+                st.ContainerState(
+                    c["name"], c["image"], st.waiting("CreateContainerConfigError", str(exc))
+                )
+                for c in pod["spec"]["containers"]
+            ]
+            self._patch_status(pod, st.pod_status(pod, states, phase="Pending"), key=f"cfg:{exc}")
+            self._event(pod, "Warning", "Failed", f"Error: {exc}")
+            return None
+        # Adoption: an earlier agent may have started these containers already.
+        for index, plan in enumerate(local.init):
+            if runtime.observe(local.pod_dir, plan.name) is not None:
+                local.started_init = index + 1
+        if any(runtime.observe(local.pod_dir, p.name) is not None for p in local.main):
+            local.main_started = True
+            local.started_init = len(local.init)
+            log.info("adopted pod %s/%s", meta["namespace"], meta["name"])
+        self.local[meta["uid"]] = local
+        return local
+
+    def _start(self, pod: Pod, local: LocalPod, plan: ContainerPlan) -> None:
+        self.shims.append(runtime.start(plan, local.pod_dir))
+        self._event(
+            pod,
+            "Normal",
+            "Started",
+            f"Started container {plan.name} ({' '.join(plan.argv[:3])} ...)",
+        )
+
+    def _states(
+        self, local: LocalPod, plans: list[ContainerPlan], *, started: bool
+    ) -> list[st.ContainerState]:
+        states = []
+        for plan in plans:
+            seen = runtime.observe(local.pod_dir, plan.name) if started else None
+            cid = f"process://{local.uid}/{plan.name}"
+            if isinstance(seen, runtime.Exited):
+                message = seen.message or runtime.termination_message(
+                    plan.termination_path,
+                    plan.log_path,
+                    plan.termination_policy,
+                    seen.exit_code != 0,
+                )
+                state = st.terminated(
+                    seen.exit_code, seen.started_at, seen.finished_at, message, seen.reason
+                )
+                states.append(st.ContainerState(plan.name, plan.image, state, container_id=cid))
+            elif isinstance(seen, runtime.Running):
+                states.append(
+                    st.ContainerState(
+                        plan.name,
+                        plan.image,
+                        st.running(seen.started_at),
+                        ready=True,
+                        container_id=cid,
+                    )
+                )
+            elif isinstance(seen, runtime.Lost):
+                state = st.terminated(
+                    137,
+                    st.now(),
+                    st.now(),
+                    "The container could not be located when the kubelet looked for it",
+                    "ContainerStatusUnknown",
+                )
+                states.append(st.ContainerState(plan.name, plan.image, state, container_id=cid))
+            else:
+                reason = "ContainerCreating" if started else "PodInitializing"
+                states.append(st.ContainerState(plan.name, plan.image, st.waiting(reason)))
+        return states
+
+    def _advance(self, pod: Pod, local: LocalPod) -> None:
+        # Init containers one after another, each must succeed.
+        while local.started_init <= len(local.init) and local.init:
+            index = local.started_init - 1
+            if index >= 0:
+                seen = runtime.observe(local.pod_dir, local.init[index].name)
+                if not isinstance(seen, runtime.Exited):
+                    break
+                if seen.exit_code != 0:
+                    self._finish(pod, local)
+                    return
+            if local.started_init == len(local.init):
+                break
+            self._start(pod, local, local.init[local.started_init])
+            local.started_init += 1
+            break
+        init_done = local.started_init == len(local.init) and all(
+            isinstance(s := runtime.observe(local.pod_dir, p.name), runtime.Exited)
+            and s.exit_code == 0
+            for p in local.init
+        )
+        if init_done and not local.main_started:
+            for plan in local.main:
+                self._start(pod, local, plan)
+            local.main_started = True
+        self._finish(pod, local)
+
+    def _finish(self, pod: Pod, local: LocalPod) -> None:
+        init_states = self._states(local, local.init, started=True) if local.init else None
+        states = self._states(local, local.main, started=local.main_started)
+        init_failed = bool(init_states) and any(
+            s.terminated and s.terminated["exitCode"] != 0 for s in init_states or []
+        )
+        phase = "Failed" if init_failed else None
+        reason = message = None
+        if local.deadline_exceeded:
+            phase, reason = "Failed", "DeadlineExceeded"
+            message = "Pod was active on the node longer than the specified deadline"
+            if not all(s.terminated for s in states):
+                return  # wait for the killed processes to be recorded
+        body = st.pod_status(
+            pod, states, phase=phase, reason=reason, message=message, init_containers=init_states
+        )
+        self._patch_status(pod, body, key=_status_key(body))
+        if body["phase"] in TERMINAL_PHASES:
+            local.last_status = _status_key(body)
+
+    def _enforce_deadline(self, pod: Pod, local: LocalPod) -> None:
+        deadline = pod["spec"].get("activeDeadlineSeconds")
+        start = pod.get("status", {}).get("startTime")
+        if not deadline or not start or local.deadline_exceeded:
+            return
+        if time.time() - _parse_time(start) > int(deadline):
+            local.deadline_exceeded = True
+            self._event(
+                pod,
+                "Normal",
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline",
+            )
+            for plan in [*local.init, *local.main]:
+                runtime.send(local.pod_dir, plan.name, signal.SIGKILL)
+
+    # -- deletion ----------------------------------------------------------------
+    def _terminate(self, pod: Pod, local: LocalPod) -> None:
+        """Graceful deletion: SIGTERM, grace period, SIGKILL, terminal status, final delete."""
+        plans = [*local.init, *local.main]
+        alive = [
+            p for p in plans if isinstance(runtime.observe(local.pod_dir, p.name), runtime.Running)
+        ]
+        now = time.monotonic()
+        if alive and local.term_sent_at is None:
+            grace = pod["metadata"].get("deletionGracePeriodSeconds")
+            grace = 30 if grace is None else int(grace)
+            local.term_sent_at = now
+            local.kill_at = now + grace
+            for plan in alive:
+                runtime.send(local.pod_dir, plan.name, signal.SIGTERM)
+            self._event(
+                pod,
+                "Normal",
+                "Killing",
+                f"Stopping container(s) {', '.join(p.name for p in alive)} (grace {grace}s)",
+            )
+            return
+        if alive and local.kill_at is not None and now >= local.kill_at:
+            for plan in alive:
+                runtime.send(local.pod_dir, plan.name, signal.SIGKILL)
+            return
+        if alive:
+            return
+        states = self._states(local, local.main, started=local.main_started)
+        if not local.main_started:
+            states = [
+                st.ContainerState(
+                    p.name,
+                    p.image,
+                    st.terminated(137, st.now(), st.now(), "", "ContainerStatusUnknown"),
+                )
+                for p in local.main
+            ]
+        body = st.pod_status(pod, states)
+        if body["phase"] not in TERMINAL_PHASES:
+            body["phase"] = "Failed"
+        self._patch_status(pod, body, key=_status_key(body))
+        self._final_delete(pod)
+
+    def _final_delete(self, pod: Pod) -> None:
+        meta = pod["metadata"]
+        with contextlib.suppress(KubeError):
+            self.client.delete(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+            )
+
+    # -- writing -----------------------------------------------------------------
+    def _write_terminal_error(self, pod: Pod, reason: str, message: str) -> None:
+        states = [
+            st.ContainerState(
+                c["name"], c["image"], st.terminated(128, st.now(), st.now(), message, reason)
+            )
+            for c in pod["spec"]["containers"]
+        ]
+        body = st.pod_status(pod, states, phase="Failed", reason=reason, message=message)
+        self._patch_status(pod, body, key=f"err:{reason}")
+
+    def _patch_status(self, pod: Pod, body: dict[str, Any], *, key: str) -> None:
+        uid = pod["metadata"]["uid"]
+        local = self.local.get(uid)
+        if local is not None and local.last_status == key:
+            return
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        try:
+            self.client.patch(path, {"metadata": {"uid": uid}, "status": body}, kind="strategic")
+        except KubeError as exc:
+            if exc.status in (404, 409):
+                return
+            raise
+        if local is not None:
+            local.last_status = key
+
+    def _event(self, pod: Pod, kind: str, reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "process-kubelet", "host": self.config.node_name},
+            "firstTimestamp": stamp[:19] + "Z",
+            "lastTimestamp": stamp[:19] + "Z",
+            "count": 1,
+            "reportingComponent": "process-kubelet",
+            "reportingInstance": self.config.node_name,
+        }
+        with contextlib.suppress(Exception):
+            self.client.post(f"/api/v1/namespaces/{meta['namespace']}/events", event)
+
+
+def _status_key(body: dict[str, Any]) -> str:
+    """What makes two status writes different (timestamps excluded)."""
+    parts = [body["phase"], body.get("reason", "")]
+    for c in body.get("initContainerStatuses", []) + body["containerStatuses"]:
+        state = c["state"]
+        kind = next(iter(state))
+        parts.append(
+            f"{c['name']}:{kind}:{state[kind].get('exitCode', '')}:{state[kind].get('reason', '')}"
+        )
+    return "|".join(parts)

@@ -1,0 +1,98 @@
+"""Pure fit checks: does a Pod fit this Node, and if not, why (in the scheduler's words)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+Pod = dict[str, Any]
+Node = dict[str, Any]
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Fit:
+    ok: bool
+    reason: str = ""
+    message: str = ""
+
+
+def pod_requests(pod: Pod) -> dict[str, Decimal]:
+    """Effective requests: per container requests (limits when requests are absent), summed;
+    init containers run first, so they count with their maximum."""
+    spec = pod.get("spec", {})
+
+    def one(container: dict[str, Any]) -> dict[str, Decimal]:
+        res = container.get("resources") or {}
+        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        return {k: parse_quantity(v) for k, v in merged.items()}
+
+    total: dict[str, Decimal] = {}
+    for container in spec.get("containers", []):
+        for key, value in one(container).items():
+            total[key] = total.get(key, Decimal(0)) + value
+    for container in spec.get("initContainers", []) or []:
+        for key, value in one(container).items():
+            total[key] = max(total.get(key, Decimal(0)), value)
+    return total
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
+    for tol in tolerations:
+        if tol.get("effect") and tol["effect"] != taint.get("effect"):
+            continue
+        if tol.get("operator") == "Exists":
+            if not tol.get("key") or tol["key"] == taint["key"]:
+                return True
+        elif tol.get("key") == taint["key"] and tol.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def fits(pod: Pod, node: Node, bound_pods: Iterable[Pod]) -> Fit:
+    """Whether ``pod`` fits ``node`` next to the non-terminal ``bound_pods``."""
+    spec = pod.get("spec", {})
+    labels = node["metadata"].get("labels", {})
+    selector = spec.get("nodeSelector") or {}
+    missing = {k: v for k, v in selector.items() if labels.get(k) != v}
+    if missing:
+        wanted = ", ".join(f"{k}={v}" for k, v in missing.items())
+        return Fit(
+            False, "NodeSelectorMismatch", f"node(s) didn't match Pod's node selector ({wanted})"
+        )
+    tolerations = spec.get("tolerations") or []
+    for taint in node.get("spec", {}).get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(
+            tolerations, taint
+        ):
+            return Fit(
+                False,
+                "TaintNotTolerated",
+                f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}",
+            )
+    allocatable = {k: parse_quantity(v) for k, v in node["status"]["allocatable"].items()}
+    used: dict[str, Decimal] = {"pods": Decimal(0)}
+    for other in bound_pods:
+        if other.get("status", {}).get("phase") in TERMINAL_PHASES:
+            continue
+        used["pods"] += 1
+        for key, value in pod_requests(other).items():
+            used[key] = used.get(key, Decimal(0)) + value
+    wanted = pod_requests(pod)
+    wanted["pods"] = Decimal(1)
+    short = []
+    for key, value in sorted(wanted.items()):
+        if value == 0:
+            continue
+        free = allocatable.get(key, Decimal(0)) - used.get(key, Decimal(0))
+        if value > free:
+            short.append(key)
+    if short:
+        names = ", ".join(f"Insufficient {k}" for k in short)
+        return Fit(False, "InsufficientResources", f"0/1 nodes are available: 1 {names}.")
+    return Fit(True)
