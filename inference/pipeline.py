@@ -95,7 +95,7 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     dtypes = torch_dtypes(spec, worker.dtype, device)
     cls = getattr(diffusers, spec.pipeline_class)
     try:
-        pipe = cls.from_pretrained(model_dir, torch_dtype=dtypes, local_files_only=True)
+        pipe = cls.from_pretrained(model_dir, dtype=dtypes, local_files_only=True)
         if worker.cpu_offload == "model" and device != "cpu":
             pipe.enable_model_cpu_offload(device=device)
         elif worker.cpu_offload == "sequential" and device != "cpu":

@@ -28,7 +28,7 @@ LONG_SIDE_MAX = 1024
 MIN_SIDE = 32
 #: Formats we decode. Everything else (EPS/PS through Ghostscript, PSD, ICO...)
 #: is refused: fewer decoders, fewer surprises.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG also opens MPO
 WHITE = (255, 255, 255)
 
 
@@ -78,8 +78,8 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejectedError(
-                    f"the image is {width}x{height} = {width * height} pixels, more than the "
-                    f"limit of {max_pixels}: downscale it before uploading",
+                    f"the image has too many pixels: {width}x{height} = {width * height}, more "
+                    f"than the limit of {max_pixels}; downscale it before uploading",
                     field="source",
                 )
             frames = getattr(image, "n_frames", 1)

@@ -1,0 +1,62 @@
+"""The straight line in-process against real MinIO: success, and each failure's exit code."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from editflow.events.worker_contract import WorkerResult, result_json_key
+from editflow.inference.pipeline import ModelCache
+from editflow.inference.worker import execute
+from PIL import Image
+
+from editflow.core.errors import ExitCode
+from editflow.core.s3 import s3_client
+from editflow.core.settings import Settings
+
+from .conftest import ImageServer, Route, png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models(s3, tiny_models_root) -> ModelCache:
+    from editflow.core.settings import WorkerSettings
+
+    return ModelCache(WorkerSettings(models_root=str(tiny_models_root), device="cpu"), s3)
+
+
+def request(url: str, **extra: object) -> str:
+    body = {"edit_id": "edit-inproc", "attempt": 1, "source": {"url": url},
+            "prompt": "Change the car's colour to blue", "parameters": {"seed": 7}}  # fmt: skip
+    body.update(extra)
+    return json.dumps(body)
+
+
+def test_success_stores_image_and_result_and_signs_a_url(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache, tmp_path: Path
+) -> None:
+    image_server.routes["/car.png"] = Route(png_bytes((1600, 1200)))
+    result, code = execute(request(image_server.url("/car.png")), worker_settings, models)
+    assert code == ExitCode.OK, result.error
+    assert result.status == "success"
+    assert (result.width, result.height) == (1024, 768)
+    assert result.seed == 7
+    client = s3_client(worker_settings.s3)
+    stored = client.get_object(worker_settings.s3.bucket, result.result_key)
+    image = Image.open(io.BytesIO(stored.read()))
+    assert image.size == (1024, 768) and image.format == "PNG"
+    meta = client.stat_object(worker_settings.s3.bucket, result.result_key).metadata
+    assert meta["x-amz-meta-model"] == "longcat-image-edit"
+    assert meta["x-amz-meta-seed"] == "7"
+    key = result_json_key("results", "edit-inproc", 1)
+    stored_result = WorkerResult.model_validate_json(
+        client.get_object(worker_settings.s3.bucket, key).read()
+    )
+    assert stored_result.result_key == result.result_key
+    assert httpx.get(result.result_url).status_code == 200
+    termination = json.loads(Path(worker_settings.worker.termination_log).read_text())
+    assert termination["status"] == "success"
