@@ -117,3 +117,30 @@ def result_json_key(key_prefix: str, edit_id: str, attempt: int) -> str:
 
 #: Termination messages are capped at 4096 bytes by the kubelet.
 TERMINATION_MESSAGE_LIMIT = 4096
+
+
+# -- warm mode: the same request and result over a JetStream work queue --------
+#: The work-queue stream warm workers consume (retention: work queue, so each
+#: request is delivered to one worker and removed once acknowledged).
+WORK_STREAM = "EDITFLOW_WORK"
+#: Requests for model ``m`` are published to ``editflow.work.<m>``; each warm
+#: worker consumes only the subject of the model it keeps loaded.
+WORK_SUBJECT_PREFIX = "editflow.work"
+#: Every outcome is also published to ``editflow.worker.results.<edit_id>``.
+RESULT_SUBJECT_PREFIX = "editflow.worker.results"
+#: Request header naming a subject for the WorkerResult (JetStream's own reply
+#: subject is the ack subject, so a requester's inbox travels in this header).
+REPLY_TO_HEADER = "Editflow-Reply-To"
+
+
+def work_subject(model: str) -> str:
+    return f"{WORK_SUBJECT_PREFIX}.{model}"
+
+
+def result_subject(edit_id: str) -> str:
+    return f"{RESULT_SUBJECT_PREFIX}.{edit_id}"
+
+
+def work_msg_id(request: WorkerRequest) -> str:
+    """``Nats-Msg-Id`` of a request: a republish of the same attempt is dropped as a duplicate."""
+    return f"{request.edit_id}/attempt-{request.attempt}"

@@ -1,1 +1,257 @@
-"""placeholder"""
+"""Warm mode (``editflow worker serve``): one loaded pipeline, many edits.
+
+The worker loads its model once, then pulls :class:`WorkerRequest` messages
+from the JetStream work-queue stream ``WORK_STREAM`` on the subject of its
+model (``editflow.work.<model>``, durable consumer ``worker-<model>`` shared
+by every warm worker of that model). For each message it runs exactly the
+same :func:`~editflow.inference.worker.execute` as ``editflow worker run``
+(result JSON in S3 next to the image), publishes the :class:`WorkerResult`
+to the subject in the ``Editflow-Reply-To`` header (if any) and to
+``editflow.worker.results.<edit_id>``, and only then acknowledges the
+message. Whether a failed attempt is retried is the requester's decision, as
+it is for Jobs: the result says ``retriable``.
+
+While an edit runs the worker sends ``in_progress`` so JetStream does not
+redeliver it; a worker killed mid-edit never acks, and the message goes to
+another worker after ``ack_wait``.
+
+HTTP (``--http-port``): ``/healthz`` (the loop is alive), ``/readyz`` (model
+loaded, NATS connected, not draining) and ``/metrics`` (Prometheus).
+SIGTERM/SIGINT: stop pulling, finish the edit in flight, ack it, drain NATS,
+exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from editflow.events.worker_contract import (
+    REPLY_TO_HEADER,
+    WORK_STREAM,
+    WORK_SUBJECT_PREFIX,
+    WorkerResult,
+    result_subject,
+    work_subject,
+)
+from editflow.inference import metrics
+from editflow.inference.pipeline import ModelCache
+from editflow.inference.registry import get_spec
+from editflow.inference.report import result_json
+from editflow.inference.worker import execute
+
+from editflow.core.settings import NatsSettings, Settings
+
+log = logging.getLogger(__name__)
+
+ACK_WAIT_SECONDS = 60.0
+PROGRESS_EVERY_SECONDS = 15.0
+LIVENESS_STALE_SECONDS = 60.0
+
+
+def nats_options(nats: NatsSettings) -> dict[str, Any]:
+    """``nats.connect`` keywords from the settings (credentials and TLS when configured)."""
+    import ssl
+
+    options: dict[str, Any] = {"servers": [nats.url], "max_reconnect_attempts": -1}
+    if nats.user:
+        options["user"] = nats.user
+    if nats.password:
+        options["password"] = nats.password.get_secret_value()
+    if nats.token:
+        options["token"] = nats.token.get_secret_value()
+    if nats.creds_file:
+        options["user_credentials"] = nats.creds_file
+    if nats.nkey_seed_file:
+        options["nkeys_seed"] = nats.nkey_seed_file
+    if nats.tls_ca_file or nats.tls_cert_file:
+        context = ssl.create_default_context(cafile=nats.tls_ca_file)
+        if nats.tls_cert_file:
+            context.load_cert_chain(nats.tls_cert_file, nats.tls_key_file)
+        options["tls"] = context
+    return options
+
+
+async def ensure_work_stream(js: Any) -> None:
+    """Create the work-queue stream if it is missing (idempotent)."""
+    from nats.js.api import RetentionPolicy, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    try:
+        await js.stream_info(WORK_STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=WORK_STREAM,
+                subjects=[f"{WORK_SUBJECT_PREFIX}.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                duplicate_window=600,
+            )
+        )
+
+
+class WarmWorker:
+    def __init__(self, settings: Settings, *, model: str, http_port: int = 8080) -> None:
+        self.settings = settings
+        self.spec = get_spec(model)
+        self.http_port = http_port
+        self.models = ModelCache(settings.worker, settings.s3)
+        self.stopping = asyncio.Event()
+        self.loaded = False
+        self.connected = False
+        self.in_flight = 0
+        self.last_beat = time.monotonic()
+        self.handled = 0
+        self.bound_port: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin the graceful drain (signal handlers call this)."""
+        if not self.stopping.is_set():
+            log.info("draining: no new edits, finishing the one in flight")
+        self.stopping.set()
+        metrics.READY.set(0)
+
+    async def run(self) -> int:
+        import nats
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        http = await asyncio.start_server(self._http, "0.0.0.0", self.http_port)  # noqa: S104
+        self.bound_port = http.sockets[0].getsockname()[1]
+        log.info("warm worker http", extra={"port": self.bound_port, "model": self.spec.name})
+        try:
+            began = time.perf_counter()
+            await asyncio.to_thread(self.models.get, self.spec)
+            metrics.MODEL_LOAD_SECONDS.labels(self.spec.name).set(time.perf_counter() - began)
+            self.loaded = True
+            nc = await nats.connect(**nats_options(self.settings.nats))
+            self.connected = True
+            try:
+                await self._consume(nc)
+            finally:
+                self.connected = False
+                metrics.READY.set(0)
+                with contextlib.suppress(Exception):
+                    await nc.drain()
+        finally:
+            http.close()
+            await http.wait_closed()
+        log.info("warm worker stopped", extra={"handled": self.handled})
+        return 0
+
+    async def _consume(self, nc: Any) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        js = nc.jetstream()
+        await ensure_work_stream(js)
+        subscription = await js.pull_subscribe(
+            work_subject(self.spec.name),
+            durable=f"worker-{self.spec.name}",
+            stream=WORK_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_SECONDS),
+        )
+        metrics.READY.set(1)
+        log.info("warm worker ready", extra={"subject": work_subject(self.spec.name)})
+        while not self.stopping.is_set():
+            self.last_beat = time.monotonic()
+            try:
+                messages = await subscription.fetch(1, timeout=1.0)
+            except (TimeoutError, NatsTimeout):
+                continue
+            for message in messages:
+                await self._handle(nc, message)
+
+    async def _handle(self, nc: Any, message: Any) -> None:
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        progress = asyncio.create_task(self._keep_in_progress(message))
+        try:
+            raw = message.data.decode("utf-8", errors="replace")
+            # The same function as `editflow worker run`; no termination message here.
+            result, code = await asyncio.to_thread(
+                execute, raw, self.settings, self.models, termination_log=""
+            )
+            self._observe(result)
+            payload = result_json(result).encode()
+            reply_to = (message.headers or {}).get(REPLY_TO_HEADER)
+            if reply_to:
+                await nc.publish(reply_to, payload)
+            if result.edit_id != "unknown":
+                await nc.publish(result_subject(result.edit_id), payload)
+            await nc.flush()
+            await message.ack()
+            self.handled += 1
+            log.info(
+                "warm edit handled",
+                extra={"edit_id": result.edit_id, "status": result.status, "exit_code": code},
+            )
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+
+    async def _keep_in_progress(self, message: Any) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+            with contextlib.suppress(Exception):
+                await message.in_progress()
+
+    def _observe(self, result: WorkerResult) -> None:
+        code = result.error.code if result.error else ""
+        metrics.EDITS.labels(result.model, result.status, code).inc()
+        for step in ("fetch", "preprocess", "load", "infer", "upload"):
+            value = getattr(result.cost, step)
+            if value:
+                metrics.STEP_SECONDS.labels(result.model, step).observe(value)
+
+    # -- health ------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return self.in_flight > 0 or time.monotonic() - self.last_beat < LIVENESS_STALE_SECONDS
+
+    def ready(self) -> bool:
+        return self.loaded and self.connected and not self.stopping.is_set()
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            path = parts[1] if len(parts) > 1 else "/"
+            content_type = "text/plain; charset=utf-8"
+            if path == "/healthz":
+                ok = self.healthy()
+                status, body = (200 if ok else 503), (b"ok" if ok else b"stale")
+            elif path == "/readyz":
+                ok = self.ready()
+                status, body = (200 if ok else 503), (b"ready" if ok else b"not ready")
+            elif path == "/metrics":
+                status, body = 200, generate_latest(metrics.REGISTRY)
+                content_type = CONTENT_TYPE_LATEST
+            else:
+                status, body = 404, b"not found"
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

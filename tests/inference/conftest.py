@@ -147,3 +147,25 @@ def worker_settings(s3: S3Settings, tiny_models_root: Path, tmp_path: Path) -> S
             termination_log=str(tmp_path / "termination-log"),
         ),
     )
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a Job's container would get, for ``editflow worker`` subprocesses."""
+    import json
+    import os
+
+    s3, worker = settings.s3, settings.worker
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EDITFLOW_")}
+    env.update(
+        EDITFLOW_S3__ENDPOINT=s3.endpoint,
+        EDITFLOW_S3__ACCESS_KEY=s3.access_key.get_secret_value(),
+        EDITFLOW_S3__SECRET_KEY=s3.secret_key.get_secret_value(),
+        EDITFLOW_S3__BUCKET=s3.bucket,
+        EDITFLOW_WORKER__MODELS_ROOT=worker.models_root,
+        EDITFLOW_WORKER__CACHE_DIR=worker.cache_dir,
+        EDITFLOW_WORKER__DEVICE="cpu",
+        EDITFLOW_WORKER__ALLOW_CIDRS=json.dumps(worker.allow_cidrs),
+        EDITFLOW_LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
