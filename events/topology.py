@@ -14,8 +14,9 @@ Everything is named by :class:`~editflow.core.settings.EventsSettings`::
         original payload + headers + Editflow-Dlq-* headers with the reason
     stream EDITFLOW_ADVISORIES
         subjects $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EDITFLOW_APPROVALS.*
-        consumer editflow-operator-dlq   durable pull: advisories are stored, so a
-        message that hits max deliveries while no operator runs is still dead-lettered
+        consumer editflow-operator-dlq   durable pull: advisories are stored, so one
+        emitted while the mover restarts is still dead-lettered (JetStream emits it
+        when the consumer next pulls, i.e. once an operator runs again)
 
 Limits retention (not work-queue) on the approvals stream is deliberate: a
 message that exhausted its deliveries must still be readable by sequence to
