@@ -25,3 +25,7 @@ MODEL_LOAD_SECONDS = Gauge(
 )  # fmt: skip
 READY = Gauge("editflow_worker_ready", "1 when the worker takes requests.", registry=REGISTRY)
 IN_FLIGHT = Gauge("editflow_worker_in_flight", "Edits running now.", registry=REGISTRY)
+MODEL_LOADS = Gauge(
+    "editflow_worker_model_loads", "Pipelines loaded by this process (1 when warm).",
+    registry=REGISTRY,
+)  # fmt: skip

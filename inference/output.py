@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import quote
 
-from editflow.inference.profiles import OutputProfile
 from PIL import Image
 
 from editflow.core.errors import UpstreamError
 from editflow.core.settings import S3Settings
+from editflow.inference.profiles import OutputProfile
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}

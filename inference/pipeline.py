@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editflow.core.errors import ModelError
+from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.inference.prompts import patch_diffusers_quote_splitter
 from editflow.inference.registry import ModelSpec
 from editflow.inference.weights import model_dir_defaults, resolve_model_dir
-
-from editflow.core.errors import ModelError
-from editflow.core.settings import S3Settings, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +129,8 @@ class ModelCache:
         self._dirs: dict[str, Path] = {}
         self._tokenizers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: How many pipelines this cache has loaded (warm mode exports it as a metric).
+        self.loads = 0
 
     def model_dir(self, spec: ModelSpec) -> Path:
         if spec.name not in self._dirs:
@@ -153,6 +154,7 @@ class ModelCache:
         with self._lock:
             if spec.name not in self._loaded:
                 self._loaded[spec.name] = load_pipeline(spec, self.model_dir(spec), self.worker)
+                self.loads += 1
             return self._loaded[spec.name]
 
 

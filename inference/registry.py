@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from editflow.inference.prompts import PromptRules
-
 from editflow.core.errors import InvalidInputError
+from editflow.inference.prompts import PromptRules
 
 DEFAULT_MODEL = "longcat-image-edit"
 

@@ -19,15 +19,14 @@ import logging
 import sys
 from pathlib import Path
 
+from editflow.core.errors import EditflowError, ErrorInfo, ExitCode
+from editflow.core.settings import S3Settings
 from editflow.events.worker_contract import (
     TERMINATION_MESSAGE_LIMIT,
     WorkerResult,
     result_json_key,
 )
 from editflow.inference.output import put_bytes
-
-from editflow.core.errors import EditflowError, ErrorInfo, ExitCode
-from editflow.core.settings import S3Settings
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import signal
 import time
 from typing import Any
 
+from editflow.core.settings import NatsSettings, Settings
 from editflow.events.worker_contract import (
     REPLY_TO_HEADER,
     WORK_STREAM,
@@ -43,8 +44,6 @@ from editflow.inference.pipeline import ModelCache
 from editflow.inference.registry import get_spec
 from editflow.inference.report import result_json
 from editflow.inference.worker import execute
-
-from editflow.core.settings import NatsSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,7 @@ class WarmWorker:
         self.spec = get_spec(model)
         self.http_port = http_port
         self.models = ModelCache(settings.worker, settings.s3)
+        metrics.MODEL_LOADS.set_function(lambda: self.models.loads)
         self.stopping = asyncio.Event()
         self.loaded = False
         self.connected = False

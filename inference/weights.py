@@ -29,10 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from editflow.inference.tiny import MODEL_CONFIG_FILE
-
 from editflow.core.errors import ModelError, UpstreamError
 from editflow.core.settings import S3Settings, WorkerSettings
+from editflow.inference.tiny import MODEL_CONFIG_FILE
 
 MANIFEST = "manifest.json"
 COMPLETE_MARKER = ".editflow-complete"

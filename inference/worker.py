@@ -46,6 +46,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
+from editflow.core.errors import EditflowError, InvalidInputError
+from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     CostBreakdown,
     WorkerRequest,
@@ -59,10 +63,6 @@ from editflow.inference.preprocess import PreparedImage, preprocess
 from editflow.inference.profiles import output_profile
 from editflow.inference.prompts import validate_prompt
 from editflow.inference.registry import ModelSpec, get_spec
-from pydantic import ValidationError
-
-from editflow.core.errors import EditflowError, InvalidInputError
-from editflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

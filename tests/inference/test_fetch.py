@@ -12,8 +12,6 @@ import ipaddress
 import socket
 
 import pytest
-from editflow.inference import fetch as fetch_mod
-from editflow.inference.fetch import FetchLimits, address_problem, check_url, fetch_url
 
 from editflow.core.errors import (
     ImageRejectedError,
@@ -21,6 +19,8 @@ from editflow.core.errors import (
     UnsafeSourceError,
     UpstreamError,
 )
+from editflow.inference import fetch as fetch_mod
+from editflow.inference.fetch import FetchLimits, address_problem, check_url, fetch_url
 
 from .conftest import ImageServer, Route, png_bytes
 

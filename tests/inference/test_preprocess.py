@@ -7,10 +7,10 @@ import struct
 import zlib
 
 import pytest
-from editflow.inference.preprocess import preprocess, target_size
 from PIL import Image, ImageCms
 
 from editflow.core.errors import ImageRejectedError
+from editflow.inference.preprocess import preprocess, target_size
 
 MAX_PIXELS = 40_000_000
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from editflow.core.errors import PromptRejectedError
 from editflow.inference.prompts import (
     PromptRules,
     count_tokens,
@@ -16,8 +18,6 @@ from editflow.inference.prompts import (
     validate_prompt,
 )
 from editflow.inference.registry import get_spec
-
-from editflow.core.errors import PromptRejectedError
 
 APOSTROPHES = "Don't change the cat's face"
 

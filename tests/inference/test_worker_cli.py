@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from editflow.core.errors import PERMANENT_EXIT_CODES, ExitCode
+from editflow.core.s3 import s3_client
+from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     TERMINATION_MESSAGE_LIMIT,
     WorkerResult,
     result_json_key,
 )
-
-from editflow.core.errors import PERMANENT_EXIT_CODES, ExitCode
-from editflow.core.s3 import s3_client
-from editflow.core.settings import Settings
 
 from .conftest import ImageServer, Route, png_bytes, worker_env
 

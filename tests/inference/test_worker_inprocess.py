@@ -8,14 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from editflow.events.worker_contract import WorkerResult, result_json_key
-from editflow.inference.pipeline import ModelCache
-from editflow.inference.worker import execute
 from PIL import Image
 
 from editflow.core.errors import ExitCode
 from editflow.core.s3 import s3_client
 from editflow.core.settings import Settings
+from editflow.events.worker_contract import WorkerResult, result_json_key
+from editflow.inference.pipeline import ModelCache
+from editflow.inference.worker import execute
 
 from .conftest import ImageServer, Route, png_bytes
 

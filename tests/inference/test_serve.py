@@ -1,0 +1,141 @@
+"""Warm mode against real NATS JetStream and MinIO, as a real ``editflow worker serve`` process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from editflow.core.settings import Settings
+from editflow.events.worker_contract import (
+    REPLY_TO_HEADER,
+    WORK_STREAM,
+    WorkerRequest,
+    WorkerResult,
+    result_subject,
+    work_msg_id,
+    work_subject,
+)
+
+from .conftest import ImageServer, Route, png_bytes, worker_env
+
+pytestmark = pytest.mark.slow
+EDITFLOW = str(Path(sys.executable).with_name("editflow"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def poll(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(port: int, path: str) -> httpx.Response | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.fixture
+def warm_worker(
+    worker_settings: Settings, nats_url: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen, int]]:
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [EDITFLOW, "worker", "serve", "--model", "longcat-image-edit", "--http-port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env=worker_env(worker_settings, EDITFLOW_NATS__URL=nats_url),
+    )  # fmt: skip
+    try:
+        poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200,
+             what="the warm worker to become ready")  # fmt: skip
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def request(edit_id: str, url: str, **extra: object) -> WorkerRequest:
+    body = {"edit_id": edit_id, "source": {"url": url}, "prompt": "turn the sky pink",
+            "parameters": {"seed": 3}}  # fmt: skip
+    return WorkerRequest.model_validate({**body, **extra})
+
+
+async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
+    warm_worker: tuple[subprocess.Popen, int], image_server: ImageServer, nats_url: str
+) -> None:
+    proc, port = warm_worker
+    image_server.routes["/warm.png"] = Route(png_bytes((1000, 800)))
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox)
+    broadcast = await nc.subscribe(result_subject("warm-2"))
+    try:
+        # warm-2's prompt is blank: valid JSON, refused by prompt validation.
+        for edit_id, prompt in (("warm-1", "turn the sky pink"), ("warm-2", "   "),
+                                ("warm-3", "turn the sky pink")):  # fmt: skip
+            req = request(edit_id, image_server.url("/warm.png"), prompt=prompt)
+            body = json.loads(req.model_dump_json())
+            await js.publish(
+                work_subject("longcat-image-edit"), json.dumps(body).encode(),
+                headers={REPLY_TO_HEADER: inbox, "Nats-Msg-Id": work_msg_id(req)},
+            )  # fmt: skip
+        results = {}
+        for _ in range(3):
+            message = await replies.next_msg(timeout=120)
+            result = WorkerResult.model_validate_json(message.data)
+            results[result.edit_id] = result
+        assert results["warm-1"].status == "success" and results["warm-3"].status == "success"
+        assert results["warm-2"].error.code == "prompt_rejected"
+        assert (results["warm-1"].width, results["warm-1"].height) == (960, 768)
+        # Every outcome is also broadcast on the edit's results subject.
+        broadcasted = WorkerResult.model_validate_json((await broadcast.next_msg(timeout=30)).data)
+        assert broadcasted == results["warm-2"]
+
+        metrics = get(port, "/metrics").text
+        assert (
+            'editflow_worker_edits_total{code="",model="longcat-image-edit",status="success"} 2.0'
+            in metrics
+        )
+        assert "editflow_worker_model_loads 1.0" in metrics  # warm: loaded once, not per edit
+        assert get(port, "/healthz").status_code == 200
+
+        # An edit in flight when SIGTERM arrives is finished, reported and acked.
+        slow = request(
+            "warm-drain", image_server.url("/warm.png"), parameters={"seed": 1, "steps": 40}
+        )
+        await js.publish(work_subject("longcat-image-edit"), slow.model_dump_json().encode(),
+                         headers={REPLY_TO_HEADER: inbox})  # fmt: skip
+        poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
+             what="the slow edit to start")  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        drained = WorkerResult.model_validate_json((await replies.next_msg(timeout=120)).data)
+        assert drained.edit_id == "warm-drain" and drained.status == "success"
+        assert proc.wait(timeout=60) == 0
+        info = await js.stream_info(WORK_STREAM)
+        assert info.state.messages == 0  # every request acknowledged, nothing left behind
+    finally:
+        await nc.close()
