@@ -1,0 +1,118 @@
+"""The registry: every listed model is built tiny, loaded through the real path and run."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from editflow.core.errors import InvalidInputError, ModelError
+from editflow.core.s3 import s3_client
+from editflow.core.settings import S3Settings, WorkerSettings
+from editflow.inference.pipeline import ModelCache, run_edit
+from editflow.inference.preprocess import preprocess
+from editflow.inference.registry import ALL_SPECS, DEFAULT_MODEL, REGISTRY, get_spec
+from editflow.inference.weights import MANIFEST, publish_to_s3, resolve_model_dir
+
+from .conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def test_registry_names_match_the_editjob_crd() -> None:
+    from editflow.operator.crd import MODELS
+
+    assert set(REGISTRY) <= set(MODELS)
+    assert {s.name for s in ALL_SPECS} == set(MODELS)
+    assert DEFAULT_MODEL in REGISTRY
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_models_root: Path, s3: S3Settings) -> ModelCache:
+    return ModelCache(WorkerSettings(models_root=str(tiny_models_root), device="cpu"), s3)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_listed_model_edits_end_to_end_and_is_reproducible(name: str, cache: ModelCache) -> None:
+    spec = get_spec(name)
+    model = cache.get(spec)
+    assert type(model.pipe).__name__ == spec.pipeline_class
+    prepared = preprocess(png_bytes((900, 600)), max_pixels=10**7, multiple=spec.multiple)
+    steps, guidance, negative = spec.resolve_params(
+        steps=None, guidance_scale=None, negative_prompt=None, overrides=model.defaults
+    )
+    kwargs = dict(image=prepared.image, prompt="make it 'blue'", steps=steps,
+                  guidance_scale=guidance, negative_prompt=negative)  # fmt: skip
+    first = run_edit(model, seed=5, **kwargs)
+    again = run_edit(model, seed=5, **kwargs)
+    other = run_edit(model, seed=6, **kwargs)
+    assert first.tobytes() == again.tobytes()
+    assert first.tobytes() != other.tobytes()
+
+
+def test_turbo_preset_defaults_to_8_steps_without_cfg() -> None:
+    turbo = get_spec("longcat-image-edit-turbo")
+    assert turbo.resolve_params(steps=None, guidance_scale=None, negative_prompt=None) == (
+        8, 1.0, ""
+    )  # fmt: skip
+
+
+def test_parameters_outside_the_models_range_are_invalid_input() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        get_spec("longcat-image-edit").resolve_params(
+            steps=500, guidance_scale=None, negative_prompt=None
+        )
+    assert caught.value.field == "parameters.steps"
+
+
+def test_unknown_model_names_what_is_served() -> None:
+    with pytest.raises(InvalidInputError, match="longcat-image-edit"):
+        get_spec("sdxl")
+
+
+def test_weights_from_an_s3_prefix_are_downloaded_once_and_verified(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    publish_to_s3(tiny_models_root / DEFAULT_MODEL, s3, f"weights-test/{DEFAULT_MODEL}")
+    worker = WorkerSettings(models_root=str(tmp_path / "empty"), weights_s3_prefix="weights-test",
+                            cache_dir=str(tmp_path / "cache"), device="cpu")  # fmt: skip
+    local = resolve_model_dir(DEFAULT_MODEL, worker, s3)
+    assert local == tmp_path / "cache" / DEFAULT_MODEL and (local / "model_index.json").is_file()
+    stamp = (local / ".editflow-complete").stat().st_mtime_ns
+    assert resolve_model_dir(DEFAULT_MODEL, worker, s3) == local  # cached: not downloaded again
+    assert (local / ".editflow-complete").stat().st_mtime_ns == stamp
+    # Loaded back through exactly the same path as any other weights.
+    model = ModelCache(worker, s3).get(get_spec(DEFAULT_MODEL))
+    assert model.model_dir == local
+
+
+def test_a_corrupt_weights_file_is_refused(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    prefix = f"weights-corrupt/{DEFAULT_MODEL}"
+    publish_to_s3(tiny_models_root / DEFAULT_MODEL, s3, prefix)
+    client = s3_client(s3)
+    bad = b"not the weights"
+    client.put_object(s3.bucket, f"{prefix}/vae/config.json", io.BytesIO(bad), len(bad))
+    worker = WorkerSettings(
+        models_root=str(tmp_path / "empty"),
+        weights_s3_prefix="weights-corrupt",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        resolve_model_dir(DEFAULT_MODEL, worker, s3)
+    assert not (tmp_path / "cache" / DEFAULT_MODEL).exists()  # nothing half-done looks complete
+    (tiny_models_root / DEFAULT_MODEL / MANIFEST).unlink()
+
+
+def test_pipeline_output_is_resized_to_the_promised_size() -> None:
+    from editflow.inference.output import encode, final_size
+    from editflow.inference.profiles import OutputProfile
+
+    raw = Image.new("RGB", (1184, 896))  # what the pipeline returns for a 4:3 input (~1 MP)
+    encoded = encode(
+        raw, final_size((1024, 768), OutputProfile("jpeg", 90)), OutputProfile("jpeg", 90)
+    )
+    assert Image.open(io.BytesIO(encoded.data)).size == (1024, 768)

@@ -1,0 +1,55 @@
+"""Output profiles, metadata and the termination message's size limit."""
+
+from __future__ import annotations
+
+import json
+
+from editflow.core.errors import ErrorInfo
+from editflow.events.worker_contract import TERMINATION_MESSAGE_LIMIT, WorkerRequest, WorkerResult
+from editflow.inference.output import final_size, object_metadata
+from editflow.inference.profiles import OutputProfile, output_profile
+from editflow.inference.report import termination_message
+
+
+def req(**extra: object) -> WorkerRequest:
+    return WorkerRequest.model_validate(
+        {"edit_id": "e", "source": {"s3_key": "in/a.png"}, "prompt": "p", **extra}
+    )
+
+
+def test_usage_selects_the_profile() -> None:
+    assert output_profile(req(usage="wechat-article")) == OutputProfile("jpeg", 90)
+    assert output_profile(req(usage="mini-program")).max_long_side == 750
+    assert output_profile(req(usage="display-board")).format == "png"
+
+
+def test_explicit_output_fields_win_over_the_usage() -> None:
+    profile = output_profile(req(usage="wechat-article", output={"format": "png"}))
+    assert profile.format == "png" and profile.quality == 90
+
+
+def test_unknown_or_missing_usage_uses_the_request_output() -> None:
+    assert output_profile(req()) == OutputProfile("png", 95)
+    assert output_profile(req(usage="intranet", output={"quality": 80})).quality == 80
+
+
+def test_profile_caps_only_shrink() -> None:
+    assert final_size((1024, 768), OutputProfile("jpeg", max_long_side=750)) == (750, 562)
+    assert final_size((512, 384), OutputProfile("jpeg", max_long_side=750)) == (512, 384)
+
+
+def test_metadata_is_ascii_and_hashes_the_prompt() -> None:
+    meta = object_metadata(edit_id="e", attempt=1, event_id="审批-1", prompt="把背景换成海边",
+                           model="longcat-image-edit", seed=9)  # fmt: skip
+    assert all(value.isascii() for value in meta.values())
+    assert len(meta["prompt-sha256"]) == 64 and "把" not in json.dumps(meta)
+
+
+def test_termination_message_fits_4096_bytes_and_stays_json() -> None:
+    huge = ErrorInfo(code="model_failed", message="长" * 5000, retriable=True)
+    result = WorkerResult(status="failed", edit_id="e", attempt=1, model="m", error=huge,
+                          result_url="https://x/" + "a" * 2000)  # fmt: skip
+    text = termination_message(result)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    back = WorkerResult.model_validate_json(text)
+    assert back.error.code == "model_failed" and back.error.retriable
