@@ -6,6 +6,7 @@ import typer
 
 from editflow import __version__
 from editflow.cli import dev
+from editflow.cli import operator as operator_cli
 from editflow.cli import worker as worker_cli
 
 app = typer.Typer(
@@ -16,6 +17,8 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(worker_cli.app, name="worker")
+app.add_typer(operator_cli.app, name="operator")
+app.add_typer(operator_cli.edits, name="edits")
 
 
 @app.command()

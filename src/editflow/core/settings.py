@@ -138,6 +138,53 @@ class EventsSettings(BaseModel):
         return self
 
 
+class OperatorSettings(BaseModel):
+    """How the operator turns EditJobs into GPU Jobs (``EDITFLOW_OPERATOR__*``)."""
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="namespaces to watch (default: EDITFLOW_NAMESPACE)"
+    )
+    worker_image: str = "editflow/worker:0.1.0"
+    worker_service_account: str = "editflow-worker"
+    image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    gpus_per_job: int = Field(1, ge=0, le=8)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    )
+    priority_class: str | None = None
+    worker_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}}
+    )
+    worker_configmap: str = Field("editflow-worker", description="envFrom for every worker")
+    s3_secret: str = Field("editflow-s3", description="Secret with access-key / secret-key")
+    models_pvc: str | None = Field(None, description="PVC holding the model directories")
+    models_mount_path: str = "/models"
+    default_model: str = "longcat-image-edit"
+    result_prefix: str = "results"
+    deadline_seconds: int = Field(1800, ge=30)
+    pending_timeout_seconds: int = Field(600, ge=10)
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_seconds: int = Field(30, ge=0)
+    job_ttl_seconds: int = Field(3600, ge=0)
+    max_running_per_namespace: int = Field(4, ge=1)
+    sample_rate: float = Field(0.05, ge=0, le=1)
+    retention_seconds: int = Field(7 * 24 * 3600, ge=60)
+    resync_seconds: float = Field(10, gt=0)
+    watch_timeout_seconds: int = Field(60, ge=5)
+    liveness_stale_seconds: float = Field(120, gt=0)
+    health_port: int = Field(8080, ge=0, le=65535)
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    callback_signing_key: SecretStr | None = None
+    callback_max_attempts: int = Field(5, ge=1)
+    callback_backoff_seconds: float = Field(10, ge=0)
+    callback_ca_file: str | None = Field(
+        None, description="extra CA bundle trusted for HTTPS callbacks (on-prem OA)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything an editflow process can be configured with."""
 
@@ -152,6 +199,7 @@ class Settings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     events: EventsSettings = EventsSettings()
     worker: WorkerSettings = WorkerSettings()
+    operator: OperatorSettings = OperatorSettings()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,354 @@
+"""The operator's decisions as one pure function: observed state in, status + actions out.
+
+Level-triggered: :func:`decide` looks only at the EditJob, the current
+attempt's Job and Pods, the worker's result (if one was found) and the
+namespace's load, never at which event woke it. Running it twice on the same
+state gives the same answer, which is what makes a restarted operator safe.
+
+Phases (brief §3)::
+
+    (new) -> Pending -> Queued --(slot free)--> Running --> Succeeded
+                          ^   \\                   |    \\-> Failed       (permanent error)
+                          |    \\--(no GPU yet)--> Queued (Job exists, Pod unschedulable)
+                          +--- retriable failure, attempts left (after a backoff)
+                               retriable failure, no attempts left --> NeedsReview
+    any non-final phase --(withdraw / cancel annotation)--> Cancelled
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from editflow.core.errors import ErrorInfo, is_retriable_exit_code
+from editflow.core.settings import OperatorSettings
+from editflow.events.worker_contract import WorkerResult
+from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
+from editflow.operator.names import job_name as job_name_for
+
+FINAL_PHASES = ("Succeeded", "Failed", "NeedsReview", "Cancelled")
+OUTCOMES: dict[str, Literal["success", "failed", "needs_review", "cancelled"]] = {
+    "Succeeded": "success",
+    "Failed": "failed",
+    "NeedsReview": "needs_review",
+    "Cancelled": "cancelled",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything :func:`decide` may look at, gathered by the imperative shell."""
+
+    editjob: dict[str, Any]
+    now: datetime
+    job: dict[str, Any] | None = None
+    pods: tuple[dict[str, Any], ...] = ()
+    result: WorkerResult | None = None
+    in_flight: int = 0
+    queued_ahead: int = 0
+    completion_id: str | None = None
+
+
+@dataclass
+class Decision:
+    """What to change: a status patch and the side effects, in the order the shell runs them."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    create_job: int | None = None
+    delete_job: str | None = None
+    publish_completion: bool = False
+    publish_review: bool = False
+    delete_editjob: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _ts(now),
+    }
+
+
+def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace by type; keep ``lastTransitionTime`` when the status did not change."""
+    by_type = {c["type"]: c for c in old}
+    for cond in new:
+        prev = by_type.get(cond["type"])
+        if prev and prev.get("status") == cond["status"]:
+            cond = {
+                **cond,
+                "lastTransitionTime": prev.get("lastTransitionTime", cond["lastTransitionTime"]),
+            }
+        by_type[cond["type"]] = cond
+    return list(by_type.values())
+
+
+def _job_finished(job: dict[str, Any]) -> tuple[str, str] | None:
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
+            return cond["type"], cond.get("reason", "")
+    return None
+
+
+def _unschedulable(pod: dict[str, Any]) -> str | None:
+    if pod.get("status", {}).get("phase") != "Pending" or pod["spec"].get("nodeName"):
+        return None
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond["type"] == "PodScheduled" and cond["status"] == "False":
+            return cond.get("message") or "waiting for a node"
+    return "waiting for a node"
+
+
+def _exit_code(pods: tuple[dict[str, Any], ...]) -> int | None:
+    for pod in pods:
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = status.get("state", {}).get("terminated")
+            if terminated:
+                return int(terminated["exitCode"])
+    return None
+
+
+def backoff(settings: OperatorSettings, spec: dict[str, Any], attempts: int) -> float:
+    base = (spec.get("retry") or {}).get("backoffSeconds", settings.backoff_seconds)
+    return float(base) * (2 ** max(0, attempts - 1))
+
+
+def max_attempts(settings: OperatorSettings, spec: dict[str, Any]) -> int:
+    return int((spec.get("retry") or {}).get("maxAttempts", settings.max_attempts))
+
+
+def is_sampled(uid: str, rate: float) -> bool:
+    """Deterministic quality-review sampling: the same EditJob is always in or out."""
+    bucket = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < rate
+
+
+def decide(obs: Observed, settings: OperatorSettings) -> Decision:
+    ej = obs.editjob
+    meta, spec = ej["metadata"], ej["spec"]
+    status = ej.get("status") or {}
+    phase = status.get("phase") or ""
+    annotations = meta.get("annotations") or {}
+    now = obs.now
+    out = Decision()
+
+    def set_status(**fields: Any) -> None:
+        out.status.update({k: v for k, v in fields.items()})
+
+    def conditions(*new: dict[str, str]) -> None:
+        out.status["conditions"] = merge_conditions(status.get("conditions") or [], list(new))
+
+    def finish(
+        final: str, message: str, *, error: ErrorInfo | None = None, **extra: Any
+    ) -> Decision:
+        set_status(phase=final, message=message, finishedAt=_ts(now), jobName=None, **extra)
+        set_status(errorCode=error.code if error else None)
+        conditions(
+            _condition("Completed", True, final, message, now),
+            _condition("Ready", final == "Succeeded", final, message, now),
+        )
+        out.publish_completion = True
+        out.publish_review = final == "NeedsReview"
+        kind = "Normal" if final in ("Succeeded", "Cancelled") else "Warning"
+        out.events.append((kind, final, message))
+        return out
+
+    # -- final phases: make sure the outcome was delivered, then expire ------------
+    if phase in FINAL_PHASES:
+        if phase == "NeedsReview" and annotations.get(ANNOTATION_RESOLVE):
+            key = annotations[ANNOTATION_RESOLVE]
+            return finish(
+                "Succeeded", f"resolved by a designer with {key}", resultKey=key, resultUrl=None
+            )
+        if obs.completion_id and status.get("completionEventId") != obs.completion_id:
+            out.publish_completion = True
+            out.publish_review = phase == "NeedsReview"
+            return out
+        finished = _parse(status.get("finishedAt"))
+        if finished is not None:
+            expires = finished + timedelta(seconds=settings.retention_seconds)
+            if now >= expires:
+                out.delete_editjob = True
+            else:
+                out.requeue_after = (expires - now).total_seconds()
+        return out
+
+    attempts = int(status.get("attempts") or 0)
+    job_name = status.get("jobName")
+
+    # -- cancellation (withdraw event, `editflow edits cancel`, deletion) -----------
+    if annotations.get(ANNOTATION_CANCEL) is not None:
+        if job_name:
+            out.delete_job = job_name
+        reason = annotations.get(ANNOTATION_CANCEL) or "cancelled"
+        return finish("Cancelled", f"cancelled: {reason}")
+
+    # -- new -> Pending ------------------------------------------------------------
+    if phase == "":
+        set_status(
+            phase="Pending",
+            message="accepted; waiting to be queued",
+            attempts=0,
+            observedGeneration=meta.get("generation"),
+            queuedAt=_ts(now),
+        )
+        conditions(_condition("Accepted", True, "Accepted", "the spec is valid", now))
+        out.events.append(
+            (
+                "Normal",
+                "Accepted",
+                f"edit accepted (model {spec.get('model', settings.default_model)})",
+            )
+        )
+        out.requeue_after = 0
+        return out
+
+    # -- no attempt in flight: wait for backoff / a slot, then start one -----------
+    if not job_name:
+        retry_at = _parse(status.get("retryAfter"))
+        if retry_at and now < retry_at:
+            set_status(phase="Queued")
+            out.requeue_after = (retry_at - now).total_seconds()
+            return out
+        cap = settings.max_running_per_namespace
+        free = cap - obs.in_flight
+        if free <= 0 or obs.queued_ahead >= free:
+            message = (
+                f"waiting for the concurrency cap: {obs.in_flight}/{cap} edits in flight, "
+                f"{obs.queued_ahead} ahead in the queue"
+            )
+            set_status(phase="Queued", message=message)
+            conditions(_condition("Scheduled", False, "ConcurrencyCap", message, now))
+            out.requeue_after = settings.resync_seconds
+            return out
+        attempt = attempts + 1
+        name = job_name_for(meta["name"], attempt)
+        out.create_job = attempt
+        set_status(
+            phase="Running",
+            attempts=attempt,
+            jobName=name,
+            startedAt=_ts(now),
+            retryAfter=None,
+            message=f"attempt {attempt}: starting Job {name}",
+        )
+        conditions(_condition("Scheduled", True, "JobCreated", f"Job {name} created", now))
+        out.events.append(("Normal", "JobCreated", f"attempt {attempt}: created Job {name}"))
+        out.requeue_after = settings.resync_seconds
+        return out
+
+    # -- an attempt is in flight -----------------------------------------------------
+    def attempt_failed(error: ErrorInfo, *, delete: bool = False) -> Decision:
+        if delete:
+            out.delete_job = job_name
+        if not error.retriable:
+            return finish("Failed", error.message, error=error)
+        limit = max_attempts(settings, spec)
+        if attempts >= limit:
+            message = f"{error.message} (after {attempts} attempts; a designer will take over)"
+            return finish("NeedsReview", message, error=error)
+        wait = backoff(settings, spec, attempts)
+        message = f"attempt {attempts} failed: {error.message}; retrying in {wait:.0f}s"
+        set_status(
+            phase="Queued",
+            jobName=None,
+            retryAfter=_ts(now + timedelta(seconds=wait)),
+            message=message,
+            errorCode=error.code,
+        )
+        out.events.append(("Warning", "AttemptFailed", message))
+        out.requeue_after = wait
+        return out
+
+    def succeeded(result: WorkerResult) -> Decision:
+        cost = result.cost.total or None
+        return finish(
+            "Succeeded",
+            f"edited in {cost:.1f}s" if cost else "edited",
+            resultKey=result.result_key,
+            resultUrl=result.result_url,
+            costSeconds=round(cost, 3) if cost else None,
+            sampledForReview=is_sampled(meta.get("uid", meta["name"]), settings.sample_rate),
+        )
+
+    def from_result(result: WorkerResult) -> Decision:
+        if result.status == "success":
+            return succeeded(result)
+        error = result.error or ErrorInfo(
+            "worker_failed", "the worker failed without details", True
+        )
+        return attempt_failed(error)
+
+    job = obs.job
+    if job is None:
+        if obs.result is not None and obs.result.attempt == attempts:
+            return from_result(obs.result)
+        return attempt_failed(
+            ErrorInfo(
+                "job_missing", f"Job {job_name} disappeared before it reported a result", True
+            )
+        )
+
+    finished = _job_finished(job)
+    if finished is not None:
+        kind, reason = finished
+        if obs.result is not None and obs.result.attempt == attempts:
+            return from_result(obs.result)
+        if kind == "Complete":
+            return attempt_failed(
+                ErrorInfo("result_missing", f"Job {job_name} completed without a result", True)
+            )
+        if reason == "DeadlineExceeded":
+            deadline = int(spec.get("deadlineSeconds") or settings.deadline_seconds)
+            return attempt_failed(
+                ErrorInfo("timeout", f"the edit did not finish within {deadline}s", True)
+            )
+        code = _exit_code(obs.pods)
+        if code is not None:
+            retriable = is_retriable_exit_code(code) and reason != "PodFailurePolicy"
+            return attempt_failed(
+                ErrorInfo("worker_exit", f"the worker exited with code {code}", retriable)
+            )
+        return attempt_failed(ErrorInfo("job_failed", f"Job {job_name} failed ({reason})", True))
+
+    # Running or waiting for a GPU.
+    pending = next((m for m in (_unschedulable(p) for p in obs.pods) if m), None)
+    if pending is not None:
+        created = _parse(obs.pods[0]["metadata"].get("creationTimestamp")) or now
+        limit = int(spec.get("pendingTimeoutSeconds") or settings.pending_timeout_seconds)
+        waited = (now - created).total_seconds()
+        if waited >= limit:
+            return attempt_failed(
+                ErrorInfo("no_gpu", f"no GPU node available after {limit}s ({pending})", True),
+                delete=True,
+            )
+        message = f"attempt {attempts}: waiting for a GPU node: {pending}"
+        if status.get("phase") != "Queued" or status.get("message") != message:
+            set_status(phase="Queued", message=message)
+            conditions(_condition("Scheduled", False, "NoGPUAvailable", pending, now))
+        out.requeue_after = min(settings.resync_seconds, limit - waited)
+        return out
+    running = [p for p in obs.pods if p.get("status", {}).get("phase") == "Running"]
+    message = f"attempt {attempts}: running"
+    if running and (phase != "Running" or status.get("message") != message):
+        node = running[0]["spec"].get("nodeName")
+        set_status(phase="Running", message=message)
+        conditions(_condition("Scheduled", True, "PodRunning", f"running on {node}", now))
+    out.requeue_after = settings.resync_seconds
+    return out

@@ -1,0 +1,208 @@
+"""EditJob + attempt -> the batch/v1 Job that runs the worker: a pure function.
+
+Each attempt is its own Job (brief §8): ``backoffLimit: 0`` so Kubernetes
+never retries on its own, a pod failure policy that fails the Job at once on
+the worker's *permanent* exit codes, an active deadline, a TTL after it
+finished, owned by the EditJob so deleting the EditJob removes it. The
+worker's only input is its command line (the contract in
+:mod:`editflow.events.worker_contract`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from editflow.core.errors import PERMANENT_EXIT_CODES
+from editflow.core.settings import OperatorSettings
+from editflow.events.worker_contract import (
+    GenerationParameters,
+    OutputSpec,
+    SourceRef,
+    WorkerRequest,
+)
+from editflow.operator.crd import GROUP, KIND, VERSION
+from editflow.operator.names import (
+    ANNOTATION_EVENT_ID,
+    LABEL_APPROVAL,
+    LABEL_ATTEMPT,
+    LABEL_EDITJOB,
+    LABEL_FORM,
+    MANAGED_BY,
+    job_name,
+    label_value,
+)
+
+WORKER_CONTAINER = "worker"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def worker_request(
+    editjob: dict[str, Any], attempt: int, settings: OperatorSettings
+) -> WorkerRequest:
+    """What the worker is asked to do for this attempt."""
+    spec = editjob["spec"]
+    meta = editjob["metadata"]
+    params = spec.get("parameters") or {}
+    output = spec.get("output") or {}
+    prefix = output.get("prefix") or f"{settings.result_prefix}/{meta['namespace']}"
+    return WorkerRequest(
+        edit_id=meta["name"],
+        attempt=attempt,
+        source=SourceRef(url=spec["source"].get("url"), s3_key=spec["source"].get("s3Key")),
+        prompt=spec["prompt"],
+        model=spec.get("model") or settings.default_model,
+        parameters=GenerationParameters(
+            steps=params.get("steps"),
+            guidance_scale=params.get("guidanceScale"),
+            seed=params.get("seed"),
+            negative_prompt=params.get("negativePrompt"),
+        ),
+        output=OutputSpec(
+            key_prefix=prefix,
+            format=output.get("format", "png"),
+            quality=output.get("quality", 95),
+        ),
+        usage=spec.get("usage"),
+        event_id=(spec.get("oa") or {}).get("eventId"),
+    )
+
+
+def labels_for(editjob: dict[str, Any], attempt: int) -> dict[str, str]:
+    oa = editjob["spec"].get("oa") or {}
+    labels = {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": "editflow-worker",
+        LABEL_EDITJOB: editjob["metadata"]["name"],
+        LABEL_ATTEMPT: str(attempt),
+    }
+    if oa.get("formId"):
+        labels[LABEL_FORM] = label_value(oa["formId"])
+    if oa.get("approvalInstanceId"):
+        labels[LABEL_APPROVAL] = label_value(oa["approvalInstanceId"])
+    return labels
+
+
+def job_manifest(
+    editjob: dict[str, Any], attempt: int, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The Job of one attempt."""
+    meta = editjob["metadata"]
+    spec = editjob["spec"]
+    request = worker_request(editjob, attempt, settings)
+    labels = labels_for(editjob, attempt)
+    annotations = {}
+    if (spec.get("oa") or {}).get("eventId"):
+        annotations[ANNOTATION_EVENT_ID] = spec["oa"]["eventId"]
+
+    resources: dict[str, dict[str, str]] = {
+        kind: dict(values) for kind, values in settings.worker_resources.items()
+    }
+    if settings.gpus_per_job:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(settings.gpus_per_job)
+
+    env: list[dict[str, Any]] = [
+        {
+            "name": "EDITFLOW_S3__ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": settings.s3_secret, "key": "access-key"}},
+        },
+        {
+            "name": "EDITFLOW_S3__SECRET_KEY",
+            "valueFrom": {"secretKeyRef": {"name": settings.s3_secret, "key": "secret-key"}},
+        },
+        {"name": "EDITFLOW_EDIT_ID", "value": meta["name"]},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    ]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    if settings.models_pvc:
+        volumes.append(
+            {
+                "name": "models",
+                "persistentVolumeClaim": {"claimName": settings.models_pvc, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "models", "mountPath": settings.models_mount_path, "readOnly": True})
+        env.append({"name": "EDITFLOW_WORKER__MODELS_ROOT", "value": settings.models_mount_path})
+
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": settings.worker_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["editflow", "worker", "run"],
+        "args": ["--request", request.model_dump_json(), "--termination-log", TERMINATION_LOG],
+        "envFrom": [{"configMapRef": {"name": settings.worker_configmap, "optional": True}}],
+        "env": env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.worker_service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.node_selector:
+        pod_spec["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    if settings.priority_class:
+        pod_spec["priorityClassName"] = settings.priority_class
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(meta["name"], attempt),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": int(spec.get("deadlineSeconds") or settings.deadline_seconds),
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": WORKER_CONTAINER,
+                            "operator": "In",
+                            "values": list(PERMANENT_EXIT_CODES),
+                        },
+                    },
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,135 @@
+"""The operator's async Kubernetes client: JSON dicts over httpx.
+
+Credentials come from the official client's loaders (in-cluster service
+account, else ``$KUBECONFIG`` / ``~/.kube/config``), so the operator runs the
+same way in a Pod and on a laptop. Service-account tokens rotate: the token
+is re-read through the loader's refresh hook before requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from typing import Any
+
+import httpx
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+JSON = dict[str, Any]
+
+
+class KubeAPIError(Exception):
+    """A non-2xx answer from the apiserver, with its Status reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def load_configuration() -> k8s_client.Configuration:
+    configuration = k8s_client.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+class AsyncKube:
+    """Minimal async REST client (get/list/create/patch/delete) bound to one cluster."""
+
+    def __init__(self, configuration: k8s_client.Configuration | None = None) -> None:
+        self.configuration = configuration or load_configuration()
+        cfg = self.configuration
+        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else False
+        if isinstance(context, ssl.SSLContext) and cfg.cert_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        self._http = httpx.AsyncClient(base_url=cfg.host, verify=context, timeout=30.0)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        cfg = self.configuration
+        if cfg.refresh_api_key_hook is not None:
+            cfg.refresh_api_key_hook(cfg)
+        headers = {"Accept": "application/json"}
+        token = cfg.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> JSON:
+        content = json.dumps(body) if body is not None else None
+        ctype = content_type or ("application/json" if body is not None else None)
+        resp = await self._http.request(
+            method, path, content=content, params=params, headers=self._headers(ctype)
+        )
+        if resp.status_code >= 400:
+            try:
+                data = resp.json()
+                raise KubeAPIError(
+                    resp.status_code, data.get("reason", ""), data.get("message", "")
+                )
+            except ValueError:
+                raise KubeAPIError(resp.status_code, "", resp.text) from None
+        return resp.json() if resp.content else {}
+
+    async def get(self, path: str, **params: Any) -> JSON | None:
+        """GET, with ``None`` for 404 (absent is a normal answer for a controller)."""
+        try:
+            return await self._call("GET", path, params=params or None)
+        except KubeAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(self, path: str, **params: Any) -> list[JSON]:
+        data = await self._call("GET", path, params=params or None)
+        return list(data.get("items") or [])
+
+    async def create(self, path: str, body: JSON) -> JSON:
+        return await self._call("POST", path, body=body)
+
+    async def patch(self, path: str, body: JSON, *, kind: str = "merge") -> JSON:
+        ctype = {
+            "merge": "application/merge-patch+json",
+            "json": "application/json-patch+json",
+            "strategic": "application/strategic-merge-patch+json",
+        }[kind]
+        return await self._call("PATCH", path, body=body, content_type=ctype)
+
+    async def delete(self, path: str, *, propagation: str = "Background") -> bool:
+        """DELETE; ``False`` when it was already gone."""
+        try:
+            await self._call("DELETE", path, body={"propagationPolicy": propagation})
+        except KubeAPIError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+async def gather_limited(*coros: Any, limit: int = 8) -> list[Any]:
+    """Run coroutines with a concurrency bound (re-lists touch every EditJob)."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> Any:
+        async with sem:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))

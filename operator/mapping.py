@@ -1,0 +1,96 @@
+"""Approval event -> EditJob manifest: a pure function with golden-file tests.
+
+The event's CloudEvent id becomes the EditJob's name (see :mod:`.names`), so
+the bridge may see the same event twice (at-least-once delivery) and still
+create exactly one EditJob.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from editflow.core.errors import InvalidInputError
+from editflow.events.models import ApprovalEvent
+from editflow.operator.crd import GROUP, KIND, MODELS, VERSION
+from editflow.operator.names import (
+    ANNOTATION_EVENT_ID,
+    LABEL_APPROVAL,
+    LABEL_FORM,
+    MANAGED_BY,
+    editjob_name,
+    label_value,
+)
+
+PRIORITIES = {"low": 10, "normal": 50, "high": 90}
+
+
+def _source(image_url: str | None, image_key: str | None, bucket: str) -> dict[str, str]:
+    if image_key is not None:
+        return {"s3Key": image_key}
+    assert image_url is not None
+    parts = urlsplit(image_url)
+    if parts.scheme == "s3":
+        if parts.netloc != bucket:
+            raise InvalidInputError(
+                f"s3 images must live in the platform bucket {bucket!r}, not {parts.netloc!r}",
+                field="data.image_url",
+            )
+        return {"s3Key": parts.path.lstrip("/")}
+    return {"url": image_url}
+
+
+def editjob_from_approval(
+    event: ApprovalEvent, *, namespace: str, bucket: str, default_model: str
+) -> dict[str, Any]:
+    """The EditJob an approval event asks for."""
+    data = event.data
+    model = data.model or default_model
+    if model not in MODELS:
+        raise InvalidInputError(
+            f"unknown model {model!r}; expected one of {', '.join(MODELS)}", field="data.model"
+        )
+    spec: dict[str, Any] = {
+        "source": _source(data.image_url, data.image_key, bucket),
+        "prompt": data.instruction,
+        "model": model,
+        "usage": data.usage,
+        "priority": PRIORITIES[data.priority],
+        "oa": {
+            "eventId": event.id,
+            "formId": data.form_id,
+            "approvalInstanceId": data.approval_id,
+            "applicant": data.applicant.id,
+            "approvers": [a.id for a in data.approvers],
+        },
+    }
+    if data.generation is not None:
+        params = {
+            "steps": data.generation.steps,
+            "guidanceScale": data.generation.guidance_scale,
+            "seed": data.generation.seed,
+        }
+        spec["parameters"] = {k: v for k, v in params.items() if v is not None}
+    if data.template is not None:
+        spec["template"] = {"id": data.template.id, "parameters": dict(data.template.params)}
+    if data.callback is not None:
+        callback = {
+            "natsSubject": data.callback.nats_subject,
+            "webhookUrl": data.callback.webhook_url,
+        }
+        spec["callback"] = {k: v for k, v in callback.items() if v is not None}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": editjob_name(event.id),
+            "namespace": namespace,
+            "labels": {
+                **MANAGED_BY,
+                LABEL_FORM: label_value(data.form_id),
+                LABEL_APPROVAL: label_value(data.approval_id),
+            },
+            "annotations": {ANNOTATION_EVENT_ID: event.id},
+        },
+        "spec": spec,
+    }

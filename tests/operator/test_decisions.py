@@ -1,0 +1,276 @@
+"""The operator's pure functions: event -> EditJob, EditJob -> Job, state -> decision.
+
+Manifests are compared with golden files (``UPDATE_GOLDEN=1`` rewrites them);
+decisions are checked scenario by scenario, like the brief's state machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from editflow.core.errors import PERMANENT_EXIT_CODES, ErrorInfo, InvalidInputError
+from editflow.core.settings import OperatorSettings
+from editflow.events.models import ApprovalEvent
+from editflow.events.worker_contract import CostBreakdown, WorkerResult
+from editflow.operator.decide import Observed, decide, is_sampled, merge_conditions
+from editflow.operator.jobspec import job_manifest
+from editflow.operator.mapping import editjob_from_approval
+from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE, editjob_name, job_name
+
+GOLDEN = Path(__file__).parent / "golden"
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+SETTINGS = OperatorSettings(max_running_per_namespace=2, backoff_seconds=30, max_attempts=3)
+
+
+def golden(name: str, data: object) -> None:
+    path = GOLDEN / name
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
+        path.write_text(text)
+    assert json.loads(path.read_text()) == json.loads(text), f"{name} differs from its golden file"
+
+
+def approval(**data: object) -> ApprovalEvent:
+    body = {
+        "form_id": "F-1001",
+        "approval_id": "AP-77",
+        "applicant": {"id": "u-1", "name": "李雷"},
+        "approvers": [{"id": "m-1"}, {"id": "m-2"}],
+        "image_url": "https://cdn.example.com/poster.jpg",
+        "instruction": "把背景换成海边日落，保留人物",
+        "usage": "wechat-article",
+        "priority": "high",
+        "generation": {"steps": 30, "seed": 7},
+        **data,
+    }
+    return ApprovalEvent(
+        id="0b5e8f5e-7c1a-4d0b-9a55-1a2b3c4d5e6f", source="/oa/forms", time=NOW, data=body
+    )
+
+
+def editjob(phase: str = "", **status: object) -> dict:
+    ej = editjob_from_approval(
+        approval(), namespace="edits", bucket="editflow", default_model="longcat-image-edit"
+    )
+    ej["metadata"].update(uid="uid-1", generation=1, creationTimestamp="2026-11-25T11:59:00Z")
+    ej["status"] = {"phase": phase, **status} if phase else {}
+    return ej
+
+
+def job(*conditions: tuple[str, str]) -> dict:
+    return {
+        "metadata": {"name": "j"},
+        "status": {
+            "conditions": [{"type": t, "status": "True", "reason": r} for t, r in conditions]
+        },
+    }
+
+
+def pod(phase: str, exit_code: int | None = None, unschedulable: str | None = None, age: int = 5):
+    created = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status: dict = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {"name": "worker", "state": {"terminated": {"exitCode": exit_code}}}
+        ]
+    if unschedulable:
+        status["conditions"] = [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+            }
+        ]
+    return {"metadata": {"creationTimestamp": created}, "spec": {}, "status": status}
+
+
+def result(ok: bool = True, attempt: int = 1, retriable: bool = True) -> WorkerResult:
+    if ok:
+        return WorkerResult(
+            status="success",
+            edit_id="e",
+            attempt=attempt,
+            model="longcat-image-edit",
+            result_key="results/edits/e/attempt-1/result.png",
+            result_url="http://s3/x",
+            cost=CostBreakdown(total=12.5),
+        )
+    return WorkerResult(
+        status="failed",
+        edit_id="e",
+        attempt=attempt,
+        model="longcat-image-edit",
+        error=ErrorInfo("model_failed" if retriable else "image_rejected", "boom", retriable),
+    )
+
+
+# -- names and manifests ------------------------------------------------------------
+def test_one_event_id_always_names_the_same_editjob_and_job_names_stay_labels() -> None:
+    assert editjob_name("0b5e8f5e-7c1a") == "ej-0b5e8f5e-7c1a"
+    weird = editjob_name("OA/Form 1001:approval.77")
+    assert weird == editjob_name("OA/Form 1001:approval.77") and weird.startswith("ej-")
+    assert len(job_name("ej-" + "x" * 60, 10)) <= 63
+
+
+def test_approval_event_maps_to_the_golden_editjob() -> None:
+    golden("editjob_from_approval.json", editjob())
+
+
+def test_an_s3_image_outside_the_platform_bucket_is_refused_with_the_field() -> None:
+    event = approval(image_url="s3://other/a.png")
+    with pytest.raises(InvalidInputError) as err:
+        editjob_from_approval(
+            event, namespace="e", bucket="editflow", default_model="longcat-image-edit"
+        )
+    assert err.value.field == "data.image_url"
+
+
+def test_job_manifest_matches_golden_and_encodes_the_attempt_policy() -> None:
+    manifest = job_manifest(editjob(), 2, SETTINGS)
+    golden("job_attempt2.json", manifest)
+    spec = manifest["spec"]
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == SETTINGS.deadline_seconds
+    rule = spec["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == list(
+        PERMANENT_EXIT_CODES
+    )
+    pod_spec = spec["template"]["spec"]
+    assert pod_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert manifest["metadata"]["ownerReferences"][0]["kind"] == "EditJob"
+    request = json.loads(pod_spec["containers"][0]["args"][1])
+    assert request["attempt"] == 2 and request["edit_id"] == editjob()["metadata"]["name"]
+
+
+# -- decisions ----------------------------------------------------------------------
+def test_a_new_editjob_is_accepted_as_pending() -> None:
+    d = decide(Observed(editjob(), NOW), SETTINGS)
+    assert d.status["phase"] == "Pending" and d.create_job is None and d.requeue_after == 0
+
+
+def test_a_free_slot_starts_attempt_one() -> None:
+    d = decide(Observed(editjob("Pending", attempts=0), NOW, in_flight=1), SETTINGS)
+    assert d.create_job == 1 and d.status["phase"] == "Running"
+    assert d.status["jobName"] == job_name(editjob()["metadata"]["name"], 1)
+
+
+def test_the_cap_and_the_queue_ahead_keep_an_edit_queued() -> None:
+    full = decide(Observed(editjob("Pending"), NOW, in_flight=2), SETTINGS)
+    assert full.create_job is None and full.status["phase"] == "Queued"
+    assert "2/2" in full.status["message"]
+    behind = decide(Observed(editjob("Queued"), NOW, in_flight=1, queued_ahead=1), SETTINGS)
+    assert behind.create_job is None
+
+
+def test_success_records_result_and_publishes() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    d = decide(Observed(ej, NOW, job=job(("Complete", "")), result=result()), SETTINGS)
+    assert d.status["phase"] == "Succeeded" and d.status["costSeconds"] == 12.5
+    assert d.status["resultKey"].endswith("result.png") and d.publish_completion
+
+
+def test_a_permanent_worker_error_fails_without_retry() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    observed = Observed(
+        ej, NOW, job=job(("Failed", "PodFailurePolicy")), result=result(False, retriable=False)
+    )
+    d = decide(observed, SETTINGS)
+    assert (
+        d.status["phase"] == "Failed"
+        and d.create_job is None
+        and d.status["errorCode"] == "image_rejected"
+    )
+
+
+def test_a_retriable_failure_backs_off_then_needs_review_when_attempts_run_out() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    d = decide(
+        Observed(ej, NOW, job=job(("Failed", "BackoffLimitExceeded")), result=result(False)),
+        SETTINGS,
+    )
+    assert d.status["phase"] == "Queued" and d.status["jobName"] is None
+    assert d.status["retryAfter"] == "2026-11-25T12:00:30Z"
+    waiting = editjob("Queued", attempts=1, retryAfter="2026-11-25T12:00:30Z")
+    assert decide(Observed(waiting, NOW), SETTINGS).create_job is None
+    later = decide(Observed(waiting, NOW + timedelta(seconds=31)), SETTINGS)
+    assert later.create_job == 2
+    last = editjob("Running", attempts=3, jobName="j")
+    final = decide(Observed(last, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS)
+    assert final.status["phase"] == "NeedsReview" and final.publish_review
+
+
+def test_timeouts_and_unknown_exit_codes_are_retriable_permanent_codes_are_not() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    timeout = decide(Observed(ej, NOW, job=job(("Failed", "DeadlineExceeded"))), SETTINGS)
+    assert timeout.status["phase"] == "Queued" and timeout.status["errorCode"] == "timeout"
+    oom = decide(
+        Observed(ej, NOW, job=job(("Failed", "BackoffLimitExceeded")), pods=(pod("Failed", 137),)),
+        SETTINGS,
+    )
+    assert oom.status["phase"] == "Queued"
+    bad = decide(
+        Observed(ej, NOW, job=job(("Failed", "PodFailurePolicy")), pods=(pod("Failed", 4),)),
+        SETTINGS,
+    )
+    assert bad.status["phase"] == "Failed"
+
+
+def test_a_job_deleted_by_hand_is_recovered_from_s3_or_retried() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    recovered = decide(Observed(ej, NOW, job=None, result=result()), SETTINGS)
+    assert recovered.status["phase"] == "Succeeded"
+    lost = decide(Observed(ej, NOW, job=None), SETTINGS)
+    assert lost.status["phase"] == "Queued" and lost.status["errorCode"] == "job_missing"
+
+
+def test_a_pod_waiting_for_a_gpu_is_queued_then_times_out() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    waiting = decide(
+        Observed(ej, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=5),)), SETTINGS
+    )
+    assert waiting.status["phase"] == "Queued" and msg in waiting.status["message"]
+    expired = decide(
+        Observed(ej, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=601),)), SETTINGS
+    )
+    assert expired.delete_job == "j" and expired.status["errorCode"] == "no_gpu"
+    assert "no GPU node available" in expired.status["message"]
+
+
+def test_cancel_and_resolve_annotations() -> None:
+    ej = editjob("Running", attempts=1, jobName="j")
+    ej["metadata"]["annotations"][ANNOTATION_CANCEL] = "withdrawn"
+    d = decide(Observed(ej, NOW, job=job()), SETTINGS)
+    assert d.status["phase"] == "Cancelled" and d.delete_job == "j" and d.publish_completion
+    review = editjob("NeedsReview", finishedAt="2026-11-25T11:00:00Z")
+    review["metadata"]["annotations"][ANNOTATION_RESOLVE] = "designer/fixed.png"
+    d = decide(Observed(review, NOW), SETTINGS)
+    assert d.status["phase"] == "Succeeded" and d.status["resultKey"] == "designer/fixed.png"
+
+
+def test_final_phases_republish_until_recorded_then_expire() -> None:
+    done = editjob("Succeeded", finishedAt="2026-11-25T11:00:00Z")
+    assert decide(Observed(done, NOW, completion_id="c1"), SETTINGS).publish_completion
+    done["status"]["completionEventId"] = "c1"
+    kept = decide(Observed(done, NOW, completion_id="c1"), SETTINGS)
+    assert not kept.publish_completion and not kept.delete_editjob
+    expired = decide(Observed(done, NOW + timedelta(days=8), completion_id="c1"), SETTINGS)
+    assert expired.delete_editjob
+
+
+def test_sampling_is_deterministic_and_near_the_rate() -> None:
+    picks = sum(is_sampled(f"uid-{i}", 0.05) for i in range(4000))
+    assert 120 < picks < 280
+    assert is_sampled("uid-1", 0.05) == is_sampled("uid-1", 0.05)
+
+
+def test_conditions_keep_their_transition_time_while_unchanged() -> None:
+    old = [{"type": "Ready", "status": "False", "lastTransitionTime": "T0"}]
+    new = [{"type": "Ready", "status": "False", "lastTransitionTime": "T1"}]
+    assert merge_conditions(old, new)[0]["lastTransitionTime"] == "T0"
