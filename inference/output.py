@@ -61,7 +61,8 @@ def encode(image: Image.Image, size: tuple[int, int], profile: OutputProfile) ->
         rgb.save(buffer, "JPEG", quality=profile.quality, optimize=True, subsampling=0
                  if profile.quality >= 90 else 2)  # fmt: skip
     else:
-        rgb.save(buffer, "PNG", optimize=False, compress_level=6)
+        # Level 3: lossless like any level, ~2x faster than 6 on photographic content.
+        rgb.save(buffer, "PNG", optimize=False, compress_level=3)
     return Encoded(buffer.getvalue(), profile.format, *size)
 
 

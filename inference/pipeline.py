@@ -89,6 +89,8 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     go_offline()
     import diffusers
 
+    # diffusers' own notes (e.g. "dimensions will be resized") go to stderr, not our logs.
+    diffusers.utils.logging.set_verbosity_error()
     patch_diffusers_quote_splitter()
     device = pick_device(worker.device)
     dtypes = torch_dtypes(spec, worker.dtype, device)
