@@ -70,6 +70,12 @@ def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str,
     state: dict[str, Any] = {"freshness": WatchFreshness(), "bridge_down_since": None}
     managed = dict(MANAGED_BY)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry has no default login handlers: use the official
+        # client's loaders (in-cluster service account, else KUBECONFIG).
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.watching.server_timeout = op.watch_timeout_seconds

@@ -136,7 +136,7 @@ SPEC = _obj(
             minLength=1,
             maxLength=2000,
         ),
-        "model": _s("Model registry entry.", enum=list(MODELS)),
+        "model": _s("Model registry entry.", enum=list(MODELS), default=MODELS[0]),
         "parameters": PARAMETERS,
         "usage": _s(
             "OA usage (e.g. wechat-article, mini-program, display-board): selects the output "

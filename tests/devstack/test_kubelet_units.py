@@ -63,6 +63,8 @@ def test_path_mapper_rewrites_mount_paths_only_on_path_boundaries(tmp_path: Path
     assert mapper("--weights=/models") == f"--weights={tmp_path}/m"
     assert mapper("/modelsX/keep") == "/modelsX/keep"
     assert mapper("/dev/termination-log") == f"{tmp_path}/t"
+    nested = PathMapper({"/tmp": tmp_path / "empty", "/models": Path("/tmp/pvc/models")})
+    assert nested("/models/x") == "/tmp/pvc/models/x"  # not re-mapped as the container's /tmp
 
 
 def test_dollar_expansion_follows_kubernetes_rules() -> None:

@@ -77,24 +77,27 @@ def expand(value: str, env: dict[str, str]) -> str:
 
 
 class PathMapper:
-    """Rewrite container paths to host paths, longest mount first."""
+    """Rewrite container paths to host paths in one pass, longest mount first.
+
+    One pass matters: a host path produced for one mount must never be
+    rewritten again by another (a PVC that lives under the host's /tmp is
+    not the container's /tmp emptyDir).
+    """
 
     def __init__(self, mounts: dict[str, Path]) -> None:
-        self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
-        self._patterns = [
-            (
-                re.compile(
-                    r"(?:(?<=^)|(?<=[=:\s,]))" + re.escape(cpath.rstrip("/")) + r"(?=/|$|[\s:,])"
-                ),
-                str(hpath),
-            )
-            for cpath, hpath in self.mounts
-        ]
+        ordered = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
+        self.hosts = {cpath.rstrip("/") or "/": str(hpath) for cpath, hpath in ordered}
+        alternatives = "|".join(re.escape(c) for c in self.hosts)
+        self._pattern = (
+            re.compile(r"(?:(?<=^)|(?<=[=:\s,]))(" + alternatives + r")(?=/|$|[\s:,])")
+            if self.hosts
+            else None
+        )
 
     def __call__(self, value: str) -> str:
-        for pattern, host in self._patterns:
-            value = pattern.sub(lambda _m, h=host: h, value)
-        return value
+        if self._pattern is None:
+            return value
+        return self._pattern.sub(lambda m: self.hosts[m.group(1)], value)
 
 
 def _decode(obj: dict[str, Any], key: str, kind: str) -> str | None:
