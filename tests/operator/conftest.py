@@ -143,7 +143,7 @@ class OperatorHarness:
         def healthy() -> bool:
             self.process.ensure_running()  # type: ignore[union-attr]
             url = f"http://127.0.0.1:{self.health_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return resp.status == 200
 
         wait_until(healthy, timeout=60, what="the operator's liveness endpoint")
