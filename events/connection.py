@@ -10,7 +10,8 @@ Reconnects: once connected, nats-py reconnects for ever
 rounds, and resubscribes every subscription, durable pull consumers
 included. The *first* connection is retried here with exponential backoff
 (0.2 s doubling to 5 s) for up to ``connect_for`` seconds, because an
-operator Pod routinely starts before the NATS Pod is ready.
+operator Pod routinely starts before the NATS Pod is ready; refused
+credentials are not retried (:class:`NatsAuthError`, a configuration error).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from editflow.core.errors import UpstreamError
+from editflow.core.errors import PermanentError, UpstreamError
 from editflow.core.settings import NatsSettings
 
 log = logging.getLogger("editflow.events.nats")
@@ -94,23 +95,48 @@ async def connect(
         log.warning("nats error: %s", exc, extra={"nats_name": name})
 
     options = connect_options(settings, name=name, reconnect_wait=reconnect_wait)
+    # nats-py retries a failing *first* connect for ever when reconnects are unlimited, even
+    # on a wrong password; so the first attempt fails fast and this loop decides what to retry.
+    options["allow_reconnect"] = False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + connect_for
     delay = 0.2
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 **options,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
             )
-        except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
+        except Exception as exc:
+            if _is_auth_failure(exc):
+                raise NatsAuthError(
+                    f"NATS at {settings.url} refused the credentials or TLS certificate: {exc}; "
+                    "check EDITFLOW_NATS__* (user/password, token, nkey/creds file, tls files)"
+                ) from exc
             if loop.time() + delay > deadline:
                 raise UpstreamError(
-                    f"cannot reach NATS at {settings.url}: {exc}; check the URL and that "
+                    f"cannot reach NATS at {settings.url}: {exc!r}; check the URL and that "
                     "the server is up"
                 ) from exc
-            log.info("nats not reachable yet (%s); retrying in %.1fs", exc, delay)
+            log.info("nats not reachable yet (%r); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+            continue
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
+
+
+class NatsAuthError(PermanentError):
+    """The server refused our credentials or certificate: a configuration error, not retried."""
+
+    code = "nats_auth_failed"
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    if isinstance(exc, nats.errors.AuthorizationError | ssl.SSLCertVerificationError):
+        return True
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text

@@ -48,15 +48,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from editflow.core.errors import PermanentError, RetriableError
 from editflow.events.dlq import dead_letter, run_dead_letter_mover
 from editflow.events.models import OA_EVENT_TYPES, ApprovalEvent, WithdrawEvent
 from editflow.events.problems import EventRejected
 from editflow.events.topology import Topology
 from editflow.events.validation import Policy, parse_event
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-
-from editflow.core.errors import PermanentError, RetriableError
 
 log = logging.getLogger("editflow.events.consumer")
 

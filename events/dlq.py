@@ -37,12 +37,13 @@ from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 import nats.errors
-from editflow.events.binding import MSG_ID, WireMessage
-from editflow.events.publish import publish_wire
-from editflow.events.topology import Topology
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
+
+from editflow.events.binding import MSG_ID, WireMessage
+from editflow.events.publish import publish_wire
+from editflow.events.topology import Topology
 
 log = logging.getLogger("editflow.events.dlq")
 

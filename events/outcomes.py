@@ -18,6 +18,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from editflow.core.errors import ErrorInfo
 from editflow.events.models import (
     CompletionData,
     CompletionEvent,
@@ -30,10 +34,6 @@ from editflow.events.models import (
 )
 from editflow.events.publish import publish_event
 from editflow.events.topology import Topology
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
-
-from editflow.core.errors import ErrorInfo
 
 OPERATOR_SOURCE = "/editflow/operator"
 

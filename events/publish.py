@@ -14,13 +14,13 @@ import asyncio
 import logging
 
 import nats.errors
-from editflow.events.binding import ContentMode, WireMessage, encode
-from editflow.events.models import CloudEvent
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from editflow.core.errors import UpstreamError
+from editflow.events.binding import ContentMode, WireMessage, encode
+from editflow.events.models import CloudEvent
 
 log = logging.getLogger("editflow.events.publish")
 

@@ -39,6 +39,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from editflow.core.errors import RetriableError
+from editflow.core.settings import Settings, get_settings
 from editflow.events.binding import ContentMode
 from editflow.events.connection import connect
 from editflow.events.models import (
@@ -59,12 +65,6 @@ from editflow.events.problems import EventRejected
 from editflow.events.publish import publish_event
 from editflow.events.topology import Topology, provision
 from editflow.events.validation import Policy, parse_event
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
-
-from editflow.core.errors import RetriableError
-from editflow.core.settings import Settings, get_settings
 
 log = logging.getLogger("editflow.events.sdk")
 

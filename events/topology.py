@@ -34,7 +34,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from editflow.events.models import subject_token
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -48,6 +47,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from editflow.core.settings import EventsSettings
+from editflow.events.models import subject_token
 
 log = logging.getLogger("editflow.events.topology")
 

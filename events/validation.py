@@ -18,6 +18,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from editflow.core.settings import EventsSettings
 from editflow.events.binding import decode
 from editflow.events.models import (
     APPROVAL_V1,
@@ -30,9 +33,6 @@ from editflow.events.models import (
 )
 from editflow.events.problems import EventRejected, Problem, Reason
 from editflow.events.signing import SIGNATURE_ATTRIBUTE, verify
-from pydantic import ValidationError
-
-from editflow.core.settings import EventsSettings
 
 _GENERIC = CloudEvent  # unknown type: still check the envelope, to report every problem
 

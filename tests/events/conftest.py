@@ -19,15 +19,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from editflow.events.connection import connect
-from editflow.events.models import APPROVAL_V1, ApprovalData, ApprovalEvent, Person
-from editflow.events.topology import Topology, provision
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from editflow.core.settings import EventsSettings, NatsSettings, Settings
 from editflow.devstack.components import Nats
 from editflow.devstack.stack import LocalStack
+from editflow.events.connection import connect
+from editflow.events.models import APPROVAL_V1, ApprovalData, ApprovalEvent, Person
+from editflow.events.topology import Topology, provision
 
 SIGNING_KEY = "test-signing-key"
 

@@ -7,6 +7,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from nats.js.api import ConsumerConfig
+
+from editflow.core.errors import ImageRejectedError, UpstreamError
 from editflow.events.connection import connect
 from editflow.events.consumer import RETRIES_EXHAUSTED, RetryLater, run_consumer
 from editflow.events.dlq import (
@@ -17,9 +20,6 @@ from editflow.events.dlq import (
 )
 from editflow.events.publish import publish_event
 from editflow.events.topology import Topology, provision
-from nats.js.api import ConsumerConfig
-
-from editflow.core.errors import ImageRejectedError, UpstreamError
 
 
 class Recorder:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from editflow.core.errors import ErrorInfo, InvalidInputError
 from editflow.events import schemas
 from editflow.events.binding import decode, encode
 from editflow.events.models import (
@@ -18,8 +20,6 @@ from editflow.events.outcomes import completion_event
 from editflow.events.problems import EventRejected, Reason
 from editflow.events.signing import sign, verify
 from editflow.events.validation import Policy, parse_event
-
-from editflow.core.errors import ErrorInfo, InvalidInputError
 
 
 @pytest.mark.parametrize("mode", ["structured", "binary"])

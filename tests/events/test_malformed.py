@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from editflow.core.settings import Settings
 from editflow.events.connection import connect
 from editflow.events.consumer import run_consumer
 from editflow.events.dlq import list_dead_letters
@@ -23,8 +25,6 @@ from editflow.events.problems import EventRejected, Reason
 from editflow.events.signing import sign
 from editflow.events.topology import Topology, provision
 from editflow.events.validation import Policy, parse_event
-
-from editflow.core.settings import Settings
 
 KEY = "corpus-signing-key"
 STRUCTURED = {"content-type": "application/cloudevents+json; charset=utf-8"}
