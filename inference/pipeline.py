@@ -184,6 +184,8 @@ def run_edit(
     }
     if negative_prompt is not None:
         kwargs["negative_prompt"] = negative_prompt
+    if spec.accepts_size:
+        kwargs["width"], kwargs["height"] = image.size
     with model.lock:
         try:
             output = model.pipe(**kwargs)

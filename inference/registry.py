@@ -52,7 +52,8 @@ class ModelSpec:
     negative_prompt: str | None = None
     #: Extra fixed ``__call__`` keywords (e.g. InstructPix2Pix's image guidance).
     extra_call_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: Whether ``height``/``width`` may be passed (else the pipeline picks ~1 MP itself).
+    #: Pass the input's ``width``/``height`` so the pipeline keeps its aspect ratio (it
+    #: still scales to its own working area); else the pipeline derives them itself.
     accepts_size: bool = False
     #: Output sides are rounded down to this multiple.
     multiple: int = 16
@@ -79,7 +80,7 @@ class ModelSpec:
         self.steps_range.check(steps, "steps", self.name)
         self.guidance_range.check(guidance, "guidance_scale", self.name)
         negative = negative_prompt if negative_prompt is not None else self.negative_prompt
-        if negative is not None and self.negative_prompt is None and negative_prompt is not None:
+        if negative_prompt is not None and self.negative_prompt is None:
             raise InvalidInputError(
                 f"{self.name} takes no negative prompt", field="parameters.negative_prompt"
             )
@@ -122,20 +123,23 @@ QWEN_IMAGE_EDIT = ModelSpec(
     negative_prompt=" ",
     steps_range=Range(1, 100),
     guidance_range=Range(1.0, 10.0),
-    prompt=PromptRules(max_tokens=512, tokenizer="tokenizer"),
+    # The pipeline's own text window (``tokenizer_max_length``); it does not truncate.
+    prompt=PromptRules(max_tokens=1024, tokenizer="tokenizer"),
+    accepts_size=True,
 )
 
 FLUX_KONTEXT = ModelSpec(
     name="flux-kontext",
     pipeline_class="FluxKontextPipeline",
-    description="FLUX.1 Kontext [dev] (12B): guidance-distilled, 28 steps",
+    description="FLUX.1 Kontext [dev] (12B): guidance-distilled, 28 steps; English prompts",
     steps=28,
     guidance_scale=3.5,
     steps_range=Range(1, 100),
     guidance_range=Range(0.0, 10.0),
     # T5 reads 512 tokens; CLIP's 77 are a pooled summary and truncate by design.
     prompt=PromptRules(max_tokens=512, tokenizer="tokenizer_2", reserved_tokens=1),
-    accepts_size=False,
+    # Without height/width Kontext renders a 1024x1024 square whatever the input's aspect.
+    accepts_size=True,
     license_note="FLUX.1 [dev] weights are under a non-commercial licence",
 )
 
@@ -166,6 +170,9 @@ ALL_SPECS: tuple[ModelSpec, ...] = (
 LISTED: tuple[str, ...] = (
     "longcat-image-edit",
     "longcat-image-edit-turbo",
+    "qwen-image-edit",
+    "flux-kontext",
+    "instruct-pix2pix",
 )
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in ALL_SPECS if s.name in LISTED}

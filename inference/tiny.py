@@ -172,16 +172,179 @@ def build_longcat() -> Any:
     )
 
 
+def build_qwen_image_edit() -> Any:
+    """QwenImageEditPipeline: Qwen2.5-VL encoder, 3D causal VAE, MMDiT."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    tokenizer = _qwen_tokenizer()
+    text_encoder = _qwen_vl_text_encoder(tokenizer)
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TINY_HIDDEN, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    # Five spatial-only downsamples (x32) keep the ~1 MP working size cheap on a CPU.
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False] * 5, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    return QwenImageEditPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=_qwen_vl_processor(tokenizer),
+        transformer=transformer,
+    )
+
+
+def _clip_tokenizer() -> Any:
+    """CLIP's BPE over the 256 byte symbols, each also as a word end (``</w>``), no merges."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    vocab.update({f"{symbol}</w>": len(alphabet) + i for i, symbol in enumerate(alphabet)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _clip_text_encoder(tokenizer: Any) -> Any:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY_HIDDEN, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+        projection_dim=TINY_HIDDEN,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )  # fmt: skip
+    return CLIPTextModel(config).eval()
+
+
+def _t5_tokenizer() -> Any:
+    """A SentencePiece-style Unigram vocabulary of printable ASCII (CJK maps to <unk>)."""
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(chr(c), -1.0) for c in range(32, 127)] + [("\u2581", -1.0)]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build_flux_kontext() -> Any:
+    """FluxKontextPipeline: CLIP + T5 encoders, FLUX transformer, 16-channel VAE."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    clip_tokenizer = _clip_tokenizer()
+    t5_tokenizer = _t5_tokenizer()
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer), d_model=TINY_HIDDEN, d_kv=16, d_ff=64, num_layers=2,
+            num_heads=2, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()  # fmt: skip
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TINY_HIDDEN,
+        pooled_projection_dim=TINY_HIDDEN, guidance_embeds=True, axes_dims_rope=[4, 6, 6],
+    ).eval()  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
+    return FluxKontextPipeline(
+        scheduler=scheduler,
+        vae=_flux_vae(),
+        text_encoder=_clip_text_encoder(clip_tokenizer),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def build_instruct_pix2pix() -> Any:
+    """StableDiffusionInstructPix2PixPipeline: CLIP encoder, 8-channel-input UNet, SD VAE."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+
+    tokenizer = _clip_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_HIDDEN, attention_head_dim=4,
+    ).eval()  # fmt: skip
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8,) * 4, norm_num_groups=4, sample_size=32,
+        mid_block_add_attention=False,
+    ).eval()  # fmt: skip
+    return StableDiffusionInstructPix2PixPipeline(
+        vae=vae,
+        text_encoder=_clip_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 #: Registry name -> builder. Only models with a builder here can be listed.
 TINY_BUILDERS: dict[str, Callable[[], Any]] = {
     "longcat-image-edit": build_longcat,
     "longcat-image-edit-turbo": build_longcat,
+    "qwen-image-edit": build_qwen_image_edit,
+    "flux-kontext": build_flux_kontext,
+    "instruct-pix2pix": build_instruct_pix2pix,
 }
 
 #: Step counts saved into a tiny model's ``editflow-model.json``.
 TINY_DEFAULTS: dict[str, dict[str, Any]] = {
     "longcat-image-edit": {"steps": 2},
     "longcat-image-edit-turbo": {"steps": 2},
+    "qwen-image-edit": {"steps": 2},
+    "flux-kontext": {"steps": 2},
+    "instruct-pix2pix": {"steps": 2},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def test_registry_names_match_the_editjob_crd() -> None:
 
 @pytest.fixture(scope="module")
 def cache(tiny_models_root: Path, s3: S3Settings) -> ModelCache:
-    return ModelCache(WorkerSettings(models_root=str(tiny_models_root), device="cpu"), s3)
+    worker = WorkerSettings(models_root=str(tiny_models_root), device="cpu")
+    return ModelCache(worker, s3)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -116,3 +118,22 @@ def test_pipeline_output_is_resized_to_the_promised_size() -> None:
         raw, final_size((1024, 768), OutputProfile("jpeg", 90)), OutputProfile("jpeg", 90)
     )
     assert Image.open(io.BytesIO(encoded.data)).size == (1024, 768)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_listed_model_runs_through_the_whole_worker(
+    name: str, cache: ModelCache, worker_settings, image_server
+) -> None:
+    from editflow.core.errors import ExitCode
+    from editflow.inference.worker import execute
+
+    from .conftest import Route
+
+    image_server.routes["/models-e2e.png"] = Route(png_bytes((1200, 900)))
+    raw = json.dumps({"edit_id": f"e2e-{name}", "model": name, "prompt": "make the sky 'blue'",
+                      "source": {"url": image_server.url("/models-e2e.png")}})  # fmt: skip
+    result, code = execute(raw, worker_settings, cache)
+    assert code == ExitCode.OK, result.error
+    assert (result.model, result.width, result.height) == (name, 1024, 768)
+    stored = s3_client(worker_settings.s3).get_object(worker_settings.s3.bucket, result.result_key)
+    assert Image.open(io.BytesIO(stored.read())).size == (1024, 768)
