@@ -125,3 +125,16 @@ def test_the_cli_imports_no_torch_until_a_worker_command_runs() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tiny_model_command_builds_a_dir_the_worker_loads(tmp_path: Path) -> None:
+    out = tmp_path / "models" / "longcat-image-edit-turbo"
+    argv = [EDITFLOW, "worker", "tiny-model", "--model", "longcat-image-edit-turbo"]
+    proc = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    hint = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert hint["EDITFLOW_WORKER__MODELS_ROOT"] == str(out.parent)
+    assert (out / "model_index.json").is_file() and (out / "editflow-model.json").is_file()
+    argv = [EDITFLOW, "worker", "tiny-model", "--model", "sdxl", "--out", str(tmp_path / "x")]
+    unknown = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2
