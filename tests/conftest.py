@@ -19,6 +19,10 @@ from editflow.devstack.stack import LocalStack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The operator harness (image host, tiny model on the models PVC, `editflow operator run`)
+# is shared by the operator, gateway and demo tests.
+pytest_plugins = ["tests.harness"]
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:

@@ -1,4 +1,4 @@
-"""The operator on the real platform: CRD, Secrets and ConfigMap as the chart creates them,
+"""Shared fixtures for end-to-end tests: the operator on the real platform: CRD, Secrets and ConfigMap as the chart creates them,
 a tiny LongCat model, a local image server, and ``editflow operator run`` as a process."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from editflow.devstack.procs import ManagedProcess, free_port, wait_until
 from editflow.devstack.stack import LocalStack
 
 NAMESPACE = "edits"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass

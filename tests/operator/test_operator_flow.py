@@ -7,7 +7,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.operator.conftest import NAMESPACE
+from tests.harness import NAMESPACE
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
