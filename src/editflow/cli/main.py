@@ -6,6 +6,8 @@ import typer
 
 from editflow import __version__
 from editflow.cli import dev
+from editflow.cli import dlq as dlq_cli
+from editflow.cli import events as events_cli
 from editflow.cli import operator as operator_cli
 from editflow.cli import worker as worker_cli
 
@@ -16,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(events_cli.app, name="events")
+app.add_typer(dlq_cli.app, name="dlq")
 app.add_typer(worker_cli.app, name="worker")
 app.add_typer(operator_cli.app, name="operator")
 app.add_typer(operator_cli.edits, name="edits")
