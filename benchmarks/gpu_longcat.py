@@ -1,0 +1,231 @@
+"""LongCat-Image-Edit at real size with random weights: memory, s/edit, it/s (GPU).
+
+Real weights cannot be downloaded here, and speed and memory do not depend
+on the values of the weights: this script builds every component at its
+published size (transformer 10 double + 20 single blocks, 24 heads x 128,
+6.3 B parameters; Qwen2.5-VL-7B text encoder, 8.3 B; FLUX 16-channel VAE)
+directly on the GPU in bf16 and runs edits on a 1024x768 input (768 px short side, the
+worker's preprocessed size; the pipeline itself works at ~1 MP, 1184x896).
+
+For each variant (standard: 50 steps, CFG 4.5 -> two transformer passes per
+step; Turbo: 8 steps, guidance 1 -> one pass) and each compile mode (eager,
+``transformer.compile_repeated_blocks(fullgraph=True)``), it reports:
+
+* peak GPU memory after loading and during an edit,
+* seconds per edit (median of ``--repeats`` after a warm-up edit),
+* denoising it/s, from ``(N - 1) / (t(N steps) - t(1 step))`` so text
+  encoding, VAE encode/decode and image pre/post-processing cancel out,
+* the compile warm-up time.
+
+The prompt tokenizer is a byte-level stand-in: LongCat pads the prompt to
+its fixed 512-token window, so the compute does not depend on it. The image
+processor is Qwen2-VL's default (real vision-token count).
+
+    python benchmarks/gpu_longcat.py                       # everything, on cuda
+    python benchmarks/gpu_longcat.py --variants turbo --compile eager
+    python benchmarks/gpu_longcat.py --size tiny --device cpu   # smoke test of the script
+
+Writes ``benchmarks/results/gpu_longcat-<utc>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = {"standard": (50, 4.5), "turbo": (8, 1.0)}
+PROMPT = "Replace the background with a beach at sunset and add the text '夏日特惠' in white"
+
+
+def build_real(device: str, dtype: Any) -> Any:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        LongCatImageEditPipeline,
+        LongCatImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from editflow.inference.tiny import QWEN_SPECIAL_TOKENS, _qwen_tokenizer
+
+    tokenizer = _qwen_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+            "max_position_embeddings": 128000,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                "mrope_section": [16, 24, 24]},
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+            "out_hidden_size": 3584, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device(device):
+        text_encoder = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+        # The published checkpoint: 10 double + 20 single blocks (6.3 B). The class
+        # defaults (19 + 38, FLUX-sized) would build an 11.9 B model instead.
+        transformer = LongCatImageTransformer2DModel(num_layers=10, num_single_layers=20)
+        transformer = transformer.to(dtype).eval()
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+            scaling_factor=0.3611, shift_factor=0.1159,
+            use_quant_conv=False, use_post_quant_conv=False,
+        ).to(dtype).eval()  # fmt: skip
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )  # fmt: skip
+    return LongCatImageEditPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_processor=processor, transformer=transformer,
+    )  # fmt: skip
+
+
+def build(size: str, device: str, dtype: Any) -> Any:
+    if size == "real":
+        return build_real(device, dtype)
+    from editflow.inference.tiny import build_longcat
+
+    return build_longcat().to(device=device, dtype=dtype)
+
+
+def params_billions(module: Any) -> float:
+    return round(sum(p.numel() for p in module.parameters()) / 1e9, 3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=("real", "tiny"), default="real")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--variants", default="standard,turbo")
+    parser.add_argument("--compile", default="eager,regional", help="eager and/or regional")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--offload", action="store_true", help="enable_model_cpu_offload()")
+    args = parser.parse_args()
+
+    import torch
+    from PIL import Image
+
+    from editflow.inference.prompts import patch_diffusers_quote_splitter
+
+    patch_diffusers_quote_splitter()
+    cuda = args.device.startswith("cuda")
+    dtype = getattr(torch, args.dtype)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats()
+
+    def gib(value: int) -> float:
+        return round(value / 2**30, 2)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    began = time.perf_counter()
+    pipe = build(args.size, "cpu" if args.offload else args.device, dtype)
+    if args.offload:
+        pipe.enable_model_cpu_offload(device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    sync()
+    report: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "size": args.size,
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "offload": args.offload,
+        "params_billions": {
+            "transformer": params_billions(pipe.transformer),
+            "text_encoder": params_billions(pipe.text_encoder),
+            "vae": params_billions(pipe.vae),
+        },
+        "build_seconds": round(time.perf_counter() - began, 2),
+        "memory_after_load_gib": gib(torch.cuda.memory_allocated()) if cuda else None,
+        "runs": [],
+    }
+    image = Image.effect_noise((1024, 768), 60).convert("RGB")
+
+    def edit(steps: int, guidance: float) -> float:
+        sync()
+        start = time.perf_counter()
+        pipe(image=image, prompt=PROMPT, negative_prompt="", num_inference_steps=steps,
+             guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
+        sync()
+        return time.perf_counter() - start
+
+    modes = [m.strip() for m in args.compile.split(",") if m.strip()]
+    for mode in modes:
+        compile_seconds = None
+        if mode == "regional":
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            steps, guidance = VARIANTS[variant]
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            warm = edit(steps, guidance)  # first call: compiles in regional mode
+            if mode == "regional" and compile_seconds is None:
+                compile_seconds = round(warm, 2)
+            times = [edit(steps, guidance) for _ in range(args.repeats)]
+            one_step = statistics.median(edit(1, guidance) for _ in range(2))
+            per_edit = statistics.median(times)
+            run = {
+                "variant": variant, "compile": mode, "steps": steps, "guidance_scale": guidance,
+                "seconds_per_edit": round(per_edit, 3), "seconds_all": [round(t, 3) for t in times],
+                "first_edit_seconds": round(warm, 2),
+                "denoise_it_per_s": round((steps - 1) / max(per_edit - one_step, 1e-9), 3),
+                "peak_memory_gib": gib(torch.cuda.max_memory_allocated()) if cuda else None,
+            }  # fmt: skip
+            if compile_seconds is not None:
+                run["compile_warmup_seconds"] = compile_seconds
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"gpu_longcat-{args.size}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"\n{report['device']}  {args.size} LongCat-Image-Edit, {args.dtype}, input 1024x768")
+    loaded = report["memory_after_load_gib"]
+    print(f"params (B): {report['params_billions']}  after load: {loaded} GiB")
+    print(f"{'variant':<10}{'compile':<10}{'steps':>6}{'s/edit':>9}{'it/s':>8}{'peak GiB':>10}")
+    for run in report["runs"]:
+        peak = "-" if run["peak_memory_gib"] is None else run["peak_memory_gib"]
+        head = f"{run['variant']:<10}{run['compile']:<10}{run['steps']:>6}"
+        print(f"{head}{run['seconds_per_edit']:>9.2f}{run['denoise_it_per_s']:>8.2f}{peak:>10}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
