@@ -119,11 +119,15 @@ class Topology:
 
     @property
     def backoff(self) -> list[float]:
-        """Ack wait of delivery 1, 2, …: ``ack_wait`` first, then ``backoff_seconds``.
+        """JetStream's ack wait of delivery 1, 2, …: ``ack_wait``, then ``ack_wait + backoff[i]``.
 
+        Every delivery keeps the full ack wait to be handled, and a consumer
+        that keeps dying sees the event again later each time. (A handler that
+        *fails* naks with ``backoff_seconds[i]`` itself, see :meth:`retry_delay`.)
         JetStream requires fewer entries than ``max_deliver``, so the list is cut there.
         """
-        waits = [self.settings.ack_wait_seconds, *self.settings.backoff_seconds]
+        wait = self.settings.ack_wait_seconds
+        waits = [wait, *(wait + extra for extra in self.settings.backoff_seconds)]
         return waits[: self.settings.max_deliver - 1]
 
     def retry_delay(self, delivered: int) -> float:

@@ -84,7 +84,7 @@ async def test_streams_have_the_documented_subjects_and_duplicate_window(js, top
     consumer = await js.consumer_info(topology.approvals_stream, topology.consumer)
     assert consumer.config.ack_policy == "explicit"
     assert consumer.config.max_deliver == 3
-    assert consumer.config.backoff == [1.0, 0.2]
+    assert consumer.config.backoff == [1.0, 1.2]
 
 
 async def test_a_republished_event_is_stored_and_handled_once(js, topology, make_approval):
@@ -341,5 +341,5 @@ def test_a_consumer_config_is_what_the_topology_says(topology):
     (stream, config), (adv_stream, adv) = topology.consumers()
     assert isinstance(config, ConsumerConfig)
     assert stream == topology.approvals_stream and adv_stream == topology.advisories_stream
-    assert config.backoff == [1.0, 0.2]  # ack wait first; fewer entries than max_deliver
+    assert config.backoff == [1.0, 1.2]  # ack wait first; fewer entries than max_deliver
     assert adv.durable_name == topology.dlq_consumer

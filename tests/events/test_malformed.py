@@ -305,7 +305,14 @@ async def dead_letters(corpus_settings: Settings, eventually) -> dict[str, Any]:
 
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run_consumer(js, handler, topology=topology, policy=_policy(corpus_settings), stop=stop)
+        run_consumer(
+            js,
+            handler,
+            topology=topology,
+            policy=_policy(corpus_settings),
+            stop=stop,
+            fetch_timeout=0.3,
+        )
     )
 
     async def all_dead_lettered() -> bool:
