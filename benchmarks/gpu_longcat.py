@@ -13,8 +13,9 @@ step; Turbo: 8 steps, guidance 1 -> one pass) and each compile mode (eager,
 
 * peak GPU memory after loading and during an edit,
 * seconds per edit (median of ``--repeats`` after a warm-up edit),
-* denoising it/s, from ``(N - 1) / (t(N steps) - t(1 step))`` so text
-  encoding, VAE encode/decode and image pre/post-processing cancel out,
+* denoising it/s: steps divided by the time spent inside the transformer's
+  forward calls (timed by hooks, synchronised), so text encoding, VAE and
+  image pre/post-processing are left out; with CFG a step is two calls,
 * the compile warm-up time.
 
 The prompt tokenizer is a byte-level stand-in: LongCat pads the prompt to
@@ -177,13 +178,28 @@ def main() -> int:
     }
     image = Image.effect_noise((1024, 768), 60).convert("RGB")
 
-    def edit(steps: int, guidance: float) -> float:
+    denoise = {"seconds": 0.0, "started": 0.0}
+
+    def before(*_: Any) -> None:
+        sync()
+        denoise["started"] = time.perf_counter()
+
+    def after(*_: Any) -> None:
+        sync()
+        denoise["seconds"] += time.perf_counter() - denoise["started"]
+
+    pipe.transformer.register_forward_pre_hook(before)
+    pipe.transformer.register_forward_hook(after)
+
+    def edit(steps: int, guidance: float) -> tuple[float, float]:
+        """(seconds for the whole edit, seconds inside the transformer)."""
+        denoise["seconds"] = 0.0
         sync()
         start = time.perf_counter()
         pipe(image=image, prompt=PROMPT, negative_prompt="", num_inference_steps=steps,
              guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
         sync()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, denoise["seconds"]
 
     modes = [m.strip() for m in args.compile.split(",") if m.strip()]
     for mode in modes:
@@ -194,17 +210,19 @@ def main() -> int:
             steps, guidance = VARIANTS[variant]
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            warm = edit(steps, guidance)  # first call: compiles in regional mode
+            warm, _ = edit(steps, guidance)  # first call: compiles in regional mode
             if mode == "regional" and compile_seconds is None:
                 compile_seconds = round(warm, 2)
-            times = [edit(steps, guidance) for _ in range(args.repeats)]
-            one_step = statistics.median(edit(1, guidance) for _ in range(2))
+            measured = [edit(steps, guidance) for _ in range(args.repeats)]
+            times = [total for total, _ in measured]
             per_edit = statistics.median(times)
+            in_transformer = statistics.median(inner for _, inner in measured)
             run = {
                 "variant": variant, "compile": mode, "steps": steps, "guidance_scale": guidance,
                 "seconds_per_edit": round(per_edit, 3), "seconds_all": [round(t, 3) for t in times],
                 "first_edit_seconds": round(warm, 2),
-                "denoise_it_per_s": round((steps - 1) / max(per_edit - one_step, 1e-9), 3),
+                "denoise_it_per_s": round(steps / in_transformer, 3),
+                "transformer_seconds": round(in_transformer, 3),
                 "peak_memory_gib": gib(torch.cuda.max_memory_allocated()) if cuda else None,
             }  # fmt: skip
             if compile_seconds is not None:
