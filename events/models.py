@@ -309,7 +309,7 @@ class CloudEvent(BaseModel):
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
-            raise ValueError("time must carry a timezone (RFC 3339), e.g. 2026-01-01T08:00:00Z")
+            raise ValueError("must carry a timezone (RFC 3339), e.g. 2026-01-01T08:00:00Z")
         return value
 
     @model_validator(mode="after")

@@ -104,14 +104,21 @@ def parse_event(
             )
         )
 
-    if not isinstance(attrs.get("id"), str) or not attrs["id"]:
-        # The model would mint an id for a producer; a received event must bring its own.
-        problems.append(Problem(Reason.INVALID, "id", "required string attribute is missing"))
+    for required in ("id", "type"):
+        # The models fill these in for a producer; a received event must bring its own.
+        if attrs.get(required) in (None, ""):
+            problems.append(Problem(Reason.INVALID, required, "required attribute is missing"))
+        elif not isinstance(attrs[required], str):
+            problems.append(
+                Problem(
+                    Reason.INVALID, required, f"must be a string (got {_short(attrs[required])})"
+                )
+            )
 
     accepted = set(policy.accept) if policy.accept is not None else set(EVENT_TYPES)
     model: type[CloudEvent] = _GENERIC
     if event_type is None:
-        problems.append(Problem(Reason.INVALID, "type", "required string attribute is missing"))
+        pass  # reported above
     elif event_type not in EVENT_TYPES or event_type not in accepted:
         problems.append(
             Problem(
@@ -135,10 +142,10 @@ def parse_event(
         if policy.signing_key and event_type in OA_EVENT_TYPES:
             problems.extend(_signature_problems(policy.signing_key, attrs, data))
 
+    # Attributes already reported (a wrong specversion, a missing id) are not repeated.
+    reported = {p.path for p in problems if p.path}
     problems.extend(
-        _schema_problems(
-            model, attrs, data, skip={"specversion"} if specversion != SPECVERSION else set()
-        )
+        p for p in _schema_problems(model, attrs, data) if p.path.split(".")[0] not in reported
     )
     if problems:
         raise EventRejected(problems, event_id=event_id, event_type=event_type)
@@ -167,16 +174,14 @@ def _signature_problems(key: str, attrs: Mapping[str, Any], data: Any) -> list[P
     return []
 
 
-def _schema_problems(
-    model: type[CloudEvent], attrs: Mapping[str, Any], data: Any, *, skip: set[str]
-) -> list[Problem]:
+def _schema_problems(model: type[CloudEvent], attrs: Mapping[str, Any], data: Any) -> list[Problem]:
     candidate = {**attrs, "data": data}
     if data is None and model is not _GENERIC:
         candidate.pop("data")
     try:
         model.model_validate(candidate)
     except ValidationError as exc:
-        return [p for p in _problems_from(exc) if p.path.split(".")[0] not in skip]
+        return _problems_from(exc)
     return []
 
 
@@ -187,6 +192,8 @@ def _problems_from(exc: ValidationError) -> list[Problem]:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "required field is missing"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling against docs/schemas)"
         elif error["type"] not in ("value_error", "assertion_error"):
             message = f"{message} (got {_short(error.get('input'))})"
         problems.append(Problem(Reason.INVALID, path, message))
@@ -204,5 +211,7 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, str | bytes | list | dict) and len(value) > 60:
+        return f"a {type(value).__name__} of length {len(value)}"
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."

@@ -229,7 +229,12 @@ CASES = [
     Case("prompt_whitespace", _data(instruction=" \t "), Reason.INVALID, "data.instruction"),
     Case("prompt_huge", _data(instruction="加" * 5000), Reason.INVALID, "at most 2000"),
     Case("prompt_wrong_type", _data(instruction=["a", "b"]), Reason.INVALID, "data.instruction"),
-    Case("unknown_field_typo", _data(prompt="remove the logo"), Reason.INVALID, "data.prompt"),
+    Case(
+        "unknown_field_typo",
+        _data(prompt="remove the logo"),
+        Reason.INVALID,
+        "data.prompt: unknown",
+    ),
     Case("steps_out_of_range", _data(generation={"steps": 1000}), Reason.INVALID, "steps"),
     Case("seed_negative", _data(generation={"seed": -1}), Reason.INVALID, "seed"),
     Case(
