@@ -51,6 +51,8 @@ class FetchLimits:
     max_redirects: int
     allow_hosts: frozenset[str] = frozenset()
     allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Extra CA bundle trusted for https sources, on top of the system's.
+    ca_file: str | None = None
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings) -> FetchLimits:
@@ -60,6 +62,7 @@ class FetchLimits:
             max_redirects=worker.fetch_max_redirects,
             allow_hosts=frozenset(h.lower().rstrip(".") for h in worker.allow_hosts),
             allow_networks=tuple(ipaddress.ip_network(c, strict=False) for c in worker.allow_cidrs),
+            ca_file=worker.fetch_ca_file,
         )
 
 
@@ -194,9 +197,16 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
 
 
-def _connection(target: Target, timeout: float) -> http.client.HTTPConnection:
+def _tls_context(limits: FetchLimits) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if limits.ca_file:
+        context.load_verify_locations(cafile=limits.ca_file)
+    return context
+
+
+def _connection(target: Target, timeout: float, limits: FetchLimits) -> http.client.HTTPConnection:
     if target.scheme == "https":
-        return _PinnedHTTPSConnection(target, timeout, ssl.create_default_context())
+        return _PinnedHTTPSConnection(target, timeout, _tls_context(limits))
     return _PinnedHTTPConnection(target, timeout)
 
 
@@ -209,7 +219,7 @@ def fetch_url(url: str, limits: FetchLimits) -> Fetched:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamError(f"fetching {url} took longer than {limits.timeout_seconds:g}s")
-        conn = _connection(target, remaining)
+        conn = _connection(target, remaining, limits)
         try:
             conn.request(
                 "GET",

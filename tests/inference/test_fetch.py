@@ -199,3 +199,84 @@ def test_http_status_maps_to_permanent_or_retriable(image_server: ImageServer) -
 def test_check_url_returns_the_address_to_dial() -> None:
     target = check_url("http://8.8.8.8:8080/a.png?x=1", STRICT)
     assert (str(target.ip), target.port, target.path) == ("8.8.8.8", 8080, "/a.png?x=1")
+
+
+def _self_signed(tmp_path, name: str) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )  # fmt: skip
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cert, key = _self_signed(tmp_path, "images.example")
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = png_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: seen.append(name)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], cert, seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_to_the_pinned_address_keeps_sni_and_verifies_the_name(
+    monkeypatch: pytest.MonkeyPatch, tls_server
+) -> None:
+    port, ca_file, sni = tls_server
+    monkeypatch.setattr(fetch_mod, "resolve", lambda h, p: [ipaddress.ip_address("127.0.0.1")])
+    limits = FetchLimits(
+        max_bytes=1 << 20,
+        timeout_seconds=5,
+        max_redirects=0,
+        allow_networks=LOOPBACK_ALLOWED.allow_networks,
+        ca_file=ca_file,
+    )
+    fetched = fetch_url(f"https://images.example:{port}/a.png", limits)
+    assert fetched.data == png_bytes() and sni == ["images.example"]
+    # A name the certificate does not cover is refused, though the address is the same.
+    with pytest.raises(UnsafeSourceError, match="certificate"):
+        fetch_url(f"https://other.example:{port}/a.png", limits)

@@ -84,6 +84,9 @@ class WorkerSettings(BaseModel):
     fetch_max_bytes: int = Field(30 * 1024 * 1024, ge=1024)
     fetch_timeout_seconds: float = Field(30.0, gt=0)
     fetch_max_redirects: int = Field(5, ge=0, le=20)
+    fetch_ca_file: str | None = Field(
+        None, description="extra CA bundle trusted for https sources (on-prem image hosts)"
+    )
     max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel cap (bombs)")
     allow_hosts: list[str] = Field(
         default_factory=list, description="host names exempt from the SSRF guard"
