@@ -92,6 +92,11 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     # diffusers' own notes (e.g. "dimensions will be resized") go to stderr, not our logs.
     diffusers.utils.logging.set_verbosity_error()
     patch_diffusers_quote_splitter()
+    if worker.attention_backend and worker.attention_backend.endswith("_hub"):
+        raise ModelError(
+            f"attention backend {worker.attention_backend!r} downloads kernels from a model hub, "
+            "which the worker never contacts: install the kernel and use its local backend"
+        )
     device = pick_device(worker.device)
     dtypes = torch_dtypes(spec, worker.dtype, device)
     cls = getattr(diffusers, spec.pipeline_class)

@@ -137,3 +137,26 @@ def test_listed_model_runs_through_the_whole_worker(
     assert (result.model, result.width, result.height) == (name, 1024, 768)
     stored = s3_client(worker_settings.s3).get_object(worker_settings.s3.bucket, result.result_key)
     assert Image.open(io.BytesIO(stored.read())).size == (1024, 768)
+
+
+def test_attention_backend_from_settings_is_applied(tiny_models_root: Path) -> None:
+    from editflow.inference.pipeline import load_pipeline
+
+    spec = get_spec(DEFAULT_MODEL)
+    worker = WorkerSettings(device="cpu", attention_backend="_native_math")
+    model = load_pipeline(spec, tiny_models_root / DEFAULT_MODEL, worker)
+    processors = model.pipe.transformer.attn_processors.values()
+    backends = {getattr(p, "_attention_backend", None) for p in processors}
+    assert {getattr(b, "value", b) for b in backends} == {"_native_math"}
+    prepared = preprocess(png_bytes((320, 240)), max_pixels=10**7)
+    image = run_edit(model, image=prepared.image, prompt="blue", steps=1, guidance_scale=1.0,
+                     negative_prompt="", seed=1)  # fmt: skip
+    assert image.size[0] > 0
+
+
+def test_hub_attention_backends_are_refused(tiny_models_root: Path) -> None:
+    from editflow.inference.pipeline import load_pipeline
+
+    worker = WorkerSettings(device="cpu", attention_backend="flash_hub")
+    with pytest.raises(ModelError, match="never contacts"):
+        load_pipeline(get_spec(DEFAULT_MODEL), tiny_models_root / DEFAULT_MODEL, worker)

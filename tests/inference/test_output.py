@@ -53,3 +53,17 @@ def test_termination_message_fits_4096_bytes_and_stays_json() -> None:
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     back = WorkerResult.model_validate_json(text)
     assert back.error.code == "model_failed" and back.error.retriable
+
+
+def test_presigned_url_uses_the_public_endpoint_and_the_expiry() -> None:
+    from pydantic import SecretStr
+
+    from editflow.core.settings import S3Settings
+    from editflow.inference.output import presign
+
+    s3 = S3Settings(endpoint="minio.editflow.svc:9000", access_key=SecretStr("a"),
+                    secret_key=SecretStr("b"), public_endpoint="https://files.example.com",
+                    presign_expiry_seconds=3600)  # fmt: skip
+    url = presign(s3, "results/e/attempt-1/result.png")
+    assert url.startswith("https://files.example.com/editflow/results/e/attempt-1/result.png?")
+    assert "X-Amz-Expires=3600" in url
