@@ -290,7 +290,11 @@ class CloudEvent(BaseModel):
     type: str
     subject: Text | None = None
     time: datetime = Field(default_factory=_utcnow)
-    datacontenttype: Literal["application/json"] = DATACONTENTTYPE
+    datacontenttype: str = Field(
+        DATACONTENTTYPE,
+        description="application/json, optionally with charset=utf-8",
+        json_schema_extra={"pattern": r"^application/json\s*(;.*)?$"},
+    )
     dataschema: str | None = None
     signature: Annotated[str, StringConstraints(max_length=200)] | None = Field(
         None, description="extension: 'v1=<hex HMAC-SHA256>' (see editflow.events.signing)"
@@ -303,6 +307,17 @@ class CloudEvent(BaseModel):
         expected = getattr(cls, "event_type", None)
         if expected is not None and value != expected:
             raise ValueError(f"expected {expected!r}")
+        return value
+
+    @field_validator("datacontenttype")
+    @classmethod
+    def _json_data(cls, value: str) -> str:
+        media, _, params = value.partition(";")
+        if media.strip().lower() != DATACONTENTTYPE:
+            raise ValueError(f"{value!r}: data must be {DATACONTENTTYPE}")
+        charset = params.partition("charset=")[2].strip().strip('"').lower()
+        if charset and charset not in ("utf-8", "utf8"):
+            raise ValueError(f"{value!r}: data must be UTF-8")
         return value
 
     @field_validator("time")

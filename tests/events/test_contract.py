@@ -134,3 +134,9 @@ def test_rejection_is_a_permanent_invalid_input_error_with_every_problem(approva
     assert {"specversion", "source", "data.image_url", "data.instruction"} <= paths
     assert error.info().code == "invalid_event.unsupported_specversion"
     assert "ftp" in error.message and "expected one of http, https, s3" in error.message
+
+
+def test_a_json_datacontenttype_with_a_utf8_charset_is_accepted(approval_document):
+    doc = approval_document()
+    doc["datacontenttype"] = "application/json; charset=utf-8"
+    assert parse_event(json.dumps(doc).encode()).data.form_id == "F-1"

@@ -197,6 +197,18 @@ CASES = [
     Case("source_missing", _body(_with(source=None)), Reason.INVALID, "source"),
     Case("time_not_rfc3339", _body(_with(time="yesterday")), Reason.INVALID, "time"),
     Case("time_without_zone", _body(_with(time="2026-11-25T08:00:00")), Reason.INVALID, "timezone"),
+    Case(
+        "datacontenttype_xml",
+        _body(_with(datacontenttype="application/xml")),
+        Reason.INVALID,
+        "data must be application/json",
+    ),
+    Case(
+        "datacontenttype_latin1",
+        _body(_with(datacontenttype="application/json; charset=latin1")),
+        Reason.INVALID,
+        "UTF-8",
+    ),
     Case("extension_bad_name", _body(_with(**{"Trace-Id": "x"})), Reason.INVALID, "Trace-Id"),
     Case(
         "binary_type_header_missing",
