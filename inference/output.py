@@ -18,6 +18,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import quote
 
 from PIL import Image
@@ -86,6 +87,23 @@ def object_metadata(
     return meta
 
 
+_CLIENTS: dict[str, Any] = {}
+
+
+def _client(s3: S3Settings) -> Any:
+    """One MinIO client (and so one connection pool) per S3 configuration and process.
+
+    A warm worker uploads many results; reusing the pool saves a TCP (and TLS)
+    handshake per object.
+    """
+    from editflow.core.s3 import s3_client
+
+    key = s3.model_dump_json()
+    if key not in _CLIENTS:
+        _CLIENTS[key] = s3_client(s3)
+    return _CLIENTS[key]
+
+
 def put_bytes(
     s3: S3Settings,
     key: str,
@@ -96,10 +114,8 @@ def put_bytes(
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError as Urllib3Error
 
-    from editflow.core.s3 import s3_client
-
     try:
-        s3_client(s3).put_object(
+        _client(s3).put_object(
             s3.bucket, key, io.BytesIO(data), len(data),
             content_type=content_type, metadata=metadata or None,
         )  # fmt: skip
