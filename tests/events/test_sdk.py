@@ -203,3 +203,23 @@ async def test_invalid_input_is_refused_before_anything_is_sent(client, js, topo
     with pytest.raises(ValidationError, match="image_url"):
         await client.submit_approval(**_approval(image_url="file:///etc/passwd"))
     assert (await js.stream_info(topology.approvals_stream)).state.messages == 0
+
+
+async def test_a_completion_published_around_a_nats_restart_is_not_missed(
+    nats_server, settings, js, topology
+):
+    client = await OAClient.connect(settings, source="https://oa.example.com", poll_interval=0.3)
+    try:
+        event_id = await client.submit_approval(**_approval(form_id="F-restart"))
+        waiting = asyncio.create_task(client.wait_for_completion(event_id, timeout=60))
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(nats_server.start_process)
+        approval = ApprovalEvent(
+            id=event_id, source="https://oa.example.com", data=_approval_data(form_id="F-restart")
+        )
+        # The test's own connection reconnects faster than the client's and publishes at once.
+        await publish_completion(js, topology, FakeOperator.completion(approval, "success"))
+        done = await waiting
+        assert done.data.status == "success"
+    finally:
+        await client.close()
