@@ -87,7 +87,14 @@ async def test_streams_have_the_documented_subjects_and_duplicate_window(js, top
     assert consumer.config.backoff == [1.0, 1.2]
 
 
-async def test_a_republished_event_is_stored_and_handled_once(js, topology, make_approval):
+async def _all_acked(js, topology, seq: int) -> bool:
+    info = await js.consumer_info(topology.approvals_stream, topology.consumer)
+    return info.ack_floor.stream_seq >= seq and info.num_pending == 0
+
+
+async def test_a_republished_event_is_stored_and_handled_once(
+    js, topology, make_approval, eventually
+):
     event = make_approval()
     first = await publish_event(js, event, topology.approval_subject)
     second = await publish_event(js, event, topology.approval_subject)
@@ -101,10 +108,7 @@ async def test_a_republished_event_is_stored_and_handled_once(js, topology, make
     handler = Recorder()
     stop, task = await _run(js, topology, handler)
     try:
-        consumer = await js.consumer_info(topology.approvals_stream, topology.consumer)
-        while consumer.num_pending or consumer.num_ack_pending:
-            await asyncio.sleep(0.05)
-            consumer = await js.consumer_info(topology.approvals_stream, topology.consumer)
+        await eventually(lambda: _all_acked(js, topology, first.seq), what="the ack")
     finally:
         await _stop(stop, task)
     assert handler.seen == [(event.id, 1)]
