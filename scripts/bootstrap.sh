@@ -47,6 +47,19 @@ fi
 # Strict editable mode links files one by one: relink so new modules are seen.
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
+# The gateway's browser test drives Debian's headless Chromium; it installs
+# nothing at test time, so the browser comes from here (root on Debian only).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing chromium (gateway browser test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends chromium
+  else
+    echo "note: /usr/bin/chromium is missing and this is not root on Debian; the gateway browser test will be skipped" >&2
+  fi
+fi
+
 step "platform binaries (editflow dev install)"
 "$VENV/bin/editflow" dev install
 echo "bootstrap done in $(( $(date +%s) - t0 ))s" >&2

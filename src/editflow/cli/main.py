@@ -8,6 +8,7 @@ from editflow import __version__
 from editflow.cli import dev
 from editflow.cli import dlq as dlq_cli
 from editflow.cli import events as events_cli
+from editflow.cli import gateway as gateway_cli
 from editflow.cli import operator as operator_cli
 from editflow.cli import worker as worker_cli
 
@@ -23,6 +24,7 @@ app.add_typer(dlq_cli.app, name="dlq")
 app.add_typer(worker_cli.app, name="worker")
 app.add_typer(operator_cli.app, name="operator")
 app.add_typer(operator_cli.edits, name="edits")
+app.add_typer(gateway_cli.app, name="gateway")
 
 
 @app.command()

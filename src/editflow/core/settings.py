@@ -188,6 +188,52 @@ class OperatorSettings(BaseModel):
     )
 
 
+class GatewaySettings(BaseModel):
+    """The HTTP gateway for OA systems that call HTTP (``EDITFLOW_GATEWAY__*``).
+
+    A Bearer token is required on every API call whenever ``token`` (or
+    ``token_file``, a mounted Secret) is set; without one the API is open,
+    which suits only a laptop demo.
+    """
+
+    host: str = Field("0.0.0.0", description="listen address of `editflow gateway run`")  # noqa: S104
+    port: int = Field(8000, ge=0, le=65535)
+    token: SecretStr | None = Field(None, description="Bearer token; required when set")
+    token_file: str | None = Field(None, description="file holding the token (mounted Secret)")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed to call the API (OA origin)"
+    )
+    rate_limit_per_minute: int = Field(
+        5, ge=0, description="edit submissions per client IP per minute (0: unlimited)"
+    )
+    read_rate_limit_per_minute: int = Field(
+        600, ge=0, description="other API calls (status polls, uploads) per IP per minute"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs whose X-Forwarded-For is believed (the ingress), e.g. 10.0.0.0/8",
+    )
+    max_json_bytes: int = Field(64 * 1024, ge=1024, description="largest JSON request body")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest image upload")
+    wait_timeout_seconds: float = Field(
+        300, gt=0, le=3600, description="how long POST /edit waits before answering 'failed'"
+    )
+    upload_prefix: str = Field("uploads", description="S3 key prefix of uploaded images")
+    record_prefix: str = Field(
+        "gateway/edits", description="S3 key prefix of the request records (id, fingerprint)"
+    )
+    source: str = Field("/editflow/gateway", description="CloudEvent source of its events")
+    provision_streams: bool = Field(
+        False, description="create the NATS streams if missing (standalone demo)"
+    )
+
+    @model_validator(mode="after")
+    def _load_files(self) -> GatewaySettings:
+        if key := _read_secret_file(self.token_file):
+            self.token = key
+        return self
+
+
 class Settings(BaseSettings):
     """Everything an editflow process can be configured with."""
 
@@ -203,6 +249,7 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     worker: WorkerSettings = WorkerSettings()
     operator: OperatorSettings = OperatorSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,173 @@
+"""The HTTP API's request and response bodies (they are the OpenAPI document's schemas).
+
+Field rules reuse the approval event's types (:mod:`editflow.events.models`),
+so a request the gateway accepts is an event the operator accepts.
+Requests of the versioned API reject unknown fields (a typo must not
+silently become a default); the legacy ``POST /edit`` ignores them, as the
+first deployment did.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from editflow.events.models import MAX_INSTRUCTION_CHARS, Generation, Priority
+
+SlugStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+UrlStr = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+PromptStr = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTION_CHARS)]
+RefStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Status = Literal["pending", "success", "failed", "needs_review", "cancelled"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TemplateChoice(_Strict):
+    """A catalogue template and its values; rendered into the prompt when ``prompt`` is unset."""
+
+    id: SlugStr = Field(description="template id from GET /v1/templates", examples=["add-text"])
+    params: dict[SlugStr, Annotated[str, StringConstraints(max_length=500)]] = Field(
+        default_factory=dict, max_length=20, examples=[{"text": "夏日特惠", "colour": "白色"}]
+    )
+    lang: Literal["zh", "en"] = Field("zh", description="language the prompt is rendered in")
+
+
+class EditRequest(_Strict):
+    """``POST /v1/edits``: one image, one instruction (or a template), and options."""
+
+    image_url: UrlStr | None = Field(
+        None,
+        description="http(s) URL of the source image",
+        examples=["https://oa.example.com/f/1.png"],
+    )
+    image_key: RefStr | None = Field(
+        None, description="key returned by POST /v1/uploads (instead of image_url)"
+    )
+    prompt: PromptStr | None = Field(
+        None,
+        description="one concrete edit instruction (zh or en)",
+        examples=["把背景换成海边日落"],
+    )
+    template: TemplateChoice | None = None
+    usage: SlugStr = Field("default", description="output profile, see GET /v1/usages")
+    model: SlugStr | None = Field(None, description="model registry name; default if unset")
+    parameters: Generation | None = Field(None, description="steps, guidance_scale, seed")
+    priority: Priority = "normal"
+    callback_url: UrlStr | None = Field(
+        None, description="https webhook that receives the completion event"
+    )
+    callback_subject: RefStr | None = Field(
+        None, description="NATS subject that receives the completion event"
+    )
+    form_id: RefStr | None = Field(None, description="OA form id (generated if unset)")
+    approval_id: RefStr | None = Field(None, description="OA approval instance id")
+    applicant: RefStr | None = Field(None, description="OA user id of the applicant")
+
+
+class LegacyEditRequest(BaseModel):
+    """``POST /edit``: the first deployment's request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image_url: UrlStr = Field(examples=["https://oa.example.com/f/1.png"])
+    prompt: PromptStr = Field(examples=["把背景换成海边日落"])
+
+
+class LegacyEditResponse(BaseModel):
+    """``POST /edit``'s answer, as in the first deployment (plus the edit ``id``)."""
+
+    result_url: str | None = None
+    cost_time: float | None = Field(None, description="seconds the edit took")
+    status: Literal["success", "failed"]
+    error: str | None = None
+    id: str = Field(description="the edit id: GET /v1/edits/{id} reports it later")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    retriable: bool
+    field: str | None = None
+
+
+class EditLinks(BaseModel):
+    self: str
+    result: str
+
+
+class EditView(BaseModel):
+    """An edit as the API reports it: ``pending`` until the completion event arrives."""
+
+    id: str
+    status: Status
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    prompt: str | None = None
+    usage: str | None = None
+    model: str | None = None
+    template_id: str | None = None
+    source_url: str | None = Field(None, description="the source image (presigned if uploaded)")
+    result_url: str | None = Field(None, description="presigned URL of the result image")
+    result_url_expires_at: datetime | None = None
+    result_key: str | None = None
+    cost_seconds: float | None = None
+    attempts: int | None = None
+    error: ErrorBody | None = None
+    message: str | None = None
+    links: EditLinks
+
+
+class ResultView(BaseModel):
+    id: str
+    result_url: str
+    result_url_expires_at: datetime
+    result_key: str
+
+
+class UploadView(BaseModel):
+    image_key: str = Field(description="pass as image_key to POST /v1/edits")
+    size: int
+    content_type: str
+    sha256: str
+
+
+class TemplateParamView(BaseModel):
+    name: str
+    label: dict[str, str]
+    example: dict[str, str]
+    quoted: bool
+
+
+class TemplateView(BaseModel):
+    id: str
+    title: dict[str, str] = Field(description="by language: zh, en")
+    text: dict[str, str] = Field(description="the instruction with {param} placeholders")
+    params: list[TemplateParamView]
+
+
+class UsageView(BaseModel):
+    id: str
+    label: dict[str, str]
+
+
+class InfoView(BaseModel):
+    version: str
+    auth: Literal["bearer", "none"]
+    max_json_bytes: int
+    max_upload_bytes: int
+    rate_limit_per_minute: int
+    wait_timeout_seconds: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
