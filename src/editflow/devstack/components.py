@@ -31,6 +31,9 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "pod-garbage-collector-controller",
     "ttl-after-finished-controller",
+    # So `helm install` of the chart gets running operator and gateway Pods in local mode.
+    "deployment-controller",
+    "replicaset-controller",
 )
 
 SERVICE_CIDR = "10.0.0.0/24"

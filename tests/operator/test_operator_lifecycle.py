@@ -1,0 +1,373 @@
+"""The operator's promises on the real platform: events in, one EditJob per approval,
+retries and review, cancellation, recovery, queueing, and exactly one completion."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import yaml
+
+from editflow.core.settings import NatsSettings, Settings
+from editflow.devstack.procs import wait_until
+from editflow.events.models import Person
+from editflow.events.sdk import OAClient
+from editflow.events.topology import Topology
+from editflow.operator.names import editjob_name
+from tests.harness import NAMESPACE
+
+pytestmark = [pytest.mark.platform, pytest.mark.slow]
+EJ = f"/apis/editflow.io/v1alpha1/namespaces/{NAMESPACE}/editjobs"
+
+
+def editjob_yaml(name: str, url: str, **spec: object) -> str:
+    body = {
+        "source": {"url": url},
+        "prompt": "make the red square blue",
+        "parameters": {"steps": 2, "seed": 3},
+        **spec,
+    }
+    return yaml.safe_dump(
+        {
+            "apiVersion": "editflow.io/v1alpha1",
+            "kind": "EditJob",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": body,
+        }
+    )
+
+
+def settings_for(stack) -> Settings:
+    return Settings(nats=NatsSettings(url=stack.nats_url))
+
+
+async def completions_for(stack, approval_event_id: str) -> int:
+    """How many completion messages JetStream holds for one approval."""
+    client = await OAClient.connect(settings_for(stack))
+    try:
+        topo = Topology(client.settings.events)
+        subject = topo.completion_subject(approval_event_id)
+        info = await client.js.stream_info(topo.completions_stream, subjects_filter=subject)
+        return int((info.state.subjects or {}).get(subject, 0))
+    finally:
+        await client.close()
+
+
+def event_messages(kubectl, name: str) -> str:
+    """Every Kubernetes Event message about one object, one per line."""
+    out = kubectl(
+        "-n",
+        NAMESPACE,
+        "get",
+        "events",
+        f"--field-selector=involvedObject.name={name}",
+        "-o",
+        "json",
+    ).stdout
+    return "\n".join(f"{e['reason']}: {e['message']}" for e in json.loads(out)["items"])
+
+
+def jobs_of(operator, name: str) -> list[dict]:
+    return operator.api.get(
+        f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labelSelector=f"editflow.io/editjob={name}"
+    )["items"]
+
+
+def wait_running(operator, name: str) -> dict:
+    return operator.wait_phase(name, "Running", "Succeeded", "Failed", "NeedsReview")
+
+
+async def test_an_approval_event_becomes_one_editjob_and_a_success_completion(
+    operator, stack, image_host
+) -> None:
+    client = await OAClient.connect(settings_for(stack), source="/oa/test")
+    try:
+        fields = dict(
+            form_id=f"F-{uuid.uuid4().hex[:6]}",
+            approval_id="AP-1",
+            applicant=Person(id="u-1", name="韩梅梅"),
+            instruction="把红色方块改成蓝色",
+            image_url=image_host.url("red.png"),
+            usage="wechat-article",
+        )
+        event_id = await client.submit_approval(**fields)
+        again = await client.submit_approval(**fields)  # the OA side retried its publish
+        assert again == event_id
+        done = await client.wait_for_completion(event_id, timeout=180)
+    finally:
+        await client.close()
+    assert done.data.status == "success", done.data
+    assert done.data.result_key and done.data.attempts == 1
+    assert done.data.editjob.name == editjob_name(event_id)
+    matching = [
+        ej
+        for ej in operator.api.get(EJ)["items"]
+        if ej["spec"].get("oa", {}).get("formId") == fields["form_id"]
+    ]
+    assert len(matching) == 1
+    assert await completions_for(stack, event_id) == 1
+
+
+def test_a_permanent_error_fails_at_once_with_the_reason(operator, kubectl, image_host) -> None:
+    name = f"perm-{uuid.uuid4().hex[:6]}"
+    kubectl("apply", "-f", "-", input=editjob_yaml(name, image_host.url("notes.txt")))
+    status = operator.wait_phase(name, "Succeeded", "Failed", "NeedsReview")["status"]
+    assert status["phase"] == "Failed" and status["attempts"] == 1
+    assert status["errorCode"] == "image_rejected", status
+    assert len(jobs_of(operator, name)) == 1
+    events = event_messages(kubectl, name)
+    assert "JobCreated:" in events and "Failed:" in events
+
+
+async def test_retriable_failures_end_in_review_then_a_designer_resolves(
+    operator, kubectl, stack
+) -> None:
+    name = f"review-{uuid.uuid4().hex[:6]}"
+    dead = "http://127.0.0.1:9/unreachable.png"  # discard port: connection refused, retriable
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=editjob_yaml(name, dead, retry={"maxAttempts": 2, "backoffSeconds": 0}),
+    )
+    status = operator.wait_phase(name, "Succeeded", "Failed", "NeedsReview")["status"]
+    assert status["phase"] == "NeedsReview" and status["attempts"] == 2, status
+    assert len(jobs_of(operator, name)) == 2
+    client = await OAClient.connect(settings_for(stack))
+    try:
+        topo = Topology(client.settings.events)
+        review_subject = topo.review_subject(f"editjob:{NAMESPACE}/{name}")
+        msg = await client.js.get_last_msg(topo.completions_stream, review_subject)
+        assert b"make the red square blue" in msg.data  # the designer sees the instruction
+    finally:
+        await client.close()
+    kubectl(
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "editjob",
+        name,
+        "editflow.io/resolve-result-key=designer/fixed.png",
+    )
+    status = operator.wait_phase(name, "Succeeded")["status"]
+    assert status["resultKey"] == "designer/fixed.png"
+    assert await completions_for(stack, f"editjob:{NAMESPACE}/{name}") == 2  # review + success
+
+
+def test_the_apiserver_refuses_an_invalid_editjob_naming_the_field(kubectl) -> None:
+    bad = editjob_yaml("bad-one", "ftp://example.com/x.png", parameters={"steps": 5000})
+    refused = kubectl("apply", "-f", "-", input=bad, check=False)
+    assert refused.returncode != 0
+    assert "spec.source.url" in refused.stderr and "spec.parameters.steps" in refused.stderr
+    both = editjob_yaml("bad-two", "https://example.com/x.png").replace(
+        "source:\n    url:", "source:\n    s3Key: a.png\n    url:"
+    )
+    refused = kubectl("apply", "-f", "-", input=both, check=False)
+    assert "set exactly one of spec.source.url or spec.source.s3Key" in refused.stderr
+
+
+async def test_a_withdraw_event_cancels_a_running_edit(operator, stack, image_host) -> None:
+    url, gate = image_host.gate()
+    client = await OAClient.connect(settings_for(stack), source="/oa/test")
+    try:
+        form = f"F-{uuid.uuid4().hex[:6]}"
+        event_id = await client.submit_approval(
+            form_id=form,
+            approval_id="AP-9",
+            applicant=Person(id="u-2"),
+            instruction="remove the watermark",
+            image_url=url,
+        )
+        name = editjob_name(event_id)
+        await asyncio.to_thread(
+            wait_until, lambda: jobs_of(operator, name), timeout=60, what="the edit's Job"
+        )
+        await client.withdraw(form_id=form, approval_id="AP-9", approval_event_id=event_id)
+        done = await client.wait_for_completion(event_id, timeout=60)
+    finally:
+        gate.released.set()
+        await client.close()
+    assert done.data.status == "cancelled"
+    status = operator.editjob(name)["status"]
+    assert status["phase"] == "Cancelled"
+    await asyncio.to_thread(
+        wait_until,
+        lambda: not jobs_of(operator, name),
+        timeout=60,
+        what="the cancelled edit's Job to be deleted",
+    )
+
+
+async def test_deleting_an_editjob_cancels_it_and_removes_its_job(
+    operator, kubectl, stack, image_host
+) -> None:
+    url, gate = image_host.gate()
+    name = f"del-{uuid.uuid4().hex[:6]}"
+    kubectl("apply", "-f", "-", input=editjob_yaml(name, url))
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: jobs_of(operator, name), timeout=60, what="the Job"
+        )
+        kubectl("-n", NAMESPACE, "delete", "editjob", name, "--wait=true", "--timeout=60s")
+    finally:
+        gate.released.set()
+    await asyncio.to_thread(
+        wait_until,
+        lambda: not jobs_of(operator, name),
+        timeout=60,
+        what="the Job to go with its EditJob",
+    )
+    client = await OAClient.connect(settings_for(stack))
+    try:
+        done = await client.wait_for_completion(f"editjob:{NAMESPACE}/{name}", timeout=30)
+    finally:
+        await client.close()
+    assert done.data.status == "cancelled"
+
+
+def test_a_job_deleted_by_hand_is_noticed_and_the_next_attempt_succeeds(
+    operator, kubectl, image_host
+) -> None:
+    url, gate = image_host.gate()
+    name = f"lost-{uuid.uuid4().hex[:6]}"
+    kubectl("apply", "-f", "-", input=editjob_yaml(name, url))
+    wait_until(lambda: jobs_of(operator, name), timeout=60, what="the first Job")
+    first = jobs_of(operator, name)[0]["metadata"]["name"]
+    kubectl("-n", NAMESPACE, "delete", "job", first, "--wait=false")
+    wait_until(
+        lambda: (operator.editjob(name).get("status") or {}).get("attempts") == 2,
+        timeout=60,
+        what="a second attempt",
+    )
+    gate.released.set()
+    status = operator.wait_phase(name, "Succeeded", "Failed", "NeedsReview")["status"]
+    assert status["phase"] == "Succeeded" and status["attempts"] == 2
+    events = event_messages(kubectl, name)
+    assert "AttemptFailed: attempt 1 failed: Job" in events
+    assert "disappeared before it reported a result" in events
+
+
+async def test_an_operator_killed_mid_edit_finishes_it_with_exactly_one_completion(
+    operator, kubectl, stack, image_host
+) -> None:
+    url, gate = image_host.gate()
+    name = f"crash-{uuid.uuid4().hex[:6]}"
+    kubectl("apply", "-f", "-", input=editjob_yaml(name, url))
+    await asyncio.to_thread(wait_until, lambda: jobs_of(operator, name), timeout=60, what="the Job")
+    operator.kill()
+    gate.released.set()  # the edit finishes while no operator runs
+    job = jobs_of(operator, name)[0]["metadata"]["name"]
+
+    def job_done() -> bool:
+        conds = operator.api.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}")["status"]
+        return any(c["type"] == "Complete" for c in conds.get("conditions") or [])
+
+    await asyncio.to_thread(wait_until, job_done, timeout=120, what="the Job to complete")
+    operator.start()
+    await asyncio.to_thread(operator.wait_phase, name, "Succeeded")
+    await asyncio.to_thread(
+        wait_until,
+        lambda: operator.editjob(name)["status"].get("completionEventId"),
+        timeout=30,
+        what="the completion to be recorded",
+    )
+    assert operator.editjob(name)["status"]["attempts"] == 1
+    assert await completions_for(stack, f"editjob:{NAMESPACE}/{name}") == 1
+
+
+def test_the_queue_runs_higher_priority_first_under_the_cap(operator, kubectl, image_host) -> None:
+    url, gate = image_host.gate()
+    tag = uuid.uuid4().hex[:6]
+    kubectl("apply", "-f", "-", input=editjob_yaml(f"busy-{tag}", url))
+    wait_until(lambda: jobs_of(operator, f"busy-{tag}"), timeout=60, what="the busy edit's Job")
+    kubectl(
+        "apply", "-f", "-", input=editjob_yaml(f"low-{tag}", image_host.url("red.png"), priority=10)
+    )
+    wait_until(
+        lambda: (operator.editjob(f"low-{tag}").get("status") or {}).get("phase") == "Queued",
+        timeout=60,
+        what="the low-priority edit to queue",
+    )
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=editjob_yaml(f"high-{tag}", image_host.url("red.png"), priority=90),
+    )
+    wait_until(
+        lambda: (operator.editjob(f"high-{tag}").get("status") or {}).get("phase") == "Queued",
+        timeout=60,
+        what="the high-priority edit to queue",
+    )
+    assert "concurrency cap" in operator.editjob(f"low-{tag}")["status"]["message"]
+    gate.released.set()
+    high = operator.wait_phase(f"high-{tag}", "Succeeded")["status"]
+    low = operator.wait_phase(f"low-{tag}", "Succeeded")["status"]
+    assert high["startedAt"] <= low["startedAt"]
+    assert (
+        jobs_of(operator, f"high-{tag}")[0]["metadata"]["creationTimestamp"]
+        <= jobs_of(operator, f"low-{tag}")[0]["metadata"]["creationTimestamp"]
+    )
+
+
+def test_no_gpu_for_too_long_ends_the_attempt_with_a_clear_reason(
+    operator, kubectl, tmp_path
+) -> None:
+    gate = tmp_path / "release-gpu"
+    hog = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "gpu-hog"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "hog",
+                            "image": "busybox",
+                            "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.2; done"],
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
+                }
+            },
+        },
+    }
+    kubectl("-n", "default", "apply", "-f", "-", input=yaml.safe_dump(hog))
+    try:
+        name = f"nogpu-{uuid.uuid4().hex[:6]}"
+        kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=editjob_yaml(
+                name, "http://127.0.0.1:9/x.png", pendingTimeoutSeconds=10, retry={"maxAttempts": 1}
+            ),
+        )
+        queued = operator.wait_phase(name, "Queued", "NeedsReview")
+        if queued["status"]["phase"] == "Queued":
+            assert (
+                "Insufficient nvidia.com/gpu" in queued["status"]["message"]
+                or "cap" in queued["status"]["message"]
+            )
+        status = operator.wait_phase(name, "NeedsReview", "Failed", "Succeeded", timeout=90)[
+            "status"
+        ]
+        assert status["phase"] == "NeedsReview" and status["errorCode"] == "no_gpu"
+        assert "no GPU node available" in status["message"]
+    finally:
+        gate.touch()
+        kubectl("-n", "default", "delete", "job", "gpu-hog", "--wait=false")
+
+
+def test_the_liveness_endpoint_reports_every_probe(operator) -> None:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as resp:
+        body = json.loads(resp.read())
+    assert set(body) >= {"resync", "watch", "nats"} and body["nats"] == "connected"
