@@ -27,9 +27,7 @@ from editflow.events.models import (
     ID_NAMESPACE,
     ApprovalData,
     ApprovalEvent,
-    Callback,
     CompletionEvent,
-    Person,
     Template,
 )
 from editflow.gateway import templates
@@ -122,15 +120,16 @@ def approval_event(
         )
     instruction = instruction_of(request)
     try:
-        callback = None
-        if request.callback_url is not None or request.callback_subject is not None:
-            callback = Callback(
-                webhook_url=request.callback_url, nats_subject=request.callback_subject
-            )
+        # Nested values go in as plain data so that errors carry their full path.
+        callback: dict[str, str] | None = None
+        if request.callback_url is not None:
+            callback = {"webhook_url": request.callback_url}
+        elif request.callback_subject is not None:
+            callback = {"nats_subject": request.callback_subject}
         data = ApprovalData(
             form_id=request.form_id or GATEWAY_FORM_ID,
             approval_id=request.approval_id or edit_id,
-            applicant=Person(id=request.applicant or client_identity),
+            applicant={"id": request.applicant or client_identity},  # type: ignore[arg-type]
             image_url=request.image_url,
             image_key=request.image_key,
             instruction=instruction,
@@ -141,7 +140,7 @@ def approval_event(
                 else None
             ),
             priority=request.priority,
-            callback=callback,
+            callback=callback,  # type: ignore[arg-type]
             model=request.model,
             generation=request.parameters,
         )

@@ -1,0 +1,85 @@
+"""Gateway test fixtures: the app on in-memory stand-ins (units) and as a real server (stack).
+
+``api(...)`` builds the FastAPI app with :mod:`.fakes` for the bus and S3 and
+returns a ``TestClient`` (requests come from the peer ``client_ip``);
+``gateway_server(...)`` (in :mod:`.servers`) runs ``editflow gateway run`` on
+a free loopback port against the session's NATS and MinIO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from editflow.core.settings import GatewaySettings, Settings
+from editflow.gateway.app import create_app
+from tests.gateway.fakes import MemoryBus, MemoryStore
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OA_ORIGIN = "https://oa.example.com"
+
+
+@dataclass
+class Api:
+    client: TestClient
+    bus: MemoryBus
+    store: MemoryStore
+    settings: Settings
+
+    def post_edit(self, body: dict[str, Any], **headers: str) -> Any:
+        return self.client.post("/v1/edits", json=body, headers={**AUTH, **headers})
+
+
+@pytest.fixture
+def api() -> Iterator[Callable[..., Api]]:
+    """``api(client_ip="10.1.2.3", store=..., **gateway_settings)`` -> a started ``Api``."""
+    opened: list[TestClient] = []
+
+    def make(
+        *,
+        client_ip: str = "203.0.113.7",
+        bus: MemoryBus | None = None,
+        store: MemoryStore | None = None,
+        **gateway: Any,
+    ) -> Api:
+        values: dict[str, Any] = {
+            "token": TOKEN,
+            "cors_origins": [OA_ORIGIN],
+            "rate_limit_per_minute": 1000,
+            "wait_timeout_seconds": 2,
+            **gateway,
+        }
+        settings = Settings(gateway=GatewaySettings(**values))
+        bus = bus or MemoryBus()
+        store = store or MemoryStore()
+        client = TestClient(
+            create_app(settings, bus=bus, store=store),
+            client=(client_ip, 50000),
+            raise_server_exceptions=False,
+        )
+        client.__enter__()
+        opened.append(client)
+        return Api(client=client, bus=bus, store=store, settings=settings)
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+EDIT = {"image_url": "https://oa.example.com/files/poster.png", "prompt": "把背景换成海边日落"}
+
+
+def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
+    """An RFC 9457 problem document with editflow's members."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["code"] == code, body
+    assert body["type"] == f"urn:editflow:problem:{code}"
+    assert body["title"] and body["detail"] and isinstance(body["retriable"], bool)
+    return body
