@@ -68,6 +68,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--input", choices=("phone-jpeg", "png"), default="phone-jpeg",
+        help="4032x3024 JPEG (a phone photo) or a 1600x1200 PNG",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -111,7 +115,10 @@ def main() -> int:
         )
 
         buffer = io.BytesIO()
-        Image.effect_noise((1600, 1200), 40).convert("RGB").save(buffer, "PNG")
+        if args.input == "png":
+            Image.effect_noise((1600, 1200), 40).convert("RGB").save(buffer, "PNG")
+        else:
+            Image.effect_noise((4032, 3024), 40).convert("RGB").save(buffer, "JPEG", quality=92)
         server, url = serve_bytes(buffer.getvalue())
         prepared = preprocess(buffer.getvalue(), max_pixels=10**8, multiple=spec.multiple)
 
@@ -166,7 +173,7 @@ def main() -> int:
         "steps": args.steps,
         "guidance_scale": spec.guidance_scale,
         "repeats": args.repeats,
-        "input": "1600x1200 PNG -> 1024x768",
+        "input": ("1600x1200 PNG" if args.input == "png" else "4032x3024 JPEG") + " -> 1024x768",
         "bare_seconds": bare_times,
         "worker_seconds": worker_times,
         "bare_median": bare_median,
@@ -181,8 +188,9 @@ def main() -> int:
     path = RESULTS / f"bench_worker-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\nwarm edit, {MODEL} tiny, {args.steps} steps, CFG {spec.guidance_scale}, "
-          f"{args.repeats} interleaved runs, {torch.get_num_threads()} torch threads")  # fmt: skip
+    print(f"\nwarm edit, {MODEL} tiny, {report['input']}, {args.steps} steps, "
+          f"CFG {spec.guidance_scale}, {args.repeats} interleaved runs, "
+          f"{torch.get_num_threads()} torch threads")  # fmt: skip
     print(f"{'path':<34}{'median s':>10}")
     print(f"{'bare diffusers loop':<34}{bare_median:>10.3f}")
     print(f"{'through the worker':<34}{worker_median:>10.3f}")

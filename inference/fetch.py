@@ -27,7 +27,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from editflow.core.errors import (
     ImageRejectedError,
@@ -42,6 +42,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CHUNK = 64 * 1024
+_SAFE_PATH = "/%:@!$&'()*+,;=-._~"
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,11 @@ def check_url(url: str, limits: FetchLimits) -> Target:
     # Every answer is checked, not just the first: a mixed answer is refused.
     for ip in addresses:
         check_address(host, ip, limits)
-    path = parts.path or "/"
+    # Percent-encode what is not ASCII (Chinese file names are common on OA servers),
+    # keeping existing escapes and reserved characters as they are.
+    path = quote(parts.path or "/", safe=_SAFE_PATH)
     if parts.query:
-        path = f"{path}?{parts.query}"
+        path = path + "?" + quote(parts.query, safe=_SAFE_PATH + "?")
     return Target(scheme=parts.scheme, host=host, port=port, path=path, ip=addresses[0])
 
 
@@ -249,6 +252,10 @@ def fetch_url(url: str, limits: FetchLimits) -> Fetched:
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise UpstreamError(f"could not fetch {current}: {exc}") from exc
+        except ValueError as exc:  # http.client.InvalidURL, control characters, bad IDNA
+            raise InvalidInputError(
+                f"malformed URL {current!r}: {exc}", field="source.url"
+            ) from exc
         finally:
             conn.close()
     raise InvalidInputError(

@@ -80,7 +80,10 @@ def load_tokenizer(spec: ModelSpec, model_dir: Path) -> Any:
     go_offline()
     path = model_dir / spec.prompt.tokenizer
     if not path.is_dir():
-        return None
+        raise ModelError(
+            f"{model_dir} has no {spec.prompt.tokenizer}/ directory: not a complete "
+            f"{spec.pipeline_class} (prompts cannot be checked without its tokenizer)"
+        )
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 

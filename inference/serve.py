@@ -107,6 +107,7 @@ class WarmWorker:
         self.last_beat = time.monotonic()
         self.handled = 0
         self.bound_port: int | None = None
+        self._nc: Any = None
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -132,6 +133,7 @@ class WarmWorker:
             metrics.MODEL_LOAD_SECONDS.labels(self.spec.name).set(time.perf_counter() - began)
             self.loaded = True
             nc = await nats.connect(**nats_options(self.settings.nats))
+            self._nc = nc
             self.connected = True
             try:
                 await self._consume(nc)
@@ -166,6 +168,10 @@ class WarmWorker:
                 messages = await subscription.fetch(1, timeout=1.0)
             except (TimeoutError, NatsTimeout):
                 continue
+            except Exception as exc:  # disconnected: nats-py reconnects, we wait and retry
+                log.warning("pull failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+                continue
             for message in messages:
                 await self._handle(nc, message)
 
@@ -182,12 +188,21 @@ class WarmWorker:
             self._observe(result)
             payload = result_json(result).encode()
             reply_to = (message.headers or {}).get(REPLY_TO_HEADER)
-            if reply_to:
-                await nc.publish(reply_to, payload)
-            if result.edit_id != "unknown":
-                await nc.publish(result_subject(result.edit_id), payload)
-            await nc.flush()
-            await message.ack()
+            try:
+                if reply_to:
+                    await nc.publish(reply_to, payload)
+                if result.edit_id != "unknown":
+                    await nc.publish(result_subject(result.edit_id), payload)
+                await nc.flush()
+                await message.ack()
+            except Exception as exc:
+                # Not acked: JetStream redelivers after ack_wait and the edit runs again
+                # (its result JSON in S3 is simply rewritten). Losing it would be worse.
+                log.warning(
+                    "result not delivered; leaving the request for redelivery",
+                    extra={"edit_id": result.edit_id, "error": repr(exc)},
+                )
+                return
             self.handled += 1
             log.info(
                 "warm edit handled",
@@ -219,7 +234,8 @@ class WarmWorker:
         return self.in_flight > 0 or time.monotonic() - self.last_beat < LIVENESS_STALE_SECONDS
 
     def ready(self) -> bool:
-        return self.loaded and self.connected and not self.stopping.is_set()
+        connected = self.connected and (self._nc is None or self._nc.is_connected)
+        return self.loaded and connected and not self.stopping.is_set()
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,8 @@ from editflow.inference.prompts import validate_prompt
 from editflow.inference.registry import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
+
+_EDIT_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 
 
 @dataclass
@@ -186,11 +189,16 @@ def failure(
     if request is not None:
         edit_id, attempt, model = request.edit_id, request.attempt, request.model
     elif raw:
+        # Salvage the ids of a request that failed validation, but only values the
+        # contract allows: they become an S3 key and the operator matches on them.
         try:
             data = json.loads(raw)
-            edit_id = str(data.get("edit_id") or edit_id)
-            attempt = int(data.get("attempt") or 1)
-            model = str(data.get("model") or model)
+            if isinstance(data.get("edit_id"), str) and _EDIT_ID.fullmatch(data["edit_id"]):
+                edit_id = data["edit_id"]
+            if isinstance(data.get("attempt"), int) and 1 <= data["attempt"] <= 100:
+                attempt = data["attempt"]
+            if isinstance(data.get("model"), str) and len(data["model"]) <= 64:
+                model = data["model"]
         except (ValueError, TypeError, AttributeError):
             pass
     info = error.info() if error is not None else report.unexpected_error_info(exc)

@@ -280,3 +280,14 @@ def test_https_to_the_pinned_address_keeps_sni_and_verifies_the_name(
     # A name the certificate does not cover is refused, though the address is the same.
     with pytest.raises(UnsafeSourceError, match="certificate"):
         fetch_url(f"https://other.example:{port}/a.png", limits)
+
+
+def test_non_ascii_paths_are_percent_encoded(image_server: ImageServer) -> None:
+    image_server.routes["/files/%E6%B5%B7%E6%8A%A5.png?v=%E4%B8%80"] = Route(png_bytes())
+    fetched = fetch_url(image_server.url("/files/海报.png?v=一"), LOOPBACK_ALLOWED)
+    assert fetched.data == png_bytes()
+
+
+def test_already_encoded_paths_are_not_encoded_twice(image_server: ImageServer) -> None:
+    image_server.routes["/a%20b.png"] = Route(png_bytes())
+    assert fetch_url(image_server.url("/a%20b.png"), LOOPBACK_ALLOWED).data == png_bytes()

@@ -160,3 +160,17 @@ def test_hub_attention_backends_are_refused(tiny_models_root: Path) -> None:
     worker = WorkerSettings(device="cpu", attention_backend="flash_hub")
     with pytest.raises(ModelError, match="never contacts"):
         load_pipeline(get_spec(DEFAULT_MODEL), tiny_models_root / DEFAULT_MODEL, worker)
+
+
+def test_a_model_dir_without_its_tokenizer_is_a_model_failure(
+    tiny_models_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from editflow.inference.pipeline import load_tokenizer
+
+    broken = tmp_path / DEFAULT_MODEL
+    shutil.copytree(tiny_models_root / DEFAULT_MODEL, broken)
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(ModelError, match="tokenizer"):
+        load_tokenizer(get_spec(DEFAULT_MODEL), broken)

@@ -115,6 +115,7 @@ def test_malformed_request_is_invalid_input(worker_settings: Settings, tmp_path:
     assert proc.returncode == ExitCode.INVALID_INPUT
     result = WorkerResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
     assert result.error.code == "invalid_input" and "edit_id" in result.error.message
+    assert result.edit_id == "unknown"  # an id the contract forbids never becomes an S3 key
 
 
 def test_the_cli_imports_no_torch_until_a_worker_command_runs() -> None:
