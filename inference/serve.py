@@ -18,7 +18,9 @@ another worker after ``ack_wait``.
 HTTP (``--http-port``): ``/healthz`` (the loop is alive), ``/readyz`` (model
 loaded, NATS connected, not draining) and ``/metrics`` (Prometheus).
 SIGTERM/SIGINT: stop pulling, finish the edit in flight, ack it, drain NATS,
-exit 0.
+exit 0. If the edit is still running after ``EDITFLOW_WORKER__DRAIN_SECONDS``
+(default 300; keep it below the Pod's termination grace period), it is
+nak'ed so another worker takes it at once, and the worker exits without it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from editflow.core.settings import NatsSettings, Settings
 from editflow.events.worker_contract import (
@@ -46,6 +50,7 @@ from editflow.inference.report import result_json
 from editflow.inference.worker import execute
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACK_WAIT_SECONDS = 60.0
 PROGRESS_EVERY_SECONDS = 15.0
@@ -93,6 +98,29 @@ async def ensure_work_stream(js: Any) -> None:
         )
 
 
+def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread: unlike executor threads, nothing waits for it at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(setter: Callable[[Any], None], value: Any) -> None:
+        if not future.done():
+            setter(value)
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                loop.call_soon_threadsafe(deliver, future.set_exception, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, future.set_result, value)
+
+    threading.Thread(target=target, name="editflow-edit", daemon=True).start()
+    return future
+
+
 class WarmWorker:
     def __init__(self, settings: Settings, *, model: str, http_port: int = 8080) -> None:
         self.settings = settings
@@ -108,6 +136,9 @@ class WarmWorker:
         self.handled = 0
         self.bound_port: int | None = None
         self._nc: Any = None
+        self._current: Any = None
+        #: Set when the drain deadline passed with an edit still running.
+        self.abandoned = False
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -135,8 +166,9 @@ class WarmWorker:
             nc = await nats.connect(**nats_options(self.settings.nats))
             self._nc = nc
             self.connected = True
+            consume = asyncio.create_task(self._consume(nc))
             try:
-                await self._consume(nc)
+                await self._until_drained(consume)
             finally:
                 self.connected = False
                 metrics.READY.set(0)
@@ -147,6 +179,31 @@ class WarmWorker:
             await http.wait_closed()
         log.info("warm worker stopped", extra={"handled": self.handled})
         return 0
+
+    async def _until_drained(self, consume: asyncio.Task[None]) -> None:
+        """Run ``consume``; after SIGTERM give the edit in flight ``drain_seconds`` to finish.
+
+        Past that deadline the in-flight request is nak'ed (redelivered to another worker
+        at once instead of after ``ack_wait``) and the worker stops without it; the edit's
+        thread is a daemon and dies with the process.
+        """
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not consume.done():
+            grace = self.settings.worker.drain_seconds
+            done, _ = await asyncio.wait({consume}, timeout=grace)
+            if not done:
+                self.abandoned = True
+                log.warning("drain deadline passed; handing the edit in flight back")
+                if self._current is not None:
+                    with contextlib.suppress(Exception):
+                        await self._current.nak()
+                consume.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consume
+        stop.cancel()
+        if consume.done() and not consume.cancelled() and consume.exception():
+            raise consume.exception()  # type: ignore[misc]
 
     async def _consume(self, nc: Any) -> None:
         from nats.errors import TimeoutError as NatsTimeout
@@ -181,9 +238,10 @@ class WarmWorker:
         progress = asyncio.create_task(self._keep_in_progress(message))
         try:
             raw = message.data.decode("utf-8", errors="replace")
+            self._current = message
             # The same function as `editflow worker run`; no termination message here.
-            result, code = await asyncio.to_thread(
-                execute, raw, self.settings, self.models, termination_log=""
+            result, code = await _in_daemon_thread(
+                lambda: execute(raw, self.settings, self.models, termination_log="")
             )
             self._observe(result)
             payload = result_json(result).encode()
@@ -212,6 +270,7 @@ class WarmWorker:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
+            self._current = None
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()
 

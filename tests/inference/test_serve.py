@@ -56,15 +56,22 @@ def get(port: int, path: str) -> httpx.Response | None:
 
 
 @pytest.fixture
+def drain_seconds() -> str:
+    return "300"
+
+
+@pytest.fixture
 def warm_worker(
-    worker_settings: Settings, nats_url: str, tmp_path: Path
+    worker_settings: Settings, nats_url: str, tmp_path: Path, drain_seconds: str
 ) -> Iterator[tuple[subprocess.Popen, int]]:
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
+    env = worker_env(
+        worker_settings, EDITFLOW_NATS__URL=nats_url, EDITFLOW_WORKER__DRAIN_SECONDS=drain_seconds
+    )
     proc = subprocess.Popen(
         [EDITFLOW, "worker", "serve", "--model", "longcat-image-edit", "--http-port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-        env=worker_env(worker_settings, EDITFLOW_NATS__URL=nats_url),
+        stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
         poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200,
@@ -138,4 +145,28 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
         info = await js.stream_info(WORK_STREAM)
         assert info.state.messages == 0  # every request acknowledged, nothing left behind
     finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("drain_seconds", ["0.2"])
+async def test_past_the_drain_deadline_the_edit_is_handed_back(
+    warm_worker: tuple[subprocess.Popen, int], image_server: ImageServer, nats_url: str
+) -> None:
+    proc, port = warm_worker
+    image_server.routes["/handback.png"] = Route(png_bytes((1000, 800)))
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        slow = request("warm-handback", image_server.url("/handback.png"),
+                       parameters={"seed": 1, "steps": 100})  # fmt: skip
+        await js.publish(work_subject("longcat-image-edit"), slow.model_dump_json().encode())
+        poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
+             what="the slow edit to start")  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        # Nak'ed, not acked: the request waits in the stream for the next worker.
+        info = await js.stream_info(WORK_STREAM)
+        assert info.state.messages == 1
+    finally:
+        await js.purge_stream(WORK_STREAM)
         await nc.close()

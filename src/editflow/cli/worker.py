@@ -77,7 +77,15 @@ def serve(
         model=model or DEFAULT_MODEL,
         http_port=settings.worker.http_port if http_port is None else http_port,
     )
-    raise typer.Exit(asyncio.run(worker.run()))
+    code = asyncio.run(worker.run())
+    if worker.abandoned:
+        # An edit thread is still running native code: leave without finalising it.
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 @app.command("tiny-model")
