@@ -132,7 +132,7 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
 
         # An edit in flight when SIGTERM arrives is finished, reported and acked.
         slow = request(
-            "warm-drain", image_server.url("/warm.png"), parameters={"seed": 1, "steps": 40}
+            "warm-drain", image_server.url("/warm.png"), parameters={"seed": 1, "steps": 24}
         )
         await js.publish(work_subject("longcat-image-edit"), slow.model_dump_json().encode(),
                          headers={REPLY_TO_HEADER: inbox})  # fmt: skip
