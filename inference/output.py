@@ -72,7 +72,14 @@ def prompt_hash(prompt: str) -> str:
 
 
 def object_metadata(
-    *, edit_id: str, attempt: int, event_id: str | None, prompt: str, model: str, seed: int
+    *,
+    edit_id: str,
+    attempt: int,
+    event_id: str | None,
+    prompt: str,
+    model: str,
+    seed: int,
+    usage: str | None = None,
 ) -> dict[str, str]:
     """``x-amz-meta-*`` fields (ASCII only: free text is percent-encoded)."""
     meta = {
@@ -84,6 +91,8 @@ def object_metadata(
     }
     if event_id:
         meta["event-id"] = quote(event_id, safe="")
+    if usage:
+        meta["usage"] = quote(usage, safe="")
     return meta
 
 

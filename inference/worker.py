@@ -157,7 +157,7 @@ def process(
         key = output.result_image_key(attempt_prefix(request), encoded.format)
         metadata = output.object_metadata(
             edit_id=request.edit_id, attempt=request.attempt, event_id=request.event_id,
-            prompt=prompt, model=spec.name, seed=seed,
+            prompt=prompt, model=spec.name, seed=seed, usage=request.usage,
         )  # fmt: skip
         output.put_bytes(settings.s3, key, encoded.data, encoded.content_type, metadata)
         url = output.presign(settings.s3, key)

@@ -63,6 +63,10 @@ def test_successful_run_reports_everywhere_and_exits_0(
     assert result.result_key == "results/cli-ok/attempt-2/result.jpg"
     assert result.cost.infer > 0 and result.cost.load > 0 and result.cost.total > 0
     assert stored_result(worker_settings, "cli-ok", 2) == result
+    meta = s3_client(worker_settings.s3).stat_object(worker_settings.s3.bucket, result.result_key)
+    assert meta.metadata["x-amz-meta-usage"] == "wechat-article"
+    assert meta.metadata["x-amz-meta-event-id"] == "evt-1"
+    assert meta.content_type == "image/jpeg"
 
 
 @pytest.mark.parametrize(
