@@ -1,0 +1,306 @@
+"""The chart against the real control plane (kube-apiserver v1.34 + controller-manager).
+
+- every rendered object of every edge value set passes the apiserver's validation
+  and admission (``kubectl apply --dry-run=server``);
+- ``helm install`` creates the CRD (established), RBAC, ServiceAccounts, ConfigMaps and
+  Secrets in the release namespace and each extra namespace; the operator's ServiceAccount
+  can do its work and cannot read Secrets (``kubectl auth can-i --as``);
+- ``helm upgrade`` keeps generated credentials; ``helm uninstall`` leaves nothing of the
+  release (the CRD stays, as Helm does with crds/);
+- ``helm test`` passes its round trip against a running operator.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from editflow.devstack.procs import free_port, wait_until
+from tests.chart.chartkit import (
+    CHART,
+    EDGE_VALUES,
+    NAMESPACE,
+    REPO,
+    documents,
+    helm,
+    is_hook,
+    render_text,
+    values_file,
+)
+
+pytestmark = [pytest.mark.platform, pytest.mark.slow]
+
+# Kinds whose CRDs (Prometheus Operator) this control plane does not serve.
+NOT_SERVED = {"ServiceMonitor", "PrometheusRule"}
+
+
+def ensure_namespaces(kubectl, *names: str) -> None:
+    for name in names:
+        if kubectl("get", "namespace", name, check=False).returncode != 0:
+            kubectl("create", "namespace", name)
+
+
+def install(stack, tmp_path: Path, release: str, namespace: str, values: dict[str, Any]):
+    path = values_file(tmp_path, values, f"{release}.yaml")
+    return helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "-f",
+        str(path),
+        kubeconfig=stack.kubeconfig,
+    )
+
+
+def can_i(kubectl, sa: str, *args: str) -> bool:
+    result = kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+def secret_data(kubectl, namespace: str, name: str) -> dict[str, str]:
+    return yaml.safe_load(kubectl("-n", namespace, "get", "secret", name, "-o", "yaml").stdout)[
+        "data"
+    ]
+
+
+# -- server-side validation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_VALUES))
+def test_rendered_objects_pass_server_side_dry_run(case: str, stack, kubectl, tmp_path) -> None:
+    values = EDGE_VALUES[case]
+    ensure_namespaces(kubectl, NAMESPACE, *values.get("watchNamespaces", []))
+    objs = documents(render_text(tmp_path, values).stdout)
+    # The helm test Pod needs its hook ServiceAccount to exist: `helm test` covers it.
+    checked = [
+        o for o in objs if o["kind"] not in NOT_SERVED and not (is_hook(o) and o["kind"] == "Pod")
+    ]
+    result = kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(checked), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(checked), result.stdout
+
+
+def test_example_editjob_is_accepted_by_the_apiserver(stack, kubectl) -> None:
+    kubectl("apply", "--server-side", "-f", str(CHART / "crds" / "editjob.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/editjobs.editflow.io")
+    ensure_namespaces(kubectl, NAMESPACE)
+    result = kubectl(
+        "-n", NAMESPACE, "apply", "--dry-run=server", "-f", str(REPO / "examples" / "editjob.yaml")
+    )
+    assert "editjob.editflow.io/poster-beach-background created (server dry run)" in result.stdout
+
+
+# -- helm install ----------------------------------------------------------------------
+
+RELEASE = "ef"
+RELEASE_NS = "ef-install"
+TEAM_NS = "ef-team"
+OPERATOR_SA = f"system:serviceaccount:{RELEASE_NS}:ef-editflow-operator"
+WORKER_SA = f"system:serviceaccount:{RELEASE_NS}:ef-editflow-worker"
+
+
+@pytest.fixture(scope="module")
+def release(stack, kubectl, tmp_path_factory) -> dict[str, Any]:
+    ensure_namespaces(kubectl, RELEASE_NS, TEAM_NS)
+    values = {
+        "watchNamespaces": [TEAM_NS],
+        "nats": {"url": stack.nats_url},
+        "operator": {"healthPort": free_port(), "metricsPort": free_port()},
+        "gateway": {"port": free_port()},
+    }
+    result = install(stack, tmp_path_factory.mktemp("release"), RELEASE, RELEASE_NS, values)
+    return {"values": values, "stdout": result.stdout}
+
+
+def test_install_establishes_the_crd(release, kubectl) -> None:
+    kubectl("wait", "--for=condition=Established", "crd/editjobs.editflow.io", "--timeout=60s")
+    names = kubectl("get", "crd", "editjobs.editflow.io", "-o", "jsonpath={.spec.names.shortNames}")
+    assert "ej" in names.stdout
+
+
+def test_install_creates_what_worker_jobs_need_in_every_namespace(release, kubectl) -> None:
+    for namespace in (RELEASE_NS, TEAM_NS):
+        for kind, name in (
+            ("serviceaccount", "ef-editflow-worker"),
+            ("configmap", "ef-editflow-worker"),
+            ("secret", "ef-editflow-s3"),
+            ("role", "ef-editflow-operator"),
+            ("rolebinding", "ef-editflow-operator"),
+        ):
+            kubectl("-n", namespace, "get", kind, name)
+        assert set(secret_data(kubectl, namespace, "ef-editflow-s3")) == {
+            "access-key",
+            "secret-key",
+        }
+    assert secret_data(kubectl, RELEASE_NS, "ef-editflow-s3") == secret_data(
+        kubectl, TEAM_NS, "ef-editflow-s3"
+    )
+    kubectl("-n", RELEASE_NS, "get", "secret", "ef-editflow-gateway-token")
+    kubectl("get", "clusterrole", f"ef-editflow-operator-{RELEASE_NS}")
+    kubectl("get", "clusterrolebinding", f"ef-editflow-operator-{RELEASE_NS}")
+    for name in ("ef-editflow-operator", "ef-editflow-gateway"):
+        kubectl("-n", RELEASE_NS, "get", "deployment", name)
+
+
+def test_install_prints_next_steps(release) -> None:
+    notes = release["stdout"].split("NOTES:", 1)[1]
+    assert f"helm test {RELEASE} -n {RELEASE_NS}" in notes
+    assert f"kubectl -n {RELEASE_NS} get editjobs" in notes
+    assert "editflow events publish" in notes
+    assert f"EditJobs are served in: {RELEASE_NS}, {TEAM_NS}" in notes
+
+
+@pytest.mark.parametrize("namespace", [RELEASE_NS, TEAM_NS])
+def test_operator_can_run_edits_in_each_watched_namespace(release, kubectl, namespace) -> None:
+    ns = ("-n", namespace)
+    for verb in ("create", "get", "list", "watch", "patch", "delete"):
+        assert can_i(kubectl, OPERATOR_SA, verb, "editjobs.editflow.io", *ns), verb
+    assert can_i(kubectl, OPERATOR_SA, "patch", "editjobs.editflow.io", "--subresource=status", *ns)
+    for verb in ("create", "get", "list", "watch", "delete"):
+        assert can_i(kubectl, OPERATOR_SA, verb, "jobs.batch", *ns), verb
+    for verb in ("get", "list", "watch"):
+        assert can_i(kubectl, OPERATOR_SA, verb, "pods", *ns), verb
+    assert can_i(kubectl, OPERATOR_SA, "create", "events", *ns)
+
+
+@pytest.mark.parametrize("namespace", [RELEASE_NS, TEAM_NS, "default"])
+def test_operator_cannot_read_secrets_or_escalate(release, kubectl, namespace) -> None:
+    ns = ("-n", namespace)
+    for verb in ("get", "list", "watch"):
+        assert not can_i(kubectl, OPERATOR_SA, verb, "secrets", *ns), verb
+    assert not can_i(kubectl, OPERATOR_SA, "get", "configmaps", *ns)
+    assert not can_i(kubectl, OPERATOR_SA, "create", "pods", *ns)
+    assert not can_i(kubectl, OPERATOR_SA, "patch", "jobs.batch", *ns)
+    assert not can_i(kubectl, OPERATOR_SA, "create", "roles.rbac.authorization.k8s.io", *ns)
+
+
+def test_operator_cluster_access_is_observation_only(release, kubectl) -> None:
+    assert can_i(kubectl, OPERATOR_SA, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert can_i(kubectl, OPERATOR_SA, "list", "namespaces")
+    assert not can_i(kubectl, OPERATOR_SA, "get", "secrets", "--all-namespaces")
+    assert not can_i(kubectl, OPERATOR_SA, "create", "editjobs.editflow.io", "-n", "default")
+    assert not can_i(kubectl, OPERATOR_SA, "delete", "namespaces")
+    assert not can_i(
+        kubectl, OPERATOR_SA, "patch", "customresourcedefinitions.apiextensions.k8s.io"
+    )
+
+
+def test_worker_service_account_has_no_api_access(release, kubectl) -> None:
+    for args in (("get", "pods"), ("get", "secrets"), ("create", "editjobs.editflow.io")):
+        assert not can_i(kubectl, WORKER_SA, *args, "-n", RELEASE_NS), args
+
+
+def test_upgrade_keeps_generated_credentials(release, stack, kubectl, tmp_path) -> None:
+    before = {
+        name: secret_data(kubectl, RELEASE_NS, name)
+        for name in ("ef-editflow-gateway-token", "ef-editflow-s3")
+    }
+    path = values_file(tmp_path, release["values"])
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NS,
+        "-f",
+        str(path),
+        kubeconfig=stack.kubeconfig,
+    )
+    for name, data in before.items():
+        assert secret_data(kubectl, RELEASE_NS, name) == data, name
+    assert secret_data(kubectl, TEAM_NS, "ef-editflow-s3") == before["ef-editflow-s3"]
+
+
+# -- helm uninstall ----------------------------------------------------------------------
+
+NAMESPACED = "all,secrets,configmaps,serviceaccounts,roles,rolebindings,pvc"
+CLUSTERED = "clusterroles,clusterrolebindings,priorityclasses"
+PVC_PROTECTION = "kubernetes.io/pvc-protection"
+
+
+def test_uninstall_leaves_nothing_of_the_release(stack, kubectl, tmp_path) -> None:
+    release, namespace, team = "gone", "ef-gone", "ef-gone-team"
+    ensure_namespaces(kubectl, namespace, team)
+    values = {
+        **EDGE_VALUES["everything-on"],
+        "watchNamespaces": [team],
+        "metrics": {"serviceMonitor": {"enabled": False}},
+        "prometheusRule": {"enabled": False},
+        "models": {"pvc": {"enabled": True}},
+        "operator": {"healthPort": free_port(), "metricsPort": free_port()},
+        "gateway": {"port": free_port()},
+    }
+    install(stack, tmp_path, release, namespace, values)
+    selector = f"app.kubernetes.io/instance={release}"
+
+    def leftovers() -> list[str]:
+        found = []
+        for kinds, scope in ((NAMESPACED, ("-A",)), (CLUSTERED, ())):
+            listed = kubectl("get", kinds, *scope, "-l", selector, "-o", "json").stdout
+            for obj in json.loads(listed)["items"]:
+                meta = obj["metadata"]
+                # Deleted, waiting only for the pvc-protection controller, which this
+                # control plane does not run (a cluster's removes it once no Pod mounts it).
+                if meta.get("deletionTimestamp") and meta.get("finalizers") == [PVC_PROTECTION]:
+                    continue
+                found.append(f"{obj['kind']}/{meta.get('namespace', '')}/{meta['name']}")
+        return found
+
+    created = leftovers()
+    assert "PriorityClass//gone-editflow-worker" in created
+    assert f"PersistentVolumeClaim/{team}/gone-editflow-models" in created
+
+    helm("uninstall", release, "-n", namespace, kubeconfig=stack.kubeconfig)
+    try:
+        wait_until(lambda: not leftovers(), timeout=120, what="the release's objects to go")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {leftovers()}") from None
+    kubectl("get", "crd", "editjobs.editflow.io")  # CRDs stay, as Helm does
+
+
+# -- helm test ---------------------------------------------------------------------------
+
+
+def test_helm_test_round_trip_passes_against_a_running_operator(
+    operator, stack, kubectl, tmp_path
+) -> None:
+    """`helm test`'s Pod creates a cancelled EditJob and sees the operator finish it and
+    publish its completion. The operator here is the harness's `editflow operator run`
+    process watching the release namespace (Deployments get no Pods on this control plane)."""
+    from tests.harness import NAMESPACE as EDITS
+
+    release = f"ht{uuid.uuid4().hex[:4]}"
+    values = {
+        "gateway": {"enabled": False},
+        "nats": {"url": stack.nats_url},
+        "operator": {"healthPort": free_port(), "metricsPort": free_port()},
+        "tests": {"timeoutSeconds": 90},
+    }
+    install(stack, tmp_path, release, EDITS, values)
+    try:
+        result = helm(
+            "test",
+            release,
+            "-n",
+            EDITS,
+            "--timeout",
+            "180s",
+            kubeconfig=stack.kubeconfig,
+            check=False,
+        )
+        logs = kubectl("-n", EDITS, "logs", f"{release}-editflow-test", check=False)
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs.stdout}"
+        assert "Phase:          Succeeded" in result.stdout, result.stdout
+    finally:
+        helm("uninstall", release, "-n", EDITS, kubeconfig=stack.kubeconfig, check=False)
