@@ -10,7 +10,7 @@ first deployment did.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -18,6 +18,12 @@ from editflow.events.models import MAX_INSTRUCTION_CHARS, Generation, Priority
 
 SlugStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 UrlStr = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+ImageUrlStr = Annotated[
+    str, StringConstraints(max_length=4096, pattern=r"^(?:[Hh][Tt][Tt][Pp][Ss]?|[Ss]3)://[^/?#]+")
+]
+HttpsUrlStr = Annotated[
+    str, StringConstraints(max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]://[^/?#]+")
+]
 PromptStr = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTION_CHARS)]
 RefStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Status = Literal["pending", "success", "failed", "needs_review", "cancelled"]
@@ -37,8 +43,35 @@ class TemplateChoice(_Strict):
     lang: Literal["zh", "en"] = Field("zh", description="language the prompt is rendered in")
 
 
+# What the field types cannot say: exactly one image source, and a prompt or a template.
+_EDIT_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "oneOf": [
+                {
+                    "required": ["image_url"],
+                    "properties": {"image_url": {"type": "string"}, "image_key": {"type": "null"}},
+                },
+                {
+                    "required": ["image_key"],
+                    "properties": {"image_key": {"type": "string"}, "image_url": {"type": "null"}},
+                },
+            ]
+        },
+        {
+            "anyOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["template"], "properties": {"template": {"type": "object"}}},
+            ]
+        },
+    ]
+}
+
+
 class EditRequest(_Strict):
     """``POST /v1/edits``: one image, one instruction (or a template), and options."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_EDIT_RULES)
 
     image_url: UrlStr | None = Field(
         None,
@@ -58,7 +91,7 @@ class EditRequest(_Strict):
     model: SlugStr | None = Field(None, description="model registry name; default if unset")
     parameters: Generation | None = Field(None, description="steps, guidance_scale, seed")
     priority: Priority = "normal"
-    callback_url: UrlStr | None = Field(
+    callback_url: HttpsUrlStr | None = Field(
         None, description="https webhook that receives the completion event"
     )
     callback_subject: RefStr | None = Field(
@@ -74,7 +107,7 @@ class LegacyEditRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    image_url: UrlStr = Field(examples=["https://oa.example.com/f/1.png"])
+    image_url: ImageUrlStr = Field(examples=["https://oa.example.com/f/1.png"])
     prompt: PromptStr = Field(examples=["把背景换成海边日落"])
 
 

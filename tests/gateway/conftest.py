@@ -83,3 +83,12 @@ def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["type"] == f"urn:editflow:problem:{code}"
     assert body["title"] and body["detail"] and isinstance(body["retriable"], bool)
     return body
+
+
+@pytest.fixture(scope="session")
+def gateway_server(operator, stack, tmp_path_factory):
+    """The gateway as deployed: a uvicorn process in front of the operator's NATS and MinIO."""
+    from tests.gateway.servers import running_gateway
+
+    with running_gateway(stack, tmp_path_factory.mktemp("gateway")) as server:
+        yield server
