@@ -1,13 +1,12 @@
-"""Shared fixtures for end-to-end tests: the operator on the real platform: CRD, Secrets and ConfigMap as the chart creates them,
-a tiny LongCat model, a local image server, and ``editflow operator run`` as a process."""
+"""Shared fixtures for end-to-end tests: editflow installed on the real local platform.
+
+CRD, Secrets and ConfigMap as the chart creates them (:mod:`editflow.devstack.localmode`),
+a tiny LongCat model on the models PVC, a local image server, and ``editflow operator run``
+as a process."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,12 +17,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
-from editflow.devstack.procs import ManagedProcess, free_port, wait_until
+from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
 
-NAMESPACE = "edits"
-REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = localmode.NAMESPACE
 
 
 @dataclass
@@ -88,78 +87,25 @@ def image_host() -> Iterator[ImageHost]:
     host.close()
 
 
-MODELS_PVC = "editflow-models"
-
-
 @pytest.fixture(scope="session")
 def tiny_model_root(stack: LocalStack) -> Path:
     """The tiny model goes where the process kubelet maps the models PVC, as on a cluster
     where the weights live on a PersistentVolume mounted read-only at /models."""
-    root = stack.kubelet.root / "pvc" / NAMESPACE / MODELS_PVC
-    root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "editflow.cli.main",
-            "worker",
-            "tiny-model",
-            "--model",
-            "longcat-image-edit",
-            "--out",
-            str(root / "longcat-image-edit"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    root = localmode.models_dir(stack, NAMESPACE)
+    localmode.build_tiny_model(root)
     return root
 
 
-@dataclass
-class OperatorHarness:
-    stack: LocalStack
-    api: KubeClient
-    env: dict[str, str]
-    workdir: Path
-    process: ManagedProcess | None = None
-    health_port: int = 0
+class OperatorHarness(localmode.OperatorProcess):
+    """The operator process plus the reads tests make about EditJobs."""
 
-    def start(self) -> None:
-        self.health_port = free_port()
-        env = {
-            **self.env,
-            "EDITFLOW_OPERATOR__HEALTH_PORT": str(self.health_port),
-            "EDITFLOW_OPERATOR__METRICS_PORT": str(free_port()),
-        }
-        self.process = ManagedProcess(
-            "operator",
-            [sys.executable, "-m", "editflow.cli.main", "operator", "run"],
-            log_path=self.workdir / "operator.log",
-            env=env,
-        )
-        self.process.start()
-        import urllib.request
-
-        def healthy() -> bool:
-            self.process.ensure_running()  # type: ignore[union-attr]
-            url = f"http://127.0.0.1:{self.health_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status == 200
-
-        wait_until(healthy, timeout=60, what="the operator's liveness endpoint")
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, not a graceful stop."""
-        assert self.process is not None and self.process.proc is not None
-        self.process.proc.kill()
-        self.process.proc.wait()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+    def __init__(self, stack: LocalStack, api: KubeClient, env: dict[str, str], workdir: Path):
+        super().__init__(env, workdir)
+        self.stack = stack
+        self.api = api
 
     def editjob(self, name: str) -> dict:
-        return self.api.get(f"/apis/editflow.io/v1alpha1/namespaces/{NAMESPACE}/editjobs/{name}")
+        return self.api.get(localmode.editjob_path(NAMESPACE, name))
 
     def wait_phase(self, name: str, *phases: str, timeout: float = 120) -> dict:
         seen: dict = {}
@@ -172,68 +118,39 @@ class OperatorHarness:
         try:
             wait_until(reached, timeout=timeout, what=f"editjob {name} to reach {phases}")
         except TimeoutError as exc:
-            log = self.process.log_tail(40) if self.process else ""
             raise AssertionError(
-                f"{exc}; status={seen.get('status')}\noperator log:\n{log}"
+                f"{exc}; status={seen.get('status')}\noperator log:\n{self.log_tail()}"
             ) from None
+        return seen
+
+    def wait_completed(self, name: str, timeout: float = 120) -> dict:
+        """Until the outcome's completion event was published and recorded in status."""
+        seen: dict = {}
+
+        def recorded() -> bool:
+            seen.update(self.editjob(name))
+            return bool((seen.get("status") or {}).get("completionEventId"))
+
+        wait_until(recorded, timeout=timeout, what=f"editjob {name} to record its completion")
         return seen
 
 
 @pytest.fixture(scope="session")
 def operator(
-    stack: LocalStack, kubectl, tiny_model_root: Path, tmp_path_factory
+    stack: LocalStack, tiny_model_root: Path, tmp_path_factory
 ) -> Iterator[OperatorHarness]:
-    kubectl("apply", "-f", str(REPO / "charts" / "editflow" / "crds" / "editjob.yaml"))
-    kubectl("wait", "--for=condition=Established", "crd/editjobs.editflow.io")
-    kubectl("create", "namespace", NAMESPACE)
-    s3 = stack.s3_settings()
-    kubectl("-n", NAMESPACE, "create", "serviceaccount", "editflow-worker")
-    kubectl(
-        "-n",
-        NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "editflow-s3",
-        f"--from-literal=access-key={s3.access_key.get_secret_value()}",
-        f"--from-literal=secret-key={s3.secret_key.get_secret_value()}",
-    )
-    worker_env = {
-        "EDITFLOW_S3__ENDPOINT": s3.endpoint,
-        "EDITFLOW_S3__BUCKET": s3.bucket,
-        "EDITFLOW_WORKER__DEVICE": "cpu",
-        "EDITFLOW_WORKER__ALLOW_CIDRS": '["127.0.0.0/8"]',
-        "EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS": "120",
-    }
-    kubectl(
-        "-n",
-        NAMESPACE,
-        "create",
-        "configmap",
-        "editflow-worker",
-        *[f"--from-literal={k}={v}" for k, v in worker_env.items()],
-    )
-    workdir = tmp_path_factory.mktemp("operator")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("EDITFLOW_")},
-        "KUBECONFIG": str(stack.kubeconfig),
-        "EDITFLOW_NAMESPACE": NAMESPACE,
-        "EDITFLOW_LOG_FORMAT": "json",
-        "EDITFLOW_NATS__URL": stack.nats_url,
-        "EDITFLOW_S3__ENDPOINT": s3.endpoint,
-        "EDITFLOW_S3__BUCKET": s3.bucket,
-        "EDITFLOW_S3__ACCESS_KEY": s3.access_key.get_secret_value(),
-        "EDITFLOW_S3__SECRET_KEY": s3.secret_key.get_secret_value(),
-        "EDITFLOW_OPERATOR__WORKER_IMAGE": "editflow/worker:test",
-        "EDITFLOW_OPERATOR__MODELS_PVC": MODELS_PVC,
-        "EDITFLOW_OPERATOR__RESYNC_SECONDS": "2",
-        "EDITFLOW_OPERATOR__BACKOFF_SECONDS": "1",
-        "EDITFLOW_OPERATOR__MAX_RUNNING_PER_NAMESPACE": "1",
-        "EDITFLOW_OPERATOR__WORKER_RESOURCES": json.dumps({"requests": {"cpu": "100m"}}),
-        "EDITFLOW_EVENTS__ACK_WAIT_SECONDS": "10",
-    }
     api = KubeClient(stack.kubeconfig)
-    harness = OperatorHarness(stack=stack, api=api, env=env, workdir=workdir)
+    localmode.install_crd(api)
+    localmode.install_namespace(api, stack, NAMESPACE)
+    env = localmode.operator_env(
+        stack,
+        NAMESPACE,
+        resync_seconds="2",
+        backoff_seconds="1",
+        max_running_per_namespace="1",
+    )
+    env["EDITFLOW_EVENTS__ACK_WAIT_SECONDS"] = "10"
+    harness = OperatorHarness(stack, api, env, tmp_path_factory.mktemp("operator"))
     harness.start()
     yield harness
     harness.stop()

@@ -30,7 +30,7 @@ def test_kubectl_applied_editjob_runs_to_success(operator, kubectl, image_host, 
         "-",
         input=editjob_yaml(name, image_host.url("red.png"), parameters={"steps": 2, "seed": 1}),
     )
-    ej = operator.wait_phase(name, "Succeeded", "Failed", "NeedsReview")
+    ej = operator.wait_completed(name)
     status = ej["status"]
     assert status["phase"] == "Succeeded", status
     assert status["attempts"] == 1 and status["resultKey"].endswith(".png")

@@ -1,0 +1,197 @@
+"""Local mode: editflow itself installed on the embedded platform.
+
+What the Helm chart does on a GPU cluster, done here in a few API calls: the
+EditJob CRD, a namespace with the worker's ServiceAccount, the ``editflow-s3``
+Secret and the ``editflow-worker`` ConfigMap, model weights on the models
+"PVC" (a directory the process kubelet maps the claim to), and the operator
+as a supervised process. The demo, ``editflow dev up --with-editflow``-style
+tooling and the end-to-end tests all use this one path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from editflow.devstack.kubeapi import KubeClient, KubeError
+from editflow.devstack.procs import ManagedProcess, free_port, wait_until
+from editflow.devstack.stack import LocalStack
+
+NAMESPACE = "edits"
+MODELS_PVC = "editflow-models"
+CRD_NAME = "editjobs.editflow.io"
+WORKER_IMAGE = "editflow/worker:local"
+
+
+def _create(api: KubeClient, path: str, body: dict[str, Any]) -> None:
+    try:
+        api.post(path, body)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+
+
+def install_crd(api: KubeClient) -> None:
+    from editflow.operator.crd import editjob_crd
+
+    crd = editjob_crd()
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    try:
+        api.post(path, crd)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        current = api.get(f"{path}/{CRD_NAME}")
+        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        api.put(f"{path}/{CRD_NAME}", crd)
+
+    def established() -> bool:
+        conds = api.get(f"{path}/{CRD_NAME}").get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    wait_until(established, timeout=30, what="the EditJob CRD to be established")
+
+
+def install_namespace(
+    api: KubeClient, stack: LocalStack, namespace: str, *, worker_env: dict[str, str] | None = None
+) -> None:
+    """The namespace and everything a worker Job references in it (as the chart creates)."""
+    s3 = stack.s3_settings()
+    _create(api, "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    base = f"/api/v1/namespaces/{namespace}"
+    _create(
+        api,
+        f"{base}/serviceaccounts",
+        {"metadata": {"name": "editflow-worker"}, "automountServiceAccountToken": False},
+    )
+    _create(
+        api,
+        f"{base}/secrets",
+        {
+            "metadata": {"name": "editflow-s3"},
+            "stringData": {
+                "access-key": s3.access_key.get_secret_value(),
+                "secret-key": s3.secret_key.get_secret_value(),
+            },
+        },
+    )
+    data = {
+        "EDITFLOW_S3__ENDPOINT": s3.endpoint,
+        "EDITFLOW_S3__BUCKET": s3.bucket,
+        "EDITFLOW_WORKER__DEVICE": "cpu",
+        # The demo and tests serve source images from loopback; a cluster never would.
+        "EDITFLOW_WORKER__ALLOW_CIDRS": '["127.0.0.0/8"]',
+        "EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS": "120",
+        **(worker_env or {}),
+    }
+    _create(api, f"{base}/configmaps", {"metadata": {"name": "editflow-worker"}, "data": data})
+
+
+def models_dir(stack: LocalStack, namespace: str, claim: str = MODELS_PVC) -> Path:
+    """Where the process kubelet mounts the models PVC from."""
+    assert stack.kubelet is not None, "local mode needs the process kubelet"
+    path = stack.kubelet.root / "pvc" / namespace / claim
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_tiny_model(root: Path, model: str = "longcat-image-edit") -> Path:
+    """A random-weight model saved like real weights (seconds; nothing downloaded)."""
+    target = root / model
+    if (target / "model_index.json").exists():
+        return target
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "editflow.cli.main",
+            "worker",
+            "tiny-model",
+            "--model",
+            model,
+            "--out",
+            str(target),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+def operator_env(stack: LocalStack, namespace: str, **operator: str) -> dict[str, str]:
+    """The operator's environment: the settings the chart would set, pointing at this stack."""
+    s3 = stack.s3_settings()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDITFLOW_")}
+    env.update(
+        KUBECONFIG=str(stack.kubeconfig),
+        EDITFLOW_NAMESPACE=namespace,
+        EDITFLOW_LOG_FORMAT="json",
+        EDITFLOW_NATS__URL=stack.nats_url,
+        EDITFLOW_S3__ENDPOINT=s3.endpoint,
+        EDITFLOW_S3__BUCKET=s3.bucket,
+        EDITFLOW_S3__ACCESS_KEY=s3.access_key.get_secret_value(),
+        EDITFLOW_S3__SECRET_KEY=s3.secret_key.get_secret_value(),
+        EDITFLOW_OPERATOR__WORKER_IMAGE=WORKER_IMAGE,
+        EDITFLOW_OPERATOR__MODELS_PVC=MODELS_PVC,
+        EDITFLOW_OPERATOR__WORKER_RESOURCES=json.dumps({"requests": {"cpu": "100m"}}),
+    )
+    env.update({f"EDITFLOW_OPERATOR__{k.upper()}": v for k, v in operator.items()})
+    return env
+
+
+class OperatorProcess:
+    """``editflow operator run`` supervised like the platform's servers."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.process: ManagedProcess | None = None
+        self.health_port = 0
+        self.metrics_port = 0
+
+    def start(self) -> OperatorProcess:
+        self.health_port, self.metrics_port = free_port(), free_port()
+        env = {
+            **self.env,
+            "EDITFLOW_OPERATOR__HEALTH_PORT": str(self.health_port),
+            "EDITFLOW_OPERATOR__METRICS_PORT": str(self.metrics_port),
+        }
+        self.process = ManagedProcess(
+            "operator",
+            [sys.executable, "-m", "editflow.cli.main", "operator", "run"],
+            log_path=self.workdir / "operator.log",
+            env=env,
+        )
+        self.process.start()
+
+        def healthy() -> bool:
+            self.process.ensure_running()  # type: ignore[union-attr]
+            url = f"http://127.0.0.1:{self.health_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status == 200
+
+        wait_until(healthy, timeout=60, what="the operator's liveness endpoint")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a graceful stop."""
+        assert self.process is not None and self.process.proc is not None
+        self.process.proc.kill()
+        self.process.proc.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.process.log_tail(lines) if self.process else ""
+
+
+def editjob_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/editflow.io/v1alpha1/namespaces/{namespace}/editjobs"
+    return f"{base}/{name}" if name else base
