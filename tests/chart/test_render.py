@@ -7,6 +7,7 @@ namespaces, existing secrets, a created models PVC, an existing claim, everythin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -35,23 +36,29 @@ def namespaces_of(values: dict[str, Any]) -> list[str]:
     return [NAMESPACE, *values.get("watchNamespaces", [])]
 
 
-def operator_env(objs: list[dict[str, Any]]) -> dict[str, str]:
-    """The operator container's plain env (what its settings object reads)."""
-    deploy = find(objs, "Deployment", "editflow-operator", NAMESPACE)
+def container_env(objs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    """A Deployment's plain env (what its settings object reads)."""
+    deploy = find(objs, "Deployment", deployment, NAMESPACE)
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
-def operator_settings(objs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The settings the operator would run with (secret files and refs left out)."""
-    for name in list(__import__("os").environ):
+def settings_of(
+    objs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, deployment: str
+) -> Settings:
+    """The settings a Deployment's process would run with (secret files left out)."""
+    for name in list(os.environ):
         if name.startswith("EDITFLOW_"):
             monkeypatch.delenv(name)
-    for name, value in operator_env(objs).items():
+    for name, value in container_env(objs, deployment).items():
         if not name.endswith("_FILE"):
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("EDITFLOW_NAMESPACE", NAMESPACE)  # the Pod's own namespace (fieldRef)
     return Settings()
+
+
+def operator_settings(objs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return settings_of(objs, monkeypatch, "editflow-operator")
 
 
 def an_editjob(namespace: str) -> dict[str, Any]:
@@ -222,6 +229,20 @@ def test_operator_settings_follow_values(render, monkeypatch) -> None:
     assert op.sample_rate == 0.1
     assert op.worker_image == "editflow/worker:0.1.0"
     assert settings.nats.url == "nats://nats.nats.svc:4222"
+
+
+def test_gateway_settings_follow_values(render, monkeypatch) -> None:
+    values = EDGE_VALUES["everything-on"]
+    objs = render(values)
+    env = container_env(objs, "editflow-gateway")
+    assert env["EDITFLOW_GATEWAY__TOKEN_FILE"] == "/etc/editflow/gateway/token"
+    gateway = settings_of(objs, monkeypatch, "editflow-gateway").gateway
+    assert gateway.port == 8000
+    assert gateway.host == "0.0.0.0"  # noqa: S104 - a Pod listens on its own IP
+    assert gateway.cors_origins == ["https://oa.example.com"]
+    assert gateway.rate_limit_per_minute == 20
+    assert gateway.wait_timeout_seconds == 300
+    assert not gateway.provision_streams  # the operator owns the streams
 
 
 def test_generated_s3_keys_are_the_same_in_every_namespace(render) -> None:
