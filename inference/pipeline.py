@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,30 @@ class ModelCache:
 
     def is_loaded(self, name: str) -> bool:
         return name in self._loaded
+
+    def load_in_background(self, spec: ModelSpec) -> Future[tuple[LoadedModel, float]]:
+        """Start loading ``spec`` in a daemon thread; the future gives (model, seconds).
+
+        A cold worker fetches and preprocesses the image while the weights load. The
+        thread is a daemon: a worker that fails on its input exits without waiting
+        for a load it no longer needs.
+        """
+        future: Future[tuple[LoadedModel, float]] = Future()
+        if spec.name in self._loaded:
+            future.set_result((self._loaded[spec.name], 0.0))
+            return future
+
+        def target() -> None:
+            began = time.perf_counter()
+            try:
+                model = self.get(spec)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result((model, time.perf_counter() - began))
+
+        threading.Thread(target=target, name=f"load-{spec.name}", daemon=True).start()
+        return future
 
     def get(self, spec: ModelSpec) -> LoadedModel:
         with self._lock:

@@ -53,7 +53,14 @@ def run(
     settings = _settings()
     result, code = execute(raw, settings, termination_log=termination_log)
     report.print_last_line(result)
-    raise typer.Exit(code)
+    # Leave without interpreter teardown: a background weight load that a failed input
+    # made pointless may still be running, and the exit code is the contract.
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()
