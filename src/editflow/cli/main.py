@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from editflow import __version__
@@ -34,13 +36,17 @@ def version() -> None:
 
 
 @app.command()
-def demo() -> None:
-    """The main job on the embedded local stack.
+def demo(
+    output: Path = typer.Option(Path("demo-output"), help="where input.png and result.png go"),
+) -> None:
+    """The main job on the embedded local stack: an OA approval becomes an edited image.
 
-    Until the edit pipeline lands, the demo brings the whole local platform
-    up, prints each component's endpoint and version, and tears it down.
+    Starts the local platform, installs editflow on it, publishes an approval
+    event, follows the EditJob, downloads the result, and tears everything down.
     """
-    dev.check()
+    from editflow.devstack.demo import run_demo
+
+    run_demo(output)
 
 
 if __name__ == "__main__":
