@@ -138,8 +138,8 @@ async def info(request: Request) -> InfoView:
 # -- edits --------------------------------------------------------------------------------
 async def _submit(
     request: Request, body: EditRequest, idempotency_key: str | None, endpoint: str
-) -> tuple[str, bool]:
-    """Publish the approval event for ``body`` (once); returns (edit id, replayed)."""
+) -> tuple[str, dict[str, Any], bool]:
+    """Publish the approval event for ``body`` (once); returns (edit id, record, replayed)."""
     gw = state(request)
     client = client_of(request)
     edit_id = service.edit_id_for(
@@ -164,14 +164,14 @@ async def _submit(
         # publish again unless the edit already finished (JetStream drops a duplicate).
         if await gw.bus.completion(edit_id) is None:
             await gw.bus.publish(event)
-        return edit_id, True
+        return edit_id, record, True
     record = service.record_of(
         event, client_identity=client.identity, fingerprint=fp, endpoint=endpoint
     )
     await gw.store.put_record(edit_id, record)
     await gw.bus.publish(event)
     gw.metrics.submitted.labels(endpoint).inc()
-    return edit_id, False
+    return edit_id, record, False
 
 
 def _signed(gw: GatewayState, key: str | None) -> tuple[str | None, Any]:
@@ -207,8 +207,7 @@ async def create_edit(
     request: Request, response: Response, body: EditRequest, idempotency_key: IdempotencyKey = None
 ) -> EditView:
     gw = state(request)
-    edit_id, replayed = await _submit(request, body, idempotency_key, "v1")
-    record = await gw.store.get_record(edit_id)
+    edit_id, record, replayed = await _submit(request, body, idempotency_key, "v1")
     done = await gw.bus.completion(edit_id) if replayed else None
     response.headers["Location"] = f"/v1/edits/{edit_id}"
     if replayed:
@@ -332,7 +331,7 @@ async def edit_and_wait(
     gw = state(request)
     started = time.monotonic()
     modern = EditRequest(image_url=body.image_url, prompt=body.prompt)
-    edit_id, _ = await _submit(request, modern, idempotency_key, "edit")
+    edit_id, _, _ = await _submit(request, modern, idempotency_key, "edit")
     timeout = gw.settings.gateway.wait_timeout_seconds
     done = await gw.bus.wait(edit_id, timeout)
     if done is None:
