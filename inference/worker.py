@@ -43,8 +43,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -64,6 +64,7 @@ from editflow.inference.preprocess import PreparedImage, preprocess
 from editflow.inference.profiles import output_profile
 from editflow.inference.prompts import validate_prompt
 from editflow.inference.registry import ModelSpec, get_spec
+from editflow.inference.weights import model_dir_defaults
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,6 @@ def process(
     settings: Settings,
     models: ModelCache,
     *,
-    on_step: Callable[[str], None] | None = None,
     timer: Timer | None = None,
 ) -> WorkerResult:
     """One edit end to end; raises :class:`EditflowError` on failure (no reporting here)."""
@@ -126,18 +126,21 @@ def process(
     if seed is None:
         seed = secrets.randbits(32)
 
-    def step(name: str) -> AbstractContextManager[None]:
-        if on_step is not None:
-            on_step(name)
-        return timer.step(name)
-
+    step = timer.step
     # The weights load in the background (a no-op when warm) while the cheap steps run;
     # a bad prompt or image fails at once, never after a 6B load.
     with step("load"):
-        models.model_dir(spec)  # local, PVC, or downloaded from S3 (once) before both users
+        # Local, PVC, or downloaded from S3 (once), before the two threads that read it.
+        model_dir = models.model_dir(spec)
         loading = models.load_in_background(spec)
         tokenizer = models.tokenizer(spec)
     prompt = validate_prompt(request.prompt, tokenizer, spec.prompt)
+    steps, guidance, negative = spec.resolve_params(
+        steps=request.parameters.steps,
+        guidance_scale=request.parameters.guidance_scale,
+        negative_prompt=request.parameters.negative_prompt,
+        overrides=model_dir_defaults(model_dir),
+    )
     with step("fetch"):
         fetched = fetch(request, settings)
     with step("preprocess"):
@@ -146,12 +149,6 @@ def process(
         )
     model, load_seconds = loading.result()
     timer.add("load", load_seconds)
-    steps, guidance, negative = spec.resolve_params(
-        steps=request.parameters.steps,
-        guidance_scale=request.parameters.guidance_scale,
-        negative_prompt=request.parameters.negative_prompt,
-        overrides=model.defaults,
-    )
     with step("infer"):
         edited = run_edit(
             model, image=prepared.image, prompt=prompt, steps=steps,

@@ -60,3 +60,29 @@ def test_success_stores_image_and_result_and_signs_a_url(
     assert httpx.get(result.result_url).status_code == 200
     termination = json.loads(Path(worker_settings.worker.termination_log).read_text())
     assert termination["status"] == "success"
+
+
+def test_bad_parameters_fail_before_the_image_is_fetched(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache
+) -> None:
+    image_server.routes["/never.png"] = Route(png_bytes())
+    raw = request(image_server.url("/never.png"), model="longcat-image-edit-turbo",
+                  parameters={"steps": 50})  # fmt: skip
+    result, code = execute(raw, worker_settings, models)
+    assert code == ExitCode.INVALID_INPUT
+    assert result.error.field == "parameters.steps" and "1..32" in result.error.message
+    assert not any(path == "/never.png" for path, _ in image_server.seen)
+
+
+def test_same_seed_same_bytes_through_the_worker(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache
+) -> None:
+    image_server.routes["/repro.png"] = Route(png_bytes((800, 600)))
+    client = s3_client(worker_settings.s3)
+    blobs = []
+    for edit_id in ("repro-a", "repro-b"):
+        result, code = execute(request(image_server.url("/repro.png"), edit_id=edit_id),
+                               worker_settings, models)  # fmt: skip
+        assert code == ExitCode.OK
+        blobs.append(client.get_object(worker_settings.s3.bucket, result.result_key).read())
+    assert blobs[0] == blobs[1]
