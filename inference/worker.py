@@ -108,8 +108,14 @@ def fetch(request: WorkerRequest, settings: Settings) -> Fetched:
     limits = FetchLimits.from_settings(settings.worker)
     if request.source.url is not None:
         return fetch_url(request.source.url, limits)
-    assert request.source.s3_key is not None
-    return fetch_s3(request.source.s3_key, settings.s3, limits)
+    key = request.source.s3_key
+    assert key is not None
+    weights = settings.worker.weights_s3_prefix
+    if weights and key.strip("/").startswith(weights.strip("/") + "/"):
+        raise InvalidInputError(
+            "the source key points into the model weights", field="source.s3_key"
+        )
+    return fetch_s3(key, settings.s3, limits)
 
 
 def process(
@@ -229,7 +235,16 @@ def execute(
     except EditflowError as exc:
         error = exc
         result = failure(request, raw, exc, exc)
-        log.warning("edit failed", extra={"edit_id": result.edit_id, "error": str(exc)})
+        # Prompt and source go to the log so a designer can pick a failed edit up by hand.
+        log.warning(
+            "edit failed",
+            extra={
+                "edit_id": result.edit_id, "attempt": result.attempt, "error": str(exc),
+                "retriable": exc.retriable,
+                "source": request.source.model_dump(exclude_none=True) if request else None,
+                "prompt": request.prompt if request else None,
+            },
+        )  # fmt: skip
     except Exception as exc:  # the contract still needs a result and a retriable code
         log.exception(
             "edit failed unexpectedly", extra={"edit_id": getattr(request, "edit_id", None)}
