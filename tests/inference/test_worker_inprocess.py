@@ -86,3 +86,19 @@ def test_same_seed_same_bytes_through_the_worker(
         assert code == ExitCode.OK
         blobs.append(client.get_object(worker_settings.s3.bucket, result.result_key).read())
     assert blobs[0] == blobs[1]
+
+
+def test_s3_sources_are_read_from_the_platform_bucket(
+    worker_settings: Settings, models: ModelCache
+) -> None:
+    data = png_bytes((640, 480))
+    client = s3_client(worker_settings.s3)
+    client.put_object(worker_settings.s3.bucket, "inputs/s3-src.png", io.BytesIO(data), len(data))
+    body = {"edit_id": "s3-src", "source": {"s3_key": "inputs/s3-src.png"},
+            "prompt": "make it blue", "parameters": {"seed": 1}}  # fmt: skip
+    result, code = execute(json.dumps(body), worker_settings, models)
+    assert code == ExitCode.OK and (result.width, result.height) == (640, 480)
+
+    body.update(edit_id="s3-missing", source={"s3_key": "inputs/nope.png"})
+    result, code = execute(json.dumps(body), worker_settings, models)
+    assert code == ExitCode.INVALID_INPUT and result.error.field == "source.s3_key"
