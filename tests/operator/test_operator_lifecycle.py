@@ -358,10 +358,16 @@ def test_no_gpu_for_too_long_ends_the_attempt_with_a_clear_reason(
         kubectl("-n", "default", "delete", "job", "gpu-hog", "--wait=false")
 
 
-def test_the_liveness_endpoint_reports_every_probe(operator) -> None:
-    import json
+def test_liveness_reports_every_probe_and_metrics_count_the_work(operator) -> None:
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as resp:
         body = json.loads(resp.read())
     assert set(body) >= {"resync", "watch", "nats"} and body["nats"] == "connected"
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as resp:
+        metrics = resp.read().decode()
+    created = [
+        line for line in metrics.splitlines() if line.startswith("editflow_jobs_created_total")
+    ]
+    assert created and float(created[0].split()[-1]) >= 1
+    assert 'editflow_completions_published_total{status="success",duplicate="false"}' in metrics
