@@ -154,6 +154,7 @@ async def _submit(
         source=gw.settings.gateway.source,
         client_identity=client.identity,
         upload_prefix=gw.settings.gateway.upload_prefix,
+        bucket=gw.settings.s3.bucket,
     )
     fp = service.fingerprint(endpoint, body.model_dump(mode="json"))
     deterministic = idempotency_key is not None or bool(body.form_id and body.approval_id)

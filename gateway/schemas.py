@@ -9,21 +9,48 @@ first deployment did.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from editflow.events.models import MAX_INSTRUCTION_CHARS, Generation, Priority
+from editflow.operator.crd import MODELS
 
 SlugStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 UrlStr = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+_IMAGE_URL = re.compile(r"^(https?|s3)://[^/?#\s]+")
+_HTTPS_URL = re.compile(r"^https://[^/?#\s]+")
+
+
+def _image_url(value: str) -> str:
+    # Lowercase schemes only: the EditJob schema (and so the operator) accepts nothing else.
+    if not _IMAGE_URL.match(value):
+        raise ValueError("must be an http://, https:// or s3:// URL with a host (lowercase scheme)")
+    return value
+
+
+def _https_url(value: str) -> str:
+    if not _HTTPS_URL.match(value):
+        raise ValueError("must be an https:// URL with a host (lowercase scheme)")
+    return value
+
+
 ImageUrlStr = Annotated[
-    str, StringConstraints(max_length=4096, pattern=r"^(?:[Hh][Tt][Tt][Pp][Ss]?|[Ss]3)://[^/?#]+")
+    str,
+    StringConstraints(max_length=4096),
+    AfterValidator(_image_url),
+    WithJsonSchema({"type": "string", "maxLength": 4096, "pattern": _IMAGE_URL.pattern}),
 ]
 HttpsUrlStr = Annotated[
-    str, StringConstraints(max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]://[^/?#]+")
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_https_url),
+    WithJsonSchema({"type": "string", "maxLength": 2048, "pattern": _HTTPS_URL.pattern}),
 ]
+#: The models the EditJob schema accepts (one list, defined by the operator's CRD).
+ModelName = Literal[MODELS]  # type: ignore[valid-type]
 PromptStr = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTION_CHARS)]
 RefStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Status = Literal["pending", "success", "failed", "needs_review", "cancelled"]
@@ -73,9 +100,9 @@ class EditRequest(_Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_EDIT_RULES)
 
-    image_url: UrlStr | None = Field(
+    image_url: ImageUrlStr | None = Field(
         None,
-        description="http(s) URL of the source image",
+        description="http(s) URL of the source image (or s3://<bucket>/<upload prefix>/...)",
         examples=["https://oa.example.com/f/1.png"],
     )
     image_key: RefStr | None = Field(
@@ -88,7 +115,7 @@ class EditRequest(_Strict):
     )
     template: TemplateChoice | None = None
     usage: SlugStr = Field("default", description="output profile, see GET /v1/usages")
-    model: SlugStr | None = Field(None, description="model registry name; default if unset")
+    model: ModelName | None = Field(None, description="model registry name; default if unset")
     parameters: Generation | None = Field(None, description="steps, guidance_scale, seed")
     priority: Priority = "normal"
     callback_url: HttpsUrlStr | None = Field(

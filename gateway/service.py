@@ -80,17 +80,27 @@ def instruction_of(request: EditRequest) -> str:
     return templates.render(request.template.id, request.template.params, request.template.lang)
 
 
-def check_source(request: EditRequest, *, upload_prefix: str) -> None:
+def check_source(request: EditRequest, *, upload_prefix: str, bucket: str) -> None:
+    """One image source, and from S3 only what was uploaded through the gateway.
+
+    (Any other object of the platform bucket — other applicants' results —
+    must not become readable by naming it as a source image.)
+    """
     if (request.image_url is None) == (request.image_key is None):
         raise InvalidInputError(
             "set exactly one of image_url or image_key (from POST /v1/uploads)", field="image_url"
         )
-    if request.image_key is not None and not request.image_key.startswith(
-        upload_prefix.rstrip("/") + "/"
-    ):
+    prefix = upload_prefix.strip("/") + "/"
+    if request.image_key is not None and not request.image_key.startswith(prefix):
         raise InvalidInputError(
-            f"image_key must be a key returned by POST /v1/uploads ({upload_prefix}/...)",
+            f"image_key must be a key returned by POST /v1/uploads ({prefix}...)",
             field="image_key",
+        )
+    url = request.image_url or ""
+    if url.startswith("s3://") and not url.startswith(f"s3://{bucket}/{prefix}"):
+        raise InvalidInputError(
+            f"s3:// images must be uploads in the platform bucket (s3://{bucket}/{prefix}...)",
+            field="image_url",
         )
 
 
@@ -111,9 +121,10 @@ def approval_event(
     source: str,
     client_identity: str,
     upload_prefix: str,
+    bucket: str,
 ) -> ApprovalEvent:
     """The approval event a POST /v1/edits publishes; raises a 422 naming the field."""
-    check_source(request, upload_prefix=upload_prefix)
+    check_source(request, upload_prefix=upload_prefix, bucket=bucket)
     if request.callback_url is not None and request.callback_subject is not None:
         raise InvalidInputError(
             "set callback_url or callback_subject, not both", field="callback_url"

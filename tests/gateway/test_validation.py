@@ -94,3 +94,33 @@ def test_unknown_route_and_method_are_problems_too(api) -> None:
     gw = api()
     assert_problem(gw.client.get("/v1/nothing", headers=AUTH), 404, "not_found")
     assert_problem(gw.client.delete("/v1/edits", headers=AUTH), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # Each of these would pass the event schema but be dead-lettered by the operator
+        # (so the edit would stay pending for ever): the gateway refuses them up front.
+        ({**EDIT, "model": "stable-diffusion-9"}, "model"),
+        ({"image_url": "HTTPS://oa.example.com/a.png", "prompt": "x"}, "image_url"),
+        ({"image_url": "s3://other-bucket/uploads/a.png", "prompt": "x"}, "image_url"),
+        ({"image_url": "s3://editflow/results/someone-elses.png", "prompt": "x"}, "image_url"),
+    ],
+)
+def test_requests_the_operator_would_dead_letter_are_refused(api, body: dict, field: str) -> None:
+    gw = api()
+    problem = assert_problem(gw.post_edit(body), 422, "invalid_input")
+    assert [e["field"] for e in problem["errors"]] == [field], problem
+    assert gw.bus.publishes == 0
+
+
+def test_known_models_and_uploaded_s3_urls_are_accepted(api) -> None:
+    gw = api()
+    for body in (
+        {**EDIT, "model": "longcat-image-edit-turbo"},
+        {"image_url": "s3://editflow/uploads/ab/abc.png", "prompt": "x"},
+    ):
+        assert gw.post_edit(body).status_code == 202
+    assert "longcat-image-edit" in str(
+        gw.client.get("/openapi.json").json()["components"]["schemas"]["EditRequest"]
+    )
