@@ -54,7 +54,7 @@ if [ ! -x /usr/bin/chromium ]; then
     step "installing chromium (gateway browser test)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends chromium
+    apt-get install -y -q chromium
   else
     echo "note: /usr/bin/chromium is missing and this is not root on Debian; the gateway browser test will be skipped" >&2
   fi
