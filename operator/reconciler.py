@@ -315,7 +315,7 @@ class Reconciler:
         )
         js = self.nats.jetstream()
         ack = await publish_completion(js, self.topology, event)
-        metrics.COMPLETIONS.labels(outcome, str(ack.duplicate).lower()).inc()
+        metrics.COMPLETIONS.labels(outcome, "true" if ack.duplicate else "false").inc()
         callback = spec.get("callback") or {}
         if callback.get("natsSubject"):
             wire = encode(event)

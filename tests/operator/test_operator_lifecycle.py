@@ -370,4 +370,4 @@ def test_liveness_reports_every_probe_and_metrics_count_the_work(operator) -> No
         line for line in metrics.splitlines() if line.startswith("editflow_jobs_created_total")
     ]
     assert created and float(created[0].split()[-1]) >= 1
-    assert 'editflow_completions_published_total{status="success",duplicate="false"}' in metrics
+    assert 'editflow_completions_published_total{duplicate="false",status="success"}' in metrics
