@@ -11,6 +11,9 @@ request fingerprint), which is how ``GET /v1/edits/{id}`` tells a pending
 edit from an id nobody issued, and how a reused Idempotency-Key is checked;
 S3 lifecycle rules expire both with the inputs.
 
+An approval event the operator refused never completes; its dead letter does
+(:class:`DeadLetterIndex`), and the API reports such an edit as ``rejected``.
+
 Both connect lazily and keep retrying, so the gateway starts (and answers
 ``/healthz``) while NATS or S3 is still coming up; ``/readyz`` says when
 they are reachable.
@@ -23,17 +26,22 @@ import contextlib
 import io
 import json
 import logging
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from minio.error import S3Error
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from editflow.core.errors import UpstreamError
 from editflow.core.s3 import presigning_client, s3_client
 from editflow.core.settings import Settings
+from editflow.events.dlq import get_dead_letter
 from editflow.events.models import ApprovalEvent, CompletionEvent
 from editflow.events.sdk import CompletionTimeout, OAClient
-from editflow.events.topology import provision
+from editflow.events.topology import Topology, provision
+from editflow.gateway.service import Rejection
 
 log = logging.getLogger("editflow.gateway")
 
@@ -44,7 +52,68 @@ class EditBus(Protocol):
     async def publish(self, event: ApprovalEvent) -> None: ...
     async def completion(self, edit_id: str) -> CompletionEvent | None: ...
     async def wait(self, edit_id: str, timeout: float) -> CompletionEvent | None: ...
+    async def rejection(self, edit_id: str) -> Rejection | None: ...
     async def check(self) -> str: ...
+
+
+class DeadLetterIndex:
+    """Which approval events the operator dead-lettered, read incrementally from the DLQ.
+
+    Without it an edit whose event was refused (bad signature, a spec the
+    cluster refuses) would look ``pending`` for ever. The DLQ has no lookup
+    by event id, so the index reads each new dead letter once (at most once
+    a second, the last ``backlog`` at start) and keeps those of approval
+    events. A hit is checked again before it is reported: a dead letter
+    that was replayed (``editflow dlq replay``) is gone, and the edit is
+    pending again.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, topology: Topology, *, backlog: int = 1000, keep: int = 10_000
+    ) -> None:
+        self.js = js
+        self.topology = topology
+        self.backlog = backlog
+        self.keep = keep
+        self.next_seq: int | None = None
+        self.letters: OrderedDict[str, tuple[int, Rejection]] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._checked = 0.0
+
+    async def lookup(self, edit_id: str) -> Rejection | None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._checked >= 1.0:
+                await self._refresh()
+                self._checked = loop.time()
+            hit = self.letters.get(edit_id)
+            if hit is None:
+                return None
+            try:
+                await get_dead_letter(self.js, self.topology, hit[0])
+            except NotFoundError:  # replayed or expired
+                self.letters.pop(edit_id, None)
+                return None
+            return hit[1]
+
+    async def _refresh(self) -> None:
+        try:
+            state = (await self.js.stream_info(self.topology.dlq_stream)).state
+        except NotFoundError:
+            return
+        last = state.last_seq
+        start = self.next_seq if self.next_seq is not None else last - self.backlog + 1
+        for seq in range(max(start, state.first_seq, 1), last + 1):
+            try:
+                letter = await get_dead_letter(self.js, self.topology, seq)
+            except NotFoundError:
+                continue
+            if letter.subject == self.topology.approval_subject and letter.event_id:
+                rejection = Rejection(letter.reason, letter.message, letter.time)
+                self.letters[letter.event_id] = (seq, rejection)
+                while len(self.letters) > self.keep:
+                    self.letters.popitem(last=False)
+        self.next_seq = last + 1
 
 
 class ObjectStore(Protocol):
@@ -61,6 +130,7 @@ class Bus:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client: OAClient | None = None
+        self.dead_letters: DeadLetterIndex | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_error = "connecting"
 
@@ -79,6 +149,7 @@ class Bus:
                 )
                 if self.settings.gateway.provision_streams:
                     await provision(client.js, client.topology)
+                self.dead_letters = DeadLetterIndex(client.js, client.topology)
                 self.client = client
                 log.info("connected to NATS at %s", self.settings.nats.url)
             except Exception as exc:
@@ -115,6 +186,14 @@ class Bus:
             return await self._ready().wait_for_completion(edit_id, timeout)
         except CompletionTimeout:
             return None
+
+    async def rejection(self, edit_id: str) -> Rejection | None:
+        self._ready()
+        assert self.dead_letters is not None
+        try:
+            return await self.dead_letters.lookup(edit_id)
+        except Exception as exc:
+            raise UpstreamError(f"reading the dead letters failed: {exc!r}") from exc
 
     async def check(self) -> str:
         client = self._ready()

@@ -34,6 +34,10 @@ from editflow.gateway.schemas import (
     UploadView,
     UsageView,
 )
+from editflow.gateway.service import Rejection
+
+#: How often a waiting POST /edit looks for a dead letter of its event.
+REJECTION_POLL_SECONDS = 3.0
 
 
 @dataclass
@@ -182,7 +186,11 @@ def _signed(gw: GatewayState, key: str | None) -> tuple[str | None, Any]:
 
 
 def _view(
-    gw: GatewayState, edit_id: str, record: dict[str, Any] | None, done: CompletionEvent | None
+    gw: GatewayState,
+    edit_id: str,
+    record: dict[str, Any] | None,
+    done: CompletionEvent | None,
+    rejection: Rejection | None = None,
 ) -> EditView:
     source_url = (record or {}).get("image_url")
     if not source_url and (record or {}).get("image_key"):
@@ -195,6 +203,7 @@ def _view(
         source_url=source_url,
         result_url=result_url,
         result_url_expires_at=expires,
+        rejection=rejection,
     )
 
 
@@ -223,10 +232,11 @@ async def create_edit(
 async def get_edit(request: Request, edit_id: EditId) -> EditView:
     gw = state(request)
     done = await gw.bus.completion(edit_id)
+    rejection = await gw.bus.rejection(edit_id) if done is None else None
     record = await gw.store.get_record(edit_id)
-    if done is None and record is None:
+    if done is None and record is None and rejection is None:
         raise ProblemError(404, "not_found", f"no edit with id {edit_id!r}", edit_id=edit_id)
-    return _view(gw, edit_id, record, done)
+    return _view(gw, edit_id, record, done, rejection)
 
 
 @api.get(
@@ -244,6 +254,10 @@ async def get_result(
 ) -> ResultView:
     gw = state(request)
     done = await gw.bus.completion(edit_id)
+    if done is None and (rejection := await gw.bus.rejection(edit_id)) is not None:
+        raise ProblemError(
+            409, "no_result", service.rejection_error(rejection).message, edit_id=edit_id
+        )
     if done is None:
         if await gw.store.get_record(edit_id) is None:
             raise ProblemError(404, "not_found", f"no edit with id {edit_id!r}", edit_id=edit_id)
@@ -334,7 +348,22 @@ async def edit_and_wait(
     modern = EditRequest(image_url=body.image_url, prompt=body.prompt)
     edit_id, _, _ = await _submit(request, modern, idempotency_key, "edit")
     timeout = gw.settings.gateway.wait_timeout_seconds
-    done = await gw.bus.wait(edit_id, timeout)
+    deadline = started + timeout
+    done = None
+    # Wait in slices: between them, look whether the event was dead-lettered (then no
+    # completion will ever come, and the caller should hear why now, not in 300 s).
+    while (remaining := deadline - time.monotonic()) > 0:
+        done = await gw.bus.wait(edit_id, min(remaining, REJECTION_POLL_SECONDS))
+        if done is not None:
+            break
+        if (rejection := await gw.bus.rejection(edit_id)) is not None:
+            gw.metrics.outcomes.labels("rejected").inc()
+            return LegacyEditResponse(
+                status="failed",
+                error=service.rejection_error(rejection).message,
+                cost_time=round(time.monotonic() - started, 3),
+                id=edit_id,
+            )
     if done is None:
         gw.metrics.outcomes.labels("timeout").inc()
         return LegacyEditResponse(

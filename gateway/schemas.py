@@ -53,7 +53,8 @@ HttpsUrlStr = Annotated[
 ModelName = Literal[MODELS]  # type: ignore[valid-type]
 PromptStr = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTION_CHARS)]
 RefStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Status = Literal["pending", "success", "failed", "needs_review", "cancelled"]
+#: ``rejected``: the approval event was dead-lettered (it never became an EditJob).
+Status = Literal["pending", "rejected", "success", "failed", "needs_review", "cancelled"]
 
 
 class _Strict(BaseModel):

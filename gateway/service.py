@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,16 @@ from editflow.events.models import (
 from editflow.gateway import templates
 from editflow.gateway.problems import ProblemError, from_pydantic
 from editflow.gateway.schemas import EditLinks, EditRequest, EditView, ErrorBody
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The approval event of an edit was dead-lettered: it never became an EditJob."""
+
+    reason: str
+    message: str
+    time: str
+
 
 GATEWAY_FORM_ID = "gateway"
 MAX_IDEMPOTENCY_KEY = 255
@@ -214,8 +225,10 @@ def view(
     source_url: str | None = None,
     result_url: str | None = None,
     result_url_expires_at: datetime | None = None,
+    rejection: Rejection | None = None,
 ) -> EditView:
-    """The API's view of an edit from the gateway's record and the completion event."""
+    """The API's view of an edit from the gateway's record and the completion event
+    (or, without one, the dead letter of its approval event)."""
     record = record or {}
     out = EditView(
         id=edit_id,
@@ -229,7 +242,9 @@ def view(
         links=links(edit_id),
     )
     if completion is None:
-        return out
+        if rejection is None:
+            return out
+        return out.model_copy(update={"status": "rejected", "error": rejection_error(rejection)})
     done = completion.data
     error = ErrorBody(**done.error.model_dump()) if done.error else None
     return out.model_copy(
@@ -244,6 +259,14 @@ def view(
             "error": error,
             "message": done.message,
         }
+    )
+
+
+def rejection_error(rejection: Rejection) -> ErrorBody:
+    return ErrorBody(
+        code=rejection.reason,
+        message=f"the approval event was refused and kept in the dead letter: {rejection.message}",
+        retriable=False,
     )
 
 

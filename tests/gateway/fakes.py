@@ -13,6 +13,7 @@ from typing import Any
 
 from editflow.core.errors import UpstreamError
 from editflow.events.models import ApprovalEvent, CompletionData, CompletionEvent, ErrorDetail
+from editflow.gateway.service import Rejection
 
 
 class MemoryBus:
@@ -20,6 +21,7 @@ class MemoryBus:
         self.events: dict[str, ApprovalEvent] = {}
         self.publishes = 0
         self.completions: dict[str, CompletionEvent] = {}
+        self.rejections: dict[str, Rejection] = {}
         self.available = True
         self._changed = asyncio.Event()
 
@@ -50,9 +52,19 @@ class MemoryBus:
             await asyncio.sleep(0.01)
         return self.completions.get(edit_id)
 
+    async def rejection(self, edit_id: str) -> Rejection | None:
+        self._ready()
+        return self.rejections.get(edit_id)
+
     async def check(self) -> str:
         self._ready()
         return "ok"
+
+    def reject(self, edit_id: str, reason: str = "invalid_event.bad_signature") -> None:
+        """As if the operator dead-lettered the approval event."""
+        self.rejections[edit_id] = Rejection(
+            reason, "signature does not match", "2026-01-01T00:00:00Z"
+        )
 
     def complete(self, edit_id: str, status: str = "success", **data: Any) -> CompletionEvent:
         approval = self.events[edit_id]

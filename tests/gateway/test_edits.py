@@ -270,3 +270,34 @@ def test_concurrent_retries_publish_one_event(api) -> None:
 
     ids = asyncio.run(burst())
     assert len(set(ids)) == 1 and len(gw.bus.events) == 1
+
+
+def test_a_dead_lettered_edit_is_rejected_not_pending_for_ever(api) -> None:
+    gw = api()
+    edit_id = gw.post_edit(EDIT).json()["id"]
+    gw.bus.reject(edit_id)
+    view = gw.client.get(f"/v1/edits/{edit_id}", headers=AUTH).json()
+    assert view["status"] == "rejected"
+    assert view["error"]["code"] == "invalid_event.bad_signature"
+    assert "dead letter" in view["error"]["message"] and view["error"]["retriable"] is False
+    result = gw.client.get(f"/v1/edits/{edit_id}/result", headers=AUTH)
+    assert "signature does not match" in assert_problem(result, 409, "no_result")["detail"]
+
+
+def test_legacy_edit_answers_a_rejection_without_waiting_out_the_timeout(api, monkeypatch) -> None:
+    from editflow.gateway import routes
+
+    monkeypatch.setattr(routes, "REJECTION_POLL_SECONDS", 0.05)
+    gw = api(wait_timeout_seconds=60)
+
+    def reject_soon() -> None:
+        deadline = time.monotonic() + 5
+        while not gw.bus.events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gw.bus.reject(next(iter(gw.bus.events)))
+
+    threading.Thread(target=reject_soon, daemon=True).start()
+    started = time.monotonic()
+    body = gw.client.post("/edit", json=EDIT, headers=AUTH).json()
+    assert body["status"] == "failed" and "signature does not match" in body["error"]
+    assert time.monotonic() - started < 30  # not the 60 s wait

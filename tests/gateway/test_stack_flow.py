@@ -197,3 +197,66 @@ def test_real_server_guards_auth_rate_limit_and_cors(stack, tmp_path) -> None:
             headers=gw.auth,
         )
         assert upload.status_code == 413
+
+
+async def test_an_edit_whose_event_was_dead_lettered_is_reported_rejected(stack, tmp_path) -> None:
+    """The DLQ on real JetStream: the gateway finds the dead letter of its event by id, and
+    reports the edit pending again once the dead letter is replayed (removed)."""
+    from editflow.core.settings import EventsSettings, NatsSettings
+    from editflow.events.connection import connect
+    from editflow.events.dlq import dead_letter, delete_dead_letter
+    from editflow.events.topology import Topology
+    from tests.gateway.servers import isolated_events
+
+    env = isolated_events()
+    events = EventsSettings(
+        **{k.removeprefix("EDITFLOW_EVENTS__").lower(): v for k, v in env.items() if "EVENTS" in k}
+    )
+    topology = Topology(events)
+    with running_gateway(stack, tmp_path, **env) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, headers=gw.auth) as http:
+            edit_id = (
+                await http.post(
+                    "/v1/edits", json={"image_url": "https://oa.example.com/a.png", "prompt": "x"}
+                )
+            ).json()["id"]
+            assert (await http.get(f"/v1/edits/{edit_id}")).json()["status"] == "pending"
+            nc = await connect(NatsSettings(url=stack.nats_url))
+            try:
+                js = nc.jetstream()
+                ack = await dead_letter(
+                    js,
+                    topology,
+                    body=b"{}",
+                    headers={"Nats-Msg-Id": edit_id},
+                    subject=events.approval_subject,
+                    reason="invalid_event.bad_signature",
+                    message="signature does not match the configured key",
+                    stream=events.approvals_stream,
+                    stream_seq=1,
+                )
+
+                async def view() -> dict:
+                    return (await http.get(f"/v1/edits/{edit_id}")).json()
+
+                rejected = await _eventually(view, lambda v: v["status"] == "rejected")
+                assert rejected["error"]["code"] == "invalid_event.bad_signature"
+                assert "signature does not match" in rejected["error"]["message"]
+                await delete_dead_letter(js, topology, ack.seq)
+                await _eventually(view, lambda v: v["status"] == "pending")
+            finally:
+                await nc.close()
+
+
+async def _eventually(fetch, ok, timeout: float = 20.0):
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await fetch()
+        if ok(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out; last: {value}")
+        await asyncio.sleep(0.2)
