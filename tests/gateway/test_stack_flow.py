@@ -8,14 +8,19 @@ a real Job whose worker writes a real PNG to MinIO.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 
 import httpx
 import pytest
 
+from editflow.core.settings import EventsSettings, NatsSettings
 from editflow.devstack.procs import wait_until
-from tests.gateway.servers import running_gateway
+from editflow.events.connection import connect
+from editflow.events.dlq import dead_letter, delete_dead_letter
+from editflow.events.topology import Topology
+from tests.gateway.servers import isolated_events, running_gateway
 from tests.harness import NAMESPACE
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
@@ -202,12 +207,6 @@ def test_real_server_guards_auth_rate_limit_and_cors(stack, tmp_path) -> None:
 async def test_an_edit_whose_event_was_dead_lettered_is_reported_rejected(stack, tmp_path) -> None:
     """The DLQ on real JetStream: the gateway finds the dead letter of its event by id, and
     reports the edit pending again once the dead letter is replayed (removed)."""
-    from editflow.core.settings import EventsSettings, NatsSettings
-    from editflow.events.connection import connect
-    from editflow.events.dlq import dead_letter, delete_dead_letter
-    from editflow.events.topology import Topology
-    from tests.gateway.servers import isolated_events
-
     env = isolated_events()
     events = EventsSettings(
         **{k.removeprefix("EDITFLOW_EVENTS__").lower(): v for k, v in env.items() if "EVENTS" in k}
@@ -249,8 +248,6 @@ async def test_an_edit_whose_event_was_dead_lettered_is_reported_rejected(stack,
 
 
 async def _eventually(fetch, ok, timeout: float = 20.0):
-    import asyncio
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
