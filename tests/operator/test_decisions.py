@@ -274,3 +274,19 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     old = [{"type": "Ready", "status": "False", "lastTransitionTime": "T0"}]
     new = [{"type": "Ready", "status": "False", "lastTransitionTime": "T1"}]
     assert merge_conditions(old, new)[0]["lastTransitionTime"] == "T0"
+
+
+def test_watch_freshness_flags_a_version_only_a_relist_has_seen(monkeypatch) -> None:
+    from editflow.operator import app
+
+    clock = [100.0]
+    monkeypatch.setattr(app.time, "monotonic", lambda: clock[0])
+    fresh = app.WatchFreshness()
+    fresh.watched(("ns", "a"), "10")
+    fresh.listed(("ns", "a"), "10")
+    assert fresh.stale_for() == 0.0
+    fresh.listed(("ns", "a"), "12")  # the list saw a change the watch never delivered
+    clock[0] = 250.0
+    assert fresh.stale_for() == 150.0
+    fresh.watched(("ns", "a"), "12")  # the watch caught up
+    assert fresh.stale_for() == 0.0
