@@ -113,25 +113,15 @@ def image_server() -> Iterator[ImageServer]:
 
 
 @pytest.fixture(scope="session")
-def worker_stack() -> Iterator[LocalStack]:
-    """MinIO + NATS JetStream from the project's launcher, without Kubernetes.
-
-    The worker knows nothing of Kubernetes, so its tests do not wait for (or
-    depend on) a control plane: the same ``LocalStack`` as the ``stack``
-    fixture, started with ``kube=False``.
-    """
-    with LocalStack(kube=False) as running:
-        yield running
+def s3(stack: LocalStack) -> S3Settings:
+    """The session platform's MinIO (``stack`` from ``tests/conftest.py``)."""
+    return stack.s3_settings()
 
 
 @pytest.fixture(scope="session")
-def s3(worker_stack: LocalStack) -> S3Settings:
-    return worker_stack.s3_settings()
-
-
-@pytest.fixture(scope="session")
-def nats_url(worker_stack: LocalStack) -> str:
-    return worker_stack.nats_url
+def nats_url(stack: LocalStack) -> str:
+    """The session platform's NATS JetStream."""
+    return stack.nats_url
 
 
 @pytest.fixture
