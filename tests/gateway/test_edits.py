@@ -297,7 +297,7 @@ def test_legacy_edit_answers_a_rejection_without_waiting_out_the_timeout(api, mo
         gw.bus.reject(next(iter(gw.bus.events)))
 
     threading.Thread(target=reject_soon, daemon=True).start()
-    started = time.monotonic()
     body = gw.client.post("/edit", json=EDIT, headers=AUTH).json()
+    # The rejection's reason, not the timeout's "did not finish within 60 s".
     assert body["status"] == "failed" and "signature does not match" in body["error"]
-    assert time.monotonic() - started < 30  # not the 60 s wait
+    assert "did not finish" not in body["error"]
