@@ -25,6 +25,16 @@ from editflow.core.errors import ErrorInfo
 
 OutputFormat = Literal["png", "jpeg"]
 
+#: The model registry names every component agrees on: the EditJob CRD's enum,
+#: the gateway's checks and the worker's registry (the default first).
+MODEL_NAMES: tuple[str, ...] = (
+    "longcat-image-edit",
+    "longcat-image-edit-turbo",
+    "qwen-image-edit",
+    "flux-kontext",
+    "instruct-pix2pix",
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

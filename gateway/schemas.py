@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from editflow.events.models import MAX_INSTRUCTION_CHARS, Generation, Priority
-from editflow.operator.crd import MODELS
+from editflow.events.worker_contract import MODEL_NAMES as MODELS
 
 SlugStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 UrlStr = Annotated[str, StringConstraints(min_length=1, max_length=4096)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from editflow.events.worker_contract import MODEL_NAMES
+
 GROUP = "editflow.io"
 VERSION = "v1alpha1"
 KIND = "EditJob"
@@ -19,13 +21,7 @@ SINGULAR = "editjob"
 SHORT_NAMES = ("ej",)
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed", "NeedsReview", "Cancelled")
-MODELS = (
-    "longcat-image-edit",
-    "longcat-image-edit-turbo",
-    "qwen-image-edit",
-    "flux-kontext",
-    "instruct-pix2pix",
-)
+MODELS = MODEL_NAMES
 OUTPUT_FORMATS = ("png", "jpeg")
 
 _DNS_LABELISH = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
