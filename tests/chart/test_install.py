@@ -111,10 +111,22 @@ def test_example_editjob_is_accepted_by_the_apiserver(stack, kubectl) -> None:
     kubectl("apply", "--server-side", "-f", str(CHART / "crds" / "editjob.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/editjobs.editflow.io")
     ensure_namespaces(kubectl, NAMESPACE)
-    result = kubectl(
-        "-n", NAMESPACE, "apply", "--dry-run=server", "-f", str(REPO / "examples" / "editjob.yaml")
-    )
-    assert "editjob.editflow.io/poster-beach-background created (server dry run)" in result.stdout
+    example = str(REPO / "examples" / "editjob.yaml")
+    results = []
+
+    def accepted() -> bool:
+        # Established comes a moment before every apiserver handler serves the new kind.
+        results.append(
+            kubectl("-n", NAMESPACE, "apply", "--dry-run=server", "-f", example, check=False)
+        )
+        return results[-1].returncode == 0
+
+    try:
+        wait_until(accepted, timeout=30, what="the example EditJob to be accepted")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {results[-1].stderr}") from None
+    created = "editjob.editflow.io/poster-beach-background created (server dry run)"
+    assert created in results[-1].stdout
 
 
 # -- helm install ----------------------------------------------------------------------
@@ -290,7 +302,8 @@ def test_uninstall_leaves_nothing_of_the_release(stack, kubectl, tmp_path) -> No
 
 
 def isolated_events(tag: str) -> list[dict[str, str]]:
-    """Stream, subject and consumer names of this test only (the NATS server is shared)."""
+    """Stream, subject and consumer names of this test only (the NATS server is shared;
+    the approval subjects are chart values, set by the test's values)."""
     names = {
         "APPROVALS_STREAM": f"CH{tag.upper()}_APPROVALS",
         "COMPLETIONS_STREAM": f"CH{tag.upper()}_COMPLETIONS",
@@ -365,6 +378,11 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
         "models": {"pvc": {"enabled": True}},
         "limits": {"backoffSeconds": 1},
         "gateway": {"enabled": False},
+        "events": {
+            "approvalSubject": f"ch{tag}.approvals.image-edit",
+            "withdrawSubject": f"ch{tag}.approvals.image-edit.withdraw",
+            "storage": "memory",
+        },
         "operator": {
             "healthPort": free_port(),
             "metricsPort": free_port(),
