@@ -44,6 +44,11 @@ EDGE_VALUES: dict[str, dict[str, Any]] = {
     "existing-claim": {
         "models": {"pvc": {"enabled": True, "existingClaim": "weights"}, "s3Prefix": "weights"},
     },
+    "bundled": {
+        "watchNamespaces": ["team-a"],
+        "nats": {"bundled": {"enabled": True}, "auth": {"method": "token", "token": "s3cr3t"}},
+        "s3": {"bundled": {"enabled": True}},
+    },
     "everything-on": {
         "watchNamespaces": ["team-a"],
         "priorityClass": {"create": True},

@@ -73,7 +73,7 @@ def an_editjob(namespace: str) -> dict[str, Any]:
 def job_references(job: dict[str, Any]) -> set[tuple[str, str]]:
     """(kind, name) of every namespaced object a worker Job's Pod needs."""
     pod = job["spec"]["template"]["spec"]
-    refs = {("ServiceAccount", pod["serviceAccountName"])}
+    refs = {("ServiceAccount", pod.get("serviceAccountName", "default"))}
     for container in pod["containers"]:
         for source in container.get("envFrom") or []:
             if "configMapRef" in source:
@@ -276,9 +276,11 @@ def test_every_object_the_chart_pods_reference_is_rendered(case: str, render) ->
     objs = render(EDGE_VALUES[case])
     brought = USER_OBJECTS.get(case, set())
     hooks = {(o["kind"], o["metadata"]["name"]) for o in objs if is_hook(o)}
-    available = rendered_keys(objs, NAMESPACE) | brought | {("ConfigMap", "kube-root-ca.crt")}
+    # What every namespace has: the default ServiceAccount and the cluster's CA bundle.
+    builtin = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")}
+    available = rendered_keys(objs, NAMESPACE) | brought | builtin
     for obj in objs:
-        if obj["kind"] == "Deployment":
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
             pod = obj["spec"]["template"]["spec"]
         elif obj["kind"] == "Pod":
             pod = obj["spec"]
@@ -287,7 +289,7 @@ def test_every_object_the_chart_pods_reference_is_rendered(case: str, render) ->
         missing = pod_references(pod) - available
         assert not missing, f"{obj['metadata']['name']} references missing {missing}"
         if obj["kind"] == "Pod":  # the helm test Pod uses only hook objects
-            assert pod_references(pod) - {("ConfigMap", "kube-root-ca.crt")} <= hooks
+            assert pod_references(pod) - builtin <= hooks
 
 
 def test_existing_secrets_are_referenced_not_created(render) -> None:
@@ -309,6 +311,29 @@ def test_existing_secrets_are_referenced_not_created(render) -> None:
     assert env["EDITFLOW_NATS__TLS_CERT_FILE"] == "/etc/editflow/nats-tls/tls.crt"
     assert env["EDITFLOW_EVENTS__SIGNING_KEY_FILE"] == "/etc/editflow/events/signing-key"
     assert env["EDITFLOW_OPERATOR__S3_SECRET"] == "corp-s3"
+
+
+def test_bundled_servers_use_the_chart_credentials(render, monkeypatch) -> None:
+    objs = render(EDGE_VALUES["bundled"])
+    settings = operator_settings(objs, monkeypatch)
+    assert settings.nats.url == "nats://editflow-nats.editflow.svc:4222"
+    assert settings.s3.endpoint == "editflow-minio.editflow.svc:9000"
+    nats = find(objs, "StatefulSet", "editflow-nats", NAMESPACE)["spec"]["template"]["spec"]
+    assert "--auth=$(NATS_TOKEN)" in nats["containers"][0]["args"]
+    token = nats["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "editflow-nats", "key": "token"}
+    find(objs, "Secret", "editflow-nats", NAMESPACE)
+    minio = find(objs, "StatefulSet", "editflow-minio", NAMESPACE)["spec"]["template"]["spec"]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in minio["containers"][0]["env"]
+        if "valueFrom" in e
+    }
+    assert refs == {"MINIO_ROOT_USER": "editflow-s3", "MINIO_ROOT_PASSWORD": "editflow-s3"}
+    bucket = find(objs, "Job", "editflow-minio-bucket", NAMESPACE)
+    assert bucket["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    configmap = find(objs, "ConfigMap", "editflow-worker", "team-a")
+    assert configmap["data"]["EDITFLOW_S3__ENDPOINT"] == "editflow-minio.editflow.svc:9000"
 
 
 def test_created_models_claim_exists_in_every_namespace(render) -> None:
@@ -415,6 +440,15 @@ def test_every_value_is_documented() -> None:
         ({"nats": {"auth": {"method": "creds"}}}, "needs nats.auth.existingSecret"),
         ({"nats": {"auth": {"method": "token"}}}, "nats.auth.token"),
         ({"nats": {"tls": {"enabled": True}}}, "nats.tls.enabled needs nats.tls.existingSecret"),
+        (
+            {
+                "nats": {
+                    "bundled": {"enabled": True},
+                    "auth": {"method": "nkey", "existingSecret": "k"},
+                }
+            },
+            "nats.bundled.enabled takes nats.auth.method none, token or userPassword",
+        ),
     ],
 )
 def test_incomplete_credentials_fail_with_a_clear_message(values, message, tmp_path) -> None:

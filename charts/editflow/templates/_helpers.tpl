@@ -98,6 +98,30 @@ ConfigMap and PriorityClass of the GPU workers), "editflow.gatewayName".
 {{- end }}
 
 {{/*
+The NATS URL editflow connects to: the bundled server's Service, or nats.url.
+Usage: {{ include "editflow.natsUrl" . }}
+*/}}
+{{- define "editflow.natsUrl" -}}
+{{- if .Values.nats.bundled.enabled }}
+{{- printf "nats://%s-nats.%s.svc:4222" (include "editflow.fullname" .) .Release.Namespace }}
+{{- else }}
+{{- .Values.nats.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The S3 endpoint (host:port): the bundled MinIO's Service, or s3.endpoint.
+Usage: {{ include "editflow.s3Endpoint" . }}
+*/}}
+{{- define "editflow.s3Endpoint" -}}
+{{- if .Values.s3.bundled.enabled }}
+{{- printf "%s-minio.%s.svc:9000" (include "editflow.fullname" .) .Release.Namespace }}
+{{- else }}
+{{- .Values.s3.endpoint }}
+{{- end }}
+{{- end }}
+
+{{/*
 The S3 Secret (keys access-key, secret-key) worker Jobs and the operator read: the user's
 existingSecret, or the one the chart creates in every namespace.
 Usage: {{ include "editflow.s3SecretName" . }}
@@ -214,7 +238,7 @@ Usage: {{- include "editflow.commonEnv" . | nindent 12 }}
     fieldRef:
       fieldPath: metadata.namespace
 - name: EDITFLOW_NATS__URL
-  value: {{ .Values.nats.url | quote }}
+  value: {{ include "editflow.natsUrl" . | quote }}
 {{- $nats := include "editflow.natsSecretName" . }}
 {{- if eq .Values.nats.auth.method "userPassword" }}
 - name: EDITFLOW_NATS__USER
@@ -248,7 +272,7 @@ Usage: {{- include "editflow.commonEnv" . | nindent 12 }}
 {{- end }}
 {{- end }}
 - name: EDITFLOW_S3__ENDPOINT
-  value: {{ .Values.s3.endpoint | quote }}
+  value: {{ include "editflow.s3Endpoint" . | quote }}
 - name: EDITFLOW_S3__SECURE
   value: {{ .Values.s3.secure | quote }}
 - name: EDITFLOW_S3__BUCKET
