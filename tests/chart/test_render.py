@@ -471,3 +471,10 @@ def test_chart_crd_equals_the_generated_crd() -> None:
     on_disk = (CHART / "crds" / "editjob.yaml").read_text()
     assert on_disk == generated, "run `editflow operator crd --write`"
     assert yaml.safe_load(on_disk)["metadata"]["name"] == "editjobs.editflow.io"
+
+
+def test_refuses_kubernetes_older_than_1_29(tmp_path) -> None:
+    """Pod failure policies, bound tokens and the CRD's CEL rules need 1.29 or later."""
+    old = render_text(tmp_path, {}, "--kube-version", "1.28.9", check=False)
+    assert old.returncode != 0 and "kubeVersion" in old.stderr, old.stderr
+    render_text(tmp_path, {}, "--kube-version", "1.29.0")
