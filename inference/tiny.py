@@ -135,8 +135,13 @@ def _flux_vae(*, latent_channels: int = 16, blocks: int = 6) -> Any:
     ).eval()
 
 
-def build_longcat() -> Any:
-    """LongCatImageEditPipeline (also the Turbo preset: same class, other weights)."""
+def build_longcat(*, vae_blocks: int = 6) -> Any:
+    """LongCatImageEditPipeline (also the Turbo preset: same class, other weights).
+
+    ``vae_blocks=6`` (x32) keeps the ~1 MP working size cheap; ``vae_blocks=4`` (x8,
+    like the real VAE) gives the real token counts (4096 noise + 4096 reference
+    tokens at 1 MP), for benchmarks that should weigh like the real model's shape.
+    """
     import torch
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
@@ -164,7 +169,7 @@ def build_longcat() -> Any:
     )  # fmt: skip
     return LongCatImageEditPipeline(
         scheduler=scheduler,
-        vae=_flux_vae(),
+        vae=_flux_vae(blocks=vae_blocks),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         text_processor=_qwen_vl_processor(tokenizer),
@@ -348,11 +353,11 @@ TINY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def save_tiny_model(model: str, out: Path) -> Path:
+def save_tiny_model(model: str, out: Path, **builder_options: Any) -> Path:
     """Build the tiny pipeline for registry entry ``model`` and save it into ``out``."""
     if model not in TINY_BUILDERS:
         raise KeyError(f"no tiny builder for model {model!r}; known: {sorted(TINY_BUILDERS)}")
-    pipe = TINY_BUILDERS[model]()
+    pipe = TINY_BUILDERS[model](**builder_options)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     config = {"model": model, "tiny": True, "defaults": TINY_DEFAULTS.get(model, {})}
