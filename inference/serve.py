@@ -17,6 +17,9 @@ another worker after ``ack_wait``.
 
 HTTP (``--http-port``): ``/healthz`` (the loop is alive), ``/readyz`` (model
 loaded, NATS connected, not draining) and ``/metrics`` (Prometheus).
+If the model does not load the worker exits 71 (model failed), if NATS is
+unreachable at start 70, so the Pod restarts with backoff.
+
 SIGTERM/SIGINT: stop pulling, finish the edit in flight, ack it, drain NATS,
 exit 0. If the edit is still running after ``EDITFLOW_WORKER__DRAIN_SECONDS``
 (default 300; keep it below the Pod's termination grace period), it is
@@ -34,6 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from editflow.core.errors import EditflowError, ExitCode
 from editflow.core.settings import NatsSettings, Settings
 from editflow.events.worker_contract import (
     REPLY_TO_HEADER,
@@ -160,10 +164,18 @@ class WarmWorker:
         log.info("warm worker http", extra={"port": self.bound_port, "model": self.spec.name})
         try:
             began = time.perf_counter()
-            await asyncio.to_thread(self.models.get, self.spec)
+            try:
+                await asyncio.to_thread(self.models.get, self.spec)
+            except EditflowError as exc:  # missing or broken weights: let the Pod restart
+                log.error("model did not load", extra={"error": str(exc)})
+                return int(exc.exit_code)
             metrics.MODEL_LOAD_SECONDS.labels(self.spec.name).set(time.perf_counter() - began)
             self.loaded = True
-            nc = await nats.connect(**nats_options(self.settings.nats))
+            try:
+                nc = await nats.connect(**nats_options(self.settings.nats))
+            except Exception as exc:  # no server reachable at start
+                log.error("NATS unreachable", extra={"error": repr(exc)})
+                return int(ExitCode.UPSTREAM_UNAVAILABLE)
             self._nc = nc
             self.connected = True
             consume = asyncio.create_task(self._consume(nc))

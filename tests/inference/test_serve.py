@@ -170,3 +170,16 @@ async def test_past_the_drain_deadline_the_edit_is_handed_back(
     finally:
         await js.purge_stream(WORK_STREAM)
         await nc.close()
+
+
+def test_warm_worker_without_weights_exits_with_model_failed(
+    worker_settings: Settings, nats_url: str, tmp_path: Path
+) -> None:
+    env = worker_env(worker_settings, EDITFLOW_NATS__URL=nats_url,
+                     EDITFLOW_WORKER__MODELS_ROOT=str(tmp_path / "empty"))  # fmt: skip
+    proc = subprocess.run(
+        [EDITFLOW, "worker", "serve", "--model", "longcat-image-edit", "--http-port", "0"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 71, proc.stderr[-2000:]
+    assert "model did not load" in proc.stderr
