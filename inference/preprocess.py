@@ -1,7 +1,7 @@
 """Step 2: turn fetched bytes into the clean RGB image the model edits.
 
 In order: decide by *content* that the bytes are an image of an allowed
-format; refuse more pixels than ``max_pixels`` before decoding anything
+format (HEIC too, when ``pillow-heif`` is installed); refuse more pixels than ``max_pixels`` before decoding anything
 (decompression bombs); decode fully (truncated files fail here); take the
 first frame of an animation; apply the EXIF orientation; convert to sRGB
 through an embedded ICC profile when there is one; flatten every mode
@@ -67,6 +67,16 @@ def target_size(
     return (new_w // multiple * multiple, new_h // multiple * multiple)
 
 
+def _formats() -> tuple[str, ...]:
+    """Allowed formats, plus HEIF (iPhone photos) when pillow-heif is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return ALLOWED_FORMATS
+    pillow_heif.register_heif_opener()  # idempotent
+    return (*ALLOWED_FORMATS, "HEIF")
+
+
 def _draft(image: Image.Image, short_side: int) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result stays above ``short_side``.
 
@@ -87,7 +97,7 @@ def open_image(data: bytes, *, max_pixels: int, draft_short_side: int | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=_formats())
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejectedError(
@@ -106,7 +116,7 @@ def open_image(data: bytes, *, max_pixels: int, draft_short_side: int | None = N
         raise
     except UnidentifiedImageError as exc:
         raise ImageRejectedError(
-            f"the source is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
+            f"the source is not an image in a supported format ({', '.join(_formats())})",
             field="source",
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -158,3 +158,18 @@ def test_target_size(size: tuple[int, int], expected: tuple[int, int]) -> None:
     assert target_size(*size) == expected
     width, height = expected
     assert width % 16 == 0 and height % 16 == 0 and max(expected) <= 1024
+
+
+def test_iphone_heic_is_decoded_and_turned_upright() -> None:
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    stored = Image.new("RGB", (1600, 1200), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 100, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(stored, "HEIF", quality=90, exif=exif.tobytes())
+    assert data[4:12] == b"ftypheic"
+    prepared = preprocess(data, max_pixels=MAX_PIXELS)
+    assert prepared.source_format == "HEIF"
+    assert prepared.size == (768, 1024)  # rotated once: by libheif or by EXIF, never twice
+    assert prepared.image.getpixel((760, 5))[0] > 200  # the stored top-left is now top-right
+    assert prepared.image.info == {}
