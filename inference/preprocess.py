@@ -1,15 +1,15 @@
 """Step 2: turn fetched bytes into the clean RGB image the model edits.
 
 In order: decide by *content* that the bytes are an image of an allowed
-format (HEIC too, when ``pillow-heif`` is installed); refuse more pixels than ``max_pixels`` before decoding anything
-(decompression bombs); decode fully (truncated files fail here); take the
-first frame of an animation; apply the EXIF orientation; convert to sRGB
-through an embedded ICC profile when there is one; flatten every mode
-(CMYK, palette, 16-bit, grey, alpha composited on white) to 8-bit RGB; drop
-all metadata (EXIF with GPS, ICC, XMP, comments) by rebuilding the image from
-its pixels; resize so the short side is 768 px and the long side at most
-1024 px, keeping the aspect ratio and never upscaling; round both sides down
-to the model's multiple.
+format (HEIC too, when ``pillow-heif`` is installed); refuse more pixels
+than ``max_pixels`` before decoding anything (decompression bombs); decode
+fully (truncated files fail here); take the first frame of an animation;
+apply the EXIF orientation; convert to sRGB through an embedded ICC profile
+when there is one; flatten every mode (CMYK, palette, 16-bit, grey, alpha
+composited on white) to 8-bit RGB; drop all metadata (EXIF with GPS, ICC,
+XMP, comments) by rebuilding the image from its pixels; resize so the short
+side is 768 px and the long side at most 1024 px, keeping the aspect ratio
+and never upscaling; round both sides down to the model's multiple.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ LONG_SIDE_MAX = 1024
 MIN_SIDE = 32
 #: Formats we decode. Everything else (EPS/PS through Ghostscript, PSD, ICO...)
 #: is refused: fewer decoders, fewer surprises.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG also opens MPO
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")  # JPEG opens MPO too
 WHITE = (255, 255, 255)
 
 

@@ -173,3 +173,10 @@ def test_iphone_heic_is_decoded_and_turned_upright() -> None:
     assert prepared.size == (768, 1024)  # rotated once: by libheif or by EXIF, never twice
     assert prepared.image.getpixel((760, 5))[0] > 200  # the stored top-left is now top-right
     assert prepared.image.info == {}
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "AVIF", "BMP", "TIFF"])
+def test_other_common_formats(fmt: str) -> None:
+    data = encode(Image.new("RGB", (1800, 1200), (20, 120, 220)), fmt)
+    prepared = preprocess(data, max_pixels=MAX_PIXELS)
+    assert prepared.source_format == fmt and prepared.size == (1024, 672)
