@@ -477,16 +477,34 @@ def test_helm_test_round_trip_passes_against_a_running_operator(
     operator, stack, kubectl, tmp_path
 ) -> None:
     """`helm test`'s Pod creates a cancelled EditJob and sees the operator finish it and
-    publish its completion. The operator here is the harness's `editflow operator run`
-    process watching the release namespace (Deployments get no Pods on this control plane)."""
+    publish its completion, then finds the chart's gateway ready and refusing edits without
+    its token. The operator is the harness's `editflow operator run` process watching the
+    release namespace (the chart's operator Pod cannot log in here, see the module doc);
+    the gateway is the chart's own Pod, run by the process kubelet on a host port."""
     from tests.harness import NAMESPACE as EDITS
 
     release = f"ht{uuid.uuid4().hex[:4]}"
+    s3 = stack.s3_settings()
+    gateway_port = free_port()
     values = {
-        "gateway": {"enabled": False},
         "nats": {"url": NO_NATS},
+        "s3": {
+            "endpoint": s3.endpoint,
+            "bucket": s3.bucket,
+            "accessKey": s3.access_key.get_secret_value(),
+            "secretKey": s3.secret_key.get_secret_value(),
+        },
         "operator": {"healthPort": free_port(), "metricsPort": free_port()},
-        "tests": {"timeoutSeconds": 90},
+        # Only the gateway reaches NATS: it publishes nothing without a valid token.
+        "gateway": {
+            "port": gateway_port,
+            "extraEnv": [{"name": "EDITFLOW_NATS__URL", "value": stack.nats_url}],
+        },
+        "tests": {
+            "timeoutSeconds": 90,
+            "gatewayUrl": f"http://127.0.0.1:{gateway_port}",
+            "deleteOnSuccess": False,  # keep it for `helm test --logs`
+        },
     }
     install(stack, tmp_path, release, EDITS, values)
     try:
@@ -497,11 +515,18 @@ def test_helm_test_round_trip_passes_against_a_running_operator(
             EDITS,
             "--timeout",
             "180s",
+            "--logs",
             kubeconfig=stack.kubeconfig,
             check=False,
         )
         logs = kubectl("-n", EDITS, "logs", f"{release}-editflow-test", check=False)
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs.stdout}"
         assert "Phase:          Succeeded" in result.stdout, result.stdout
+        assert "operator moved it to Cancelled and published completion" in result.stdout
+        assert "gateway /readyz: 200" in result.stdout
+        assert "gateway refuses edits without a token: 401" in result.stdout
     finally:
+        kubectl(
+            "-n", EDITS, "delete", "pod", f"{release}-editflow-test", "--wait=false", check=False
+        )
         helm("uninstall", release, "-n", EDITS, kubeconfig=stack.kubeconfig, check=False)

@@ -102,9 +102,18 @@ def editjob_round_trip():
 
 
 def gateway_checks():
-    status, body = call("GET", GATEWAY + "/readyz", kube=False)
+    deadline = time.monotonic() + TIMEOUT
+    status, body = 0, ""
+    while time.monotonic() < deadline:
+        try:
+            status, body = call("GET", GATEWAY + "/readyz", kube=False)
+        except OSError as exc:  # not listening yet, or no endpoints behind the Service
+            status, body = 0, repr(exc)
+        if status == 200:
+            break
+        time.sleep(2)
     if status != 200:
-        fail(f"gateway /readyz answered {status}: {body}")
+        fail(f"gateway /readyz did not answer 200 within {TIMEOUT:.0f}s (last: {status} {body})")
     print("gateway /readyz: 200", flush=True)
     status, _ = call(
         "POST",
