@@ -15,8 +15,8 @@
 Deployments do get Pods on this control plane, but the operator's in-cluster login reads
 its token from the fixed path /var/run/secrets/kubernetes.io/serviceaccount, which the
 process kubelet cannot provide; so the operator runs here as a local process logged in
-with a token of the chart's operator ServiceAccount. Every release points its Deployments
-at an unreachable NATS, so no Pod ever consumes another test's approval events.
+with a token of the chart's operator ServiceAccount. Every release points its operator
+at an unreachable NATS, so no operator Pod ever consumes another test's approval events.
 """
 
 from __future__ import annotations
