@@ -143,3 +143,27 @@ def test_tiny_model_command_builds_a_dir_the_worker_loads(tmp_path: Path) -> Non
     argv = [EDITFLOW, "worker", "tiny-model", "--model", "sdxl", "--out", str(tmp_path / "x")]
     unknown = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2
+
+
+def test_published_weights_are_what_a_worker_downloads(
+    worker_settings: Settings, tiny_models_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model_dir = tmp_path / "to-publish"
+    shutil.copytree(tiny_models_root / "longcat-image-edit", model_dir)
+    env = worker_env(worker_settings)
+    proc = subprocess.run(
+        [EDITFLOW, "worker", "publish-weights", str(model_dir), "--prefix",
+         "cli-weights/longcat-image-edit"], capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from editflow.core.settings import WorkerSettings
+    from editflow.inference.weights import resolve_model_dir
+
+    worker = WorkerSettings(models_root=str(tmp_path / "none"), weights_s3_prefix="cli-weights",
+                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    local = resolve_model_dir("longcat-image-edit", worker, worker_settings.s3)
+    assert (local / "model_index.json").read_bytes() == (
+        model_dir / "model_index.json"
+    ).read_bytes()
