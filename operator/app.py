@@ -32,7 +32,7 @@ from editflow.events.validation import Policy
 from editflow.operator import metrics
 from editflow.operator.bridge import Bridge
 from editflow.operator.crd import GROUP, PLURAL, VERSION
-from editflow.operator.kube import AsyncKube
+from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
 from editflow.operator.reconciler import Reconciler, editjob_path
 
@@ -62,6 +62,22 @@ class WatchFreshness:
         return time.monotonic() - min(self.lagging_since.values())
 
 
+def connection_info(cfg: Any) -> kopf.ConnectionInfo:
+    """kopf's view of a kubernetes-client Configuration (token or client certificate)."""
+    token = auth_headers(cfg).get("authorization", "")
+    scheme, _, value = token.partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or None,
+        token=value or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        default_namespace=None,
+    )
+
+
 def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str, Any]]:
     """All handlers on a private registry; ``state`` holds what they share."""
     registry = kopf.OperatorRegistry()
@@ -71,10 +87,10 @@ def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str,
     managed = dict(MANAGED_BY)
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # A private registry has no default login handlers: use the official
-        # client's loaders (in-cluster service account, else KUBECONFIG).
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same credentials as our own client (service account, else KUBECONFIG),
+        # so kopf and the reconciler can never disagree about who the operator is.
+        return connection_info(load_configuration())
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

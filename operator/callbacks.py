@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import ssl
 
@@ -28,13 +29,15 @@ def signature(key: str, body: bytes) -> str:
 
 
 async def deliver_callback(
-    url: str, body: bytes, event_id: str, settings: OperatorSettings
+    url: str,
+    body: bytes,
+    event_id: str,
+    settings: OperatorSettings,
+    *,
+    content_type: str = "application/cloudevents+json; charset=utf-8",
 ) -> bool:
     """POST ``body`` to ``url`` until a 2xx answer or the attempts run out."""
-    headers = {
-        "Content-Type": "application/cloudevents+json; charset=utf-8",
-        "Idempotency-Key": event_id,
-    }
+    headers = {"Content-Type": content_type, "Idempotency-Key": event_id}
     if settings.callback_signing_key is not None:
         headers["X-Editflow-Signature"] = signature(
             settings.callback_signing_key.get_secret_value(), body
@@ -67,3 +70,17 @@ async def deliver_callback(
     metrics.CALLBACKS.labels("gave_up").inc()
     log.error("callback to %s gave up", url, extra={"event_id": event_id})
     return False
+
+
+def alert_body(editjob: str, reason: str, message: str) -> bytes:
+    """An alert in the enterprise chat-robot format (``msgtype``/``text``) the first deployment
+    posted to, with the structured fields alongside for other receivers."""
+    text = f"[editflow] {reason}: {editjob}: {message}"
+    payload = {
+        "msgtype": "text",
+        "text": {"content": text},
+        "editjob": editjob,
+        "reason": reason,
+        "message": message,
+    }
+    return json.dumps(payload, ensure_ascii=False).encode()

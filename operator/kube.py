@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from kubernetes.config import incluster_config
 
 JSON = dict[str, Any]
 
@@ -30,13 +33,33 @@ class KubeAPIError(Exception):
         self.message = message
 
 
+#: Where the service-account token, CA and namespace are mounted. Overridable because the
+#: process kubelet (local mode) can only map a mount path that appears in the environment.
+SERVICEACCOUNT_DIR_ENV = "EDITFLOW_SERVICEACCOUNT_DIR"
+DEFAULT_SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
 def load_configuration() -> k8s_client.Configuration:
+    """In a Pod: the mounted service account; elsewhere: ``$KUBECONFIG`` / ``~/.kube/config``."""
     configuration = k8s_client.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException:
+    sa_dir = Path(os.environ.get(SERVICEACCOUNT_DIR_ENV, DEFAULT_SERVICEACCOUNT_DIR))
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and (sa_dir / "token").exists():
+        loader = incluster_config.InClusterConfigLoader(
+            token_filename=str(sa_dir / "token"), cert_filename=str(sa_dir / "ca.crt")
+        )
+        loader.load_and_set(configuration)
+    else:
         k8s_config.load_kube_config(client_configuration=configuration)
     return configuration
+
+
+def auth_headers(configuration: k8s_client.Configuration) -> dict[str, str]:
+    """The headers the official client would send (bearer tokens, refreshed when due)."""
+    headers: dict[str, str] = {}
+    for auth in configuration.auth_settings().values():
+        if auth.get("in") == "header" and auth.get("value"):
+            headers[auth["key"]] = auth["value"]
+    return headers
 
 
 class AsyncKube:
@@ -54,13 +77,7 @@ class AsyncKube:
         await self._http.aclose()
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        cfg = self.configuration
-        if cfg.refresh_api_key_hook is not None:
-            cfg.refresh_api_key_hook(cfg)
-        headers = {"Accept": "application/json"}
-        token = cfg.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        headers = {"Accept": "application/json", **auth_headers(self.configuration)}
         if content_type:
             headers["Content-Type"] = content_type
         return headers

@@ -40,7 +40,7 @@ from editflow.events.outcomes import (
 from editflow.events.topology import Topology
 from editflow.events.worker_contract import WorkerResult, result_json_key
 from editflow.operator import metrics
-from editflow.operator.callbacks import deliver_callback
+from editflow.operator.callbacks import alert_body, deliver_callback
 from editflow.operator.crd import GROUP, PLURAL, VERSION
 from editflow.operator.decide import FINAL_PHASES, OUTCOMES, Decision, Observed, decide
 from editflow.operator.jobspec import WORKER_CONTAINER, job_manifest, worker_request
@@ -276,6 +276,7 @@ class Reconciler:
                 metrics.PHASES.labels(status["phase"]).inc()
         for kind, reason, message in decision.events:
             await self.event(editjob, kind, reason, message)
+        self.alert_if_needed(editjob, decision)
         if decision.publish_completion:
             await self.publish_outcome(editjob, review=decision.publish_review)
         if decision.delete_editjob:
@@ -391,6 +392,23 @@ class Reconciler:
             await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
         except KubeAPIError as exc:
             log.warning("could not post event: %s", exc)
+
+    def alert_if_needed(self, editjob: dict[str, Any], decision: Decision) -> None:
+        """Timeouts, GPU starvation and hand-over to designers page a person (brief §5)."""
+        url = self.op.alert_webhook_url
+        code = decision.status.get("errorCode")
+        phase = decision.status.get("phase")
+        if not url or not (code in ("timeout", "no_gpu") or phase == "NeedsReview"):
+            return
+        meta = editjob["metadata"]
+        name = f"{meta['namespace']}/{meta['name']}"
+        reason = "NeedsReview" if phase == "NeedsReview" else code
+        body = alert_body(name, str(reason), str(decision.status.get("message", "")))
+        attempts = decision.status.get("attempts") or (editjob.get("status") or {}).get("attempts")
+        key = f"alert:{meta['uid']}:{reason}:{attempts}"
+        self._callbacks[key] = asyncio.create_task(
+            deliver_callback(url, body, key, self.op, content_type="application/json")
+        )
 
     async def on_deleted(self, editjob: dict[str, Any]) -> None:
         """Deleting an EditJob that had not finished cancels it and tells the OA side.

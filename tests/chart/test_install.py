@@ -343,16 +343,6 @@ def token_kubeconfig(stack, path: Path, token: str) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "operator/kube.py sends no Bearer token with token credentials (in-cluster "
-        "ServiceAccount or kubeconfig token): the kubernetes client keeps it in "
-        "api_key['BearerToken'], AsyncKube reads 'authorization', so the apiserver sees "
-        "system:anonymous. Passes with that fixed; then remove this marker."
-    ),
-)
 def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
     stack, kubectl, image_host, tiny_model_root, tmp_path
 ) -> None:

@@ -73,3 +73,34 @@ async def test_an_untrusted_certificate_is_never_accepted(tmp_path: Path) -> Non
     settings = OperatorSettings(callback_backoff_seconds=0, callback_max_attempts=2)
     assert not await deliver_callback(url, b"{}", "evt-3", settings)
     assert seen == []
+
+
+async def test_a_timeout_pages_the_alert_webhook_in_the_chat_robot_format(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from editflow.core.settings import Settings
+    from editflow.operator.decide import Decision
+    from editflow.operator.reconciler import Reconciler
+
+    url, ca, seen = https_receiver(tmp_path, answers=[])
+    settings = Settings()
+    settings.operator.alert_webhook_url = url
+    settings.operator.callback_ca_file = str(ca)
+    reconciler = Reconciler(settings, kube=None, nats=None, topology=None, s3=None)  # type: ignore[arg-type]
+    editjob = {"metadata": {"namespace": "edits", "name": "ej-1", "uid": "u1"}, "status": {}}
+    decision = Decision(
+        status={
+            "phase": "Queued",
+            "errorCode": "timeout",
+            "attempts": 1,
+            "message": "the edit did not finish within 1800s",
+        }
+    )
+    reconciler.alert_if_needed(editjob, decision)
+    reconciler.alert_if_needed(editjob, Decision(status={"phase": "Running"}))  # no alert
+    await asyncio.gather(*reconciler._callbacks.values())
+    assert len(seen) == 1
+    body = json.loads(seen[0]["body"])
+    assert body["msgtype"] == "text" and "edits/ej-1" in body["text"]["content"]
+    assert body["reason"] == "timeout"

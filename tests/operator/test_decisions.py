@@ -290,3 +290,21 @@ def test_watch_freshness_flags_a_version_only_a_relist_has_seen(monkeypatch) -> 
     assert fresh.stale_for() == 150.0
     fresh.watched(("ns", "a"), "12")  # the watch caught up
     assert fresh.stale_for() == 0.0
+
+
+def test_in_a_pod_the_operator_sends_the_service_account_token(tmp_path, monkeypatch) -> None:
+    from editflow.devstack.pki import LocalCA
+    from editflow.operator import kube
+
+    ca = LocalCA(tmp_path / "pki")
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t0ken")
+    (sa / "ca.crt").write_bytes(ca.cert_pem)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    monkeypatch.setenv(kube.SERVICEACCOUNT_DIR_ENV, str(sa))
+    cfg = kube.load_configuration()
+    assert cfg.host == "https://127.0.0.1:6443"
+    scheme, token = kube.auth_headers(cfg)["authorization"].split()
+    assert scheme.lower() == "bearer" and token == "t0ken"

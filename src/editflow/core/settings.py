@@ -183,6 +183,9 @@ class OperatorSettings(BaseModel):
     callback_signing_key: SecretStr | None = None
     callback_max_attempts: int = Field(5, ge=1)
     callback_backoff_seconds: float = Field(10, ge=0)
+    alert_webhook_url: str | None = Field(
+        None, description="chat-robot style webhook told about timeouts and NeedsReview edits"
+    )
     callback_ca_file: str | None = Field(
         None, description="extra CA bundle trusted for HTTPS callbacks (on-prem OA)"
     )
