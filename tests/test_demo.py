@@ -28,7 +28,5 @@ def test_the_demo_turns_an_approval_into_an_edited_image(tmp_path: Path) -> None
     source = Image.open(out / "input.png")
     result = Image.open(out / "result.png")
     assert result.size == source.size  # the product promises the input's size back
-    leftovers = subprocess.run(
-        ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True
-    )
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""

@@ -6,6 +6,8 @@ and (when TEST_GATEWAY_URL is set) checks the gateway's /readyz and that it refu
 unauthenticated edit. Standard library only; every failure says what did not happen.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import ssl
@@ -14,13 +16,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from typing import NoReturn
 
 SA_DIR = os.environ.get("TEST_SA_DIR", "/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = float(os.environ.get("TEST_TIMEOUT_SECONDS", "120"))
 GATEWAY = os.environ.get("TEST_GATEWAY_URL", "")
 
 
-def read(name):
+def read(name: str) -> str:
     with open(os.path.join(SA_DIR, name), encoding="utf-8") as handle:
         return handle.read().strip()
 
@@ -33,9 +36,16 @@ TLS = ssl.create_default_context(cafile=os.path.join(SA_DIR, "ca.crt"))
 EDITJOBS = f"{API}/apis/editflow.io/v1alpha1/namespaces/{NAMESPACE}/editjobs"
 
 
-def call(method, url, body=None, *, kube=True, headers=None):
+def call(
+    method: str,
+    url: str,
+    body: dict | None = None,
+    *,
+    kube: bool = True,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, object]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) only
     request.add_header("Accept", "application/json")
     if data is not None:
         request.add_header("Content-Type", "application/json")
@@ -44,7 +54,8 @@ def call(method, url, body=None, *, kube=True, headers=None):
     for key, value in (headers or {}).items():
         request.add_header(key, value)
     try:
-        with urllib.request.urlopen(request, timeout=30, context=TLS if kube else None) as resp:
+        # The apiserver (KUBERNETES_SERVICE_*) or the chart's gateway: both http(s) by construction.
+        with urllib.request.urlopen(request, timeout=30, context=TLS if kube else None) as resp:  # noqa: S310
             text = resp.read().decode()
             return resp.status, json.loads(text) if text.startswith("{") else text
     except urllib.error.HTTPError as exc:
@@ -52,12 +63,12 @@ def call(method, url, body=None, *, kube=True, headers=None):
         return exc.code, text
 
 
-def fail(message):
+def fail(message: str) -> NoReturn:
     print("FAIL: " + message, flush=True)
     sys.exit(1)
 
 
-def editjob_round_trip():
+def editjob_round_trip() -> None:
     name = os.environ.get("TEST_NAME_PREFIX", "editflow-helm-test-") + uuid.uuid4().hex[:8]
     manifest = {
         "apiVersion": "editflow.io/v1alpha1",
@@ -101,7 +112,7 @@ def editjob_round_trip():
         call("DELETE", f"{EDITJOBS}/{name}")
 
 
-def gateway_checks():
+def gateway_checks() -> None:
     deadline = time.monotonic() + TIMEOUT
     status, body = 0, ""
     while time.monotonic() < deadline:

@@ -40,7 +40,6 @@ def install(
         console=console,
         transient=True,
     ) as progress:
-
         quarters: dict[str, int] = {}
 
         def on_progress(step: str, done: int, total: int) -> None:
