@@ -1,0 +1,89 @@
+"""`helm install` that just works, locally: the chart's operator *Pod* (not a test process)
+runs on the process kubelet with only its in-cluster service account and the chart's RBAC,
+and drives a `kubectl apply`-ed EditJob to Succeeded."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import yaml
+
+from editflow.devstack import localmode
+from editflow.devstack.kubeapi import KubeClient
+from editflow.devstack.procs import free_port, wait_until
+from tests.chart.test_install import ensure_namespaces, install, isolated_events
+
+pytestmark = [pytest.mark.platform, pytest.mark.slow]
+
+
+def test_the_charts_operator_pod_runs_an_edit(stack, kubectl, image_host) -> None:
+    tag = uuid.uuid4().hex[:6]
+    release, namespace = f"pod{tag}", f"ef-pod-{tag}"
+    ensure_namespaces(kubectl, namespace)
+    s3 = stack.s3_settings()
+    localmode.build_tiny_model(localmode.models_dir(stack, namespace, f"{release}-editflow-models"))
+    values = {
+        "nats": {"url": stack.nats_url},
+        "s3": {
+            "endpoint": s3.endpoint,
+            "bucket": s3.bucket,
+            "accessKey": s3.access_key.get_secret_value(),
+            "secretKey": s3.secret_key.get_secret_value(),
+        },
+        "worker": {
+            "device": "cpu",
+            "allowCidrs": ["127.0.0.0/8"],
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {}},
+        },
+        "models": {"pvc": {"enabled": True}},
+        "gateway": {"enabled": False},
+        "events": {
+            "approvalSubject": f"pod{tag}.approvals.image-edit",
+            "withdrawSubject": f"pod{tag}.approvals.image-edit.withdraw",
+            "storage": "memory",
+        },
+        "operator": {
+            # Pods share the host's network here: ports must be free ones.
+            "healthPort": free_port(),
+            "metricsPort": free_port(),
+            "resyncSeconds": 2,
+            "extraEnv": isolated_events(tag),
+        },
+    }
+    install(stack, stack.workdir, release, namespace, values)
+    api = KubeClient(stack.kubeconfig)
+    try:
+        selector = "app.kubernetes.io/component=operator"
+
+        def operator_running() -> bool:
+            pods = api.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)["items"]
+            return bool(pods) and pods[0]["status"].get("phase") == "Running"
+
+        wait_until(operator_running, timeout=90, what="the chart's operator Pod to run")
+        editjob = {
+            "apiVersion": "editflow.io/v1alpha1",
+            "kind": "EditJob",
+            "metadata": {"name": f"pod-edit-{tag}", "namespace": namespace},
+            "spec": {
+                "source": {"url": image_host.url("red.png")},
+                "prompt": "make the red square blue",
+                "parameters": {"steps": 2, "seed": 5},
+            },
+        }
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(editjob))
+
+        def phase() -> str:
+            path = localmode.editjob_path(namespace, f"pod-edit-{tag}")
+            return (api.get(path).get("status") or {}).get("phase", "")
+
+        wait_until(
+            lambda: phase() in ("Succeeded", "Failed", "NeedsReview"),
+            timeout=180,
+            what="the EditJob to finish under the chart's operator Pod",
+        )
+        assert phase() == "Succeeded"
+        logs = kubectl("-n", namespace, "logs", "-l", selector, "--tail=200").stdout
+        assert "Forbidden" not in logs and "403" not in logs
+    finally:
+        api.close()
