@@ -325,3 +325,36 @@ def test_a_restarted_kubelet_adopts_a_running_pod(stack, kubectl, api, ns, tmp_p
     assert wait_for_job(api, ns, "survivor")["type"] == "Complete"
     (pod,) = pods_of(api, ns, "survivor")
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "adopted\n"
+
+
+def test_restart_policy_always_restarts_a_crashed_container(kubectl, api, ns, tmp_path) -> None:
+    marker = tmp_path / "crashed-once"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crashy"},
+        "spec": {
+            "restartPolicy": "Always",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": [
+                        "sh",
+                        "-c",
+                        f"if [ -e {marker} ]; then sleep 300; else touch {marker}; exit 1; fi",
+                    ],
+                }
+            ],
+        },
+    }
+    kubectl("-n", ns, "apply", "-f", "-", input=yaml.safe_dump(pod))
+
+    def restarted_and_running() -> bool:
+        status = api.get(f"/api/v1/namespaces/{ns}/pods/crashy")["status"]
+        cs = (status.get("containerStatuses") or [{}])[0]
+        return cs.get("restartCount") == 1 and "running" in cs.get("state", {})
+
+    wait_until(restarted_and_running, timeout=60, what="one restart, then Running")
+    assert api.get(f"/api/v1/namespaces/{ns}/pods/crashy")["status"]["phase"] == "Running"
+    kubectl("-n", ns, "delete", "pod", "crashy", "--grace-period=1", "--wait=false")

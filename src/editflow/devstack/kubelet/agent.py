@@ -66,6 +66,8 @@ class LocalPod:
     kill_at: float | None = None
     deadline_exceeded: bool = False
     last_status: str = ""
+    restarts: dict[str, int] = field(default_factory=dict)
+    restart_at: dict[str, float] = field(default_factory=dict)
 
 
 class ProcessKubelet:
@@ -450,6 +452,19 @@ class ProcessKubelet:
         for plan in plans:
             seen = runtime.observe(local.pod_dir, plan.name) if started else None
             cid = f"process://{local.uid}/{plan.name}"
+            restarts = local.restarts.get(plan.name, 0)
+            if plan.name in local.restart_at:
+                message = f"back-off restarting failed container {plan.name}"
+                states.append(
+                    st.ContainerState(
+                        plan.name,
+                        plan.image,
+                        st.waiting("CrashLoopBackOff", message),
+                        restart_count=restarts,
+                        container_id=cid,
+                    )
+                )
+                continue
             if isinstance(seen, runtime.Exited):
                 message = seen.message or runtime.termination_message(
                     plan.termination_path,
@@ -468,6 +483,7 @@ class ProcessKubelet:
                         plan.image,
                         st.running(seen.started_at),
                         ready=True,
+                        restart_count=restarts,
                         container_id=cid,
                     )
                 )
@@ -510,7 +526,30 @@ class ProcessKubelet:
             for plan in local.main:
                 self._start(pod, local, plan)
             local.main_started = True
+        if local.main_started and not local.deadline_exceeded:
+            self._restart_exited(pod, local)
         self._finish(pod, local)
+
+    def _restart_exited(self, pod: Pod, local: LocalPod) -> None:
+        """restartPolicy Always / OnFailure: restart with the kubelet's doubling back-off."""
+        policy = pod["spec"].get("restartPolicy", "Always")
+        if policy == "Never":
+            return
+        now = time.monotonic()
+        for plan in local.main:
+            seen = runtime.observe(local.pod_dir, plan.name)
+            if isinstance(seen, runtime.Exited) and policy == "OnFailure" and seen.exit_code == 0:
+                continue
+            if not isinstance(seen, runtime.Exited | runtime.Lost):
+                continue
+            due = local.restart_at.get(plan.name)
+            if due is None:
+                count = local.restarts.get(plan.name, 0)
+                local.restart_at[plan.name] = now + min(300.0, 10.0 * 2**count if count else 1.0)
+            elif now >= due:
+                del local.restart_at[plan.name]
+                local.restarts[plan.name] = local.restarts.get(plan.name, 0) + 1
+                self._start(pod, local, plan)
 
     def _finish(self, pod: Pod, local: LocalPod) -> None:
         init_states = self._states(local, local.init, started=True) if local.init else None
@@ -519,6 +558,8 @@ class ProcessKubelet:
             s.terminated and s.terminated["exitCode"] != 0 for s in init_states or []
         )
         phase = "Failed" if init_failed else None
+        if phase is None and local.restart_at:
+            phase = "Running"  # a container in back-off keeps its Pod Running, as on a node
         reason = message = None
         if local.deadline_exceeded:
             phase, reason = "Failed", "DeadlineExceeded"
@@ -663,5 +704,6 @@ def _status_key(body: dict[str, Any]) -> str:
         kind = next(iter(state))
         parts.append(
             f"{c['name']}:{kind}:{state[kind].get('exitCode', '')}:{state[kind].get('reason', '')}"
+            f":{c.get('restartCount', 0)}"
         )
     return "|".join(parts)
