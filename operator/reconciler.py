@@ -359,8 +359,9 @@ class Reconciler:
             },
         )
         if callback.get("webhookUrl") and event.id not in self._callbacks:
-            self._callbacks[event.id] = asyncio.create_task(
-                deliver_callback(callback["webhookUrl"], wire_body(event), event.id, self.op)
+            self._background(
+                event.id,
+                deliver_callback(callback["webhookUrl"], wire_body(event), event.id, self.op),
             )
 
     async def event(self, editjob: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -406,9 +407,16 @@ class Reconciler:
         body = alert_body(name, str(reason), str(decision.status.get("message", "")))
         attempts = decision.status.get("attempts") or (editjob.get("status") or {}).get("attempts")
         key = f"alert:{meta['uid']}:{reason}:{attempts}"
-        self._callbacks[key] = asyncio.create_task(
-            deliver_callback(url, body, key, self.op, content_type="application/json")
-        )
+        if key not in self._callbacks:
+            self._background(
+                key, deliver_callback(url, body, key, self.op, content_type="application/json")
+            )
+
+    def _background(self, key: str, coro: Any) -> None:
+        """Deliveries run beside reconciles; one per key at a time, forgotten when done."""
+        task = asyncio.create_task(coro)
+        self._callbacks[key] = task
+        task.add_done_callback(lambda _t, k=key: self._callbacks.pop(k, None))
 
     async def on_deleted(self, editjob: dict[str, Any]) -> None:
         """Deleting an EditJob that had not finished cancels it and tells the OA side.

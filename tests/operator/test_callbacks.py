@@ -99,7 +99,7 @@ async def test_a_timeout_pages_the_alert_webhook_in_the_chat_robot_format(tmp_pa
     )
     reconciler.alert_if_needed(editjob, decision)
     reconciler.alert_if_needed(editjob, Decision(status={"phase": "Running"}))  # no alert
-    await asyncio.gather(*reconciler._callbacks.values())
+    await asyncio.gather(*list(reconciler._callbacks.values()))
     assert len(seen) == 1
     body = json.loads(seen[0]["body"])
     assert body["msgtype"] == "text" and "edits/ej-1" in body["text"]["content"]
