@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,13 +121,20 @@ def _pid_file() -> Path:
 
 
 @app.command()
-def serve(workdir: Path = typer.Option(None, help="where the stack keeps its data")) -> None:
+def serve(
+    workdir: Path = typer.Option(None, help="where the stack keeps its data"),
+    editflow: bool = typer.Option(True, help="also run editflow: operator, gateway, try-it page"),
+) -> None:
     """Run the stack in the foreground until SIGTERM/Ctrl-C (``dev up`` runs this detached)."""
+    from editflow.devstack import localmode
     from editflow.devstack.stack import LocalStack
 
     state = paths.dev_state_dir()
     state.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(workdir or state / "stack", keep_workdir=True)
+    workdir = workdir or state / "stack"
+    # Every `dev up` is a fresh cluster: a new CA, empty etcd, no Pods of an earlier run.
+    shutil.rmtree(workdir, ignore_errors=True)
+    stack = LocalStack(workdir, keep_workdir=True)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -136,19 +144,37 @@ def serve(workdir: Path = typer.Option(None, help="where the stack keeps its dat
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stack.start()
+    running = None
     try:
-        stack.write_endpoints(_state_file())
+        endpoints = stack.endpoints()
+        if editflow:
+            models = os.environ.get("EDITFLOW_DEMO_MODELS_DIR")
+            running = localmode.start_editflow(
+                stack, models_dir_override=Path(models) if models else None
+            )
+            endpoints["gateway"] = {"url": running.gateway.url, "token": running.gateway.token}
+            endpoints["namespace"] = localmode.NAMESPACE
         (state / "kubeconfig").write_bytes(stack.kubeconfig.read_bytes())
         (state / "kubeconfig").chmod(0o600)
+        # Written last and atomically: `dev up` takes its appearance as "ready".
+        pending = _state_file().with_suffix(".tmp")
+        pending.write_text(json.dumps(endpoints, indent=2))
+        pending.chmod(0o600)
+        pending.replace(_state_file())
         while not stopping:
             time.sleep(0.5)
     finally:
+        if running is not None:
+            running.stop()
         stack.stop()
         _state_file().unlink(missing_ok=True)
 
 
 @app.command()
-def up(timeout: float = typer.Option(180, help="seconds to wait for the stack")) -> None:
+def up(
+    timeout: float = typer.Option(240, help="seconds to wait for the stack"),
+    editflow: bool = typer.Option(True, help="also run editflow: operator, gateway, try-it page"),
+) -> None:
     """Start the local stack in the background; kubeconfig and endpoints go to the state dir."""
     state = paths.dev_state_dir()
     state.mkdir(parents=True, exist_ok=True)
@@ -160,7 +186,14 @@ def up(timeout: float = typer.Option(180, help="seconds to wait for the stack"))
     _state_file().unlink(missing_ok=True)
     log = (state / "supervisor.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "editflow.cli.main", "dev", "serve"],
+        [
+            sys.executable,
+            "-m",
+            "editflow.cli.main",
+            "dev",
+            "serve",
+            "--editflow" if editflow else "--no-editflow",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -177,6 +210,9 @@ def up(timeout: float = typer.Option(180, help="seconds to wait for the stack"))
     data = json.loads(_state_file().read_text())
     console.print(health_table([Health(**h) for h in data["health"]], "local stack is up"))
     console.print(f"export KUBECONFIG={state / 'kubeconfig'}")
+    if "gateway" in data:
+        console.print(f"try-it page: {data['gateway']['url']}/  (token in {_state_file()})")
+        console.print(f"EditJobs live in namespace {data['namespace']}")
     console.print(f"endpoints: {_state_file()}")
 
 

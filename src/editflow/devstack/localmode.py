@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,89 @@ class OperatorProcess:
 def editjob_path(namespace: str, name: str = "") -> str:
     base = f"/apis/editflow.io/v1alpha1/namespaces/{namespace}/editjobs"
     return f"{base}/{name}" if name else base
+
+
+class GatewayProcess:
+    """``editflow gateway run`` on a free loopback port, with a generated Bearer token."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, token: str) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.token = token
+        self.port = 0
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        self.port = free_port()
+        env = {**self.env, "EDITFLOW_GATEWAY__TOKEN": self.token}
+        self.process = ManagedProcess(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "editflow.cli.main",
+                "gateway",
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            log_path=self.workdir / "gateway.log",
+            env=env,
+        )
+        self.process.start()
+
+        def ready() -> bool:
+            self.process.ensure_running()  # type: ignore[union-attr]
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:  # noqa: S310
+                return resp.status == 200
+
+        wait_until(ready, timeout=60, what="the gateway to be ready")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@dataclass
+class EditflowLocal:
+    """editflow running on a LocalStack: what `editflow dev up` gives a person."""
+
+    operator: OperatorProcess
+    gateway: GatewayProcess
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.operator.stop()
+
+
+def start_editflow(stack: LocalStack, *, models_dir_override: Path | None = None) -> EditflowLocal:
+    """Install editflow on ``stack`` and run its operator and gateway (tiny model by default)."""
+    api = KubeClient(stack.kubeconfig)
+    try:
+        install_crd(api)
+        install_namespace(api, stack, NAMESPACE)
+    finally:
+        api.close()
+    root = models_dir(stack, NAMESPACE)
+    real = models_dir_override and models_dir_override / "longcat-image-edit"
+    if real and (real / "model_index.json").exists():
+        link = root / "longcat-image-edit"
+        if not link.exists():
+            link.symlink_to(real)
+    else:
+        build_tiny_model(root)
+    env = operator_env(stack, NAMESPACE)
+    operator = OperatorProcess(env, stack.workdir).start()
+    try:
+        gateway = GatewayProcess(env, stack.workdir, secrets.token_urlsafe(24)).start()
+    except BaseException:
+        operator.stop()
+        raise
+    return EditflowLocal(operator=operator, gateway=gateway)

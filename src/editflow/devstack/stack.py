@@ -16,7 +16,6 @@ fails to come up, everything already started is stopped before the error
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -182,11 +181,6 @@ class LocalStack:
             }
         data["health"] = [asdict(h) for h in self.health()]
         return data
-
-    def write_endpoints(self, path: Path) -> Path:
-        path.write_text(json.dumps(self.endpoints(), indent=2))
-        path.chmod(0o600)
-        return path
 
     # -- readiness details -------------------------------------------------
     def _wait_for_default_service_account(self) -> None:

@@ -1,0 +1,50 @@
+"""`editflow dev up` / `dev down`: the same stack for a person, editflow included."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from editflow.devstack import installer
+
+pytestmark = [pytest.mark.platform, pytest.mark.slow]
+
+
+def test_dev_up_runs_the_platform_and_editflow_and_dev_down_stops_everything(tmp_path: Path):
+    env = {**os.environ, "EDITFLOW_DEV_DIR": str(tmp_path / "dev"), "COLUMNS": "200"}
+    cli = [sys.executable, "-m", "editflow.cli.main", "dev"]
+    up = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=400)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        endpoints = json.loads((tmp_path / "dev" / "endpoints.json").read_text())
+        kubeconfig = tmp_path / "dev" / "kubeconfig"
+        nodes = subprocess.run(
+            [str(installer.binary("kubectl")), f"--kubeconfig={kubeconfig}", "get", "nodes"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "editflow-local-node" in nodes.stdout and "Ready" in nodes.stdout
+        gateway = endpoints["gateway"]
+        with urllib.request.urlopen(f"{gateway['url']}/readyz", timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200
+        request = urllib.request.Request(  # noqa: S310 - the loopback gateway
+            f"{gateway['url']}/v1/templates",
+            headers={"Authorization": f"Bearer {gateway['token']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200
+        status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True)
+        assert status.returncode == 0
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+    assert not (tmp_path / "dev" / "endpoints.json").exists()
