@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from editflow.devstack.procs import ManagedProcess, free_port, wait_until
+from editflow.devstack import localmode
+from editflow.devstack.procs import ManagedProcess
 from editflow.devstack.stack import LocalStack
 
 TOKEN = "stack-gateway-token"
@@ -71,35 +71,13 @@ def isolated_events(tag: str | None = None) -> dict[str, str]:
 @contextmanager
 def running_gateway(stack: LocalStack, workdir: Path, **env: str) -> Iterator[GatewayServer]:
     """Start the gateway, wait until /readyz says NATS and S3 are reachable, stop it after."""
-    port = free_port()
-    process = ManagedProcess(
-        "gateway",
-        [
-            sys.executable,
-            "-m",
-            "editflow.cli.main",
-            "gateway",
-            "run",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        log_path=workdir / f"gateway-{port}.log",
-        env=gateway_env(stack, **env),
-    )
-    process.start()
-    server = GatewayServer(url=f"http://127.0.0.1:{port}", token=TOKEN, process=process)
-
-    def ready() -> bool:
-        process.ensure_running()
-        return httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
-
+    gateway = localmode.GatewayProcess(gateway_env(stack, **env), workdir, TOKEN)
     try:
-        wait_until(ready, timeout=60, what="the gateway's /readyz")
-        yield server
+        gateway.start()
+        yield GatewayServer(url=gateway.url, token=TOKEN, process=gateway.process)
     except BaseException:
-        print(f"gateway log:\n{process.log_tail(60)}")
+        if gateway.process is not None:
+            print(f"gateway log:\n{gateway.process.log_tail(60)}")
         raise
     finally:
-        process.stop()
+        gateway.stop()

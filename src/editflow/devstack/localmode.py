@@ -229,7 +229,7 @@ class GatewayProcess:
                 "--port",
                 str(self.port),
             ],
-            log_path=self.workdir / "gateway.log",
+            log_path=self.workdir / f"gateway-{self.port}.log",
             env=env,
         )
         self.process.start()
