@@ -85,7 +85,13 @@ async def connect(
 ) -> NATS:
     """Connect (retrying the first connection with backoff) and log every disconnect."""
 
+    connections: list[NATS] = []
+
     async def disconnected() -> None:
+        nc = connections[0] if connections else None
+        if nc is not None and (nc.is_closed or nc.is_draining):
+            log.info("nats connection closed", extra={"nats_name": name})  # we closed it
+            return
         log.warning("nats disconnected; reconnecting", extra={"nats_name": name})
 
     async def reconnected() -> None:
@@ -126,6 +132,7 @@ async def connect(
             continue
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
+        connections.append(nc)
         return nc
 
 
