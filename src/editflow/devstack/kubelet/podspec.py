@@ -318,7 +318,8 @@ def plan_container(
     term_container = container.get("terminationMessagePath") or "/dev/termination-log"
     term_host = pod_dir / "termination" / name
     term_host.parent.mkdir(parents=True, exist_ok=True)
-    term_host.write_text("")
+    # Never truncate: a restarted agent re-plans adopted containers, whose message may be written.
+    term_host.touch(exist_ok=True)
     mounts: dict[str, Path] = {term_container: term_host}
     for mount in container.get("volumeMounts") or []:
         base = volumes.get(mount["name"])
