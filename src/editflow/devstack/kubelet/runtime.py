@@ -51,6 +51,7 @@ def start(plan: ContainerPlan, pod_dir: Path) -> subprocess.Popen[bytes]:
     for stale in ("started.json", "exit.json"):
         (sdir / stale).unlink(missing_ok=True)
     plan.log_path.parent.mkdir(parents=True, exist_ok=True)
+    plan.termination_path.write_text("")  # each container instance starts with an empty message
     (sdir / "spec.json").write_text(
         json.dumps(
             {
