@@ -193,3 +193,11 @@ def test_security_headers_and_page_csp(api) -> None:
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
     assert 'src="/static/app.js"' in page.text and "http" not in page.text.split("<body>")[0]
+
+
+def test_the_first_deployments_api_token_variable_still_switches_auth_on(monkeypatch) -> None:
+    from editflow.core.settings import GatewaySettings
+
+    monkeypatch.setenv("API_TOKEN", "legacy-secret")
+    assert GatewaySettings().token.get_secret_value() == "legacy-secret"
+    assert GatewaySettings(token="explicit").token.get_secret_value() == "explicit"

@@ -7,6 +7,7 @@ Secrets (S3 keys, NATS passwords, the API token) can also be given as
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -191,6 +192,10 @@ class OperatorSettings(BaseModel):
     )
 
 
+#: The first deployment's variable for the gateway token, still honoured.
+LEGACY_TOKEN_ENV = "API_TOKEN"  # noqa: S105 - a variable name, not a secret
+
+
 class GatewaySettings(BaseModel):
     """The HTTP gateway for OA systems that call HTTP (``EDITFLOW_GATEWAY__*``).
 
@@ -234,6 +239,9 @@ class GatewaySettings(BaseModel):
     def _load_files(self) -> GatewaySettings:
         if key := _read_secret_file(self.token_file):
             self.token = key
+        elif self.token is None and os.environ.get(LEGACY_TOKEN_ENV):
+            # The first deployment switched auth on with API_TOKEN; its installs keep working.
+            self.token = SecretStr(os.environ[LEGACY_TOKEN_ENV])
         return self
 
 
