@@ -47,7 +47,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -55,6 +54,7 @@ from editflow.core.errors import PermanentError, RetriableError
 from editflow.events.dlq import dead_letter, run_dead_letter_mover
 from editflow.events.models import OA_EVENT_TYPES, ApprovalEvent, WithdrawEvent
 from editflow.events.problems import EventRejected
+from editflow.events.pulling import pull_batches
 from editflow.events.topology import Topology
 from editflow.events.validation import Policy, parse_event
 
@@ -197,26 +197,15 @@ async def _consume(
     batch: int,
     fetch_timeout: float,
 ) -> None:
-    sub = None
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            if sub is None:
-                sub = await js.pull_subscribe_bind(
-                    topology.consumer, stream=topology.approvals_stream
-                )
-            msgs = await sub.fetch(batch, timeout=fetch_timeout)
-        except nats.errors.TimeoutError:
-            continue
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Reconnecting, JetStream recovering after a restart, consumer not there yet, ...
-            log.warning("fetching events failed: %r; retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            continue
-        delay = 0.2
+    async for msgs in pull_batches(
+        js,
+        consumer=topology.consumer,
+        stream=topology.approvals_stream,
+        stop=stop,
+        batch=batch,
+        fetch_timeout=fetch_timeout,
+        what="approval consumer",
+    ):
         for msg in msgs:
             try:
                 await handle_message(js, msg, handler, topology=topology, policy=policy)

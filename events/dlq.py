@@ -43,6 +43,7 @@ from nats.js.errors import NotFoundError
 
 from editflow.events.binding import MSG_ID, WireMessage
 from editflow.events.publish import publish_wire
+from editflow.events.pulling import pull_batches
 from editflow.events.topology import Topology
 
 log = logging.getLogger("editflow.events.dlq")
@@ -265,25 +266,15 @@ async def run_dead_letter_mover(
 ) -> None:
     """Turn stored max-deliveries advisories into dead letters until ``stop`` is set."""
     stop = stop or asyncio.Event()
-    sub = None
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            if sub is None:
-                sub = await js.pull_subscribe_bind(
-                    topology.dlq_consumer, stream=topology.advisories_stream
-                )
-            msgs = await sub.fetch(10, timeout=fetch_timeout)
-        except nats.errors.TimeoutError:
-            continue
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("dead-letter mover: %r; retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            continue
-        delay = 0.2
+    async for msgs in pull_batches(
+        js,
+        consumer=topology.dlq_consumer,
+        stream=topology.advisories_stream,
+        stop=stop,
+        batch=10,
+        fetch_timeout=fetch_timeout,
+        what="dead-letter mover",
+    ):
         for msg in msgs:
             try:
                 await capture_advisory(js, topology, msg.data)
