@@ -28,6 +28,7 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
 from editflow.core.errors import ErrorInfo
+from editflow.core.kube_events import event_body
 from editflow.core.settings import Settings
 from editflow.events.binding import encode
 from editflow.events.models import EditJobRef, ReviewData, completion_event_id
@@ -367,28 +368,17 @@ class Reconciler:
     async def event(self, editjob: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the EditJob, for `kubectl describe`."""
         meta = editjob["metadata"]
-        stamp = self.now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "EditJob",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": kind,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "editflow-operator"},
-            "reportingComponent": "editflow-operator",
-            "reportingInstance": "editflow-operator",
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+        body = event_body(
+            editjob,
+            api_version=f"{GROUP}/{VERSION}",
+            kind="EditJob",
+            event_type=kind,
+            reason=reason,
+            message=message,
+            component="editflow-operator",
+            instance="editflow-operator",
+            now=self.now(),
+        )
         try:
             await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
         except KubeAPIError as exc:

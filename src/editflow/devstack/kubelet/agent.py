@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from editflow.core.kube_events import event_body
 from editflow.devstack.kubeapi import KubeClient, KubeError
 from editflow.devstack.kubelet import runtime
 from editflow.devstack.kubelet import status as st
@@ -669,31 +670,19 @@ class ProcessKubelet:
             local.last_status = key
 
     def _event(self, pod: Pod, kind: str, reason: str, message: str) -> None:
-        meta = pod["metadata"]
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": kind,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "process-kubelet", "host": self.config.node_name},
-            "firstTimestamp": stamp[:19] + "Z",
-            "lastTimestamp": stamp[:19] + "Z",
-            "count": 1,
-            "reportingComponent": "process-kubelet",
-            "reportingInstance": self.config.node_name,
-        }
+        event = event_body(
+            pod,
+            api_version="v1",
+            kind="Pod",
+            event_type=kind,
+            reason=reason,
+            message=message,
+            component="process-kubelet",
+            instance=self.config.node_name,
+            host=self.config.node_name,
+        )
         with contextlib.suppress(Exception):
-            self.client.post(f"/api/v1/namespaces/{meta['namespace']}/events", event)
+            self.client.post(f"/api/v1/namespaces/{pod['metadata']['namespace']}/events", event)
 
 
 def _status_key(body: dict[str, Any]) -> str:
