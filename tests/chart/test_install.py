@@ -317,6 +317,39 @@ def isolated_events(tag: str) -> list[dict[str, str]]:
     return [{"name": f"EDITFLOW_EVENTS__{k}", "value": v} for k, v in names.items()]
 
 
+def local_values(stack, tag: str, nats_url: str) -> dict[str, Any]:
+    """Chart values for editflow on the local platform: its MinIO, CPU workers, a models
+    claim, events isolated under ``tag``, and free ports (Pods share the host's network)."""
+    s3 = stack.s3_settings()
+    return {
+        "nats": {"url": nats_url},
+        "s3": {
+            "endpoint": s3.endpoint,
+            "bucket": s3.bucket,
+            "accessKey": s3.access_key.get_secret_value(),
+            "secretKey": s3.secret_key.get_secret_value(),
+        },
+        "worker": {
+            "device": "cpu",
+            "allowCidrs": ["127.0.0.0/8"],
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {}},
+        },
+        "models": {"pvc": {"enabled": True}},
+        "gateway": {"enabled": False},
+        "events": {
+            "approvalSubject": f"ch{tag}.approvals.image-edit",
+            "withdrawSubject": f"ch{tag}.approvals.image-edit.withdraw",
+            "storage": "memory",
+        },
+        "operator": {
+            "healthPort": free_port(),
+            "metricsPort": free_port(),
+            "resyncSeconds": 2,
+            "extraEnv": isolated_events(tag),
+        },
+    }
+
+
 def token_kubeconfig(stack, path: Path, token: str) -> Path:
     path.write_text(
         yaml.safe_dump(
@@ -349,37 +382,10 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
     release, namespace, team = "e2e", "ef-e2e", "ef-e2e-team"
     tag = uuid.uuid4().hex[:6]
     ensure_namespaces(kubectl, namespace, team)
-    s3 = stack.s3_settings()
-    values = {
-        "watchNamespaces": [team],
-        "nats": {"url": NO_NATS},
-        "s3": {
-            "endpoint": s3.endpoint,
-            "bucket": s3.bucket,
-            "accessKey": s3.access_key.get_secret_value(),
-            "secretKey": s3.secret_key.get_secret_value(),
-        },
-        "worker": {
-            "device": "cpu",
-            "allowCidrs": ["127.0.0.0/8"],
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {}},
-            "extraEnv": {"EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS": "120"},
-        },
-        "models": {"pvc": {"enabled": True}},
-        "limits": {"backoffSeconds": 1},
-        "gateway": {"enabled": False},
-        "events": {
-            "approvalSubject": f"ch{tag}.approvals.image-edit",
-            "withdrawSubject": f"ch{tag}.approvals.image-edit.withdraw",
-            "storage": "memory",
-        },
-        "operator": {
-            "healthPort": free_port(),
-            "metricsPort": free_port(),
-            "resyncSeconds": 2,
-            "extraEnv": isolated_events(tag),
-        },
-    }
+    values = local_values(stack, tag, NO_NATS)
+    values["watchNamespaces"] = [team]
+    values["worker"]["extraEnv"] = {"EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS": "120"}
+    values["limits"] = {"backoffSeconds": 1}
     install(stack, tmp_path, release, namespace, values)
     claim = stack.kubelet.root / "pvc" / team / f"{release}-editflow-models"
     shutil.copytree(tiny_model_root, claim, dirs_exist_ok=True)

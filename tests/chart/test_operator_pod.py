@@ -11,8 +11,8 @@ import yaml
 
 from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
-from editflow.devstack.procs import free_port, wait_until
-from tests.chart.test_install import ensure_namespaces, install, isolated_events
+from editflow.devstack.procs import wait_until
+from tests.chart.test_install import ensure_namespaces, install, local_values
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
@@ -21,36 +21,8 @@ def test_the_charts_operator_pod_runs_an_edit(stack, kubectl, image_host) -> Non
     tag = uuid.uuid4().hex[:6]
     release, namespace = f"pod{tag}", f"ef-pod-{tag}"
     ensure_namespaces(kubectl, namespace)
-    s3 = stack.s3_settings()
     localmode.build_tiny_model(localmode.models_dir(stack, namespace, f"{release}-editflow-models"))
-    values = {
-        "nats": {"url": stack.nats_url},
-        "s3": {
-            "endpoint": s3.endpoint,
-            "bucket": s3.bucket,
-            "accessKey": s3.access_key.get_secret_value(),
-            "secretKey": s3.secret_key.get_secret_value(),
-        },
-        "worker": {
-            "device": "cpu",
-            "allowCidrs": ["127.0.0.0/8"],
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {}},
-        },
-        "models": {"pvc": {"enabled": True}},
-        "gateway": {"enabled": False},
-        "events": {
-            "approvalSubject": f"pod{tag}.approvals.image-edit",
-            "withdrawSubject": f"pod{tag}.approvals.image-edit.withdraw",
-            "storage": "memory",
-        },
-        "operator": {
-            # Pods share the host's network here: ports must be free ones.
-            "healthPort": free_port(),
-            "metricsPort": free_port(),
-            "resyncSeconds": 2,
-            "extraEnv": isolated_events(tag),
-        },
-    }
+    values = local_values(stack, tag, stack.nats_url)
     install(stack, stack.workdir, release, namespace, values)
     api = KubeClient(stack.kubeconfig)
     try:
