@@ -31,10 +31,10 @@ from editflow.events.models import OA_EVENT_TYPES
 from editflow.events.validation import Policy
 from editflow.operator import metrics
 from editflow.operator.bridge import Bridge
-from editflow.operator.crd import GROUP, PLURAL, VERSION
+from editflow.operator.crd import GROUP, PLURAL, VERSION, editjob_path
 from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
-from editflow.operator.reconciler import Reconciler, editjob_path
+from editflow.operator.reconciler import Reconciler
 
 log = logging.getLogger("editflow.operator")
 

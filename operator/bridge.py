@@ -17,6 +17,7 @@ from editflow.core.settings import Settings
 from editflow.events.consumer import Delivery
 from editflow.events.models import ApprovalEvent, WithdrawEvent
 from editflow.operator import metrics
+from editflow.operator.crd import editjob_path
 from editflow.operator.kube import AsyncKube, KubeAPIError
 from editflow.operator.mapping import editjob_from_approval
 from editflow.operator.names import (
@@ -27,7 +28,6 @@ from editflow.operator.names import (
     editjob_name,
     label_value,
 )
-from editflow.operator.reconciler import editjob_path
 
 log = logging.getLogger("editflow.operator.bridge")
 

@@ -265,3 +265,9 @@ def editjob_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def editjob_path(namespace: str, name: str = "") -> str:
+    """The REST path of a namespace's EditJobs, or of one of them."""
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base

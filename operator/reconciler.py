@@ -42,18 +42,13 @@ from editflow.events.topology import Topology
 from editflow.events.worker_contract import WorkerResult, result_json_key
 from editflow.operator import metrics
 from editflow.operator.callbacks import alert_body, deliver_callback
-from editflow.operator.crd import GROUP, PLURAL, VERSION
+from editflow.operator.crd import GROUP, VERSION, editjob_path
 from editflow.operator.decide import FINAL_PHASES, OUTCOMES, Decision, Observed, decide
 from editflow.operator.jobspec import WORKER_CONTAINER, job_manifest, worker_request
 from editflow.operator.kube import AsyncKube, KubeAPIError
 from editflow.operator.names import MANAGED_BY
 
 log = logging.getLogger("editflow.operator")
-
-
-def editjob_path(namespace: str, name: str = "") -> str:
-    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-    return f"{base}/{name}" if name else base
 
 
 def job_path(namespace: str, name: str = "") -> str:

@@ -21,6 +21,7 @@ from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
+from editflow.operator.crd import editjob_path
 
 NAMESPACE = localmode.NAMESPACE
 
@@ -105,7 +106,7 @@ class OperatorHarness(localmode.OperatorProcess):
         self.api = api
 
     def editjob(self, name: str) -> dict:
-        return self.api.get(localmode.editjob_path(NAMESPACE, name))
+        return self.api.get(editjob_path(NAMESPACE, name))
 
     def wait_phase(self, name: str, *phases: str, timeout: float = 120) -> dict:
         seen: dict = {}

@@ -12,6 +12,7 @@ import yaml
 from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
+from editflow.operator.crd import editjob_path
 from tests.chart.test_install import ensure_namespaces, install, local_values
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
@@ -46,7 +47,7 @@ def test_the_charts_operator_pod_runs_an_edit(stack, kubectl, image_host) -> Non
         kubectl("apply", "-f", "-", input=yaml.safe_dump(editjob))
 
         def phase() -> str:
-            path = localmode.editjob_path(namespace, f"pod-edit-{tag}")
+            path = editjob_path(namespace, f"pod-edit-{tag}")
             return (api.get(path).get("status") or {}).get("phase", "")
 
         wait_until(

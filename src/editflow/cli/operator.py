@@ -48,8 +48,8 @@ def _annotate(name: str, namespace: str, annotations: dict[str, str]) -> None:
     """Patch annotations through the same client the operator uses (KUBECONFIG or in-cluster)."""
     import asyncio
 
+    from editflow.operator.crd import editjob_path
     from editflow.operator.kube import AsyncKube, KubeAPIError
-    from editflow.operator.reconciler import editjob_path
 
     async def patch() -> None:
         kube = AsyncKube()

@@ -35,6 +35,7 @@ from editflow.devstack.stack import LocalStack
 from editflow.events.models import Person
 from editflow.events.sdk import OAClient
 from editflow.events.worker_contract import result_json_key
+from editflow.operator.crd import editjob_path
 
 INSTRUCTION = "把背景换成海边日落，保留前景的红色方块"
 
@@ -134,7 +135,7 @@ async def _submit_and_follow(
 
 def _get(api: KubeClient, name: str) -> dict | None:
     try:
-        return api.get(localmode.editjob_path(localmode.NAMESPACE, name))
+        return api.get(editjob_path(localmode.NAMESPACE, name))
     except Exception:
         return None
 
@@ -175,7 +176,7 @@ def run_demo(output_dir: Path, console: Console | None = None) -> DemoResult:
             result.output_path = output_dir / "result.png"
             result.output_path.write_bytes(data)
             result.output_size = Image.open(io.BytesIO(data)).size
-            ej = api.get(localmode.editjob_path(localmode.NAMESPACE, result.editjob))
+            ej = api.get(editjob_path(localmode.NAMESPACE, result.editjob))
             attempt = ej["status"]["attempts"]
             prefix = f"results/{localmode.NAMESPACE}"
             raw = client.get_object(s3.bucket, result_json_key(prefix, result.editjob, attempt))

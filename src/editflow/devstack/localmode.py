@@ -194,11 +194,6 @@ class OperatorProcess:
         return self.process.log_tail(lines) if self.process else ""
 
 
-def editjob_path(namespace: str, name: str = "") -> str:
-    base = f"/apis/editflow.io/v1alpha1/namespaces/{namespace}/editjobs"
-    return f"{base}/{name}" if name else base
-
-
 class GatewayProcess:
     """``editflow gateway run`` on a free loopback port, with a generated Bearer token."""
 
