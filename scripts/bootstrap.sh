@@ -2,7 +2,8 @@
 # Install everything editflow needs on a fresh machine, idempotently:
 #   1. a virtualenv in .venv with the pinned packages (constraints.txt),
 #   2. editflow itself (editable, strict mode: see operator/README.md),
-#   3. the platform binaries (`editflow dev install`, cached under ~/.cache/editflow).
+#   3. the platform binaries (`editflow dev install`, cached under ~/.cache/editflow),
+#   and, as root on Debian, chromium (browser test) and the image build tools (buildah, ...).
 # A second run only checks stamps and checksums: it takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,27 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get install -y -q chromium
   else
     echo "note: /usr/bin/chromium is missing and this is not root on Debian; the gateway browser test will be skipped" >&2
+  fi
+fi
+
+# editflow's images are built without a container engine (`make images`, tests/images/):
+# Debian's buildah, runc, skopeo, umoci, mmdebstrap, zstd (root on Debian only); the process
+# kubelet's tests make their small image from busybox-static (tests/devstack/testimage.py).
+image_tools="buildah runc skopeo umoci mmdebstrap zstd busybox-static"
+missing_tools=""
+for pkg in $image_tools; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    || missing_tools="$missing_tools $pkg"
+done
+if [ -n "$missing_tools" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing image build tools:$missing_tools"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086 # one word per package
+    apt-get install -y -q --no-install-recommends $missing_tools
+  else
+    echo "note:$missing_tools missing and this is not root on Debian; the image tests will be skipped" >&2
   fi
 fi
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from editflow.cli.images import images as images_command
 from editflow.devstack import installer, paths
 from editflow.devstack.components import Health
 
@@ -100,7 +101,7 @@ def check() -> None:
 
     began = time.monotonic()
     with console.status("starting etcd, kube-apiserver, kube-controller-manager, NATS, MinIO"):
-        stack = LocalStack().start()
+        stack = LocalStack(host_images=True).start()
     try:
         rows = stack.health()
         console.print(health_table(rows, f"local stack up in {time.monotonic() - began:.1f}s"))
@@ -134,7 +135,7 @@ def serve(
     workdir = workdir or state / "stack"
     # Every `dev up` is a fresh cluster: a new CA, empty etcd, no Pods of an earlier run.
     shutil.rmtree(workdir, ignore_errors=True)
-    stack = LocalStack(workdir, keep_workdir=True)
+    stack = LocalStack(workdir, keep_workdir=True, host_images=True)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -253,6 +254,15 @@ def kubelet(
     node_name: str = typer.Option("editflow-local-node", help="Node name to register"),
     gpus: int = typer.Option(1, help="nvidia.com/gpu capacity to advertise"),
     config_file: Path = typer.Option(None, help="JSON overrides (images, pvc_root, host_paths)"),
+    host_images: bool = typer.Option(
+        False, help="map editflow's images to host commands instead of pulling and running them"
+    ),
+    default_registry: str = typer.Option(
+        None, help="registry (HOST:PORT) that unqualified image names are pulled from"
+    ),
+    image_store: Path = typer.Option(
+        None, help="where pulled images are kept (default: ~/.cache/editflow/kubelet/images)"
+    ),
 ) -> None:
     """Run the process kubelet: Pods bound to this node run as local processes."""
     from editflow.core.logging import configure_logging
@@ -263,6 +273,9 @@ def kubelet(
     config = KubeletConfig.from_file(config_file, root) if config_file else KubeletConfig(root=root)
     config.node_name = node_name
     config.gpus = gpus
+    config.host_images = host_images or config.host_images
+    config.default_registry = default_registry or config.default_registry
+    config.image_store = image_store or config.image_store
     run(kubeconfig=kubeconfig, config=config, port=port, cert=cert, key=key, client_ca=client_ca)
 
 
@@ -292,3 +305,7 @@ def status() -> None:
     else:
         console.print("no local stack is running")
         raise typer.Exit(1)
+
+
+# `editflow dev images` (make images) lives in its own module: editflow.cli.images.
+app.command(name="images")(images_command)

@@ -15,11 +15,15 @@ import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editflow.devstack import installer
 from editflow.devstack.kubeconfig import write_kubeconfig
 from editflow.devstack.pki import LocalCA, write_service_account_keys
 from editflow.devstack.procs import ManagedProcess, free_port, wait_until
+
+if TYPE_CHECKING:
+    from editflow.devstack.kubelet.netbridge import PortForward
 
 #: The controllers the Job path needs (names from cmd/kube-controller-manager/names).
 CONTROLLERS = (
@@ -65,6 +69,7 @@ class Component:
         self.process: ManagedProcess | None = None
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self._argv, self._env = argv, env
         self.process = ManagedProcess(
             self.name, argv, log_path=self.workdir / "logs" / f"{self.name}.log", env=env
         )
@@ -72,6 +77,7 @@ class Component:
 
     def _wait(self, check: object, timeout: float) -> None:
         assert self.process is not None
+        self._ready = (check, timeout)
 
         def ready() -> bool:
             self.process.ensure_running()  # type: ignore[union-attr]
@@ -85,6 +91,15 @@ class Component:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+    def restart(self) -> None:
+        """Stop and start the same server again: same ports, certificates and data.
+
+        Fault-injection tests restart NATS, the apiserver and MinIO under load.
+        """
+        self.stop()
+        self._spawn(self._argv, self._env)
+        self._wait(*self._ready)
 
     def health(self) -> Health:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -365,10 +380,22 @@ class ProcessKubeletServer(Component):
 
     name = "process-kubelet"
 
-    def __init__(self, workdir: Path, api: KubeAPIServer, *, gpus: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        api: KubeAPIServer,
+        *,
+        gpus: int = 1,
+        host_images: bool = False,
+        registry: Component | None = None,
+    ) -> None:
         super().__init__(workdir)
         self.api = api
         self.gpus = gpus
+        self.host_images = host_images
+        self.registry = registry
+        #: Where the kubelet keeps pulled images (None: the shared cache); set before start.
+        self.image_store: Path | None = None
         self.node_name = "editflow-local-node"
         self.root = workdir / "kubelet"
 
@@ -441,9 +468,35 @@ class ProcessKubeletServer(Component):
                 f"--node-name={self.node_name}",
                 f"--gpus={self.gpus}",
             ]
+            if self.host_images:
+                self._argv.append("--host-images")
+            if self.registry is not None:
+                self._argv.append(f"--default-registry={self.registry.address}")  # type: ignore[attr-defined]
+            if self.image_store is not None:
+                self._argv.append(f"--image-store={self.image_store}")
         self._spawn(self._argv)
         self._ssl = ssl.create_default_context(cafile=str(self.api.ca.cert_path))
         self._wait(lambda: _get(f"{self.url}/healthz", context=self._ssl) == b"ok", 60)
+
+    def publish_host_ports(self, ports: list[int]) -> None:
+        """Make these host loopback ports reachable from inside every Pod's network namespace."""
+        from editflow.devstack.kubelet import netbridge
+
+        netbridge.publish_host_ports(self.root, ports)
+
+    def port_forward(self, pod: dict, port: int, host_port: int = 0) -> PortForward:
+        """Reach ``port`` of a Pod that runs in its own network namespace from the host's
+        loopback: returns a :class:`~editflow.devstack.kubelet.netbridge.PortForward`."""
+        from editflow.devstack.kubelet import netbridge
+        from editflow.devstack.kubelet.podspec import pod_dir_for
+
+        netns = netbridge.netns_path(pod_dir_for(self.root, pod))
+        if not netns.exists():
+            raise RuntimeError(
+                f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']} has no network "
+                "namespace here (not running in its image on this kubelet)"
+            )
+        return netbridge.PortForward(netns, port, host_port)
 
     def stop(self) -> None:
         from editflow.devstack.kubelet import runtime

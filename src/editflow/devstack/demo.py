@@ -148,7 +148,7 @@ def run_demo(output_dir: Path, console: Console | None = None) -> DemoResult:
     with console.status(
         "starting etcd, kube-apiserver, controller-manager, process kubelet, NATS, MinIO"
     ):
-        stack = LocalStack().start()
+        stack = LocalStack(host_images=True).start()
     try:
         console.print(f"local platform up in {time.monotonic() - began:.1f}s")
         api = KubeClient(stack.kubeconfig)
@@ -162,7 +162,7 @@ def run_demo(output_dir: Path, console: Console | None = None) -> DemoResult:
             s3 = stack.s3_settings()
             client = s3_client(s3)
             png = demo_image()
-            key = f"uploads/demo-{uuid.uuid4().hex[:8]}.png"
+            key = f"uploads/{localmode.NAMESPACE}/demo-{uuid.uuid4().hex[:8]}.png"
             client.put_object(s3.bucket, key, io.BytesIO(png), len(png), content_type="image/png")
             input_path = output_dir / "input.png"
             input_path.write_bytes(png)

@@ -32,6 +32,8 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.19.0"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+REGISTRY_VERSION = "v3.1.2"
+KEDA_VERSION = "v2.21.0"
 
 
 def _kube_version_ldflags() -> tuple[str, ...]:
@@ -141,10 +143,37 @@ RECIPES: tuple[GoRecipe, ...] = (
         version=MINIO_VERSION,
         ldflags=_minio_ldflags(),
     ),
+    # The local image registry (CNCF distribution) that `make images` pushes to and
+    # the process kubelet pulls from; stamped as its Makefile does.
+    GoRecipe(
+        step="registry",
+        module_dir="registry",
+        packages=("github.com/distribution/distribution/v3/cmd/registry",),
+        version=REGISTRY_VERSION,
+        ldflags=(
+            f"-X github.com/distribution/distribution/v3/version.version={REGISTRY_VERSION}",
+            "-X github.com/distribution/distribution/v3/version.mainpkg="
+            "github.com/distribution/distribution/v3",
+        ),
+    ),
 )
 
-#: What the built etcd binary is called on disk (go names it after "server").
-RENAMES = {"server": "etcd"}
+#: Built only when named (`editflow dev install --only keda`): KEDA is the peer that
+#: benchmarks/control_plane.py measures editflow against, not part of the platform
+#: that bootstrap and `make test` need (a cold build takes minutes and 250 MB).
+ON_DEMAND_RECIPES: tuple[GoRecipe, ...] = (
+    GoRecipe(
+        step="keda",
+        module_dir="keda",
+        packages=("github.com/kedacore/keda/v2/cmd/operator",),
+        version=KEDA_VERSION,
+        ldflags=(f"-X github.com/kedacore/keda/v2/version.Version={KEDA_VERSION}",),
+    ),
+)
+
+#: What the built binaries are called on disk (go names them after the package:
+#: etcd's is "server", KEDA's "operator").
+RENAMES = {"server": "etcd", "operator": "keda-operator"}
 
 
 @dataclass
@@ -365,9 +394,10 @@ def install_all(
 ) -> list[StepResult]:
     """Build or verify every platform binary; returns one result per step."""
     records = load_manifest()
+    on_demand = tuple(r for r in ON_DEMAND_RECIPES if only is not None and r.step in only)
     results = [
         build_recipe(recipe, records, force=force, progress=progress)
-        for recipe in RECIPES
+        for recipe in (*RECIPES, *on_demand)
         if only is None or recipe.step in only
     ]
     if only is None or "nats-server" in only:

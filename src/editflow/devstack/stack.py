@@ -7,6 +7,11 @@
         stack.kubeconfig        # admin kubeconfig for kubectl and the Python clients
         stack.nats_url          # nats://127.0.0.1:<port>, JetStream enabled
         stack.s3_settings()     # MinIO endpoint, keys and bucket
+        stack.registry.address  # 127.0.0.1:<port> image registry (with registry=True)
+
+Pods run in their images (pulled from a registry, run with runc); a caller that
+wants the project's images mapped to host commands instead (fast, no image
+build) asks for it with ``host_images=True``.
 
 Start order follows the dependencies (etcd -> kube-apiserver ->
 kube-controller-manager; NATS and MinIO are independent). If any server
@@ -38,10 +43,12 @@ from editflow.devstack.components import (
     ProcessKubeletServer,
 )
 from editflow.devstack.procs import wait_until
+from editflow.devstack.registry import LocalRegistry
 
 
 class LocalStack:
-    """etcd, kube-apiserver, kube-controller-manager, the process kubelet, NATS and MinIO."""
+    """etcd, kube-apiserver, kube-controller-manager, the process kubelet, NATS, MinIO,
+    and on request the image registry."""
 
     def __init__(
         self,
@@ -54,18 +61,27 @@ class LocalStack:
         kubelet: bool = True,
         gpus: int = 1,
         keep_workdir: bool = False,
+        registry: bool = False,
+        host_images: bool = False,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="editflow-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep_workdir = keep_workdir
+        self.registry = LocalRegistry(self.workdir) if registry else None
         self.etcd = Etcd(self.workdir) if kube else None
         self.apiserver = KubeAPIServer(self.workdir, self.etcd) if self.etcd else None
         self.controller_manager = (
             KubeControllerManager(self.workdir, self.apiserver) if self.apiserver else None
         )
         self.kubelet = (
-            ProcessKubeletServer(self.workdir, self.apiserver, gpus=gpus)
+            ProcessKubeletServer(
+                self.workdir,
+                self.apiserver,
+                gpus=gpus,
+                host_images=host_images,
+                registry=self.registry,
+            )
             if self.apiserver and kubelet
             else None
         )
@@ -77,6 +93,7 @@ class LocalStack:
     # -- lifecycle ---------------------------------------------------------
     def components(self) -> Iterator[Component]:
         for comp in (
+            self.registry,  # first: the kubelet resolves unqualified images against it
             self.etcd,
             self.apiserver,
             self.controller_manager,
@@ -98,6 +115,9 @@ class LocalStack:
                     self._wait_for_default_service_account()
             if self.minio is not None:
                 self._create_bucket()
+            if self.kubelet is not None:
+                # Pods in their own network namespaces reach these loopback ports.
+                self.kubelet.publish_host_ports(self.ports())
         except BaseException:
             self.stop()
             raise
@@ -171,6 +191,8 @@ class LocalStack:
             data["kube_apiserver"] = self.apiserver.url
         if self.nats:
             data["nats_url"] = self.nats.url
+        if self.registry:
+            data["registry"] = self.registry.address
         if self.minio:
             s3 = self.s3_settings()
             data["s3"] = {

@@ -11,12 +11,21 @@ Threads, each with one job:
   once a GPU frees up);
 - ``worker``: the only thread that acts: it reconciles one Pod at a time
   from the cache (level-triggered: what to do depends only on the Pod and
-  the on-disk container state, never on which event arrived).
+  the on-disk container state, never on which event arrived);
+- ``prober``: runs the containers' startup, liveness and readiness probes
+  (:mod:`.probes`) and re-queues a Pod when a verdict changes.
+
+Containers run in their images (pulled by :mod:`.images` in background
+threads, planned by :mod:`.imageplan`, run with runc, one network namespace
+per Pod bridged to the platform by :mod:`.netbridge`), or, only when the
+configuration asks for ``host_images``, as host processes (:mod:`.podspec`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import queue
 import shutil
@@ -30,9 +39,18 @@ from typing import Any
 
 from editflow.core.kube_events import event_body
 from editflow.devstack.kubeapi import KubeClient, KubeError
-from editflow.devstack.kubelet import runtime
+from editflow.devstack.kubelet import netbridge, probes, runtime
 from editflow.devstack.kubelet import status as st
 from editflow.devstack.kubelet.config import KubeletConfig
+from editflow.devstack.kubelet.imageplan import plan_image_container
+from editflow.devstack.kubelet.images import (
+    ImageInfo,
+    ImagePuller,
+    ImageStore,
+    Waiting,
+    credentials_for,
+    qualify,
+)
 from editflow.devstack.kubelet.podspec import (
     ContainerConfigError,
     ContainerPlan,
@@ -42,7 +60,7 @@ from editflow.devstack.kubelet.podspec import (
     pod_dir_for,
     service_env,
 )
-from editflow.devstack.kubelet.scheduling import TERMINAL_PHASES, fits
+from editflow.devstack.kubelet.scheduling import TERMINAL_PHASES, fits, host_ports
 
 log = logging.getLogger("editflow.kubelet")
 
@@ -69,6 +87,21 @@ class LocalPod:
     last_status: str = ""
     restarts: dict[str, int] = field(default_factory=dict)
     restart_at: dict[str, float] = field(default_factory=dict)
+    netns: Path | None = None
+    #: Probe state per running container instance: (started_at, tracker).
+    probes: dict[str, tuple[str, probes.ProbeTracker]] = field(default_factory=dict)
+    #: How each restarted container's previous instance ended (``lastState``).
+    last_state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Containers being stopped for a failed probe: name -> when to SIGKILL.
+    probe_kill_at: dict[str, float] = field(default_factory=dict)
+
+
+class ImagesNotReady(Exception):
+    """Some image of the Pod is not pulled yet (or cannot be): per-container waiting states."""
+
+    def __init__(self, waiting: dict[str, Waiting]) -> None:
+        super().__init__(", ".join(f"{k}: {v.reason}" for k, v in waiting.items()))
+        self.waiting = waiting
 
 
 class ProcessKubelet:
@@ -86,6 +119,7 @@ class ProcessKubelet:
         self.assumed: dict[str, Pod] = {}
         self.local: dict[str, LocalPod] = {}
         self.lock = threading.Lock()
+        self.probe_lock = threading.Lock()
         self.queue: queue.Queue[str] = queue.Queue()
         self.queued: set[str] = set()
         self.stop_event = threading.Event()
@@ -93,10 +127,16 @@ class ProcessKubelet:
         self.node: dict[str, Any] | None = None
         self.last_watch = time.monotonic()
         self.threads: list[threading.Thread] = []
+        self.puller = ImagePuller(ImageStore(config.store_dir(), skopeo=config.skopeo))
+        #: Bound Pods that could not start yet (images, config): uid -> when to look again.
+        self.retry_at: dict[str, float] = {}
+        self.waiting_key: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
         self.config.root.mkdir(parents=True, exist_ok=True)
+        if self.api_port:  # in-cluster clients in a Pod's namespace reach the apiserver
+            netbridge.publish_host_ports(self.config.root, [self.api_port])
         self.register_node()
         self.relist()
         for name, target in (
@@ -104,6 +144,7 @@ class ProcessKubelet:
             ("watch", self._watch_loop),
             ("monitor", self._monitor_loop),
             ("worker", self._worker_loop),
+            ("prober", self._probe_loop),
         ):
             thread = threading.Thread(target=target, name=f"kubelet-{name}", daemon=True)
             thread.start()
@@ -112,6 +153,7 @@ class ProcessKubelet:
     def shutdown(self, kill_pods: bool = True) -> None:
         """Stop the loops; with ``kill_pods`` (local-mode teardown) no process survives."""
         self.stop_event.set()
+        self.puller.shutdown()
         if kill_pods:
             runtime.sweep(self.config.root)
         for thread in self.threads:
@@ -211,6 +253,10 @@ class ProcessKubelet:
             self.shims = [s for s in self.shims if s.poll() is None]  # reap finished shims
             for uid in list(self.local):
                 self.enqueue(uid)
+            now = time.monotonic()
+            for uid, due in list(self.retry_at.items()):
+                if now >= due:
+                    self.enqueue(uid)
             if time.monotonic() - last_resync >= self.config.resync_seconds:
                 last_resync = time.monotonic()
                 with self.lock:
@@ -250,13 +296,35 @@ class ProcessKubelet:
             self._sync_pod(pod)
 
     def _forget(self, uid: str, *, kill: bool) -> None:
+        self.retry_at.pop(uid, None)
+        self.waiting_key.pop(uid, None)
+        self.puller.forget_pod(uid)
         local = self.local.pop(uid, None)
         if local is None:
             return
+        plans = [*local.init, *local.main]
         if kill:
-            for plan in [*local.init, *local.main]:
+            for plan in plans:
                 runtime.send(local.pod_dir, plan.name, signal.SIGKILL)
-        shutil.rmtree(local.pod_dir, ignore_errors=True)
+        for plan in plans:
+            if plan.runc is not None:
+                self._wait_exited(local, plan)
+                runtime.remove(local.pod_dir, plan.name)
+        if local.netns is not None:
+            netbridge.stop_bridge(local.pod_dir)
+        # Never delete through a mount: a bind-mounted PVC would lose its data.
+        if runtime.unmount_all(local.pod_dir):
+            shutil.rmtree(local.pod_dir, ignore_errors=True)
+        else:
+            log.warning("pod dir %s still has mounts; left in place", local.pod_dir)
+
+    @staticmethod
+    def _wait_exited(local: LocalPod, plan: ContainerPlan, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while isinstance(runtime.observe(local.pod_dir, plan.name), runtime.Running):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     # -- scheduling --------------------------------------------------------------
     def _bound_here(self) -> list[Pod]:
@@ -274,6 +342,9 @@ class ProcessKubelet:
             return
         if pod.get("status", {}).get("phase") in TERMINAL_PHASES:
             return
+        # Read the Node now: a `kubectl cordon` a moment ago must already count.
+        with contextlib.suppress(KubeError):
+            self.node = self.client.get(f"/api/v1/nodes/{self.config.node_name}")
         node = self.node or {}
         fit = fits(pod, node, self._bound_here()) if node else None
         if fit is None:
@@ -363,23 +434,69 @@ class ProcessKubelet:
         )
         return str(result["status"]["token"])
 
+    def _images(self, pod: Pod) -> dict[str, ImageInfo]:
+        """Every image of the Pod, pulled; raises :class:`ImagesNotReady` until they all are."""
+        uid = pod["metadata"]["uid"]
+        found: dict[str, ImageInfo] = {}
+        waiting: dict[str, Waiting] = {}
+        configs = self._pull_secrets(pod)
+        for c in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]:
+            reference = qualify(c["image"], self.config.default_registry)
+            always = c.get("imagePullPolicy") == "Always" or (
+                "imagePullPolicy" not in c and reference.endswith(":latest")
+            )
+            key = f"{reference}#{uid}"  # the kubelet's back-off is per Pod and image
+            creds = credentials_for(reference, configs)
+            got = self.puller.get(key, reference, always=always, creds=creds)
+            if isinstance(got, Waiting):
+                waiting[c["name"]] = got
+            else:
+                found[c["name"]] = got
+        if waiting:
+            raise ImagesNotReady(waiting)
+        return found
+
+    def _pull_secrets(self, pod: Pod) -> list[dict[str, Any]]:
+        """The docker configs of the Pod's ``imagePullSecrets`` (a missing one is skipped,
+        as the kubelet does: the pull may still work without it)."""
+        configs = []
+        for ref in pod["spec"].get("imagePullSecrets") or []:
+            secret = self._lookup("Secret", pod["metadata"]["namespace"], ref.get("name", ""))
+            data = (secret or {}).get("data") or {}
+            raw = data.get(".dockerconfigjson") or data.get(".dockercfg")
+            if raw:
+                with contextlib.suppress(ValueError):
+                    configs.append(json.loads(base64.b64decode(raw)))
+        return configs
+
     def _prepare(self, pod: Pod) -> LocalPod:
         pod_dir = pod_dir_for(self.config.root, pod)
+        images = None if self.config.host_images else self._images(pod)
         volumes = materialize_volumes(pod, pod_dir, self.config, self._lookup, self._token)
         alloc = (self.node or {}).get("status", {}).get("allocatable", {})
+        netns = None
+        if images is not None and not pod["spec"].get("hostNetwork"):
+            netns = netbridge.netns_path(pod_dir)
+            published = sorted(
+                (port, self._container_port(pod, port)) for _proto, port in host_ports(pod)
+            )
+            started = netbridge.ensure_bridge(pod_dir, self.config.root, published)
+            if started is not None:
+                self.shims.append(started)  # reaped by the monitor loop
 
         def plans(containers: list[dict[str, Any]]) -> list[ContainerPlan]:
+            common = {
+                "pod_dir": pod_dir,
+                "volumes": volumes,
+                "config": self.config,
+                "lookup": self._lookup,
+                "node_alloc": alloc,
+                "service_env": service_env(self.api_port),
+            }
+            if images is None:
+                return [plan_container(pod, c, **common) for c in containers]  # type: ignore[arg-type]
             return [
-                plan_container(
-                    pod,
-                    c,
-                    pod_dir=pod_dir,
-                    volumes=volumes,
-                    config=self.config,
-                    lookup=self._lookup,
-                    node_alloc=alloc,
-                    service_env=service_env(self.api_port),
-                )
+                plan_image_container(pod, c, image=images[c["name"]], netns=netns, **common)  # type: ignore[arg-type]
                 for c in containers
             ]
 
@@ -388,7 +505,59 @@ class ProcessKubelet:
             pod_dir=pod_dir,
             init=plans(pod["spec"].get("initContainers") or []),
             main=plans(pod["spec"]["containers"]),
+            netns=netns,
         )
+
+    @staticmethod
+    def _container_port(pod: Pod, host_port: int) -> int:
+        for c in pod["spec"]["containers"]:
+            for port in c.get("ports") or []:
+                if port.get("hostPort") == host_port:
+                    return int(port["containerPort"])
+        return host_port
+
+    def _not_started(self, pod: Pod, waiting: dict[str, Waiting], *, retry: float) -> None:
+        """A bound Pod whose containers cannot start yet: Pending, waiting reasons, events."""
+        uid = pod["metadata"]["uid"]
+        self.retry_at[uid] = time.monotonic() + retry
+        states = [
+            st.ContainerState(
+                c["name"],
+                c["image"],
+                st.waiting(
+                    waiting.get(c["name"], Waiting("ContainerCreating")).reason,
+                    waiting.get(c["name"], Waiting("")).message,
+                ),
+            )
+            for c in pod["spec"]["containers"]
+        ]
+        init = [
+            st.ContainerState(c["name"], c["image"], st.waiting("PodInitializing"))
+            for c in pod["spec"].get("initContainers") or []
+        ]
+        key = "|".join(f"{k}:{w.reason}:{w.message}" for k, w in sorted(waiting.items()))
+        if self.waiting_key.get(uid) == key:
+            return
+        self.waiting_key[uid] = key
+        for name, why in waiting.items():
+            image = next(
+                c["image"]
+                for c in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
+                if c["name"] == name
+            )
+            if why.reason == "ErrImagePull":
+                failed = f'Failed to pull image "{image}": {why.message}'
+                self._event(pod, "Warning", "Failed", failed)
+                self._event(pod, "Warning", "Failed", "Error: ErrImagePull")
+            elif why.reason == "ImagePullBackOff":
+                self._event(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"')
+                self._event(pod, "Warning", "Failed", "Error: ImagePullBackOff")
+            elif why.reason == "ContainerCreating":
+                self._event(pod, "Normal", "Pulling", f'Pulling image "{image}"')
+            elif why.reason == "CreateContainerConfigError":
+                self._event(pod, "Warning", "Failed", f"Error: {why.message}")
+        body = st.pod_status(pod, states, phase="Pending", init_containers=init or None)
+        self._patch_status(pod, body, key=f"wait:{key}")
 
     def _sync_pod(self, pod: Pod) -> None:
         uid = pod["metadata"]["uid"]
@@ -401,6 +570,11 @@ class ProcessKubelet:
         if local is None:
             local = self._adopt_or_start(pod)
             if local is None:
+                if pod["metadata"].get("deletionTimestamp"):
+                    # Never started (image or config missing): nothing to stop, so the
+                    # kubelet removes it at once instead of leaving it Terminating.
+                    self._forget(uid, kill=False)
+                    self._final_delete(pod)
                 return
         if pod["metadata"].get("deletionTimestamp"):
             self._terminate(pod, local)
@@ -416,16 +590,22 @@ class ProcessKubelet:
             self._write_terminal_error(pod, "ErrImagePull", str(exc))
             self._event(pod, "Warning", "Failed", str(exc))
             return None
-        except ContainerConfigError as exc:
-            states = [
-                st.ContainerState(
-                    c["name"], c["image"], st.waiting("CreateContainerConfigError", str(exc))
-                )
-                for c in pod["spec"]["containers"]
-            ]
-            self._patch_status(pod, st.pod_status(pod, states, phase="Pending"), key=f"cfg:{exc}")
-            self._event(pod, "Warning", "Failed", f"Error: {exc}")
+        except ImagesNotReady as exc:
+            pulling = all(w.reason == "ContainerCreating" for w in exc.waiting.values())
+            self._not_started(pod, exc.waiting, retry=0.2 if pulling else 1.0)
             return None
+        except ContainerConfigError as exc:
+            waiting = {
+                c["name"]: Waiting("CreateContainerConfigError", str(exc))
+                for c in pod["spec"]["containers"]
+            }
+            self._not_started(pod, waiting, retry=2.0)
+            return None
+        self.retry_at.pop(meta["uid"], None)
+        self.waiting_key.pop(meta["uid"], None)
+        if not self.config.host_images:
+            for plan in [*local.init, *local.main]:
+                self._event(pod, "Normal", "Pulled", f'Container image "{plan.image}" is present')
         # Adoption: an earlier agent may have started these containers already.
         for index, plan in enumerate(local.init):
             if runtime.observe(local.pod_dir, plan.name) is not None:
@@ -438,13 +618,42 @@ class ProcessKubelet:
         return local
 
     def _start(self, pod: Pod, local: LocalPod, plan: ContainerPlan) -> None:
-        self.shims.append(runtime.start(plan, local.pod_dir))
-        self._event(
-            pod,
-            "Normal",
-            "Started",
-            f"Started container {plan.name} ({' '.join(plan.argv[:3])} ...)",
+        try:
+            self.shims.append(runtime.start(plan, local.pod_dir))
+        except OSError as exc:
+            # The shim records a start error like a failed exec; the status shows it.
+            sdir = runtime.state_dir(local.pod_dir, plan.name)
+            (sdir / "exit.json").write_text(
+                json.dumps(
+                    {
+                        "exit_code": 128,
+                        "started_at": st.now(),
+                        "finished_at": st.now(),
+                        "reason": "StartError",
+                        "message": str(exc),
+                    }
+                )
+            )
+            self._event(pod, "Warning", "Failed", f"Error: {exc}")
+            return
+        local.probes.pop(plan.name, None)
+        what = (
+            " ".join(plan.runc.spec["process"]["args"][:3])
+            if plan.runc
+            else " ".join(plan.argv[:3])
         )
+        self._event(pod, "Normal", "Started", f"Started container {plan.name} ({what} ...)")
+
+    def _tracker(
+        self, local: LocalPod, plan: ContainerPlan, started_at: str
+    ) -> probes.ProbeTracker:
+        """The probe state of this container instance (a restart gets a fresh one)."""
+        with self.probe_lock:  # the prober and the worker both ask
+            current = local.probes.get(plan.name)
+            if current is None or current[0] != started_at:
+                current = (started_at, probes.ProbeTracker(plan.spec))
+                local.probes[plan.name] = current
+            return current[1]
 
     def _states(
         self, local: LocalPod, plans: list[ContainerPlan], *, started: bool
@@ -452,7 +661,11 @@ class ProcessKubelet:
         states = []
         for plan in plans:
             seen = runtime.observe(local.pod_dir, plan.name) if started else None
-            cid = f"process://{local.uid}/{plan.name}"
+            cid = (
+                f"runc://{plan.runc.container_id}"
+                if plan.runc
+                else f"process://{local.uid}/{plan.name}"
+            )
             restarts = local.restarts.get(plan.name, 0)
             if plan.name in local.restart_at:
                 message = f"back-off restarting failed container {plan.name}"
@@ -463,6 +676,8 @@ class ProcessKubelet:
                         st.waiting("CrashLoopBackOff", message),
                         restart_count=restarts,
                         container_id=cid,
+                        image_id=plan.image_id or None,
+                        last_state=local.last_state.get(plan.name),
                     )
                 )
                 continue
@@ -476,16 +691,28 @@ class ProcessKubelet:
                 state = st.terminated(
                     seen.exit_code, seen.started_at, seen.finished_at, message, seen.reason
                 )
-                states.append(st.ContainerState(plan.name, plan.image, state, container_id=cid))
+                states.append(
+                    st.ContainerState(
+                        plan.name,
+                        plan.image,
+                        state,
+                        container_id=cid,
+                        image_id=plan.image_id or None,
+                    )
+                )
             elif isinstance(seen, runtime.Running):
+                tracker = self._tracker(local, plan, seen.started_at)
                 states.append(
                     st.ContainerState(
                         plan.name,
                         plan.image,
                         st.running(seen.started_at),
-                        ready=True,
+                        ready=tracker.ready and plan.name not in local.probe_kill_at,
                         restart_count=restarts,
                         container_id=cid,
+                        started=tracker.started,
+                        image_id=plan.image_id or None,
+                        last_state=local.last_state.get(plan.name),
                     )
                 )
             elif isinstance(seen, runtime.Lost):
@@ -496,7 +723,15 @@ class ProcessKubelet:
                     "The container could not be located when the kubelet looked for it",
                     "ContainerStatusUnknown",
                 )
-                states.append(st.ContainerState(plan.name, plan.image, state, container_id=cid))
+                states.append(
+                    st.ContainerState(
+                        plan.name,
+                        plan.image,
+                        state,
+                        container_id=cid,
+                        image_id=plan.image_id or None,
+                    )
+                )
             else:
                 reason = "ContainerCreating" if started else "PodInitializing"
                 states.append(st.ContainerState(plan.name, plan.image, st.waiting(reason)))
@@ -528,8 +763,73 @@ class ProcessKubelet:
                 self._start(pod, local, plan)
             local.main_started = True
         if local.main_started and not local.deadline_exceeded:
+            self._kill_failed_probes(pod, local)
             self._restart_exited(pod, local)
         self._finish(pod, local)
+
+    def _kill_failed_probes(self, pod: Pod, local: LocalPod) -> None:
+        """A failed startup/liveness probe: stop the container (grace, then SIGKILL); the
+        restart policy brings it back, as the kubelet does."""
+        now = time.monotonic()
+        for plan in local.main:
+            seen = runtime.observe(local.pod_dir, plan.name)
+            if not isinstance(seen, runtime.Running):
+                local.probe_kill_at.pop(plan.name, None)
+                continue
+            due = local.probe_kill_at.get(plan.name)
+            if due is not None:
+                if now >= due:
+                    runtime.send(local.pod_dir, plan.name, signal.SIGKILL)
+                continue
+            tracker = self._tracker(local, plan, seen.started_at)
+            why = tracker.kill_reason()
+            if why is None:
+                continue
+            grace = pod["spec"].get("terminationGracePeriodSeconds")
+            local.probe_kill_at[plan.name] = now + (30 if grace is None else int(grace))
+            self._event(pod, "Normal", "Killing", f"Container {plan.name} {why}")
+            runtime.send(local.pod_dir, plan.name, signal.SIGTERM)
+
+    # -- probes --------------------------------------------------------------------
+    def _probe_loop(self) -> None:
+        while not self.stop_event.wait(0.2):
+            for uid, local in list(self.local.items()):
+                try:
+                    self._probe_pod(uid, local)
+                except Exception:
+                    log.exception("probing pod %s failed", uid)
+
+    def _probe_pod(self, uid: str, local: LocalPod) -> None:
+        with self.lock:
+            pod = self.cache.get(uid)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        connect = probes.connector(local.netns)
+        changed = False
+        for plan in local.main:
+            if not any(plan.spec.get(kind) for kind in probes.KINDS):
+                continue
+            seen = runtime.observe(local.pod_dir, plan.name)
+            if not isinstance(seen, runtime.Running):
+                continue
+            tracker = self._tracker(local, plan, seen.started_at)
+            for kind in tracker.due(time.monotonic()):
+                ok, message = probes.check(
+                    plan.spec[kind],
+                    plan.spec,
+                    connect,
+                    lambda cmd, timeout, plan=plan: runtime.exec_in(plan, cmd, timeout),
+                )
+                changed |= tracker.record(kind, ok, message, time.monotonic())
+                failures = tracker.counters[kind].failures
+                threshold = int(plan.spec[kind].get("failureThreshold", 3))
+                # One event when a streak of failures starts and one when it counts, not one
+                # per period: the kubelet's recorder aggregates what we would repeat.
+                if not ok and failures in (1, threshold):
+                    what = kind.removesuffix("Probe").capitalize()
+                    self._event(pod, "Warning", "Unhealthy", f"{what} probe failed: {message}")
+        if changed:
+            self.enqueue(uid)
 
     def _restart_exited(self, pod: Pod, local: LocalPod) -> None:
         """restartPolicy Always / OnFailure: restart with the kubelet's doubling back-off."""
@@ -545,6 +845,16 @@ class ProcessKubelet:
                 continue
             due = local.restart_at.get(plan.name)
             if due is None:
+                if isinstance(seen, runtime.Exited):  # `kubectl describe`'s Last State
+                    message = runtime.termination_message(
+                        plan.termination_path,
+                        plan.log_path,
+                        plan.termination_policy,
+                        seen.exit_code != 0,
+                    )
+                    local.last_state[plan.name] = st.terminated(
+                        seen.exit_code, seen.started_at, seen.finished_at, message, seen.reason
+                    )
                 count = local.restarts.get(plan.name, 0)
                 local.restart_at[plan.name] = now + min(300.0, 10.0 * 2**count if count else 1.0)
             elif now >= due:
@@ -561,6 +871,13 @@ class ProcessKubelet:
         phase = "Failed" if init_failed else None
         if phase is None and local.restart_at:
             phase = "Running"  # a container in back-off keeps its Pod Running, as on a node
+        policy = pod["spec"].get("restartPolicy", "Always")
+        ended = st.pod_phase(states)
+        # A container that exited after _restart_exited looked is restarted on the next
+        # pass: under Always (and OnFailure, after a failure) its Pod has not ended.
+        restarts = policy == "Always" or (policy == "OnFailure" and ended == "Failed")
+        if phase is None and ended in TERMINAL_PHASES and restarts:
+            phase = "Running"
         reason = message = None
         if local.deadline_exceeded:
             phase, reason = "Failed", "DeadlineExceeded"
@@ -693,6 +1010,6 @@ def _status_key(body: dict[str, Any]) -> str:
         kind = next(iter(state))
         parts.append(
             f"{c['name']}:{kind}:{state[kind].get('exitCode', '')}:{state[kind].get('reason', '')}"
-            f":{c.get('restartCount', 0)}"
+            f":{c.get('restartCount', 0)}:{c.get('ready')}:{c.get('started')}"
         )
     return "|".join(parts)

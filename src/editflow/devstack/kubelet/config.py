@@ -1,4 +1,5 @@
-"""What the process kubelet's node offers, and how images map to local commands."""
+"""What the process kubelet's node offers, where it pulls images from, and (only when a
+caller asks for it with ``host_images``) how images map to local commands."""
 
 from __future__ import annotations
 
@@ -69,6 +70,16 @@ class KubeletConfig:
     images: dict[str, ImageRuntime] = field(default_factory=default_images)
     pvc_root: Path | None = None
     host_paths: dict[str, str] = field(default_factory=dict)
+    #: Run editflow's images as host commands (the ``images`` mapping) instead of pulling
+    #: them and running them with runc. Only for callers that ask for it explicitly.
+    host_images: bool = False
+    #: Unqualified image names (``editflow/worker:1``) are pulled from this registry
+    #: (``HOST:PORT``), like a containerd mirror for docker.io.
+    default_registry: str | None = None
+    #: Pulled images and unpacked layers, shared by every kubelet on this machine.
+    image_store: Path | None = None
+    runc: str = "runc"
+    skopeo: str = "skopeo"
     resync_seconds: float = 2.0
     heartbeat_seconds: float = 10.0
 
@@ -78,6 +89,11 @@ class KubeletConfig:
             if fnmatch.fnmatchcase(repo, pattern) or fnmatch.fnmatchcase(image, pattern):
                 return runtime
         return None
+
+    def store_dir(self) -> Path:
+        from editflow.devstack import paths
+
+        return self.image_store or paths.cache_root() / "kubelet" / "images"
 
     def pvc_dir(self, namespace: str, claim: str) -> Path:
         base = self.pvc_root or self.root / "pvc"
@@ -101,8 +117,9 @@ class KubeletConfig:
                 entrypoint=tuple(spec.get("entrypoint", ())),
                 env=tuple(spec.get("env", {}).items()),
             )
-        if "pvc_root" in raw:
-            raw["pvc_root"] = Path(raw["pvc_root"])
+        for key in ("pvc_root", "image_store"):
+            if key in raw:
+                raw[key] = Path(raw[key])
         return cls(root=root, images=images, **raw)
 
 

@@ -16,7 +16,9 @@ and is retried, as ``CreateContainerConfigError`` is.
 from __future__ import annotations
 
 import base64
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING
@@ -42,6 +44,18 @@ class ContainerConfigError(Exception):
     """The container cannot be configured yet (missing Secret/ConfigMap key): retry later."""
 
 
+@dataclass(frozen=True)
+class RuncPlan:
+    """How a container runs in its image: an OCI bundle on an overlay of the image's layers."""
+
+    runc: str
+    state_root: Path  # runc --root: one per kubelet
+    container_id: str
+    bundle: Path  # config.json and the rootfs mount point
+    layers: tuple[Path, ...]  # bottom first
+    spec: dict[str, Any]
+
+
 @dataclass
 class ContainerPlan:
     name: str
@@ -52,6 +66,11 @@ class ContainerPlan:
     termination_path: Path
     termination_policy: str
     image: str
+    #: The container as the Pod spec has it (probes, ports); ``{}`` in old plans.
+    spec: dict[str, Any] = field(default_factory=dict)
+    #: Set when the container runs in its image with runc (else: a host process).
+    runc: RuncPlan | None = None
+    image_id: str = ""
 
 
 @dataclass
@@ -208,16 +227,37 @@ def resolve_env(
     return env
 
 
-def _write_items(target: Path, data: dict[str, str], items: list[dict[str, Any]] | None) -> None:
+def _write_items(
+    target: Path,
+    data: dict[str, str],
+    items: list[dict[str, Any]] | None,
+    default_mode: int | None = None,
+) -> None:
     target.mkdir(parents=True, exist_ok=True)
     chosen = {i["key"]: i.get("path", i["key"]) for i in items} if items else {k: k for k in data}
+    modes = {i["key"]: i["mode"] for i in items or [] if "mode" in i}
     for key, rel in chosen.items():
         if key not in data:
             raise ContainerConfigError(f"key {key} not found for volume item {rel}")
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(data[key])
-        dest.chmod(0o600)
+        # The API's defaultMode is 0644: a non-root container user must be able to read it.
+        dest.chmod(int(modes.get(key, 0o644 if default_mode is None else default_mode)))
+
+
+def apply_fs_group(path: Path, gid: int) -> None:
+    """What the kubelet does for ``fsGroup``: the volume's files belong to the group, which
+    may read and write them; directories are setgid so new files inherit the group."""
+    for dirpath, _dirnames, filenames in os.walk(path):
+        os.chown(dirpath, -1, gid)
+        os.chmod(dirpath, os.stat(dirpath).st_mode | stat.S_IRWXG | stat.S_ISGID)  # noqa: S103
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                continue
+            os.chown(full, -1, gid)
+            os.chmod(full, os.stat(full).st_mode | stat.S_IRGRP | stat.S_IWGRP)
 
 
 def _object_data(obj: dict[str, Any], kind: str) -> dict[str, str]:
@@ -239,6 +279,7 @@ def materialize_volumes(
         target = pod_dir / "volumes" / name
         if "emptyDir" in volume:
             target.mkdir(parents=True, exist_ok=True)
+            target.chmod(0o777)  # as the kubelet makes it: any container user writes
         elif "secret" in volume or "configMap" in volume:
             kind = "Secret" if "secret" in volume else "ConfigMap"
             src = volume["secret"] if kind == "Secret" else volume["configMap"]
@@ -251,10 +292,14 @@ def materialize_volumes(
                     )
                 target.mkdir(parents=True, exist_ok=True)
             else:
-                _write_items(target, _object_data(obj, kind), src.get("items"))
+                _write_items(
+                    target, _object_data(obj, kind), src.get("items"), src.get("defaultMode")
+                )
         elif "persistentVolumeClaim" in volume:
             target = config.pvc_dir(namespace, volume["persistentVolumeClaim"]["claimName"])
-            target.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.mkdir(parents=True)
+                target.chmod(0o777)  # as a local-path provisioner does
         elif "hostPath" in volume:
             mapped = config.map_host_path(volume["hostPath"]["path"])
             if mapped is None:
@@ -273,13 +318,18 @@ def materialize_volumes(
                     dest.write_text(
                         token(pod, sat.get("audience"), int(sat.get("expirationSeconds", 3600)))
                     )
-                    dest.chmod(0o600)
+                    dest.chmod(int(volume["projected"].get("defaultMode", 0o644)))
                 elif "configMap" in source or "secret" in source:
                     kind = "Secret" if "secret" in source else "ConfigMap"
                     src = source["secret"] if kind == "Secret" else source["configMap"]
                     obj = lookup(kind, namespace, src["name"])
                     if obj is not None:
-                        _write_items(target, _object_data(obj, kind), src.get("items"))
+                        _write_items(
+                            target,
+                            _object_data(obj, kind),
+                            src.get("items"),
+                            volume["projected"].get("defaultMode"),
+                        )
                     elif not src.get("optional"):
                         raise ContainerConfigError(f'{kind.lower()} "{src["name"]}" not found')
                 elif "downwardAPI" in source:
@@ -291,6 +341,9 @@ def materialize_volumes(
         else:
             kinds = sorted(k for k in volume if k != "name")
             raise ContainerConfigError(f"volume {name}: unsupported volume type {kinds}")
+        fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+        if fs_group is not None and "hostPath" not in volume:  # hostPath: never, as upstream
+            apply_fs_group(target, int(fs_group))
         dirs[name] = target
     return dirs
 
@@ -368,6 +421,7 @@ def plan_container(
         termination_path=term_host,
         termination_policy=container.get("terminationMessagePolicy", "File"),
         image=container["image"],
+        spec=container,
     )
 
 

@@ -3,6 +3,12 @@
 All state lives on disk under the pod's directory, one folder per container
 (``spec.json``, ``started.json``, ``exit.json``), which is what makes an agent
 restart harmless: a new agent reads the same files.
+
+A container that runs in its image is ``runc run`` under the same shim: each
+start mounts a fresh overlay (the image's layers below, an empty upper
+directory of this instance above) at ``bundle/rootfs`` and writes the bundle's
+``config.json``; ``runc.json`` says which runc container it is, so a SIGKILL
+goes through ``runc kill`` (killing runc itself would orphan the container).
 """
 
 from __future__ import annotations
@@ -10,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from editflow.devstack.kubelet.podspec import ContainerPlan
+from editflow.devstack.kubelet.podspec import ContainerPlan, RuncPlan
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,117 @@ def state_dir(pod_dir: Path, container: str) -> Path:
     return pod_dir / "containers" / container
 
 
+def _mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4] == target for line in fh)
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below ``root``, deepest first (the order to unmount them)."""
+    prefix = str(root.resolve())
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    found = [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def unmount_all(root: Path) -> bool:
+    """Unmount everything under ``root``; True when nothing is left mounted there."""
+    for point in mounts_under(root):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    return not mounts_under(root)
+
+
+def _runc(plan: RuncPlan, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [plan.runc, "--root", str(plan.state_root), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def prepare_bundle(plan: RuncPlan, sdir: Path) -> None:
+    """A fresh root for a new container instance: overlay of the layers + an empty upper."""
+    plan.state_root.mkdir(parents=True, exist_ok=True)
+    _runc(plan, "delete", "--force", plan.container_id)  # a previous instance's leftovers
+    rootfs = plan.bundle / "rootfs"
+    if rootfs.exists() and _mounted(rootfs):
+        subprocess.run(["umount", "-l", str(rootfs)], capture_output=True)
+    overlay = sdir / "overlay"
+    shutil.rmtree(overlay, ignore_errors=True)
+    upper, work = overlay / "upper", overlay / "work"
+    for path in (upper, work, rootfs):
+        path.mkdir(parents=True, exist_ok=True)
+    lowers = [str(p) for p in reversed(plan.layers)]
+    if not lowers:  # an image with no layers at all (FROM scratch, nothing added)
+        empty = overlay / "empty"
+        empty.mkdir()
+        lowers = [str(empty)]
+    options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+    result = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(rootfs)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise OSError(f"mounting the container's root failed: {result.stderr.strip()}")
+    (plan.bundle / "config.json").write_text(json.dumps(plan.spec, indent=1))
+    (sdir / "runc.json").write_text(
+        json.dumps({"runc": plan.runc, "root": str(plan.state_root), "id": plan.container_id})
+    )
+
+
+def _runc_of(sdir: Path) -> RuncPlan | None:
+    try:
+        data = json.loads((sdir / "runc.json").read_text())
+    except FileNotFoundError:
+        return None
+    return RuncPlan(data["runc"], Path(data["root"]), data["id"], sdir / "bundle", (), {})
+
+
+def remove(pod_dir: Path, container: str) -> None:
+    """Delete the runc container and unmount its root (the Pod is gone)."""
+    sdir = state_dir(pod_dir, container)
+    plan = _runc_of(sdir)
+    if plan is not None:
+        with contextlib.suppress(Exception):
+            _runc(plan, "delete", "--force", plan.container_id)
+    unmount_all(sdir)
+
+
+def exec_in(plan: ContainerPlan, command: list[str], timeout: float) -> tuple[int, str]:
+    """Run ``command`` in the running container (exec probes): exit code and output."""
+    if plan.runc is None:
+        result = subprocess.run(
+            command, env=plan.env, cwd=plan.cwd, capture_output=True, text=True, timeout=timeout
+        )
+    else:
+        result = subprocess.run(
+            [
+                plan.runc.runc,
+                "--root",
+                str(plan.runc.state_root),
+                "exec",
+                plan.runc.container_id,
+                *command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    return result.returncode, (result.stdout + result.stderr)[-1024:]
+
+
 def start(plan: ContainerPlan, pod_dir: Path) -> subprocess.Popen[bytes]:
     """Launch the shim for ``plan``; the caller reaps the returned process."""
     sdir = state_dir(pod_dir, plan.name)
     sdir.mkdir(parents=True, exist_ok=True)
     for stale in ("started.json", "exit.json"):
         (sdir / stale).unlink(missing_ok=True)
+    if plan.runc is not None:
+        prepare_bundle(plan.runc, sdir)
     plan.log_path.parent.mkdir(parents=True, exist_ok=True)
     plan.termination_path.write_text("")  # each container instance starts with an empty message
     (sdir / "spec.json").write_text(
@@ -101,13 +213,18 @@ def observe(pod_dir: Path, container: str) -> Exited | Running | Lost | None:
 
 
 def send(pod_dir: Path, container: str, sig: signal.Signals) -> bool:
-    """SIGTERM goes through the shim (it forwards); SIGKILL hits the process group directly."""
+    """SIGTERM goes through the shim (it forwards); SIGKILL hits the process group directly,
+    or for a runc container goes through ``runc kill`` (runc then exits with 137)."""
     started = state_dir(pod_dir, container) / "started.json"
     if not started.exists():
         return False
     data = json.loads(started.read_text())
+    runc = _runc_of(state_dir(pod_dir, container))
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if sig == signal.SIGKILL:
+        if sig == signal.SIGKILL and runc is not None:
+            if _runc(runc, "kill", runc.container_id, "KILL").returncode != 0:
+                os.killpg(data["pgid"], signal.SIGKILL)  # no container left: stop runc
+        elif sig == signal.SIGKILL:
             os.killpg(data["pgid"], signal.SIGKILL)
         elif _shim_alive(data["shim_pid"]):
             os.kill(data["shim_pid"], sig)
@@ -116,8 +233,16 @@ def send(pod_dir: Path, container: str, sig: signal.Signals) -> bool:
 
 
 def sweep(root: Path) -> int:
-    """Kill every container process and shim under ``root`` (local-mode teardown)."""
+    """Kill every container, shim and network bridge under ``root`` and unmount what the
+    kubelet mounted there (local-mode teardown): nothing survives a stopped stack."""
+    from editflow.devstack.kubelet import netbridge
+
     killed = 0
+    for sdir in root.glob("pods/*/containers/*"):
+        runc = _runc_of(sdir)
+        if runc is not None:
+            with contextlib.suppress(Exception):
+                _runc(runc, "kill", runc.container_id, "KILL")
     for started in root.glob("pods/*/containers/*/started.json"):
         with contextlib.suppress(Exception):
             data = json.loads(started.read_text())
@@ -127,6 +252,13 @@ def sweep(root: Path) -> int:
             if _shim_alive(data["shim_pid"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(data["shim_pid"], signal.SIGKILL)
+    for sdir in root.glob("pods/*/containers/*"):
+        with contextlib.suppress(Exception):
+            remove(sdir.parent.parent, sdir.name)
+    for pod_dir in root.glob("pods/*"):
+        with contextlib.suppress(Exception):
+            netbridge.stop_bridge(pod_dir)
+    unmount_all(root)
     return killed
 
 

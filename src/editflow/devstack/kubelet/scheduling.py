@@ -54,9 +54,28 @@ def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool
     return False
 
 
+def host_ports(pod: Pod) -> set[tuple[str, int]]:
+    """The (protocol, hostPort) pairs a Pod's containers ask the node for."""
+    ports: set[tuple[str, int]] = set()
+    for container in pod.get("spec", {}).get("containers", []):
+        for port in container.get("ports") or []:
+            if port.get("hostPort"):
+                ports.add((port.get("protocol", "TCP"), int(port["hostPort"])))
+    return ports
+
+
 def fits(pod: Pod, node: Node, bound_pods: Iterable[Pod]) -> Fit:
     """Whether ``pod`` fits ``node`` next to the non-terminal ``bound_pods``."""
     spec = pod.get("spec", {})
+    bound_pods = list(bound_pods)
+    # A cordoned node (kubectl cordon) takes no new Pods, unless they tolerate it.
+    unschedulable_taint = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+    if node.get("spec", {}).get("unschedulable") and not _tolerates(
+        spec.get("tolerations") or [], unschedulable_taint
+    ):
+        return Fit(
+            False, "NodeUnschedulable", "0/1 nodes are available: 1 node(s) were unschedulable."
+        )
     labels = node["metadata"].get("labels", {})
     selector = spec.get("nodeSelector") or {}
     missing = {k: v for k, v in selector.items() if labels.get(k) != v}
@@ -74,6 +93,17 @@ def fits(pod: Pod, node: Node, bound_pods: Iterable[Pod]) -> Fit:
                 False,
                 "TaintNotTolerated",
                 f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}",
+            )
+    wanted_ports = host_ports(pod)
+    if wanted_ports:
+        active = [p for p in bound_pods if p.get("status", {}).get("phase") not in TERMINAL_PHASES]
+        taken = set().union(*(host_ports(p) for p in active))
+        if wanted_ports & taken:
+            return Fit(
+                False,
+                "NodePorts",
+                "0/1 nodes are available: 1 node(s) didn't have free ports for the requested "
+                "pod ports.",
             )
     allocatable = {k: parse_quantity(v) for k, v in node["status"]["allocatable"].items()}
     used: dict[str, Decimal] = {"pods": Decimal(0)}

@@ -113,6 +113,9 @@ class ContainerState:
     ready: bool = False
     restart_count: int = 0
     container_id: str | None = None
+    started: bool | None = None  # None: running means started (no startup probe)
+    image_id: str | None = None
+    last_state: dict[str, Any] | None = None  # the previous instance's end, after a restart
 
     @property
     def terminated(self) -> dict[str, Any] | None:
@@ -165,7 +168,8 @@ def pod_status(
 ) -> dict[str, Any]:
     """The status the kubelet writes (strategic-merge-patched onto the Pod)."""
     phase = phase or pod_phase(containers)
-    all_running = bool(containers) and all("running" in c.state for c in containers)
+    # Ready is the containers' readiness (probes), not merely "running".
+    all_ready = bool(containers) and all("running" in c.state and c.ready for c in containers)
     stamp = now()
     init_done = init_containers is None or all(
         c.terminated and c.terminated["exitCode"] == 0 for c in init_containers
@@ -194,8 +198,8 @@ def pod_status(
         "conditions": [
             cond("PodReadyToStartContainers", True),
             cond("Initialized", init_done, "ContainersNotInitialized"),
-            cond("ContainersReady", all_running and not finished, ready_reason),
-            cond("Ready", all_running and not finished, ready_reason),
+            cond("ContainersReady", all_ready and not finished, ready_reason),
+            cond("Ready", all_ready and not finished, ready_reason),
         ],
         "containerStatuses": [_container_status(c) for c in containers],
     }
@@ -212,12 +216,14 @@ def _container_status(c: ContainerState) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": c.name,
         "image": c.image,
-        "imageID": f"process://{c.image}",
+        "imageID": c.image_id or f"process://{c.image}",
         "ready": c.ready,
-        "started": "running" in c.state,
+        "started": ("running" in c.state) if c.started is None else c.started,
         "restartCount": c.restart_count,
         "state": c.state,
     }
     if c.container_id:
         body["containerID"] = c.container_id
+    if c.last_state:
+        body["lastState"] = c.last_state
     return body
