@@ -17,6 +17,7 @@ One module per job::
     consumer      run_consumer(js, handler, topology=...): the operator's entry point
     outcomes      completion_event() / publish_completion(), review_event() / publish_review()
     dlq           dead letters: write, list, show, replay, and the max-deliveries mover
+    kvlimits      rate-limit windows shared through a KV bucket (the gateway's replicas)
     sdk           OAClient: submit_approval(), withdraw(), wait_for_completion()
     schemas       JSON Schemas in docs/schemas (``editflow events schemas --write``)
     worker_contract   operator <-> GPU worker (a separate contract, not on the bus)

@@ -33,7 +33,15 @@ reason from :func:`~editflow.events.validation.parse_event` and term'ed.
 
 Delivery is at least once: after a crash, a lost ack or a NATS restart the
 same event can come again (``delivery.deliveries > 1``). Handlers must be
-idempotent, which the operator gets by naming the EditJob after the event id.
+idempotent, which the operator gets by naming the EditJob after the event id
+and recording each approval in the ledger (:mod:`editflow.events.ledger`).
+
+Up to ``concurrency`` events are handled at once, in no particular order, and
+the next fetch goes out as soon as a slot frees (asking for as many events as
+there are free slots, so a fetched event never waits unhandled while its ack
+wait runs). While a handler runs, the message's ack wait is reset every third
+of it (``in_progress``), so a slow apiserver delays an event instead of having
+JetStream redeliver it to a second handler.
 NATS restarts are ridden out: nats-py reconnects and resubscribes, fetch
 errors back off and retry, and the durable consumer resumes where it was.
 Stop by setting ``stop`` or by cancelling the task.
@@ -44,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -134,7 +142,8 @@ async def handle_message(
         return await to_dead_letter(exc.info().code, exc.message)
 
     try:
-        await handler(event, delivery)  # type: ignore[arg-type]
+        async with _keeping_alive(delivery, every=topology.settings.ack_wait_seconds / 3):
+            await handler(event, delivery)  # type: ignore[arg-type]
     except asyncio.CancelledError:
         raise
     except PermanentError as exc:
@@ -159,6 +168,50 @@ async def handle_message(
     return "ack"
 
 
+@contextlib.asynccontextmanager
+async def _keeping_alive(delivery: Delivery, *, every: float) -> AsyncIterator[None]:
+    """Tell JetStream "still working" every ``every`` seconds while the body runs."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await delivery.in_progress()
+            except Exception as exc:  # NATS away: the ack wait may expire, a redelivery is safe
+                log.debug("in_progress failed: %r", exc)
+
+    task = asyncio.create_task(beat(), name=f"in-progress-{delivery.stream_seq}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class _Slots:
+    """How many more messages may be in flight: the fetch asks for exactly that many."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._freed = asyncio.Event()
+
+    async def free(self, at_most: int) -> int:
+        """Wait until at least one slot is free; the number to fetch (``<= at_most``)."""
+        while self.busy >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        return min(self.limit - self.busy, at_most)
+
+    def take(self, count: int) -> None:
+        self.busy += count
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._freed.set()
+
+
 async def run_consumer(
     js: JetStreamContext,
     handler: Handler,
@@ -166,15 +219,22 @@ async def run_consumer(
     topology: Topology,
     policy: Policy | None = None,
     stop: asyncio.Event | None = None,
-    batch: int = 10,
+    batch: int | None = None,
     fetch_timeout: float = 2.0,
     capture_max_deliveries: bool = True,
+    concurrency: int = 1,
 ) -> None:
     """Feed approval and withdraw events to ``handler`` until ``stop`` is set (or cancelled).
 
-    With ``capture_max_deliveries`` (the default) the dead-letter mover runs
-    alongside, so messages JetStream gives up on are dead-lettered too.
+    ``concurrency`` handlers run at once (1: one event after the other);
+    ``batch`` caps one fetch (default: ``concurrency``). When ``stop`` is set,
+    the events in flight are finished; when cancelled, they are abandoned
+    unacked (JetStream redelivers them). With ``capture_max_deliveries`` (the
+    default) the dead-letter mover runs alongside, so messages JetStream gives
+    up on are dead-lettered too.
     """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
     policy = policy or Policy.from_settings(topology.settings, accept=OA_EVENT_TYPES)
     stop = stop or asyncio.Event()
     async with asyncio.TaskGroup() as group:
@@ -183,7 +243,10 @@ async def run_consumer(
                 run_dead_letter_mover(js, topology, stop=stop, fetch_timeout=fetch_timeout)
             )
         try:
-            await _consume(js, handler, topology, policy, stop, batch, fetch_timeout)
+            slots = _Slots(concurrency)
+            await _consume(
+                js, handler, topology, policy, stop, slots, batch or concurrency, fetch_timeout
+            )
         finally:
             stop.set()
 
@@ -194,26 +257,36 @@ async def _consume(
     topology: Topology,
     policy: Policy,
     stop: asyncio.Event,
+    slots: _Slots,
     batch: int,
     fetch_timeout: float,
 ) -> None:
-    async for msgs in pull_batches(
-        js,
-        consumer=topology.consumer,
-        stream=topology.approvals_stream,
-        stop=stop,
-        batch=batch,
-        fetch_timeout=fetch_timeout,
-        what="approval consumer",
-    ):
-        for msg in msgs:
-            try:
-                await handle_message(js, msg, handler, topology=topology, policy=policy)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The dead letter or the ack could not be written (NATS went away):
-                # leave the message unacked, JetStream redelivers it after the ack wait.
-                log.warning("could not settle message %s: %r", msg.subject, exc)
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1)
+    async def settle(msg: Msg) -> None:
+        try:
+            await handle_message(js, msg, handler, topology=topology, policy=policy)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The dead letter or the ack could not be written (NATS went away):
+            # leave the message unacked, JetStream redelivers it after the ack wait.
+            log.warning("could not settle message %s: %r", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1)
+        finally:
+            slots.release()
+
+    # The task group finishes what is in flight when the loop ends (stop set) and
+    # cancels it when this coroutine is cancelled.
+    async with asyncio.TaskGroup() as in_flight:
+        async for msgs in pull_batches(
+            js,
+            consumer=topology.consumer,
+            stream=topology.approvals_stream,
+            stop=stop,
+            batch=lambda: slots.free(batch),
+            fetch_timeout=fetch_timeout,
+            what="approval consumer",
+        ):
+            slots.take(len(msgs))
+            for msg in msgs:
+                in_flight.create_task(settle(msg))

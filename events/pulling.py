@@ -4,15 +4,18 @@ Binding, fetching and riding out NATS restarts (reconnects, JetStream
 recovering, a consumer not provisioned yet) is the same for the approval
 consumer and the dead-letter mover: fetch errors back off from 0.2 s to 5 s
 and the loop carries on; an empty fetch is just a quiet moment.
+
+``batch`` is a number, or an async callable asked before every fetch: the
+approval consumer passes "wait for a free handler slot, then as many as are
+free", so the pipeline stays full without holding events nobody handles yet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -25,7 +28,7 @@ async def pull_batches(
     consumer: str,
     stream: str,
     stop: asyncio.Event,
-    batch: int,
+    batch: int | Callable[[], Awaitable[int]],
     fetch_timeout: float,
     what: str,
 ) -> AsyncIterator[list[Msg]]:
@@ -36,9 +39,12 @@ async def pull_batches(
         try:
             if sub is None:
                 sub = await js.pull_subscribe_bind(consumer, stream=stream)
-            msgs = await sub.fetch(batch, timeout=fetch_timeout)
-        except nats.errors.TimeoutError:
-            continue
+            wanted = batch if isinstance(batch, int) else await batch()
+            if stop.is_set():
+                break
+            msgs = await sub.fetch(wanted, timeout=fetch_timeout)
+        except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch
+            continue  # a quiet moment, not trouble: no backoff, or the next event would wait
         except asyncio.CancelledError:
             raise
         except Exception as exc:

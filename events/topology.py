@@ -17,6 +17,10 @@ Everything is named by :class:`~editflow.core.settings.EventsSettings`::
         consumer editflow-operator-dlq   durable pull: advisories are stored, so one
         emitted while the mover restarts is still dead-lettered (JetStream emits it
         when the consumer next pulls, i.e. once an operator runs again)
+    KV bucket EDITFLOW_APPROVALS_LEDGER  (stream KV_EDITFLOW_APPROVALS_LEDGER)
+        the approval ledger (:mod:`editflow.events.ledger`): one key per approval
+        event id, history 1, TTL = the approvals stream's max age, so an approval
+        the stream can still redeliver is always remembered
 
 Limits retention (not work-queue) on the approvals stream is deliberate: a
 message that exhausted its deliveries must still be readable by sequence to
@@ -40,6 +44,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -112,6 +117,27 @@ class Topology:
 
     def dlq_subject(self, source_stream: str) -> str:
         return f"{self.settings.dlq_subject_prefix}.{source_stream}"
+
+    @property
+    def ledger_bucket(self) -> str:
+        """The approval ledger's KV bucket, named after the stream whose events it records."""
+        return f"{self.settings.approvals_stream}_LEDGER"
+
+    @property
+    def ledger_stream(self) -> str:
+        return f"KV_{self.ledger_bucket}"
+
+    def ledger_config(self) -> KeyValueConfig:
+        """History 1 (only the latest state matters); the TTL is the approvals stream's max
+        age, so the ledger forgets an approval only once the stream cannot deliver it again."""
+        return KeyValueConfig(
+            bucket=self.ledger_bucket,
+            description="editflow: approval ledger (created, withdrawn, finished per event id)",
+            history=1,
+            ttl=self.settings.max_age_seconds,
+            storage=StorageType(self.settings.storage),
+            replicas=self.settings.replicas,
+        )
 
     @property
     def max_deliveries_advisory(self) -> str:
@@ -213,7 +239,7 @@ class Topology:
 class Change:
     """What :func:`provision` did to one stream or consumer."""
 
-    kind: Literal["stream", "consumer"]
+    kind: Literal["stream", "consumer", "bucket"]
     name: str
     action: Action
     differences: tuple[str, ...] = ()
@@ -295,6 +321,7 @@ async def provision(js: JetStreamContext, topology: Topology) -> list[Change]:
             changes.append(Change("consumer", desired.durable_name, "updated", diff))
         else:
             changes.append(Change("consumer", desired.durable_name, "unchanged"))
+    changes.append(await provision_ledger(js, topology))
     for change in changes:
         if change.action != "unchanged":
             log.info(
@@ -305,3 +332,29 @@ async def provision(js: JetStreamContext, topology: Topology) -> list[Change]:
                 extra={"differences": list(change.differences)},
             )
     return changes
+
+
+_LEDGER_FIELDS = ("max_age", "max_msgs_per_subject", "storage", "num_replicas", "description")
+
+
+async def provision_ledger(js: JetStreamContext, topology: Topology) -> Change:
+    """Create the ledger bucket, or update its stream when the TTL or history differ."""
+    config = topology.ledger_config()
+    try:
+        info = await js.stream_info(topology.ledger_stream)
+    except NotFoundError:
+        await js.create_key_value(config)
+        return Change("bucket", config.bucket, "created")
+    current = info.config
+    desired = current.evolve(
+        max_age=config.ttl,
+        max_msgs_per_subject=config.history,
+        storage=config.storage,
+        num_replicas=config.replicas,
+        description=config.description,
+    )
+    diff = _differences(desired, current, _LEDGER_FIELDS)
+    if not diff:
+        return Change("bucket", config.bucket, "unchanged")
+    await js.update_stream(desired)
+    return Change("bucket", config.bucket, "updated", diff)

@@ -1,22 +1,31 @@
-"""The operator process: kopf handlers, the NATS bridge, the re-list loop, probes, metrics.
+"""The operator process: leader election, kopf, the caches, the work queue, the bridge.
 
-``editflow operator run`` calls :func:`run`. kopf supplies the watches and the
-deletion finalizer; every decision goes through one :class:`Reconciler`, which
-is woken by EditJob, Job and Pod events and, as a safety net, by a periodic
-re-list of all EditJobs (level-triggered: a lost watch event only delays).
+``editflow operator run`` calls :func:`run`. With leader election on (the
+chart's default with two replicas) the process first waits for the Lease
+(:mod:`editflow.operator.leader`), answering its probes as a standby; only
+the leader starts kopf, and every loop (the watch-fed caches, the reconcile
+workers, the approval bridge, deliveries) starts inside kopf's startup
+handler, so nothing runs on a standby. A leader that cannot renew its Lease
+stops its work and exits, and restarts as a standby.
 
-Liveness (``/healthz`` on the health port) fails when the re-list loop stops,
-when the watch lags a re-list by more than ``liveness_stale_seconds`` (an
-EditJob changed and no watch event brought the change) or when the bridge has
-been disconnected from NATS for that long. The operator never touches running
+kopf supplies the login, the deletion finalizer (deleting an EditJob cancels
+it and reports ``cancelled``), the liveness endpoint and its probes. Reads
+come from :class:`~editflow.operator.caches.ClusterCache` (one paginated list
+per kind, then watches): the liveness probe fails when those watches have
+been silent for ``liveness_stale_seconds``, when the caches never synced, or
+when NATS has been unreachable that long. The operator never touches running
 Jobs on start or stop, so a restart or an upgrade never kills an edit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -26,40 +35,24 @@ from editflow.core.logging import configure_logging
 from editflow.core.s3 import s3_client
 from editflow.core.settings import Settings
 from editflow.events import connection, topology
-from editflow.events.consumer import run_consumer
-from editflow.events.models import OA_EVENT_TYPES
-from editflow.events.validation import Policy
+from editflow.events.ledger import ApprovalLedger
 from editflow.operator import metrics
-from editflow.operator.bridge import Bridge
-from editflow.operator.crd import GROUP, PLURAL, VERSION, editjob_path
+from editflow.operator.bridge import run_bridge
+from editflow.operator.caches import ClusterCache
+from editflow.operator.crd import GROUP, PLURAL, VERSION
+from editflow.operator.credentials import AttemptCredentialMinter
+from editflow.operator.dispatch import JobDispatcher
+from editflow.operator.health import serve_standby_health
 from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
-from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
+from editflow.operator.leader import LeaderElector, LeadershipLost, lease_config
+from editflow.operator.names import FINALIZER
+from editflow.operator.outbox import Deliverer, Outbox
 from editflow.operator.reconciler import Reconciler
 
 log = logging.getLogger("editflow.operator")
 
-
-class WatchFreshness:
-    """Detects a silently dead watch: a re-list saw a version no watch event delivered."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[str, str], int] = {}
-        self.lagging_since: dict[tuple[str, str], float] = {}
-
-    def watched(self, key: tuple[str, str], version: str) -> None:
-        self.seen[key] = max(self.seen.get(key, 0), int(version or 0))
-        self.lagging_since.pop(key, None)
-
-    def listed(self, key: tuple[str, str], version: str) -> None:
-        if int(version or 0) > self.seen.get(key, 0):
-            self.lagging_since.setdefault(key, time.monotonic())
-        else:
-            self.lagging_since.pop(key, None)
-
-    def stale_for(self) -> float:
-        if not self.lagging_since:
-            return 0.0
-        return time.monotonic() - min(self.lagging_since.values())
+#: Exit code of a leader that lost its Lease (it restarts as a standby).
+EXIT_LOST_LEADERSHIP = 75
 
 
 def connection_info(cfg: Any) -> kopf.ConnectionInfo:
@@ -78,13 +71,27 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf keeps no last-handled copy of each EditJob.
+
+    The operator registers no create/update handlers (only the deletion
+    finalizer), so kopf never needs a diff: its default annotation would cost
+    one PATCH per EditJob and a copy of every spec in every object.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str, Any]]:
     """All handlers on a private registry; ``state`` holds what they share."""
     registry = kopf.OperatorRegistry()
     op = settings.operator
     namespaces = op.namespaces or [settings.namespace]
-    state: dict[str, Any] = {"freshness": WatchFreshness(), "bridge_down_since": None}
-    managed = dict(MANAGED_BY)
+    state: dict[str, Any] = {"settings": settings, "bridge_down_since": None}
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -99,70 +106,33 @@ def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str,
         settings.watching.connect_timeout = 10
         settings.watching.reconnect_backoff = 1.0
         settings.posting.level = logging.WARNING
-        settings.persistence.finalizer = f"{GROUP}/cleanup"
-        kube = AsyncKube()
-        nc = await connection.connect(state["settings"].nats, name="editflow-operator")
-        topo = topology.Topology(state["settings"].events)
-        await topology.provision(nc.jetstream(), topo)
-        state.update(kube=kube, nats=nc, topology=topo)
-        state["reconciler"] = Reconciler(
-            state["settings"], kube, nats=nc, topology=topo, s3=s3_client(state["settings"].s3)
-        )
-        state["tasks"] = [
-            asyncio.create_task(_resync_loop(state, namespaces), name="resync"),
-            asyncio.create_task(_bridge_loop(state), name="bridge"),
-        ]
-        if op.metrics_port:
-            start_http_server(op.metrics_port)
-        log.info("operator started", extra={"namespaces": namespaces})
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.diffbase_storage = NoDiffBase()
+        await start_work(state, namespaces)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        for task in state.get("tasks", []):
-            task.cancel()
-        if state.get("nats") is not None:
-            await state["nats"].close()
-        if state.get("kube") is not None:
-            await state["kube"].close()
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def editjob_event(event: dict[str, Any], body: Any, **_: Any) -> None:
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        state["freshness"].watched(key, meta.get("resourceVersion", "0"))
-        if event["type"] != "DELETED" and not meta.get("deletionTimestamp"):
-            state["reconciler"].schedule(*key)
-
-    @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry)
-    async def job_event(body: Any, **_: Any) -> None:
-        owner = body["metadata"].get("labels", {}).get(LABEL_EDITJOB)
-        if owner:
-            state["reconciler"].schedule(body["metadata"]["namespace"], owner)
-
-    @kopf.on.event("", "v1", "pods", labels=managed, registry=registry)
-    async def pod_event(body: Any, **_: Any) -> None:
-        owner = body["metadata"].get("labels", {}).get(LABEL_EDITJOB)
-        if owner:
-            state["reconciler"].schedule(body["metadata"]["namespace"], owner)
+        await stop_work(state)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def editjob_deleted(body: Any, **_: Any) -> None:
         await state["reconciler"].on_deleted(dict(body))
 
-    @kopf.on.probe(id="resync", registry=registry)
-    async def resync_probe(**_: Any) -> float:
-        age = time.monotonic() - state["reconciler"].last_resync
-        if age > op.liveness_stale_seconds:
-            raise RuntimeError(f"the re-list loop has not run for {age:.0f}s")
-        return round(age, 1)
-
-    @kopf.on.probe(id="watch", registry=registry)
-    async def watch_probe(**_: Any) -> float:
-        stale = state["freshness"].stale_for()
+    @kopf.on.probe(id="caches", registry=registry)
+    async def caches_probe(**_: Any) -> dict[str, Any]:
+        cache: ClusterCache = state["cache"]
+        stale = cache.stale_for()
         metrics.WATCH_LAG.set(stale)
         if stale > op.liveness_stale_seconds:
-            raise RuntimeError(f"the EditJob watch lags a re-list by {stale:.0f}s")
-        return round(stale, 1)
+            raise RuntimeError(f"the watches have been silent for {stale:.0f}s")
+        if not cache.synced and time.monotonic() - state["started"] > op.liveness_stale_seconds:
+            raise RuntimeError("the caches never finished their first list")
+        return {"synced": cache.synced, "stale_seconds": round(stale, 1), **cache.sizes()}
+
+    @kopf.on.probe(id="workqueue", registry=registry)
+    async def workqueue_probe(**_: Any) -> dict[str, int]:
+        reconciler: Reconciler = state["reconciler"]
+        return {"depth": len(reconciler.queue), "processing": reconciler.queue.processing}
 
     @kopf.on.probe(id="nats", registry=registry)
     async def nats_probe(**_: Any) -> str:
@@ -175,60 +145,143 @@ def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str,
         state["bridge_down_since"] = None
         return "connected"
 
-    state["settings"] = settings
     return registry, state
 
 
-async def _resync_loop(state: dict[str, Any], namespaces: list[str]) -> None:
-    reconciler: Reconciler = state["reconciler"]
-    freshness: WatchFreshness = state["freshness"]
-    while True:
-        try:
-            for namespace in namespaces:
-                for item in await reconciler.kube.list(editjob_path(namespace)):
-                    meta = item["metadata"]
-                    freshness.listed((namespace, meta["name"]), meta.get("resourceVersion", "0"))
-                    reconciler.schedule(namespace, meta["name"])
-            reconciler.last_resync = time.monotonic()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("re-list failed")
-        await asyncio.sleep(reconciler.op.resync_seconds)
-
-
-async def _bridge_loop(state: dict[str, Any]) -> None:
+async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
+    """Everything the leader runs: caches, reconcile workers, the bridge, metrics."""
     settings: Settings = state["settings"]
-    bridge = Bridge(settings, state["kube"])
-    policy = Policy.from_settings(settings.events, accept=OA_EVENT_TYPES)
+    op = settings.operator
+    state["started"] = time.monotonic()
+    kube = AsyncKube()
+    nc = await connection.connect(settings.nats, name="editflow-operator")
+    topo = topology.Topology(settings.events)
+    await topology.provision(nc.jetstream(), topo)
+    ledger = await ApprovalLedger.open(nc.jetstream(), topo)
+    cache = ClusterCache(kube, namespaces, watch_timeout=op.watch_timeout_seconds)
+    outbox = Outbox(op, kube, store=cache.outcomes, now=_utcnow)
+    deliverer = Deliverer(op, kube, outbox, nats=nc, topology=topo, ledger=ledger)
+    reconciler = Reconciler(
+        settings,
+        kube,
+        cache=cache,
+        dispatcher=JobDispatcher(
+            kube,
+            cache,
+            op,
+            minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
+        ),
+        outbox=outbox,
+        s3=s3_client(settings.s3),
+    )
+    state.update(kube=kube, nats=nc, topology=topo, cache=cache, reconciler=reconciler)
+    state["tasks"] = [
+        asyncio.create_task(_supervised("caches", cache.run), name="caches"),
+        asyncio.create_task(_supervised("reconciler", reconciler.run), name="reconciler"),
+        asyncio.create_task(_supervised("deliverer", deliverer.run), name="deliverer"),
+        asyncio.create_task(run_bridge(settings, kube, nc, topo, ledger=ledger), name="bridge"),
+    ]
+    if op.metrics_port and not state.get("metrics_started"):
+        start_http_server(op.metrics_port)
+        state["metrics_started"] = True
+    log.info("operator started", extra={"namespaces": namespaces})
+
+
+async def stop_work(state: dict[str, Any]) -> None:
+    for task in state.get("tasks", []):
+        task.cancel()
+    for task in state.get("tasks", []):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if state.get("nats") is not None:
+        with contextlib.suppress(Exception):
+            await state["nats"].close()
+    if state.get("kube") is not None:
+        await state["kube"].close()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _supervised(what: str, loop: Any) -> None:
+    """Restart a crashed loop with backoff: one bug must not silently stop the operator."""
     delay = 1.0
     while True:
         try:
-            await run_consumer(
-                state["nats"].jetstream(), bridge, topology=state["topology"], policy=policy
-            )
+            await loop()
+            return
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("the approval bridge stopped; restarting in %.0fs", delay)
+            log.exception("%s stopped; restarting in %.0fs", what, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+
+async def operate(settings: Settings) -> None:
+    """Run kopf (and through it all the work); with leader election only while leading."""
+    namespaces = settings.operator.namespaces or [settings.namespace]
+    op = settings.operator
+    registry, _ = build_registry(settings)
+    liveness = f"http://0.0.0.0:{op.health_port}/healthz" if op.health_port else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async def kopf_operator() -> None:
+        await kopf.operator(
+            registry=registry,
+            standalone=True,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+        )
+
+    if not op.leader_election:
+        await kopf_operator()
+        return
+
+    kube = AsyncKube()
+    elector = LeaderElector(kube, lease_config(settings))
+    standby = await serve_standby_health(op.health_port, elector) if op.health_port else None
+
+    async def lead() -> None:
+        if standby is not None:
+            await standby.close()  # kopf's liveness endpoint takes the port over
+        await kopf_operator()
+
+    election = asyncio.create_task(elector.run(lead))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({election, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not election.done():
+            # SIGTERM: a leader's kopf stops on the flag, then the Lease is released;
+            # a standby has nothing to finish.
+            if elector.is_leader:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(election), timeout=30)
+            election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await election
+        else:
+            election.result()
+    finally:
+        stopper.cancel()
+        if standby is not None:
+            with contextlib.suppress(Exception):
+                await standby.close()
+        await kube.close()
 
 
 def run(settings: Settings | None = None) -> None:
     """Run the operator until SIGTERM/SIGINT."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
-    registry, _ = build_registry(settings)
-    namespaces = settings.operator.namespaces or [settings.namespace]
-    liveness = (
-        f"http://0.0.0.0:{settings.operator.health_port}/healthz"
-        if settings.operator.health_port
-        else None
-    )
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-    )
+    try:
+        asyncio.run(operate(settings))
+    except LeadershipLost as exc:
+        log.error("exiting to restart as a standby: %s", exc)
+        sys.exit(EXIT_LOST_LEADERSHIP)

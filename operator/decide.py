@@ -27,6 +27,7 @@ from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import WorkerResult
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
 from editflow.operator.names import job_name as job_name_for
+from editflow.operator.tenancy import source_key_refusal
 
 FINAL_PHASES = ("Succeeded", "Failed", "NeedsReview", "Cancelled")
 OUTCOMES: dict[str, Literal["success", "failed", "needs_review", "cancelled"]] = {
@@ -49,6 +50,8 @@ class Observed:
     in_flight: int = 0
     queued_ahead: int = 0
     completion_id: str | None = None
+    #: Why the spec must not run at all (a refused URL or callback subject), for new EditJobs.
+    refusal: ErrorInfo | None = None
 
 
 @dataclass
@@ -99,7 +102,8 @@ def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
     return list(by_type.values())
 
 
-def _job_finished(job: dict[str, Any]) -> tuple[str, str] | None:
+def job_outcome(job: dict[str, Any]) -> tuple[str, str] | None:
+    """(Complete|Failed, reason) once the Job finished, else None."""
     for cond in job.get("status", {}).get("conditions") or []:
         if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
             return cond["type"], cond.get("reason", "")
@@ -112,7 +116,10 @@ def _unschedulable(pod: dict[str, Any]) -> str | None:
     for cond in pod.get("status", {}).get("conditions") or []:
         if cond["type"] == "PodScheduled" and cond["status"] == "False":
             return cond.get("message") or "waiting for a node"
-    return "waiting for a node"
+    # Not bound *yet* is not news: only the scheduler's "Unschedulable" verdict is (writing
+    # Running -> Queued -> Running for every Pod a scheduler takes a moment over cost two
+    # status writes per edit at 10 events/s).
+    return None
 
 
 def _exit_code(pods: tuple[dict[str, Any], ...]) -> int | None:
@@ -121,6 +128,29 @@ def _exit_code(pods: tuple[dict[str, Any], ...]) -> int | None:
             terminated = status.get("state", {}).get("terminated")
             if terminated:
                 return int(terminated["exitCode"])
+    return None
+
+
+#: Container waiting reasons that do not go away by waiting: the kubelet says so, and an
+#: attempt that sits in one would otherwise count as Running until its deadline.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
+def _stuck(pods: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], str, str] | None:
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                return pod, str(waiting["reason"]), str(waiting.get("message") or "")
     return None
 
 
@@ -152,7 +182,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         out.status.update({k: v for k, v in fields.items()})
 
     def conditions(*new: dict[str, str]) -> None:
-        out.status["conditions"] = merge_conditions(status.get("conditions") or [], list(new))
+        base = out.status.get("conditions") or status.get("conditions") or []
+        out.status["conditions"] = merge_conditions(base, list(new))
 
     def finish(
         final: str, message: str, *, error: ErrorInfo | None = None, **extra: Any
@@ -199,6 +230,15 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         reason = annotations.get(ANNOTATION_CANCEL) or "cancelled"
         return finish("Cancelled", f"cancelled: {reason}")
 
+    # -- a spec that must not run (kubectl-applied: the bridge screens approvals) -------
+    if phase == "" and obs.refusal is not None:
+        where = f"{obs.refusal.field}: " if obs.refusal.field else ""
+        return finish("Failed", f"{where}{obs.refusal.message}", error=obs.refusal)
+    if phase == "" and (
+        outside := source_key_refusal(ej, upload_prefix=settings.upload_prefix)
+    ):  # another namespace's object (issue 14 §5): the message names spec.source.s3Key
+        return finish("Failed", outside.message, error=outside)
+
     # -- new -> Pending ------------------------------------------------------------
     if phase == "":
         set_status(
@@ -208,16 +248,14 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             observedGeneration=meta.get("generation"),
             queuedAt=_ts(now),
         )
+        # The Accepted condition tells the story; a Kubernetes Event would repeat it (one
+        # apiserver write per edit at 50 events/s). JobCreated and the outcome are Events.
         conditions(_condition("Accepted", True, "Accepted", "the spec is valid", now))
-        out.events.append(
-            (
-                "Normal",
-                "Accepted",
-                f"edit accepted (model {spec.get('model', settings.default_model)})",
-            )
-        )
-        out.requeue_after = 0
-        return out
+        free = settings.max_running_per_namespace - obs.in_flight
+        if free <= 0 or obs.queued_ahead >= free:
+            out.requeue_after = 0  # the next look queues it, with its place in the queue
+            return out
+        # A slot is free now: accept and start attempt 1 in one status write.
 
     # -- no attempt in flight: wait for backoff / a slot, then start one -----------
     if not job_name:
@@ -305,7 +343,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             )
         )
 
-    finished = _job_finished(job)
+    finished = job_outcome(job)
     if finished is not None:
         kind, reason = finished
         if obs.result is not None and obs.result.attempt == attempts:
@@ -343,6 +381,19 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             set_status(phase="Queued", message=message)
             conditions(_condition("Scheduled", False, "NoGPUAvailable", pending, now))
         out.requeue_after = min(settings.resync_seconds, limit - waited)
+        return out
+    stuck = _stuck(obs.pods)
+    if stuck is not None:
+        pod, reason, detail = stuck
+        created = _parse(pod["metadata"].get("creationTimestamp")) or now
+        waited = (now - created).total_seconds()
+        if waited >= settings.stuck_pod_seconds:
+            text = f"the worker Pod cannot start: {reason}" + (f": {detail}" if detail else "")
+            return attempt_failed(ErrorInfo("pod_stuck", text[:1000], True), delete=True)
+        out.requeue_after = max(1.0, settings.stuck_pod_seconds - waited)
+        message = f"attempt {attempts}: the worker Pod is waiting: {reason}"
+        if status.get("message") != message:
+            set_status(phase="Running", message=message)
         return out
     running = [p for p in obs.pods if p.get("status", {}).get("phase") == "Running"]
     message = f"attempt {attempts}: running"

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,64 @@ class AsyncKube:
             raise
 
     async def list(self, path: str, **params: Any) -> list[JSON]:
-        data = await self._call("GET", path, params=params or None)
-        return list(data.get("items") or [])
+        """Every item of a collection, fetched in pages (``limit``/``continue``)."""
+        items, _ = await self.list_pages(path, **params)
+        return items
+
+    async def list_pages(
+        self, path: str, *, page_size: int = 500, **params: Any
+    ) -> tuple[list[JSON], str]:
+        """(items, the collection's resourceVersion), one bounded page per request.
+
+        Pages keep each apiserver response (and our memory spike) small with
+        70,000 EditJobs; the resourceVersion is where a watch resumes.
+        """
+        items: list[JSON] = []
+        token = ""
+        while True:
+            query = {**params, "limit": page_size}
+            if token:
+                query["continue"] = token
+            data = await self._call("GET", path, params=query)
+            items.extend(data.get("items") or [])
+            meta = data.get("metadata") or {}
+            token = meta.get("continue") or ""
+            if not token:
+                return items, str(meta.get("resourceVersion") or "")
+
+    async def watch(
+        self, path: str, *, resource_version: str, timeout_seconds: int, **params: Any
+    ) -> AsyncIterator[JSON]:
+        """Stream watch events (``{"type", "object"}``) from ``resource_version``.
+
+        The server ends the stream after ``timeout_seconds``; bookmarks keep the
+        resume point fresh so a reconnect rarely needs a full re-list. A 410
+        (resourceVersion too old) arrives as an ``ERROR`` event or status.
+        """
+        query = {
+            **params,
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_seconds,
+        }
+        timeout = httpx.Timeout(10.0, read=timeout_seconds + 15.0)
+        async with self._http.stream(
+            "GET", path, params=query, headers=self._headers(), timeout=timeout
+        ) as resp:
+            if resp.status_code >= 400:
+                body = await resp.aread()
+                try:
+                    data = json.loads(body)
+                    raise KubeAPIError(
+                        resp.status_code, data.get("reason", ""), data.get("message", "")
+                    )
+                except ValueError:
+                    text = body.decode(errors="replace")
+                    raise KubeAPIError(resp.status_code, "", text) from None
+            async for line in resp.aiter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     async def create(self, path: str, body: JSON) -> JSON:
         return await self._call("POST", path, body=body)

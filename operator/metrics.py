@@ -23,3 +23,19 @@ BRIDGE_EVENTS = Counter(
 )
 CALLBACKS = Counter("editflow_callbacks_total", "HTTPS callback deliveries", ["result"])
 WATCH_LAG = Gauge("editflow_watch_stale_seconds", "how long the watch has lagged behind a re-list")
+CACHE_EVENTS = Counter(
+    "editflow_cache_watch_events_total", "watch events applied to the caches", ["kind"]
+)
+CACHE_RELISTS = Counter(
+    "editflow_cache_relists_total", "full (paginated) lists: start and 410 Gone", ["kind"]
+)
+QUEUE_LENGTH = Gauge("editflow_queue_length", "EditJobs waiting for a GPU slot", ["namespace"])
+WORKQUEUE_DEPTH = Gauge("editflow_workqueue_depth", "EditJob keys waiting for a reconcile")
+STATUS_WRITES = Counter("editflow_status_writes_total", "EditJob status patches written")
+OUTBOX_WRITTEN = Counter("editflow_outbox_written_total", "outcomes and alerts put in the outbox")
+OUTBOX_PENDING = Gauge("editflow_outbox_pending", "outcomes in the outbox not yet fully delivered")
+OUTBOX_DELIVERIES = Counter(
+    "editflow_outbox_deliveries_total",
+    "webhook and alert delivery attempts from the outbox",
+    ["part", "result"],
+)

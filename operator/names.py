@@ -19,6 +19,8 @@ LABEL_APPROVAL = f"{GROUP}/oa-approval"
 ANNOTATION_EVENT_ID = f"{GROUP}/event-id"
 ANNOTATION_CANCEL = f"{GROUP}/cancel"
 ANNOTATION_RESOLVE = f"{GROUP}/resolve-result-key"
+#: The operator's deletion finalizer (kopf's, named by us): deleting an EditJob reports `cancelled`.
+FINALIZER = f"{GROUP}/cleanup"
 MANAGED_BY = {
     "app.kubernetes.io/managed-by": "editflow-operator",
     "app.kubernetes.io/part-of": "editflow",

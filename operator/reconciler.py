@@ -1,69 +1,71 @@
 """The imperative shell around :func:`editflow.operator.decide.decide`.
 
-``Reconciler.reconcile(namespace, name)`` reads the world fresh from the
-apiserver (never from a watch cache, so a Job created a moment ago is seen),
-asks :func:`decide` what to do, and carries it out in a crash-safe order:
+Reads come from the watch-fed :class:`~editflow.operator.caches.ClusterCache`
+(never a live list per reconcile), so a reconcile's cost does not grow with
+the number of EditJobs in the cluster; the queue position and the namespace
+cap come from a :class:`~editflow.operator.workindex.WorkIndex` kept from the
+same events. Reconciles run from a rate-limited :class:`WorkQueue`
+(de-duplicated keys, bounded workers, per-key exponential backoff on errors).
 
-1. delete a Job that must go, 2. create the next attempt's Job (a repeated
-create is ``AlreadyExists``: the name is deterministic), 3. patch status,
-4. publish the completion (id derived from the EditJob and outcome) and only
-then record its id in status. A crash between any two steps is repaired by
-the next reconcile, which sees the same state and makes the same decision;
-a republished completion is dropped by JetStream's duplicate window.
+One reconcile carries out :func:`decide`'s answer in a crash-safe order:
+
+1. stop an attempt that must go, 2. start the next attempt (a repeated start
+is ``AlreadyExists``: the name is deterministic; the GPU slot is reserved in
+the same synchronous step as the decision, so concurrent reconciles never
+exceed the cap), 3. patch status, only when it changed, 4. hand a final
+outcome to the :class:`~editflow.operator.outbox.Outbox`, which publishes it
+and records its id. A crash between two steps is repaired by the next
+reconcile, which sees the same state and makes the same decision.
+
+What wakes a reconcile: a change of the EditJob or of its Job or Pods; a
+freed GPU slot (the head of the namespace's queue is woken); the decision's
+own requeue (running attempts, retry backoff); a slow refresher of the queue
+positions shown in status; and the retention sweep. Settled EditJobs
+(finished, completion recorded) are not resynced at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from minio import Minio
 from minio.error import S3Error
-from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from editflow.core.errors import ErrorInfo
 from editflow.core.kube_events import event_body
 from editflow.core.settings import Settings
-from editflow.events.binding import encode
-from editflow.events.models import EditJobRef, ReviewData, completion_event_id
-from editflow.events.outcomes import (
-    completion_event,
-    publish_completion,
-    publish_review,
-    review_event,
-)
-from editflow.events.topology import Topology
+from editflow.events.models import completion_event_id
 from editflow.events.worker_contract import WorkerResult, result_json_key
 from editflow.operator import metrics
-from editflow.operator.callbacks import alert_body, deliver_callback
+from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, VERSION, editjob_path
 from editflow.operator.decide import FINAL_PHASES, OUTCOMES, Decision, Observed, decide
-from editflow.operator.jobspec import WORKER_CONTAINER, job_manifest, worker_request
+from editflow.operator.dispatch import Dispatcher
+from editflow.operator.informer import JSON, Key
+from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
 from editflow.operator.kube import AsyncKube, KubeAPIError
-from editflow.operator.names import MANAGED_BY
+from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE, LABEL_EDITJOB
+from editflow.operator.names import job_name as job_name_for
+from editflow.operator.outbox import Outbox
+from editflow.operator.presign import ResultPresigner, signed_by_operator
+from editflow.operator.refusals import spec_refusal
+from editflow.operator.workindex import WorkIndex, job_finished
+from editflow.operator.workqueue import WorkQueue
 
 log = logging.getLogger("editflow.operator")
 
-
-def job_path(namespace: str, name: str = "") -> str:
-    base = f"/apis/batch/v1/namespaces/{namespace}/jobs"
-    return f"{base}/{name}" if name else base
-
-
-def _finished(job: dict[str, Any]) -> bool:
-    return any(
-        c["type"] in ("Complete", "Failed") and c["status"] == "True"
-        for c in job.get("status", {}).get("conditions") or []
-    )
+#: The status fields a queue-position refresh may change; a write that changes only
+#: these is throttled (a moving queue would otherwise rewrite every queued EditJob).
+QUEUE_DISPLAY_FIELDS = frozenset({"message", "conditions"})
 
 
-def _result_from_pods(pods: list[dict[str, Any]]) -> WorkerResult | None:
+def result_from_pods(pods: tuple[JSON, ...]) -> WorkerResult | None:
     for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses") or []:
             if cs.get("name") != WORKER_CONTAINER:
@@ -77,111 +79,275 @@ def _result_from_pods(pods: list[dict[str, Any]]) -> WorkerResult | None:
     return None
 
 
+def waiting_for_cap(decision: Decision) -> bool:
+    return any(
+        c.get("reason") == "ConcurrencyCap" and c.get("status") == "False"
+        for c in decision.status.get("conditions") or []
+    )
+
+
+def status_changes(current: JSON, patch: JSON) -> set[str]:
+    """The fields of a merge patch that would change ``current`` (None deletes)."""
+    changed = set()
+    for field, value in patch.items():
+        if value is None:
+            if current.get(field) is not None:
+                changed.add(field)
+        elif current.get(field) != value:
+            changed.add(field)
+    return changed
+
+
 class Reconciler:
-    """Drives EditJobs; one instance per operator process."""
+    """Drives EditJobs; one instance per operator process (on the leader)."""
 
     def __init__(
         self,
         settings: Settings,
         kube: AsyncKube,
         *,
-        nats: NATS | None,
-        topology: Topology,
+        cache: ClusterCache,
+        dispatcher: Dispatcher,
+        outbox: Outbox,
         s3: Minio,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.op = settings.operator
         self.kube = kube
-        self.nats = nats
-        self.topology = topology
+        self.cache = cache
+        self.dispatcher = dispatcher
+        self.outbox = outbox
         self.s3 = s3
+        self.presigner = ResultPresigner(settings.s3)  # resultUrl outlives the worker's session
         self.now = now
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._callbacks: dict[str, asyncio.Task[None]] = {}
-        self.last_resync = time.monotonic()
+        self.index = WorkIndex()
+        self.queue: WorkQueue[Key] = WorkQueue(
+            base_delay=self.op.error_backoff_seconds, max_delay=self.op.error_backoff_max_seconds
+        )
+        self._queue_written: dict[Key, float] = {}
+        self._refresh_due: set[Key] = set()
+        self._pumps: set[str] = set()
+        self._events: set[asyncio.Task[None]] = set()
+        self._event_slots = asyncio.Semaphore(8)
+        cache.editjobs.listeners.append(self._editjob_changed)
+        cache.jobs.listeners.append(self._job_changed)
+        cache.pods.listeners.append(self._pod_changed)
+        self.last_sweep = time.monotonic()
 
-    # -- scheduling ------------------------------------------------------------
-    def schedule(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        """Reconcile soon (coalescing: the earliest pending wake-up wins)."""
-        key = (namespace, name)
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, delay)
-        existing = self._timers.get(key)
-        if existing is not None and existing.when() <= when:
+    # -- what wakes a reconcile ------------------------------------------------------
+    def _editjob_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
+        self.index.editjob_changed(key, old, new)
+        self._pump(key[0])
+        if new is None:
+            self.queue.discard(key)
+            self._queue_written.pop(key, None)
+            self._refresh_due.discard(key)
             return
-        if existing is not None:
-            existing.cancel()
-        self._timers[key] = loop.call_at(when, self._fire, key)
+        if new["metadata"].get("deletionTimestamp"):
+            return  # kopf's deletion handler takes it from here
+        if old is not None and is_settled(old) and is_settled(new):
+            annotations = (new["metadata"].get("annotations") or {}).get(ANNOTATION_RESOLVE)
+            if not annotations or (new.get("status") or {}).get("phase") != "NeedsReview":
+                return  # settled and nothing asked of it: no resync of finished EditJobs
+        self.queue.add(key)
 
-    def _fire(self, key: tuple[str, str]) -> None:
-        self._timers.pop(key, None)
-        asyncio.get_running_loop().create_task(self._run(*key))
+    def _job_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
+        was_running = old is not None and not job_finished(old)
+        self.index.job_changed(key, old, new)
+        obj = new or old
+        owner = ((obj or {}).get("metadata", {}).get("labels") or {}).get(LABEL_EDITJOB)
+        if owner:
+            self.queue.add((key[0], owner))
+        if was_running and (new is None or job_finished(new)):
+            self._pump(key[0])
 
-    async def _run(self, namespace: str, name: str) -> None:
+    def _pod_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
+        obj = new or old
+        owner = ((obj or {}).get("metadata", {}).get("labels") or {}).get(LABEL_EDITJOB)
+        if owner:
+            self.queue.add((key[0], owner))
+
+    def _pump(self, namespace: str) -> None:
+        """Soon: wake as many of the queue's head as there are free slots (once per tick)."""
+        if namespace in self._pumps:
+            return
+        self._pumps.add(namespace)
         try:
-            requeue = await self.reconcile(namespace, name)
-        except Exception:
-            log.exception("reconcile failed", extra={"editjob": f"{namespace}/{name}"})
+            asyncio.get_running_loop().call_soon(self._do_pump, namespace)
+        except RuntimeError:  # no loop (a unit test feeding the caches directly)
+            self._pumps.discard(namespace)
+
+    def _do_pump(self, namespace: str) -> None:
+        self._pumps.discard(namespace)
+        free = self.op.max_running_per_namespace - self.index.in_flight(namespace)
+        for key in self.index.head(namespace, free, self.now()):
+            self.queue.add(key)
+
+    # -- loops -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Workers, the queue-position refresher and the retention sweep (until cancelled)."""
+        await self.cache.wait_synced()
+        for key in list(self.cache.editjobs.items):
+            editjob = self.cache.editjobs.get(key)
+            if editjob is not None and not is_settled(editjob):
+                self.queue.add(key)
+        for namespace in self.cache.namespaces:
+            self._pump(namespace)
+        log.info("caches synced", extra=self.cache.sizes())
+        await asyncio.gather(
+            self.queue.run_workers(self.op.reconcile_workers, self.work),
+            self._refresh_loop(),
+            self._sweep_loop(),
+        )
+
+    async def _refresh_loop(self) -> None:
+        """Queue positions in status follow the queue at most every few seconds."""
+        while True:
+            await asyncio.sleep(self.op.queue_status_refresh_seconds)
+            now = self.now()
+            for namespace in self.index.namespaces():
+                for key in self.index.head(namespace, self.op.queue_status_refresh_batch, now):
+                    self._refresh_due.add(key)
+                    self.queue.add(key)
+                metrics.QUEUE_LENGTH.labels(namespace).set(self.index.queue_length(namespace))
+                metrics.IN_FLIGHT.labels(namespace).set(self.index.in_flight(namespace))
+            metrics.WORKQUEUE_DEPTH.set(len(self.queue))
+
+    async def _sweep_loop(self) -> None:
+        """Settled EditJobs past retention are deleted; unrecorded outcomes are retried."""
+        while True:
+            await asyncio.sleep(self.op.sweep_seconds)
+            self.sweep()
+
+    def _retention_horizon(self) -> str:
+        """EditJobs that finished at or before this stamp are past retention."""
+        horizon = self.now() - timedelta(seconds=self.op.retention_seconds)
+        return horizon.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def sweep(self) -> int:
+        stamp = self._retention_horizon()
+        woken = 0
+        for key, editjob in list(self.cache.editjobs.items.items()):
+            status = editjob.get("status") or {}
+            if status.get("phase") not in FINAL_PHASES:
+                continue
+            finished = status.get("finishedAt") or ""
+            if not status.get("completionEventId") or (finished and finished <= stamp):
+                self.queue.add(key)
+                woken += 1
+        self.last_sweep = time.monotonic()
+        return woken
+
+    async def work(self, key: Key) -> None:
+        try:
+            requeue = await self.reconcile(*key)
+        except Exception as exc:
+            delay = self.queue.add_rate_limited(key)
             metrics.RECONCILE_ERRORS.inc()
-            requeue = min(30.0, self.op.resync_seconds)
+            log.warning(
+                "reconcile failed (%s); retrying in %.1fs",
+                exc,
+                delay,
+                extra={"editjob": "/".join(key), "failures": self.queue.failures(key)},
+                exc_info=not isinstance(exc, KubeAPIError),
+            )
+            return
+        self.queue.forget(key)
         if requeue is not None:
-            self.schedule(namespace, name, requeue)
+            self.queue.add_after(key, requeue)
 
     # -- one EditJob -------------------------------------------------------------
     async def reconcile(self, namespace: str, name: str) -> float | None:
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-        async with lock:
-            with metrics.RECONCILE_SECONDS.time():
-                return await self._reconcile(namespace, name)
+        with metrics.RECONCILE_SECONDS.time():
+            return await self._reconcile((namespace, name))
 
-    async def _reconcile(self, namespace: str, name: str) -> float | None:
-        editjob = await self.kube.get(editjob_path(namespace, name))
+    async def _reconcile(self, key: Key) -> float | None:
+        editjob = self.cache.editjobs.get(key)
         if editjob is None or editjob["metadata"].get("deletionTimestamp"):
-            self._locks.pop((namespace, name), None)
             return None
-        obs = await self.observe(editjob)
+        if is_slim(editjob):
+            annotations = editjob["metadata"].get("annotations") or {}
+            wants_resolve = (editjob.get("status") or {}).get("phase") == "NeedsReview" and (
+                annotations.get(ANNOTATION_RESOLVE)
+            )
+            if not wants_resolve:
+                return await self._expire_if_due(key, editjob)
+            # The rare settled EditJob that needs its spec again: read it whole.
+            editjob = await self.kube.get(editjob_path(*key))
+            if editjob is None:
+                return None
+        obs = await self.observe(key, editjob)
         decision = decide(obs, self.op)
-        await self.apply(editjob, obs, decision)
+        if decision.create_job is not None:
+            job = job_name_for(key[1], decision.create_job)
+            if not self.index.reserve(key[0], job, self.op.max_running_per_namespace):
+                return 1.0  # another reconcile took the last slot a moment ago
+        await self.apply(key, editjob, decision)
+        return self._requeue(editjob, decision)
+
+    async def _expire_if_due(self, key: Key, editjob: JSON) -> None:
+        """A settled EditJob has only one thing left to happen: retention."""
+        finished = (editjob.get("status") or {}).get("finishedAt") or ""
+        if finished and finished <= self._retention_horizon():
+            await self.kube.delete(editjob_path(*key))
+            log.info("retention: deleted finished editjob", extra={"editjob": "/".join(key)})
+        return None
+
+    def _requeue(self, editjob: JSON, decision: Decision) -> float | None:
+        if decision.delete_editjob:
+            return None
+        phase = decision.status.get("phase") or (editjob.get("status") or {}).get("phase")
+        if phase in FINAL_PHASES and not decision.publish_completion:
+            return None  # settled: retention is the sweep's job
+        if waiting_for_cap(decision):
+            return self.op.queue_safety_seconds  # a freed slot wakes the head of the queue
         return decision.requeue_after
 
-    async def observe(self, editjob: dict[str, Any]) -> Observed:
-        meta = editjob["metadata"]
-        namespace = meta["namespace"]
+    async def observe(self, key: Key, editjob: JSON) -> Observed:
+        namespace, name = key
         status = editjob.get("status") or {}
         phase = status.get("phase") or ""
         now = self.now()
-        job = pods = None
+        job = None
+        pods: tuple[JSON, ...] = ()
         result = None
         in_flight = queued_ahead = 0
         completion_id = None
         job_name = status.get("jobName")
-        if job_name:
-            job = await self.kube.get(job_path(namespace, job_name))
-            pods = await self.kube.list(
-                f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"job-name={job_name}"
-            )
-            if job is None or _finished(job):
-                result = _result_from_pods(pods) or await self.result_from_s3(editjob)
-        elif phase in ("Pending", "Queued"):
-            in_flight, queued_ahead = await self.load(editjob)
+        if job_name and phase not in FINAL_PHASES:
+            view = self.dispatcher.observe(namespace, job_name)
+            job, pods = view.job, view.pods
+            if job is None or job_finished(job):
+                result = result_from_pods(pods) or await self.result_from_s3(editjob)
+                result = result and signed_by_operator(result, self.presigner)
+        elif phase in ("", "Pending", "Queued"):
+            in_flight = self.index.in_flight(namespace)
+            queued_ahead = self.index.queued_ahead(key, editjob, now)
+        refusal = None
+        if phase == "":
+            refused = spec_refusal(editjob.get("spec") or {}, self.settings)
+            refusal = refused.info() if refused is not None else None
         if phase in FINAL_PHASES:
             completion_id = completion_event_id(
-                namespace=namespace, name=meta["name"], uid=meta["uid"], status=OUTCOMES[phase]
+                namespace=namespace,
+                name=name,
+                uid=editjob["metadata"]["uid"],
+                status=OUTCOMES[phase],
             )
         return Observed(
             editjob=editjob,
             now=now,
             job=job,
-            pods=tuple(pods or ()),
+            pods=pods,
             result=result,
             in_flight=in_flight,
             queued_ahead=queued_ahead,
             completion_id=completion_id,
+            refusal=refusal,
         )
 
-    async def result_from_s3(self, editjob: dict[str, Any]) -> WorkerResult | None:
+    async def result_from_s3(self, editjob: JSON) -> WorkerResult | None:
         """The result JSON the worker wrote next to the image (survives Job deletion)."""
         attempt = int((editjob.get("status") or {}).get("attempts") or 0)
         if attempt < 1:
@@ -211,157 +377,79 @@ class Reconciler:
             log.warning("unreadable result JSON", extra={"key": key})
             return None
 
-    async def load(self, editjob: dict[str, Any]) -> tuple[int, int]:
-        """(Jobs in flight in the namespace, EditJobs ahead of this one in the queue).
-
-        Derived from cluster state each time (level-triggered), so the queue
-        survives operator restarts. Pending Pods count as in flight.
-        """
-        namespace = editjob["metadata"]["namespace"]
-        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
-        jobs = await self.kube.list(job_path(namespace), labelSelector=selector)
-        in_flight = sum(1 for j in jobs if not _finished(j))
-        now = self.now()
-
-        def key(ej: dict[str, Any]) -> tuple[int, str, str]:
-            st = ej.get("status") or {}
-            queued = st.get("queuedAt") or ej["metadata"].get("creationTimestamp", "")
-            return (-int(ej["spec"].get("priority", 50)), queued, ej["metadata"]["name"])
-
-        mine = key(editjob)
-        ahead = 0
-        for other in await self.kube.list(editjob_path(namespace)):
-            st = other.get("status") or {}
-            if other["metadata"]["name"] == editjob["metadata"]["name"]:
-                continue
-            if st.get("phase") not in ("Pending", "Queued") or st.get("jobName"):
-                continue
-            retry = st.get("retryAfter")
-            if retry and retry > now.strftime("%Y-%m-%dT%H:%M:%SZ"):
-                continue
-            if key(other) < mine:
-                ahead += 1
-        metrics.IN_FLIGHT.labels(namespace).set(in_flight)
-        return in_flight, ahead
-
     # -- acting --------------------------------------------------------------------
-    async def apply(self, editjob: dict[str, Any], obs: Observed, decision: Decision) -> None:
-        meta = editjob["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
+    def _status_patch(self, key: Key, editjob: JSON, decision: Decision) -> JSON | None:
+        """The status to write, or None when nothing a person would see changed."""
+        current = editjob.get("status") or {}
+        patch = dict(decision.status)
+        changed = status_changes(current, patch)
+        if not changed:
+            return None
+        throttled = (
+            waiting_for_cap(decision)
+            and current.get("phase") == "Queued"
+            and changed <= QUEUE_DISPLAY_FIELDS
+            and key not in self._refresh_due
+        )
+        if throttled:
+            last = self._queue_written.get(key, 0.0)
+            if time.monotonic() - last < self.op.queue_status_refresh_seconds:
+                return None
+        return patch
+
+    async def apply(self, key: Key, editjob: JSON, decision: Decision) -> None:
+        namespace, name = key
         where = {"editjob": f"{namespace}/{name}"}
         if decision.delete_job:
-            await self.kube.delete(job_path(namespace, decision.delete_job))
-            log.info("deleted job %s", decision.delete_job, extra=where)
+            await self.dispatcher.stop(namespace, decision.delete_job)
         if decision.create_job is not None:
-            manifest = job_manifest(editjob, decision.create_job, self.op)
+            job = job_name_for(name, decision.create_job)
             try:
-                await self.kube.create(job_path(namespace), manifest)
-                metrics.JOBS_CREATED.inc()
-            except KubeAPIError as exc:
-                if exc.status != 409:
-                    raise
-            log.info(
-                "attempt %d: job %s", decision.create_job, manifest["metadata"]["name"], extra=where
-            )
-        status = dict(decision.status)
-        if status:
+                await self.dispatcher.start(editjob, decision.create_job)
+            except BaseException:
+                self.index.release(namespace, job)
+                raise
+        patch = self._status_patch(key, editjob, decision)
+        self._refresh_due.discard(key)
+        if patch is not None:
+            before = (editjob.get("status") or {}).get("phase")
             editjob = await self.kube.patch(
-                editjob_path(namespace, name) + "/status", {"status": status}
+                editjob_path(namespace, name) + "/status", {"status": patch}
             )
-            if "phase" in status:
-                metrics.PHASES.labels(status["phase"]).inc()
+            self.cache.editjobs.upsert(editjob)
+            metrics.STATUS_WRITES.inc()
+            if waiting_for_cap(decision):
+                self._queue_written[key] = time.monotonic()
+            else:
+                self._queue_written.pop(key, None)
+            phase = patch.get("phase")
+            if phase and phase != before:
+                metrics.PHASES.labels(phase).inc()
+                log.info(
+                    "%s -> %s: %s",
+                    before or "new",
+                    phase,
+                    patch.get("message") or "",
+                    extra={**where, "attempt": patch.get("attempts")},
+                )
         for kind, reason, message in decision.events:
-            await self.event(editjob, kind, reason, message)
-        self.alert_if_needed(editjob, decision)
+            self.post_event(editjob, kind, reason, message)
+        self.outbox.alert_if_needed(editjob, decision)
         if decision.publish_completion:
-            await self.publish_outcome(editjob, review=decision.publish_review)
+            recorded = await self.outbox.publish_outcome(editjob, review=decision.publish_review)
+            if recorded:
+                self.cache.editjobs.upsert(recorded)
         if decision.delete_editjob:
             await self.kube.delete(editjob_path(namespace, name))
             log.info("retention: deleted finished editjob", extra=where)
 
-    async def publish_outcome(self, editjob: dict[str, Any], *, review: bool) -> None:
-        """Publish the completion (and review request), then record it in status."""
-        if self.nats is None:
-            raise RuntimeError("no NATS connection: completions cannot be published")
-        meta, spec = editjob["metadata"], editjob["spec"]
-        status = editjob.get("status") or {}
-        phase = status["phase"]
-        outcome = OUTCOMES[phase]
-        oa = spec.get("oa") or {}
-        ref = EditJobRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-        fallback = f"{meta['namespace']}/{meta['name']}"
-        error = None
-        if outcome in ("failed", "needs_review"):
-            error = ErrorInfo(
-                status.get("errorCode") or outcome,
-                status.get("message") or outcome,
-                retriable=outcome == "needs_review",
-            )
-        event = completion_event(
-            editjob=ref,
-            approval_event_id=oa.get("eventId") or f"editjob:{fallback}",
-            form_id=oa.get("formId") or fallback,
-            approval_id=oa.get("approvalInstanceId") or fallback,
-            status=outcome,
-            result_url=status.get("resultUrl"),
-            result_key=status.get("resultKey"),
-            cost_seconds=status.get("costSeconds"),
-            attempts=int(status.get("attempts") or 0),
-            error=error,
-            message=status.get("message"),
-        )
-        js = self.nats.jetstream()
-        ack = await publish_completion(js, self.topology, event)
-        metrics.COMPLETIONS.labels(outcome, "true" if ack.duplicate else "false").inc()
-        callback = spec.get("callback") or {}
-        if callback.get("natsSubject"):
-            wire = encode(event)
-            await self.nats.publish(callback["natsSubject"], wire.body, headers=wire.headers)
-        if review:
-            await publish_review(
-                js,
-                self.topology,
-                review_event(
-                    data=ReviewData(
-                        approval_event_id=event.data.approval_event_id,
-                        form_id=event.data.form_id,
-                        approval_id=event.data.approval_id,
-                        applicant=None,
-                        image_url=spec["source"].get("url"),
-                        image_key=spec["source"].get("s3Key"),
-                        instruction=spec["prompt"],
-                        attempts=int(status.get("attempts") or 0),
-                        error=event.data.error,  # type: ignore[arg-type]
-                        editjob=ref,
-                    )
-                ),
-            )
-            log.warning(
-                "needs review: %s",
-                status.get("message"),
-                extra={
-                    "editjob": f"{meta['namespace']}/{meta['name']}",
-                    "prompt": spec["prompt"],
-                    "image": spec["source"],
-                },
-            )
-        await self.kube.patch(
-            editjob_path(meta["namespace"], meta["name"]) + "/status",
-            {
-                "status": {
-                    "completionEventId": event.id,
-                    "completionPublishedAt": self.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-                }
-            },
-        )
-        if callback.get("webhookUrl") and event.id not in self._callbacks:
-            self._background(
-                event.id,
-                deliver_callback(callback["webhookUrl"], wire_body(event), event.id, self.op),
-            )
+    def post_event(self, editjob: JSON, kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event for `kubectl describe`, posted beside the reconcile (bounded)."""
+        task = asyncio.create_task(self._post_event(editjob, kind, reason, message))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
-    async def event(self, editjob: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the EditJob, for `kubectl describe`."""
+    async def _post_event(self, editjob: JSON, kind: str, reason: str, message: str) -> None:
         meta = editjob["metadata"]
         body = event_body(
             editjob,
@@ -374,34 +462,12 @@ class Reconciler:
             instance="editflow-operator",
             now=self.now(),
         )
-        try:
-            await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
-        except KubeAPIError as exc:
-            log.warning("could not post event: %s", exc)
-
-    def alert_if_needed(self, editjob: dict[str, Any], decision: Decision) -> None:
-        """Timeouts, GPU starvation and hand-over to designers page a person (brief §5)."""
-        url = self.op.alert_webhook_url
-        code = decision.status.get("errorCode")
-        phase = decision.status.get("phase")
-        if not url or not (code in ("timeout", "no_gpu") or phase == "NeedsReview"):
-            return
-        meta = editjob["metadata"]
-        name = f"{meta['namespace']}/{meta['name']}"
-        reason = "NeedsReview" if phase == "NeedsReview" else code
-        body = alert_body(name, str(reason), str(decision.status.get("message", "")))
-        attempts = decision.status.get("attempts") or (editjob.get("status") or {}).get("attempts")
-        key = f"alert:{meta['uid']}:{reason}:{attempts}"
-        if key not in self._callbacks:
-            self._background(
-                key, deliver_callback(url, body, key, self.op, content_type="application/json")
-            )
-
-    def _background(self, key: str, coro: Any) -> None:
-        """Deliveries run beside reconciles; one per key at a time, forgotten when done."""
-        task = asyncio.create_task(coro)
-        self._callbacks[key] = task
-        task.add_done_callback(lambda _t, k=key: self._callbacks.pop(k, None))
+        async with self._event_slots:
+            try:
+                await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
+            except (KubeAPIError, OSError, httpx.HTTPError, RuntimeError) as exc:
+                # RuntimeError: the client was closed under an Event still in flight (shutdown).
+                log.warning("could not post event: %s", exc)
 
     async def on_deleted(self, editjob: dict[str, Any]) -> None:
         """Deleting an EditJob that had not finished cancels it and tells the OA side.
@@ -414,24 +480,15 @@ class Reconciler:
             return
         meta = editjob["metadata"]
         if status.get("jobName"):
-            await self.kube.delete(job_path(meta["namespace"], status["jobName"]))
+            await self.dispatcher.stop(meta["namespace"], status["jobName"])
+        annotations = meta.get("annotations") or {}
+        reason = annotations.get(ANNOTATION_CANCEL) or "the EditJob was deleted"
         cancelled = {
             **editjob,
-            "status": {
-                **status,
-                "phase": "Cancelled",
-                "message": "cancelled: the EditJob was deleted",
-            },
+            "status": {**status, "phase": "Cancelled", "message": f"cancelled: {reason}"},
         }
         try:
-            await self.publish_outcome(cancelled, review=False)
+            await self.outbox.publish_outcome(cancelled, review=False)
         except KubeAPIError as exc:
             if exc.status != 404:  # recording the id on a vanishing object may 404
                 raise
-
-
-def wire_body(event: Any) -> bytes:
-    """The structured CloudEvent JSON that webhooks receive."""
-    return json.dumps(
-        {**event.attributes(), "data": event.data_json()}, ensure_ascii=False
-    ).encode()

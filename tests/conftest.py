@@ -26,7 +26,8 @@ pytest_plugins = ["tests.harness"]
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    with LocalStack() as running:
+    # The host-command image mapping: editflow's images run as the installed `editflow`.
+    with LocalStack(host_images=True) as running:
         yield running
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from editflow.core.settings import EventsSettings
 from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
@@ -130,7 +131,9 @@ class OperatorHarness(localmode.OperatorProcess):
 
         def recorded() -> bool:
             seen.update(self.editjob(name))
-            return bool((seen.get("status") or {}).get("completionEventId"))
+            status = seen.get("status") or {}
+            # Recorded in the outbox, then published from it (operator/outbox.py).
+            return bool(status.get("completionEventId") and status.get("completionPublishedAt"))
 
         wait_until(recorded, timeout=timeout, what=f"editjob {name} to record its completion")
         return seen
@@ -156,3 +159,48 @@ def operator(
     yield harness
     harness.stop()
     api.close()
+
+
+def stored_completions(nats_url: str, events: EventsSettings) -> list[dict]:
+    """Every completion CloudEvent on the completions stream (a throw-away consumer reads it)."""
+    import asyncio
+    import json
+
+    import nats
+
+    async def read() -> list[dict]:
+        nc = await nats.connect(nats_url)
+        try:
+            sub = await nc.jetstream().pull_subscribe(
+                f"{events.completion_subject_prefix}.>", stream=events.completions_stream
+            )
+            out: list[dict] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(200, timeout=1)
+                except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either
+                    return out
+                for msg in msgs:
+                    out.append(json.loads(msg.data))
+                    await msg.ack()
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def worker_command(script: Path) -> str:
+    """EDITFLOW_OPERATOR__WORKER_COMMAND running ``script`` as the worker, as JSON.
+
+    The process kubelet maps a Pod's mount paths (its ``/tmp`` emptyDir) onto host
+    directories, also in the command line, so a script inside a checkout under ``/tmp`` (a CI
+    clone, say) would be looked for inside the Pod's /tmp. The script is copied under the
+    cache instead, and ``python`` is the image's (the virtualenv's) interpreter.
+    """
+    import json
+    import shutil
+
+    target = Path.home() / ".cache" / "editflow" / "test-workers" / script.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(script, target)
+    return json.dumps(["python", str(target)])

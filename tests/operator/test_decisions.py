@@ -149,9 +149,17 @@ def test_job_manifest_matches_golden_and_encodes_the_attempt_policy() -> None:
 
 
 # -- decisions ----------------------------------------------------------------------
-def test_a_new_editjob_is_accepted_as_pending() -> None:
-    d = decide(Observed(editjob(), NOW), SETTINGS)
+def test_a_new_editjob_is_accepted_as_pending_when_no_slot_is_free() -> None:
+    d = decide(Observed(editjob(), NOW, in_flight=2), SETTINGS)
     assert d.status["phase"] == "Pending" and d.create_job is None and d.requeue_after == 0
+
+
+def test_a_new_editjob_with_a_free_slot_is_accepted_and_started_in_one_write() -> None:
+    d = decide(Observed(editjob(), NOW), SETTINGS)
+    assert d.create_job == 1 and d.status["phase"] == "Running" and d.status["attempts"] == 1
+    kinds = {c["type"]: c["status"] for c in d.status["conditions"]}
+    assert kinds == {"Accepted": "True", "Scheduled": "True"}
+    assert d.status["queuedAt"] and d.status["observedGeneration"] == 1
 
 
 def test_a_free_slot_starts_attempt_one() -> None:
@@ -276,22 +284,6 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     assert merge_conditions(old, new)[0]["lastTransitionTime"] == "T0"
 
 
-def test_watch_freshness_flags_a_version_only_a_relist_has_seen(monkeypatch) -> None:
-    from editflow.operator import app
-
-    clock = [100.0]
-    monkeypatch.setattr(app.time, "monotonic", lambda: clock[0])
-    fresh = app.WatchFreshness()
-    fresh.watched(("ns", "a"), "10")
-    fresh.listed(("ns", "a"), "10")
-    assert fresh.stale_for() == 0.0
-    fresh.listed(("ns", "a"), "12")  # the list saw a change the watch never delivered
-    clock[0] = 250.0
-    assert fresh.stale_for() == 150.0
-    fresh.watched(("ns", "a"), "12")  # the watch caught up
-    assert fresh.stale_for() == 0.0
-
-
 def test_in_a_pod_the_operator_sends_the_service_account_token(tmp_path, monkeypatch) -> None:
     from editflow.devstack.pki import LocalCA
     from editflow.operator import kube
@@ -308,3 +300,39 @@ def test_in_a_pod_the_operator_sends_the_service_account_token(tmp_path, monkeyp
     assert cfg.host == "https://127.0.0.1:6443"
     scheme, token = kube.auth_headers(cfg)["authorization"].split()
     assert scheme.lower() == "bearer" and token == "t0ken"
+
+
+def test_the_usage_profile_decides_the_format_when_the_editjob_does_not() -> None:
+    from editflow.events.worker_contract import WorkerRequest
+    from editflow.inference.profiles import output_profile
+
+    manifest = job_manifest(editjob(), 1, SETTINGS)
+    args = manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    request = WorkerRequest.model_validate_json(args[1])
+    assert request.usage == "wechat-article" and "format" not in request.output.model_fields_set
+    assert output_profile(request).format == "jpeg"
+    explicit = editjob()
+    explicit["spec"]["output"] = {"format": "png"}
+    args = job_manifest(explicit, 1, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert output_profile(WorkerRequest.model_validate_json(args[1])).format == "png"
+
+
+@pytest.mark.parametrize(
+    "reason", ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CrashLoopBackOff"]
+)
+def test_a_pod_that_cannot_start_ends_the_attempt_within_a_minute_with_the_reason(reason) -> None:
+    def stuck_pod(age: int) -> dict:
+        p = pod("Pending", age=age)
+        p["spec"]["nodeName"] = "node-1"
+        waiting = {"reason": reason, "message": 'image "editflow/worker:9" not found'}
+        p["status"]["containerStatuses"] = [{"name": "worker", "state": {"waiting": waiting}}]
+        return p
+
+    ej = editjob("Running", attempts=1, jobName="j")
+    early = decide(Observed(ej, NOW, job=job(), pods=(stuck_pod(10),)), SETTINGS)
+    assert early.delete_job is None and reason in early.status["message"]
+    assert early.requeue_after is not None and early.requeue_after <= 60
+    late = decide(Observed(ej, NOW, job=job(), pods=(stuck_pod(60),)), SETTINGS)
+    assert late.delete_job == "j" and late.status["errorCode"] == "pod_stuck"
+    assert reason in late.status["message"] and "not found" in late.status["message"]
+    assert late.status["phase"] == "Queued"  # retried with backoff, like any retriable failure

@@ -121,6 +121,16 @@ def test_a_permanent_error_fails_at_once_with_the_reason(operator, kubectl, imag
     assert "JobCreated:" in events and "Failed:" in events
 
 
+def test_a_metadata_url_applied_with_kubectl_fails_before_any_job(operator, kubectl) -> None:
+    name = f"ssrf-{uuid.uuid4().hex[:6]}"
+    url = "http://169.254.169.254/latest/meta-data/"
+    kubectl("apply", "-f", "-", input=editjob_yaml(name, url))
+    status = operator.wait_phase(name, "Succeeded", "Failed", "NeedsReview")["status"]
+    assert status["phase"] == "Failed" and status.get("attempts", 0) == 0, status
+    assert "spec.source.url" in status["message"], status
+    assert jobs_of(operator, name) == [], "no GPU is spent on a refused URL"
+
+
 async def test_retriable_failures_end_in_review_then_a_designer_resolves(
     operator, kubectl, stack
 ) -> None:
@@ -135,6 +145,8 @@ async def test_retriable_failures_end_in_review_then_a_designer_resolves(
     status = operator.wait_phase(name, "Succeeded", "Failed", "NeedsReview")["status"]
     assert status["phase"] == "NeedsReview" and status["attempts"] == 2, status
     assert len(jobs_of(operator, name)) == 2
+    # The outcome goes through the outbox: recorded first, published a moment later.
+    await asyncio.to_thread(operator.wait_completed, name)
     client = await OAClient.connect(settings_for(stack))
     try:
         topo = Topology(client.settings.events)
@@ -203,6 +215,32 @@ async def test_a_withdraw_event_cancels_a_running_edit(operator, stack, image_ho
         timeout=60,
         what="the cancelled edit's Job to be deleted",
     )
+
+
+async def test_an_approval_that_arrives_after_its_withdrawal_ends_cancelled_without_a_job(
+    operator, stack, image_host
+) -> None:
+    client = await OAClient.connect(settings_for(stack), source="/oa/test")
+    try:
+        form = f"F-{uuid.uuid4().hex[:6]}"
+        event_id = str(uuid.uuid4())
+        await client.withdraw(form_id=form, approval_id="AP-10", approval_event_id=event_id)
+        await client.submit_approval(
+            form_id=form,
+            approval_id="AP-10",
+            applicant=Person(id="u-3"),
+            instruction="remove the watermark",
+            image_url=image_host.url("red.png"),
+            event_id=event_id,
+        )
+        done = await client.wait_for_completion(event_id, timeout=60)
+    finally:
+        await client.close()
+    assert done.data.status == "cancelled"
+    name = editjob_name(event_id)
+    assert operator.editjob(name)["status"]["phase"] == "Cancelled"
+    assert jobs_of(operator, name) == [], "a withdrawn approval never spends a GPU"
+    assert await completions_for(stack, event_id) == 1
 
 
 async def test_deleting_an_editjob_cancels_it_and_removes_its_job(
@@ -368,7 +406,8 @@ def test_liveness_reports_every_probe_and_metrics_count_the_work(operator) -> No
 
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as resp:
         body = json.loads(resp.read())
-    assert set(body) >= {"resync", "watch", "nats"} and body["nats"] == "connected"
+    assert set(body) >= {"caches", "workqueue", "nats"} and body["nats"] == "connected"
+    assert body["caches"]["synced"] is True and "editjobs" in body["caches"]
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as resp:
         metrics = resp.read().decode()
     created = [

@@ -9,6 +9,7 @@ import typer
 from editflow import __version__
 from editflow.cli import dev
 from editflow.cli import dlq as dlq_cli
+from editflow.cli import edits as edits_cli
 from editflow.cli import events as events_cli
 from editflow.cli import gateway as gateway_cli
 from editflow.cli import operator as operator_cli
@@ -25,6 +26,7 @@ app.add_typer(events_cli.app, name="events")
 app.add_typer(dlq_cli.app, name="dlq")
 app.add_typer(worker_cli.app, name="worker")
 app.add_typer(operator_cli.app, name="operator")
+operator_cli.edits.command()(edits_cli.rerun)  # beside cancel/resolve: one `edits` group
 app.add_typer(operator_cli.edits, name="edits")
 app.add_typer(gateway_cli.app, name="gateway")
 

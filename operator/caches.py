@@ -1,0 +1,190 @@
+"""The operator's view of the cluster: EditJobs, Jobs and Pods, fed by watches.
+
+One :class:`ClusterCache` per operator process holds a store per kind and an
+informer per (kind, namespace). Reconciles read only from here; the only
+requests a reconcile makes are the writes it decides on (plus, rarely, the
+result JSON in S3 when a Job is gone). Finished EditJobs whose completion was
+recorded are kept slim (what retention and a resolve annotation need), which
+keeps 70,000 of them within the operator's memory budget; the reconciler reads
+such an EditJob whole from the apiserver in the rare case it acts on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+from editflow.operator.crd import GROUP, editjob_path, editoutcome_path
+from editflow.operator.decide import FINAL_PHASES
+from editflow.operator.informer import JSON, Informer, Key, Store, strip_noise
+from editflow.operator.kube import AsyncKube
+from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
+
+SLIM_MARK = f"{GROUP}/slim"
+
+
+def job_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    return f"{base}/{name}" if name else base
+
+
+def pod_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods"
+
+
+def is_settled(editjob: JSON) -> bool:
+    """Finished and its completion recorded: nothing left to do but expire."""
+    status = editjob.get("status") or {}
+    return status.get("phase") in FINAL_PHASES and bool(status.get("completionEventId"))
+
+
+def project_editjob(obj: JSON) -> JSON:
+    """Whole for active EditJobs; for settled ones only what retention and resolve read."""
+    obj = strip_noise(obj)
+    if not is_settled(obj):
+        return obj
+    meta, status = obj["metadata"], obj.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+            if k in meta
+        }
+        | {"annotations": {k: v for k, v in annotations.items() if k.startswith(f"{GROUP}/")}}
+        | {"labels": {SLIM_MARK: "true"}},
+        "status": {
+            k: status[k]
+            for k in ("phase", "finishedAt", "completionEventId", "jobName")
+            if k in status
+        },
+    }
+
+
+#: What the operator reads of a Job's or a Pod's metadata.
+OWNED_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def _owned_metadata(obj: JSON) -> JSON:
+    meta = obj["metadata"]
+    return {k: meta[k] for k in OWNED_METADATA if k in meta}
+
+
+def project_job(obj: JSON) -> JSON:
+    return {"metadata": _owned_metadata(obj), "status": obj.get("status") or {}}
+
+
+def project_pod(obj: JSON) -> JSON:
+    spec = obj.get("spec") or {}
+    return {
+        "metadata": _owned_metadata(obj),
+        "spec": {"nodeName": spec.get("nodeName")},
+        "status": obj.get("status") or {},
+    }
+
+
+def is_slim(editjob: JSON | None) -> bool:
+    return bool(editjob) and SLIM_MARK in (editjob["metadata"].get("labels") or {})
+
+
+class ClusterCache:
+    """Stores and informers for the operator's namespaces."""
+
+    def __init__(self, kube: AsyncKube, namespaces: list[str], *, watch_timeout: int = 60) -> None:
+        self.kube = kube
+        self.namespaces = namespaces
+        self.editjobs = Store(project=project_editjob)
+        self.jobs = Store(project=project_job)
+        self.pods = Store(project=project_pod)
+        self.outcomes = Store()  # the outbox: few and small, kept whole
+        self._pods_by_job: dict[Key, set[Key]] = defaultdict(set)
+        self.pods.listeners.append(self._index_pod)
+        managed = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+        managed_owned = f"{managed},{LABEL_EDITJOB}"
+        self.informers: list[Informer] = []
+        for ns in namespaces:
+            self.informers += [
+                Informer(
+                    kube,
+                    editjob_path(ns),
+                    self.editjobs,
+                    kind="editjobs",
+                    watch_timeout=watch_timeout,
+                ),
+                Informer(
+                    kube,
+                    job_path(ns),
+                    self.jobs,
+                    kind="jobs",
+                    label_selector=managed_owned,
+                    watch_timeout=watch_timeout,
+                ),
+                Informer(
+                    kube,
+                    editoutcome_path(ns),
+                    self.outcomes,
+                    kind="editoutcomes",
+                    watch_timeout=watch_timeout,
+                ),
+                Informer(
+                    kube,
+                    pod_path(ns),
+                    self.pods,
+                    kind="pods",
+                    label_selector=managed_owned,
+                    watch_timeout=watch_timeout,
+                ),
+            ]
+
+    def _index_pod(self, key: Key, old: JSON | None, new: JSON | None) -> None:
+        for obj, add in ((old, False), (new, True)):
+            if obj is None:
+                continue
+            job = (obj["metadata"].get("labels") or {}).get("job-name")
+            if not job:
+                continue
+            bucket = self._pods_by_job[(key[0], job)]
+            if add:
+                bucket.add(key)
+            else:
+                bucket.discard(key)
+                if not bucket:
+                    self._pods_by_job.pop((key[0], job), None)
+
+    def pods_of(self, namespace: str, job: str) -> list[JSON]:
+        keys = self._pods_by_job.get((namespace, job)) or ()
+        return [p for k in sorted(keys) if (p := self.pods.get(k)) is not None]
+
+    async def run(self) -> None:
+        await asyncio.gather(*(informer.run() for informer in self.informers))
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
+
+    @property
+    def synced(self) -> bool:
+        return all(informer.synced.is_set() for informer in self.informers)
+
+    def stale_for(self) -> float:
+        """Seconds since the least recently heard-from watch said anything."""
+        if not self.informers:
+            return 0.0
+        return time.monotonic() - min(i.last_contact for i in self.informers)
+
+    def sizes(self) -> dict[str, Any]:
+        return {
+            "editjobs": len(self.editjobs),
+            "jobs": len(self.jobs),
+            "pods": len(self.pods),
+            "outcomes": len(self.outcomes),
+        }

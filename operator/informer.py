@@ -1,0 +1,204 @@
+"""Watch-fed caches: one list, then a watch, so a reconcile never lists the cluster.
+
+The model is client-go's reflector + shared informer: an :class:`Informer`
+lists its collection once, in pages, then watches from the list's
+resourceVersion with bookmarks, and replays every change into a
+:class:`Store`. Listeners see ``(key, old, new)`` for each change (``new`` is
+``None`` for a deletion) and keep their own indexes from it (queue order, the
+namespace cap, Pods by Job). A watch that ends is resumed from the last
+resourceVersion; only a ``410 Gone`` (the resume point was compacted away)
+costs a re-list, which is diffed against the store so listeners still see
+exactly what changed. ``synced`` is set after the first list: the operator
+starts no attempt before every cache it counts with is synced.
+
+Objects are *projected* before they are stored (``managedFields`` and
+last-applied annotations dropped, finished EditJobs slimmed) so 70,000
+EditJobs fit the operator's memory budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from editflow.operator import metrics
+from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
+
+log = logging.getLogger("editflow.operator.informer")
+
+Key = tuple[str, str]
+Listener = Callable[[Key, JSON | None, JSON | None], None]
+
+
+def key_of(obj: JSON) -> Key:
+    meta = obj["metadata"]
+    return (meta.get("namespace", ""), meta["name"])
+
+
+def resource_version(obj: JSON | None) -> int:
+    """etcd revisions are integers; a missing or odd one sorts first."""
+    if not obj:
+        return -1
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def strip_noise(obj: JSON) -> JSON:
+    """Drop what the operator never reads and what costs the most memory."""
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and "kubectl.kubernetes.io/last-applied-configuration" in annotations:
+        meta["annotations"] = {
+            k: v
+            for k, v in annotations.items()
+            if k != "kubectl.kubernetes.io/last-applied-configuration"
+        }
+    return {**obj, "metadata": meta}
+
+
+@dataclass
+class Store:
+    """Objects by (namespace, name), each change told to every listener."""
+
+    project: Callable[[JSON], JSON] = strip_noise
+    items: dict[Key, JSON] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
+
+    def get(self, key: Key) -> JSON | None:
+        return self.items.get(key)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def upsert(self, obj: JSON) -> bool:
+        """Store ``obj`` unless the store already holds a newer version of it.
+
+        Write-through from our own writes (a PATCH response) and watch events
+        race; comparing resourceVersions keeps the newest either way.
+        """
+        key = key_of(obj)
+        old = self.items.get(key)
+        if old is not None and resource_version(old) >= resource_version(obj):
+            return False
+        new = self.project(obj)
+        self.items[key] = new
+        self._tell(key, old, new)
+        return True
+
+    def remove(self, key: Key) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self._tell(key, old, None)
+
+    def _tell(self, key: Key, old: JSON | None, new: JSON | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(key, old, new)
+            except Exception:
+                log.exception("cache listener failed", extra={"key": "/".join(key)})
+
+
+class Informer:
+    """Keeps ``store`` equal to one namespace's collection at ``path``."""
+
+    def __init__(
+        self,
+        kube: AsyncKube,
+        path: str,
+        store: Store,
+        *,
+        kind: str,
+        label_selector: str | None = None,
+        watch_timeout: int = 60,
+        page_size: int = 500,
+    ) -> None:
+        self.kube = kube
+        self.path = path
+        self.store = store
+        self.kind = kind
+        self.label_selector = label_selector
+        self.watch_timeout = watch_timeout
+        self.page_size = page_size
+        self.synced = asyncio.Event()
+        self.last_contact = time.monotonic()
+        self.relists = 0
+        self._version = ""
+        self._mine: set[Key] = set()
+
+    def _params(self) -> dict[str, Any]:
+        return {"labelSelector": self.label_selector} if self.label_selector else {}
+
+    async def relist(self) -> None:
+        """One paginated list, diffed into the store (deletions we missed included)."""
+        items, version = await self.kube.list_pages(
+            self.path, page_size=self.page_size, **self._params()
+        )
+        seen: set[Key] = set()
+        for obj in items:
+            seen.add(key_of(obj))
+            self.store.upsert(obj)
+        for key in self._mine - seen:
+            self.store.remove(key)
+        self._mine = seen
+        self._version = version
+        self.relists += 1
+        self.last_contact = time.monotonic()
+        metrics.CACHE_RELISTS.labels(self.kind).inc()
+        self.synced.set()
+
+    async def run(self) -> None:
+        """List once, then watch forever; back off on apiserver trouble."""
+        delay = 0.5
+        while True:
+            try:
+                if not self._version:
+                    await self.relist()
+                await self._watch_once()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except KubeAPIError as exc:
+                if exc.status == 410:
+                    self._version = ""  # compacted: the next turn re-lists
+                    continue
+                log.warning("%s watch failed: %s; retrying in %.1fs", self.kind, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception as exc:
+                log.warning("%s watch failed: %r; retrying in %.1fs", self.kind, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _watch_once(self) -> None:
+        async for event in self.kube.watch(
+            self.path,
+            resource_version=self._version,
+            timeout_seconds=self.watch_timeout,
+            **self._params(),
+        ):
+            self.last_contact = time.monotonic()
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                code = int(obj.get("code") or 500)
+                raise KubeAPIError(code, obj.get("reason", ""), obj.get("message", ""))
+            version = (obj.get("metadata") or {}).get("resourceVersion")
+            if kind == "BOOKMARK":
+                self._version = version or self._version
+                continue
+            key = key_of(obj)
+            if kind == "DELETED":
+                self.store.remove(key)
+                self._mine.discard(key)
+            else:
+                self.store.upsert(obj)
+                self._mine.add(key)
+            metrics.CACHE_EVENTS.labels(self.kind).inc()
+            self._version = version or self._version
+        self.last_contact = time.monotonic()

@@ -1,0 +1,159 @@
+"""The reconcile scheduling parts in isolation: the work queue and the queue/cap index.
+
+These are the pieces that make a reconcile's cost independent of the number
+of EditJobs; the end-to-end proof (requests counted through a proxy with 10
+and 2,000 queued EditJobs) is in test_scale.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from editflow.operator.caches import project_editjob
+from editflow.operator.names import LABEL_EDITJOB
+from editflow.operator.workindex import WorkIndex
+from editflow.operator.workqueue import WorkQueue
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def ts(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def editjob(name: str, phase: str = "Queued", priority: int = 50, queued: int = 0, **status):
+    return {
+        "metadata": {"namespace": "edits", "name": name, "uid": f"u-{name}"},
+        "spec": {"priority": priority},
+        "status": {"phase": phase, "queuedAt": ts(NOW + timedelta(seconds=queued)), **status},
+    }
+
+
+def job(name: str, owner: str, finished: bool = False):
+    conditions = [{"type": "Complete", "status": "True"}] if finished else []
+    return {
+        "metadata": {"namespace": "edits", "name": name, "labels": {LABEL_EDITJOB: owner}},
+        "status": {"conditions": conditions},
+    }
+
+
+async def test_a_key_added_many_times_is_processed_once_and_never_twice_at_once() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    seen: list[str] = []
+    running: set[str] = set()
+    overlap = []
+
+    async def work(key: str) -> None:
+        if key in running:
+            overlap.append(key)
+        running.add(key)
+        seen.append(key)
+        await asyncio.sleep(0.01)
+        running.discard(key)
+
+    for _ in range(50):
+        queue.add("a")
+    queue.add("b")
+    workers = asyncio.create_task(queue.run_workers(4, work))
+    await asyncio.sleep(0.005)
+    queue.add("a")  # while "a" is processed: marked dirty, processed once more afterwards
+    queue.add("a")
+    for _ in range(100):
+        if len(seen) >= 3 and not queue.processing and not len(queue):
+            break
+        await asyncio.sleep(0.01)
+    workers.cancel()
+    assert sorted(seen) == ["a", "a", "b"] and overlap == []
+
+
+async def test_failures_back_off_exponentially_per_key_until_forgotten() -> None:
+    queue: WorkQueue[str] = WorkQueue(base_delay=0.5, max_delay=4.0)
+    delays = [queue.add_rate_limited("x") for _ in range(5)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert queue.add_rate_limited("y") == 0.5  # per key
+    queue.forget("x")
+    assert queue.add_rate_limited("x") == 0.5
+
+
+async def test_a_delayed_add_never_postpones_an_earlier_one() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add_after("k", 0.05)
+    queue.add_after("k", 60)
+    await asyncio.sleep(0.1)
+    assert len(queue) == 1 and await queue.get() == "k"
+
+
+def test_queue_order_is_priority_then_arrival_and_backoff_entries_wait() -> None:
+    index = WorkIndex()
+    index.editjob_changed(("edits", "low"), None, editjob("low", priority=10, queued=0))
+    index.editjob_changed(("edits", "high"), None, editjob("high", priority=90, queued=5))
+    index.editjob_changed(("edits", "mid"), None, editjob("mid", priority=50, queued=1))
+    later = ts(NOW + timedelta(seconds=30))
+    retry = editjob("retry", priority=99, queued=0, retryAfter=later)
+    index.editjob_changed(("edits", "retry"), None, retry)
+    assert index.head("edits", 10, NOW) == [("edits", "high"), ("edits", "mid"), ("edits", "low")]
+    assert index.queued_ahead(("edits", "low"), editjob("low", priority=10), NOW) == 2
+    # once its backoff passes, the retry sorts first
+    assert index.head("edits", 1, NOW + timedelta(seconds=31)) == [("edits", "retry")]
+    # leaving the queue (a Job named in status) removes it from the order
+    running = editjob("high", phase="Running", jobName="high-a1")
+    index.editjob_changed(("edits", "high"), None, running)
+    assert ("edits", "high") not in index.head("edits", 10, NOW)
+
+
+def test_in_flight_counts_unfinished_jobs_claims_and_reservations_once_each() -> None:
+    index = WorkIndex()
+    index.job_changed(("edits", "a-a1"), None, job("a-a1", "a"))
+    running = editjob("a", phase="Running", jobName="a-a1")
+    index.editjob_changed(("edits", "a"), None, running)  # same attempt: counted once
+    assert index.in_flight("edits") == 1
+    # a status that names a Job the cache has not seen yet still holds its slot
+    claimed = editjob("b", phase="Running", jobName="b-a1")
+    index.editjob_changed(("edits", "b"), None, claimed)
+    assert index.in_flight("edits") == 2
+    assert index.reserve("edits", "c-a1", cap=3) is True
+    assert index.reserve("edits", "d-a1", cap=3) is False  # the cap holds before any watch
+    index.job_changed(("edits", "a-a1"), None, job("a-a1", "a", finished=True))
+    assert index.in_flight("edits") == 2
+    assert index.reserve("edits", "d-a1", cap=3) is True
+    index.release("edits", "d-a1")
+    assert index.in_flight("edits") == 2
+
+
+def test_settled_editjobs_are_cached_slim() -> None:
+    big = editjob("done", phase="Succeeded", completionEventId="c-1", finishedAt=ts(NOW))
+    big["spec"]["prompt"] = "x" * 10_000
+    big["metadata"]["managedFields"] = [{"manager": "kopf"}] * 10
+    slim = project_editjob(big)
+    assert "spec" not in slim and "managedFields" not in slim["metadata"]
+    assert slim["status"] == {
+        "phase": "Succeeded",
+        "finishedAt": ts(NOW),
+        "completionEventId": "c-1",
+    }
+    active = editjob("busy", phase="Running", jobName="busy-a1")
+    assert project_editjob(active)["spec"] == active["spec"]
+
+
+async def test_a_settled_editjob_seen_again_after_a_restart_reconciles_without_its_spec() -> None:
+    """After a restart every EditJob arrives as 'new' to the caches; a settled one is kept slim
+    (no spec) and its reconcile must only look at retention, never fail for the spec."""
+    from editflow.core.settings import Settings
+    from editflow.operator.caches import ClusterCache
+    from editflow.operator.reconciler import Reconciler
+
+    cache = ClusterCache(None, ["edits"])  # type: ignore[arg-type]  # no request is made
+    reconciler = Reconciler(
+        Settings(),
+        None,
+        cache=cache,
+        dispatcher=None,
+        outbox=None,
+        s3=None,  # type: ignore[arg-type]
+    )
+    done = editjob("done", phase="NeedsReview", completionEventId="c-1", finishedAt=ts(NOW))
+    done["metadata"]["resourceVersion"] = "5"
+    cache.editjobs.upsert(done)
+    assert "spec" not in cache.editjobs.get(("edits", "done"))
+    assert await reconciler.reconcile("edits", "done") is None
