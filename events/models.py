@@ -99,7 +99,11 @@ def _https_url(value: str) -> str:
 
 def _nats_subject(value: str) -> str:
     if not _NATS_SUBJECT.match(value):
-        raise ValueError("must be a NATS subject without wildcards, e.g. oa.edits.done")
+        raise ValueError("must be a NATS subject without wildcards, e.g. oa.callbacks.done")
+    # NATS' own namespaces are never a callback, whatever the installation allows; the
+    # configured prefix is checked on receipt (editflow.events.callback_subjects).
+    if value.startswith(("$", "_INBOX.")):
+        raise ValueError("must not be a NATS system subject ($JS., $SYS., $KV., _INBOX. ...)")
     return value
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from editflow.core.settings import EventsSettings
 from editflow.events.binding import decode
+from editflow.events.callback_subjects import CallbackSubjects
 from editflow.events.models import (
     APPROVAL_V1,
     EVENT_TYPES,
@@ -47,6 +48,8 @@ class Policy:
     subjects: Mapping[str, str] = field(default_factory=dict)
     #: the types this receiver accepts (``None``: every known type).
     accept: Collection[str] | None = None
+    #: the rule for an approval's ``callback.nats_subject`` (``None``: only the schema's).
+    callback_subjects: CallbackSubjects | None = None
 
     @classmethod
     def from_settings(
@@ -57,6 +60,7 @@ class Policy:
             signing_key=events.signing_key.get_secret_value() if events.signing_key else None,
             subjects={APPROVAL_V1: events.approval_subject, WITHDRAW_V1: events.withdraw_subject},
             accept=accept,
+            callback_subjects=CallbackSubjects.from_settings(events),
         )
 
 
@@ -142,6 +146,9 @@ def parse_event(
         if policy.signing_key and event_type in OA_EVENT_TYPES:
             problems.extend(_signature_problems(policy.signing_key, attrs, data))
 
+    if model is EVENT_TYPES[APPROVAL_V1] and policy.callback_subjects is not None:
+        problems.extend(_callback_subject_problems(policy.callback_subjects, data))
+
     # Attributes already reported (a wrong specversion, a missing id) are not repeated.
     reported = {p.path for p in problems if p.path}
     problems.extend(
@@ -171,6 +178,16 @@ def _signature_problems(key: str, attrs: Mapping[str, Any], data: Any) -> list[P
                 "does not match the event (wrong key, or the event was changed after signing)",
             )
         ]
+    return []
+
+
+def _callback_subject_problems(rule: CallbackSubjects, data: Any) -> list[Problem]:
+    callback = data.get("callback") if isinstance(data, dict) else None
+    subject = callback.get("nats_subject") if isinstance(callback, dict) else None
+    if not isinstance(subject, str) or subject.startswith(("$", "_INBOX.")):
+        return []  # absent, or refused by the schema already (reported once, from there)
+    if why := rule.problem(subject):
+        return [Problem(Reason.INVALID, "data.callback.nats_subject", why)]
     return []
 
 

@@ -28,6 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from editflow import __version__
 from editflow.core.settings import Settings, get_settings
+from editflow.core.urlguard import Resolve
+from editflow.events.kvlimits import LimitsBucket
 from editflow.gateway import problems, routes
 from editflow.gateway.backend import Bus, EditBus, ObjectStore, Store
 from editflow.gateway.clients import parse_networks
@@ -40,7 +42,9 @@ from editflow.gateway.guard import (
     is_api,
 )
 from editflow.gateway.metrics import GatewayMetrics
-from editflow.gateway.ratelimit import SlidingWindowLimiter
+from editflow.gateway.ratelimit import RateLimiter, SlidingWindowLimiter
+from editflow.gateway.screen import RequestScreen
+from editflow.gateway.sharedlimit import LimitsStore, SharedLimiter
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -101,8 +105,12 @@ def create_app(
     *,
     bus: EditBus | None = None,
     store: ObjectStore | None = None,
+    resolve: Resolve | None = None,
 ) -> FastAPI:
-    """The gateway app; ``bus``/``store`` default to NATS (via the OA SDK) and S3."""
+    """The gateway app; ``bus``/``store`` default to NATS (via the OA SDK) and S3.
+
+    ``resolve`` replaces the system DNS lookup of the URL screen (tests only).
+    """
     settings = settings or get_settings()
     gw = settings.gateway
     metrics = GatewayMetrics()
@@ -132,7 +140,11 @@ def create_app(
         redoc_url=None,
     )
     app.state.gateway = routes.GatewayState(
-        settings=settings, bus=bus, store=store, metrics=metrics
+        settings=settings,
+        bus=bus,
+        store=store,
+        metrics=metrics,
+        screen=RequestScreen(settings, resolve=resolve),
     )
     problems.install(app)
     app.include_router(routes.ops)
@@ -146,13 +158,14 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    submit_limiter, read_limiter = _limiters(settings, bus, metrics)
     app.add_middleware(
         Guard,
         config=GuardConfig(
             token=gw.token.get_secret_value() if gw.token else None,
             trusted=parse_networks(gw.trusted_proxies),
-            submit_limiter=SlidingWindowLimiter(gw.rate_limit_per_minute),
-            read_limiter=SlidingWindowLimiter(gw.read_rate_limit_per_minute),
+            submit_limiter=submit_limiter,
+            read_limiter=read_limiter,
             max_json_bytes=gw.max_json_bytes,
             max_upload_bytes=gw.max_upload_bytes,
         ),
@@ -170,6 +183,32 @@ def create_app(
     app.add_middleware(Edge, metrics=metrics)
     app.openapi = lambda: _openapi(app, auth=gw.token is not None)  # type: ignore[method-assign]
     return app
+
+
+def _limiters(
+    settings: Settings, bus: EditBus, metrics: GatewayMetrics
+) -> tuple[RateLimiter, RateLimiter]:
+    """Shared through NATS KV whenever the gateway talks to NATS (its real :class:`Bus`);
+    per process for in-process stand-ins or with ``rate_limit_shared: false``."""
+    gw = settings.gateway
+    if not (gw.rate_limit_shared and isinstance(bus, Bus)):
+        return (
+            SlidingWindowLimiter(gw.rate_limit_per_minute),
+            SlidingWindowLimiter(gw.read_rate_limit_per_minute),
+        )
+    store = LimitsStore(
+        bus.jetstream,
+        LimitsBucket(
+            gw.rate_limit_bucket,
+            storage=settings.events.storage,
+            replicas=settings.events.replicas,
+        ),
+        metrics,
+    )
+    return (
+        SharedLimiter("submit", gw.rate_limit_per_minute, store),
+        SharedLimiter("read", gw.read_rate_limit_per_minute, store),
+    )
 
 
 def _problem_response(description: str, **extra: Any) -> dict[str, Any]:

@@ -158,6 +158,12 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    def jetstream(self) -> JetStreamContext | None:
+        """The connected JetStream context, or ``None`` while NATS is unreachable (never waits)."""
+        if self.client is None or not self.client.nc.is_connected:
+            return None
+        return self.client.js
+
     def _ready(self) -> OAClient:
         if self.client is None or not self.client.nc.is_connected:
             raise UpstreamError(f"the event bus is unavailable ({self._last_error}); retry shortly")

@@ -13,12 +13,19 @@ the limit), never buffered whole. Order, per request:
 
 Health, readiness, metrics, the try-it page and the OpenAPI document are
 open: a kubelet probe or Prometheus has no token.
+
+Logs: one ``client rate limited`` line when a client starts being refused
+(not one per refused request: :class:`LimitedClients`); every request is
+counted in the metrics instead.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
@@ -27,7 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from editflow.gateway.clients import Client, Network, client_ip, header, identity_for
 from editflow.gateway.metrics import GatewayMetrics
 from editflow.gateway.problems import PROBLEM_JSON, problem_bytes
-from editflow.gateway.ratelimit import SlidingWindowLimiter, retry_after
+from editflow.gateway.ratelimit import RateLimiter, retry_after
+
+log = logging.getLogger("editflow.gateway")
 
 CLIENT_SCOPE_KEY = "editflow.client"
 
@@ -48,10 +57,28 @@ def is_api(path: str) -> bool:
 class GuardConfig:
     token: str | None
     trusted: tuple[Network, ...]
-    submit_limiter: SlidingWindowLimiter
-    read_limiter: SlidingWindowLimiter
+    submit_limiter: RateLimiter
+    read_limiter: RateLimiter
     max_json_bytes: int
     max_upload_bytes: int
+
+
+@dataclass
+class LimitedClients:
+    """Which clients were told they are limited, until when (bounded): one log line each time."""
+
+    keep: int = 10_000
+    _until: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
+
+    def first_refusal(self, scope: str, ip: str, wait: float) -> bool:
+        now = time.monotonic()
+        key = (scope, ip)
+        new = self._until.get(key, 0.0) <= now
+        self._until[key] = now + wait
+        self._until.move_to_end(key)
+        while len(self._until) > self.keep:
+            self._until.popitem(last=False)
+        return new
 
 
 class TooLarge(HTTPException):
@@ -66,6 +93,7 @@ class Guard:
         self.app = app
         self.config = config
         self.metrics = metrics
+        self.limited = LimitedClients()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,9 +112,20 @@ class Guard:
 
         submit = (method, path) in SUBMIT_ROUTES
         limiter = self.config.submit_limiter if submit else self.config.read_limiter
-        wait = limiter.check(ip)
+        wait = await limiter.acquire(ip)
         if wait:
-            self.metrics.rate_limited.labels("submit" if submit else "read").inc()
+            scope = "submit" if submit else "read"
+            self.metrics.rate_limited.labels(scope).inc()
+            if self.limited.first_refusal(scope, ip, wait):
+                log.info(
+                    "client rate limited",
+                    extra={
+                        "limit": scope,
+                        "client_ip": ip,
+                        "per_minute": limiter.limit,
+                        "retry_after_s": float(retry_after(wait)),
+                    },
+                )
             what = "edit submissions" if submit else "requests"
             await _problem(
                 send,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class GatewayMetrics:
@@ -42,6 +42,17 @@ class GatewayMetrics:
             "editflow_gateway_rate_limited_total",
             "Requests refused with 429, by limit",
             ["limit"],
+            registry=self.registry,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "editflow_gateway_rate_limit_fallbacks_total",
+            "Rate-limit decisions made by this replica alone because NATS KV did not answer",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.rate_limit_shared = Gauge(
+            "editflow_gateway_rate_limit_shared",
+            "1 while rate limits are counted in the shared NATS KV bucket, 0 while per replica",
             registry=self.registry,
         )
         self.unauthorized = Counter(

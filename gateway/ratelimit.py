@@ -2,10 +2,14 @@
 
 Exact, not approximate: the 6th request within a minute of the first of five
 is refused, and ``Retry-After`` says when the oldest request leaves the
-window. State is per gateway process (one replica: the configured limit;
-N replicas behind a load balancer: up to N times it) and bounded: idle
-clients are forgotten, and at most ``max_clients`` are tracked (the least
-recently seen is dropped first).
+window. State is per gateway process and bounded: idle clients are
+forgotten, and at most ``max_clients`` are tracked (the least recently seen
+is dropped first).
+
+This is the limiter of a gateway without NATS (the in-process test fakes,
+``rate_limit_shared: false``) and the fallback of the shared one
+(:mod:`.sharedlimit`), which counts across replicas. Both answer
+:class:`RateLimiter`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class RateLimiter(Protocol):
+    """What the guard asks: record a request of a client; 0 if allowed, else the wait in s."""
+
+    limit: int
+
+    async def acquire(self, key: str) -> float: ...
 
 
 @dataclass
@@ -41,6 +54,9 @@ class SlidingWindowLimiter:
         hits.append(now)
         self._evict(now)
         return 0.0
+
+    async def acquire(self, key: str) -> float:
+        return self.check(key)
 
     def _evict(self, now: float) -> None:
         while len(self._hits) > self.max_clients:

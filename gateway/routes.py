@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -34,7 +35,10 @@ from editflow.gateway.schemas import (
     UploadView,
     UsageView,
 )
+from editflow.gateway.screen import RequestScreen
 from editflow.gateway.service import Rejection
+
+log = logging.getLogger("editflow.gateway")
 
 #: How often a waiting POST /edit looks for a dead letter of its event.
 REJECTION_POLL_SECONDS = 3.0
@@ -46,6 +50,7 @@ class GatewayState:
     bus: EditBus
     store: ObjectStore
     metrics: GatewayMetrics
+    screen: RequestScreen
 
 
 def state(request: Request) -> GatewayState:
@@ -157,9 +162,11 @@ async def _submit(
         edit_id=edit_id,
         source=gw.settings.gateway.source,
         client_identity=client.identity,
-        upload_prefix=gw.settings.gateway.upload_prefix,
+        upload_prefix=service.upload_root(gw.settings),
         bucket=gw.settings.s3.bucket,
     )
+    # Unsafe or unresolvable URLs, refused callback subjects: 422 now, before any GPU.
+    await gw.screen.check(body)
     fp = service.fingerprint(endpoint, body.model_dump(mode="json"))
     deterministic = idempotency_key is not None or bool(body.form_id and body.approval_id)
     if deterministic and (record := await gw.store.get_record(edit_id)) is not None:
@@ -169,6 +176,7 @@ async def _submit(
         # publish again unless the edit already finished (JetStream drops a duplicate).
         if await gw.bus.completion(edit_id) is None:
             await gw.bus.publish(event)
+        _accepted(edit_id, endpoint, client, replayed=True)
         return edit_id, record, True
     record = service.record_of(
         event, client_identity=client.identity, fingerprint=fp, endpoint=endpoint
@@ -176,7 +184,21 @@ async def _submit(
     await gw.store.put_record(edit_id, record)
     await gw.bus.publish(event)
     gw.metrics.submitted.labels(endpoint).inc()
+    _accepted(edit_id, endpoint, client, replayed=False)
     return edit_id, record, False
+
+
+def _accepted(edit_id: str, endpoint: str, client: Client, *, replayed: bool) -> None:
+    """The gateway's one line per accepted edit (its decision; HTTP requests are metrics)."""
+    log.info(
+        "edit accepted",
+        extra={
+            "edit_id": edit_id,
+            "endpoint": endpoint,
+            "client_ip": client.ip,
+            "replayed": replayed,
+        },
+    )
 
 
 def _signed(gw: GatewayState, key: str | None) -> tuple[str | None, Any]:
@@ -327,7 +349,7 @@ async def upload(
     ctype, ext = kind
     digest = hashlib.sha256(data).hexdigest()
     # Content-addressed: the same image uploaded twice is one object.
-    key = f"{gw.settings.gateway.upload_prefix.rstrip('/')}/{digest[:2]}/{digest}.{ext}"
+    key = f"{service.upload_root(gw.settings)}/{digest[:2]}/{digest}.{ext}"
     await gw.store.put_upload(key, data, ctype)
     gw.metrics.uploads.inc(len(data))
     return UploadView(image_key=key, size=len(data), content_type=ctype, sha256=digest)
@@ -345,7 +367,18 @@ async def edit_and_wait(
 ) -> LegacyEditResponse:
     gw = state(request)
     started = time.monotonic()
-    modern = EditRequest(image_url=body.image_url, prompt=body.prompt)
+    if body.ignored_fields:
+        log.info(
+            "legacy request fields ignored",
+            extra={"fields": list(body.ignored_fields), "client_ip": client_of(request).ip},
+        )
+    modern = EditRequest(
+        image_url=body.image_url,
+        prompt=body.prompt,
+        model=body.model,
+        usage=body.usage,
+        parameters=body.parameters(),
+    )
     edit_id, _, _ = await _submit(request, modern, idempotency_key, "edit")
     timeout = gw.settings.gateway.wait_timeout_seconds
     deadline = started + timeout

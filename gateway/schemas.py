@@ -13,7 +13,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from editflow.events.models import MAX_INSTRUCTION_CHARS, Generation, Priority
 from editflow.events.worker_contract import MODEL_NAMES as MODELS
@@ -131,12 +140,47 @@ class EditRequest(_Strict):
 
 
 class LegacyEditRequest(BaseModel):
-    """``POST /edit``: the first deployment's request."""
+    """``POST /edit``: the first deployment's request, plus the options a caller expects.
+
+    ``model``, ``steps``, ``guidance``, ``seed`` and ``usage`` are validated like
+    the versioned API's (a bad one is a 422 naming it, never a silent default
+    that spends a GPU run); any other field is ignored, as the first
+    deployment did, and named in one log line per request
+    (:attr:`ignored_fields`).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     image_url: ImageUrlStr = Field(examples=["https://oa.example.com/f/1.png"])
     prompt: PromptStr = Field(examples=["把背景换成海边日落"])
+    model: ModelName | None = Field(None, description="model registry name; default if unset")
+    steps: int | None = Field(None, ge=1, le=200, description="denoising steps")
+    guidance: float | None = Field(
+        None, ge=0, le=30, allow_inf_nan=False, description="guidance scale (finite)"
+    )
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    usage: SlugStr = Field("default", description="output profile, see GET /v1/usages")
+
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_ignored(cls, data: Any, handler: Any) -> LegacyEditRequest:
+        model = handler(data)
+        if isinstance(data, dict):
+            model._ignored = tuple(sorted(str(k) for k in data if k not in cls.model_fields))
+        return model  # type: ignore[no-any-return]
+
+    @property
+    def ignored_fields(self) -> tuple[str, ...]:
+        """Fields the caller sent that editflow has no use for (ignored, for compatibility)."""
+        return self._ignored
+
+    def parameters(self) -> Generation | None:
+        """``steps``/``guidance``/``seed`` as the approval event's generation parameters."""
+        if self.steps is None and self.guidance is None and self.seed is None:
+            return None
+        return Generation(steps=self.steps, guidance_scale=self.guidance, seed=self.seed)
 
 
 class LegacyEditResponse(BaseModel):

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from editflow.core.errors import InvalidInputError
+from editflow.core.settings import Settings
 from editflow.events.models import (
     ID_NAMESPACE,
     ApprovalData,
@@ -89,6 +90,15 @@ def instruction_of(request: EditRequest) -> str:
     if request.template is None:
         raise InvalidInputError("set prompt, or template with its params", field="prompt")
     return templates.render(request.template.id, request.template.params, request.template.lang)
+
+
+def upload_root(settings: Settings) -> str:
+    """``<upload_prefix>/<namespace>``: uploads belong to the namespace edits run in.
+
+    The operator refuses an ``s3Key`` outside its EditJob's namespace prefix
+    (``operator/tenancy.py``), so one tenant cannot name another's image.
+    """
+    return f"{settings.gateway.upload_prefix.strip('/')}/{settings.namespace}"
 
 
 def check_source(request: EditRequest, *, upload_prefix: str, bucket: str) -> None:

@@ -88,14 +88,14 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError as Urllib3Error
 
-    from editflow.core.s3 import s3_client
+    from editflow.core.s3 import s3_client, weights_s3_settings
 
     assert worker.weights_s3_prefix is not None
     bucket = worker.weights_s3_bucket or s3.bucket
     prefix = f"{worker.weights_s3_prefix.strip('/')}/{name}"
     cache = Path(worker.cache_dir)
     final = cache / name
-    client = s3_client(s3)
+    client = s3_client(weights_s3_settings(worker, s3))
     try:
         response = client.get_object(bucket, f"{prefix}/{MANIFEST}")
         try:

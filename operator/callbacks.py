@@ -5,6 +5,16 @@ HMAC-SHA256 of the body with ``EDITFLOW_OPERATOR__CALLBACK_SIGNING_KEY`` (when
 set), and ``Idempotency-Key`` is the completion event id, so a receiver can
 drop the repeats that retries produce. Non-2xx answers and network errors are
 retried with exponential backoff up to ``callback_max_attempts``.
+
+Callbacks are not a way in: the URL goes through the SSRF guard
+(:mod:`editflow.core.urlguard`) before the first byte is sent. Loopback,
+private, link-local and metadata addresses are refused unless allow-listed
+(``operator.callback_allow_hosts`` / ``callback_allow_cidrs``); the host is
+resolved once per delivery and every attempt connects to that checked address
+(``Host`` and TLS SNI keep the name), so DNS rebinding cannot move it;
+redirects are never followed (a 3xx is a failed attempt). A refused URL is
+not retried: it is logged as a warning and counted (``refused``).
+The alert webhook (``operator.alert_webhook_url``) takes the same path.
 """
 
 from __future__ import annotations
@@ -18,14 +28,69 @@ import ssl
 
 import httpx
 
+from editflow.core.errors import PermanentError
 from editflow.core.settings import OperatorSettings
+from editflow.core.urlguard import (
+    AllowList,
+    CachedResolver,
+    LookupFailed,
+    Resolve,
+    Target,
+    UrlGuard,
+)
 from editflow.operator import metrics
 
 log = logging.getLogger("editflow.operator.callbacks")
 
+CALLBACK_FIELD = "spec.callback.webhookUrl"
+ALERT_FIELD = "operator.alert_webhook_url"
+
+_GUARDS: dict[tuple[object, ...], UrlGuard] = {}
+
 
 def signature(key: str, body: bytes) -> str:
     return "v1=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+def webhook_guard(settings: OperatorSettings, *, resolve: Resolve | None = None) -> UrlGuard:
+    """The guard for webhooks under ``settings`` (shared, so its DNS cache is too)."""
+    key = (
+        tuple(settings.callback_allow_hosts),
+        tuple(settings.callback_allow_cidrs),
+        settings.dns_timeout_seconds,
+        settings.dns_cache_seconds,
+        resolve,
+    )
+    if (guard := _GUARDS.get(key)) is None:
+        resolver = CachedResolver(
+            timeout_seconds=settings.dns_timeout_seconds,
+            ttl_seconds=settings.dns_cache_seconds,
+            negative_ttl_seconds=min(settings.dns_cache_seconds, 30.0),
+        )
+        if resolve is not None:
+            resolver.resolve = resolve
+        guard = UrlGuard(
+            AllowList.parse(settings.callback_allow_hosts, settings.callback_allow_cidrs),
+            resolver,
+        )
+        _GUARDS[key] = guard
+    return guard
+
+
+async def webhook_refusal(
+    url: str, settings: OperatorSettings, *, field: str | None = None
+) -> PermanentError | None:
+    """Why the guard refuses ``url`` for good (``None``: it may be tried, also when DNS is
+    only temporarily unwell). For a caller that retries deliveries itself (the outbox): a
+    refused webhook is given up with this reason instead of being retried until it expires."""
+    field = field or (ALERT_FIELD if url == settings.alert_webhook_url else CALLBACK_FIELD)
+    try:
+        await webhook_guard(settings).check(url, field=field)
+    except PermanentError as exc:
+        return exc
+    except LookupFailed:
+        return None
+    return None
 
 
 async def deliver_callback(
@@ -35,8 +100,17 @@ async def deliver_callback(
     settings: OperatorSettings,
     *,
     content_type: str = "application/cloudevents+json; charset=utf-8",
+    field: str | None = None,
+    guard: UrlGuard | None = None,
 ) -> bool:
-    """POST ``body`` to ``url`` until a 2xx answer or the attempts run out."""
+    """POST ``body`` to ``url`` until a 2xx answer or the attempts run out.
+
+    ``False`` also when the guard refuses the URL (then nothing is sent).
+    ``field`` names the URL's origin in messages (default: the EditJob's
+    callback, or the alert setting when ``url`` is the alert webhook).
+    """
+    field = field or (ALERT_FIELD if url == settings.alert_webhook_url else CALLBACK_FIELD)
+    guard = guard or webhook_guard(settings)
     headers = {"Content-Type": content_type, "Idempotency-Key": event_id}
     if settings.callback_signing_key is not None:
         headers["X-Editflow-Signature"] = signature(
@@ -46,14 +120,33 @@ async def deliver_callback(
     if settings.callback_ca_file:
         verify = ssl.create_default_context(cafile=settings.callback_ca_file)
     delay = settings.callback_backoff_seconds
+    target: Target | None = None
     async with httpx.AsyncClient(verify=verify, timeout=10.0, follow_redirects=False) as client:
         for attempt in range(1, settings.callback_max_attempts + 1):
             try:
-                resp = await client.post(url, content=body, headers=headers)
+                if target is None:  # resolved once; every later attempt dials the same IP
+                    target = await guard.check(url, field=field)
+                pinned_url, host, extensions = target.pinned()
+                resp = await client.post(
+                    pinned_url, content=body, headers={**headers, **host}, extensions=extensions
+                )
                 if 200 <= resp.status_code < 300:
                     metrics.CALLBACKS.labels("delivered").inc()
                     return True
                 problem = f"HTTP {resp.status_code}"
+                if resp.is_redirect:
+                    problem += " (redirects are not followed: configure the final URL)"
+            except PermanentError as exc:
+                metrics.CALLBACKS.labels("refused").inc()
+                log.warning(
+                    "webhook %s refused, not delivered: %s",
+                    url,
+                    exc,
+                    extra={"event_id": event_id, "field": field, "code": exc.code},
+                )
+                return False
+            except LookupFailed as exc:
+                problem = exc.message
             except httpx.HTTPError as exc:
                 problem = repr(exc)
             metrics.CALLBACKS.labels("retry").inc()

@@ -1,6 +1,6 @@
-"""The EditJob CustomResourceDefinition: the one source of truth.
+"""The EditJob (and EditOutcome) CustomResourceDefinitions: the one source of truth.
 
-The Helm chart's ``crds/editjob.yaml`` is rendered from :func:`editjob_crd`
+The Helm chart's ``files/crds/editjob.yaml`` is rendered from :func:`editjob_crd`
 (``editflow operator crd``) and a test keeps the two in sync. The OpenAPI
 schema carries descriptions, enums, bounds and required fields so that the
 apiserver itself refuses an invalid EditJob with a message naming the field,
@@ -48,7 +48,11 @@ SOURCE = _obj(
             maxLength=4096,
             pattern=r"^https?://",
         ),
-        "s3Key": _s("Object key in the platform bucket (e.g. uploads/abc.png).", maxLength=1024),
+        "s3Key": _s(
+            "Object key in the platform bucket, an upload of this namespace "
+            "(uploads/<namespace>/...).",
+            maxLength=1024,
+        ),
     },
     **{
         "x-kubernetes-validations": [
@@ -195,7 +199,16 @@ STATUS = _obj(
         "resultUrl": _s("Presigned URL of the result image."),
         "costSeconds": {"type": "number", "description": "Total edit time in seconds."},
         "errorCode": _s("Stable error code of the last failure."),
-        "completionEventId": _s("Id of the completion event published for the outcome."),
+        "completionEventId": _s(
+            "Id of the outcome's completion event, recorded once it is in the outbox."
+        ),
+        "completionPublishedAt": _s(
+            "When the completion event reached the completions stream.", format="date-time"
+        ),
+        "callbackDelivery": _s(
+            "The OA callback webhook: pending, delivered, gave_up, or none.",
+            enum=["pending", "delivered", "gave_up", "none"],
+        ),
         "queuedAt": _s("When the edit started waiting for capacity.", format="date-time"),
         "startedAt": _s("When the current attempt started.", format="date-time"),
         "finishedAt": _s("When the edit reached its final phase.", format="date-time"),
@@ -222,41 +235,49 @@ PRINTER_COLUMNS = [
 ]
 
 
-def editjob_crd() -> dict[str, Any]:
-    """The CRD manifest, as the apiserver and the Helm chart receive it."""
+def _crd(
+    *,
+    plural: str,
+    singular: str,
+    kind: str,
+    short_names: tuple[str, ...],
+    columns: list[dict[str, Any]],
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+) -> dict[str, Any]:
+    """One namespaced editflow CRD with a status subresource (EditJob, EditOutcome)."""
+    names: dict[str, Any] = {"plural": plural, "singular": singular, "kind": kind}
+    if short_names:
+        names["shortNames"] = list(short_names)
+    names["categories"] = ["editflow"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/part-of": "editflow"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "kind": KIND,
-                "shortNames": list(SHORT_NAMES),
-                "categories": ["editflow"],
-            },
+            "names": names,
             "versions": [
                 {
                     "name": VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": _obj(
-                            "An image edit approved in the OA system, run as a GPU Job.",
+                            description,
                             {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": SPEC,
-                                "status": STATUS,
+                                "spec": spec,
+                                "status": status,
                             },
                             required=["spec"],
                         )
@@ -267,7 +288,88 @@ def editjob_crd() -> dict[str, Any]:
     }
 
 
+def editjob_crd() -> dict[str, Any]:
+    """The CRD manifest, as the apiserver and the Helm chart receive it."""
+    return _crd(
+        plural=PLURAL,
+        singular=SINGULAR,
+        kind=KIND,
+        short_names=SHORT_NAMES,
+        columns=PRINTER_COLUMNS,
+        description="An image edit approved in the OA system, run as a GPU Job.",
+        spec=SPEC,
+        status=STATUS,
+    )
+
+
 def editjob_path(namespace: str, name: str = "") -> str:
     """The REST path of a namespace's EditJobs, or of one of them."""
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+# -- EditOutcome: the durable outbox -----------------------------------------------------
+OUTCOME_KIND = "EditOutcome"
+OUTCOME_PLURAL = "editoutcomes"
+OUTCOME_SINGULAR = "editoutcome"
+
+OUTCOME_SPEC = _obj(
+    "One outcome to deliver: written before anything is sent, removed once all of it arrived.",
+    {
+        "editjob": _s("namespace/name of the EditJob (which may already be deleted)."),
+        "editjobUid": _s("uid of that EditJob."),
+        "approvalEventId": _s("The approval event the outcome answers."),
+        "completion": _s("The completion CloudEvent (JSON) for the completions stream."),
+        "review": _s("The manual-review CloudEvent (JSON), for NeedsReview outcomes."),
+        "natsSubject": _s("The OA system's NATS callback subject, if any."),
+        "webhookUrl": _s("The OA system's HTTPS callback, if any."),
+        "alertUrl": _s("An alert webhook to page (timeouts, no GPU, NeedsReview)."),
+        "alert": _s("The alert body (JSON)."),
+        "expiresAt": _s("Deliveries stop being retried after this.", format="date-time"),
+    },
+    **{"x-kubernetes-preserve-unknown-fields": True},
+)
+
+OUTCOME_STATUS = _obj(
+    "Delivery progress, written by the operator.",
+    {
+        "delivered": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Parts delivered: completion, review, subject, webhook, alert.",
+        },
+        "attempts": _i("Webhook delivery attempts so far."),
+        "nextAttemptAt": _s("When the next webhook attempt is due.", format="date-time"),
+        "lastError": _s("Why the last attempt failed."),
+        "gaveUp": {"type": "array", "items": {"type": "string"}, "description": "Parts given up."},
+    },
+    **{"x-kubernetes-preserve-unknown-fields": True},
+)
+
+
+OUTCOME_COLUMNS = [
+    {"name": "EditJob", "type": "string", "jsonPath": ".spec.editjob"},
+    {"name": "Delivered", "type": "string", "jsonPath": ".status.delivered"},
+    {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+    {"name": "Error", "type": "string", "jsonPath": ".status.lastError"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def editoutcome_crd() -> dict[str, Any]:
+    """The outbox's CRD: one small object per outcome (not one per namespace: no hot spot)."""
+    return _crd(
+        plural=OUTCOME_PLURAL,
+        singular=OUTCOME_SINGULAR,
+        kind=OUTCOME_KIND,
+        short_names=(),
+        columns=OUTCOME_COLUMNS,
+        description="An EditJob outcome waiting to be delivered (editflow's outbox).",
+        spec=OUTCOME_SPEC,
+        status=OUTCOME_STATUS,
+    )
+
+
+def editoutcome_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{OUTCOME_PLURAL}"
     return f"{base}/{name}" if name else base

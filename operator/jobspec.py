@@ -52,15 +52,21 @@ def worker_request(
         prompt=spec["prompt"],
         model=spec.get("model") or settings.default_model,
         parameters=GenerationParameters(
-            steps=params.get("steps"),
-            guidance_scale=params.get("guidanceScale"),
-            seed=params.get("seed"),
-            negative_prompt=params.get("negativePrompt"),
+            **{
+                field: value
+                for field, value in (
+                    ("steps", params.get("steps")),
+                    ("guidance_scale", params.get("guidanceScale")),
+                    ("seed", params.get("seed")),
+                    ("negative_prompt", params.get("negativePrompt")),
+                )
+                if value is not None
+            }
         ),
+        # Only what the EditJob says: an unset format/quality lets the usage's profile decide.
         output=OutputSpec(
             key_prefix=prefix,
-            format=output.get("format", "png"),
-            quality=output.get("quality", 95),
+            **{k: output[k] for k in ("format", "quality") if k in output},
         ),
         usage=spec.get("usage"),
         event_id=(spec.get("oa") or {}).get("eventId"),
@@ -82,10 +88,30 @@ def labels_for(editjob: dict[str, Any], attempt: int) -> dict[str, str]:
     return labels
 
 
+def s3_env(secret: str, *, session_token: bool) -> list[dict[str, Any]]:
+    """The worker's S3 key from a Secret (``access-key``, ``secret-key``, ``session-token``)."""
+    keys = [("EDITFLOW_S3__ACCESS_KEY", "access-key"), ("EDITFLOW_S3__SECRET_KEY", "secret-key")]
+    if session_token:
+        keys.append(("EDITFLOW_S3__SESSION_TOKEN", "session-token"))
+    return [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for env, key in keys
+    ]
+
+
 def job_manifest(
-    editjob: dict[str, Any], attempt: int, settings: OperatorSettings
+    editjob: dict[str, Any],
+    attempt: int,
+    settings: OperatorSettings,
+    *,
+    credentials_secret: str | None = None,
 ) -> dict[str, Any]:
-    """The Job of one attempt."""
+    """The Job of one attempt.
+
+    ``credentials_secret`` names the attempt's own Secret of short-lived keys
+    (:mod:`editflow.operator.credentials`); without it the worker gets the
+    bucket-wide ``settings.s3_secret``.
+    """
     meta = editjob["metadata"]
     spec = editjob["spec"]
     request = worker_request(editjob, attempt, settings)
@@ -101,14 +127,21 @@ def job_manifest(
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(settings.gpus_per_job)
 
     env: list[dict[str, Any]] = [
-        {
-            "name": "EDITFLOW_S3__ACCESS_KEY",
-            "valueFrom": {"secretKeyRef": {"name": settings.s3_secret, "key": "access-key"}},
-        },
-        {
-            "name": "EDITFLOW_S3__SECRET_KEY",
-            "valueFrom": {"secretKeyRef": {"name": settings.s3_secret, "key": "secret-key"}},
-        },
+        *s3_env(
+            credentials_secret or settings.s3_secret,
+            session_token=credentials_secret is not None,
+        ),
+        *(
+            {
+                "name": env_name,
+                "valueFrom": {"secretKeyRef": {"name": settings.weights_secret, "key": key}},
+            }
+            for env_name, key in (
+                ("EDITFLOW_WORKER__WEIGHTS_ACCESS_KEY", "access-key"),
+                ("EDITFLOW_WORKER__WEIGHTS_SECRET_KEY", "secret-key"),
+            )
+            if settings.weights_secret
+        ),
         {"name": "EDITFLOW_EDIT_ID", "value": meta["name"]},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
     ]
@@ -128,8 +161,14 @@ def job_manifest(
         "name": WORKER_CONTAINER,
         "image": settings.worker_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["editflow", "worker", "run"],
-        "args": ["--request", request.model_dump_json(), "--termination-log", TERMINATION_LOG],
+        "command": list(settings.worker_command),
+        "args": [
+            "--request",
+            # exclude_unset: the worker tells an explicit field from a default (profiles).
+            request.model_dump_json(exclude_unset=True),
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
         "envFrom": [{"configMapRef": {"name": settings.worker_configmap, "optional": True}}],
         "env": env,
         "resources": resources,

@@ -15,18 +15,26 @@ from editflow.events.models import ApprovalEvent
 from editflow.operator.crd import GROUP, KIND, MODELS, VERSION
 from editflow.operator.names import (
     ANNOTATION_EVENT_ID,
+    FINALIZER,
     LABEL_APPROVAL,
     LABEL_FORM,
     MANAGED_BY,
     editjob_name,
     label_value,
 )
+from editflow.operator.tenancy import check_source_key
 
 PRIORITIES = {"low": 10, "normal": 50, "high": 90}
 
 
-def _source(image_url: str | None, image_key: str | None, bucket: str) -> dict[str, str]:
+def _source(
+    image_url: str | None, image_key: str | None, bucket: str, *, namespace: str, upload_prefix: str
+) -> dict[str, str]:
+    """The EditJob's source; an S3 key must be an upload of the EditJob's own namespace."""
     if image_key is not None:
+        check_source_key(
+            image_key, namespace=namespace, upload_prefix=upload_prefix, field="data.image_key"
+        )
         return {"s3Key": image_key}
     assert image_url is not None
     parts = urlsplit(image_url)
@@ -36,14 +44,27 @@ def _source(image_url: str | None, image_key: str | None, bucket: str) -> dict[s
                 f"s3 images must live in the platform bucket {bucket!r}, not {parts.netloc!r}",
                 field="data.image_url",
             )
-        return {"s3Key": parts.path.lstrip("/")}
+        key = parts.path.lstrip("/")
+        check_source_key(
+            key, namespace=namespace, upload_prefix=upload_prefix, field="data.image_url"
+        )
+        return {"s3Key": key}
     return {"url": image_url}
 
 
 def editjob_from_approval(
-    event: ApprovalEvent, *, namespace: str, bucket: str, default_model: str
+    event: ApprovalEvent,
+    *,
+    namespace: str,
+    bucket: str,
+    default_model: str,
+    upload_prefix: str = "uploads",
 ) -> dict[str, Any]:
-    """The EditJob an approval event asks for."""
+    """The EditJob an approval event asks for.
+
+    ``upload_prefix`` is ``operator.upload_prefix``: an ``image_key`` (or ``s3://``
+    URL) must lie under ``<upload_prefix>/<namespace>/``.
+    """
     data = event.data
     model = data.model or default_model
     if model not in MODELS:
@@ -51,7 +72,9 @@ def editjob_from_approval(
             f"unknown model {model!r}; expected one of {', '.join(MODELS)}", field="data.model"
         )
     spec: dict[str, Any] = {
-        "source": _source(data.image_url, data.image_key, bucket),
+        "source": _source(
+            data.image_url, data.image_key, bucket, namespace=namespace, upload_prefix=upload_prefix
+        ),
         "prompt": data.instruction,
         "model": model,
         "usage": data.usage,
@@ -91,6 +114,8 @@ def editjob_from_approval(
                 LABEL_APPROVAL: label_value(data.approval_id),
             },
             "annotations": {ANNOTATION_EVENT_ID: event.id},
+            # Created with the operator's finalizer, so kopf need not PATCH it in afterwards.
+            "finalizers": [FINALIZER],
         },
         "spec": spec,
     }

@@ -29,7 +29,7 @@ EDGE_VALUES: dict[str, dict[str, Any]] = {
         "s3": {"existingSecret": "corp-s3", "endpoint": "s3.corp.example:443", "secure": True},
         "nats": {
             "url": "tls://nats.corp.example:4222",
-            "auth": {"method": "userPassword", "user": "editflow", "existingSecret": "corp-nats"},
+            "auth": {"method": "userPassword", "existingSecret": "corp-nats"},
             "tls": {"enabled": True, "existingSecret": "corp-nats-tls", "clientCertificate": True},
         },
         "gateway": {"token": {"existingSecret": "corp-gateway-token"}},
@@ -42,12 +42,56 @@ EDGE_VALUES: dict[str, dict[str, Any]] = {
         "models": {"pvc": {"enabled": True, "storageClassName": "nfs"}},
     },
     "existing-claim": {
-        "models": {"pvc": {"enabled": True, "existingClaim": "weights"}, "s3Prefix": "weights"},
+        "models": {
+            "pvc": {"enabled": True, "existingClaim": "weights"},
+            "s3Prefix": "weights",
+            "s3ReaderSecret": "weights-reader",
+        },
     },
     "bundled": {
         "watchNamespaces": ["team-a"],
-        "nats": {"bundled": {"enabled": True}, "auth": {"method": "token", "token": "s3cr3t"}},
+        "nats": {"bundled": {"enabled": True}},
         "s3": {"bundled": {"enabled": True}},
+    },
+    # One operator without a Lease (Recreate), one gateway: no disruption budget, no anti-affinity.
+    "single-replicas": {
+        "operator": {"replicas": 1, "leaderElection": {"enabled": False}},
+        "gateway": {"replicas": 1},
+    },
+    # Images from a local registry (issue 12's tests), by prefix and by full repository.
+    "local-registry": {
+        "global": {"imageRegistry": "127.0.0.1:5000"},
+        "imagePullSecrets": [{"name": "local-registry"}],
+        "operator": {"image": {"tag": "dev", "pullPolicy": "Always"}},
+        "gateway": {"image": {"repository": "127.0.0.1:5000/editflow/gateway", "tag": "dev"}},
+        "worker": {"image": {"tag": "dev"}, "imagePullSecrets": [{"name": "local-registry"}]},
+    },
+    "crds-elsewhere": {"crds": {"install": False}},
+    # An open NATS on purpose (the local platform's), unsigned events, no NetworkPolicies.
+    "insecure-on-purpose": {
+        "nats": {"auth": {"method": "none", "insecure": True}},
+        "events": {"signingKey": {"enabled": False}},
+        "networkPolicy": {"enabled": False},
+    },
+    # NetworkPolicy peers derived from every kind of address, plus the user's own rules.
+    "network-peers": {
+        "watchNamespaces": ["team-a"],
+        "nats": {"url": "nats://nats.messaging.svc.cluster.local:4222,tls://10.20.0.7:4443"},
+        "s3": {"endpoint": "10.30.0.9:9000"},
+        "worker": {"allowCidrs": ["10.40.0.0/16"]},
+        "networkPolicy": {
+            "apiServerCidrs": ["192.168.10.0/24"],
+            "metricsFrom": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                }
+            ],
+            "extraEgress": [
+                {"to": [{"ipBlock": {"cidr": "10.50.0.0/16"}}], "ports": [{"port": 443}]}
+            ],
+        },
     },
     "everything-on": {
         "watchNamespaces": ["team-a"],
@@ -79,7 +123,7 @@ USER_OBJECTS: dict[str, set[tuple[str, str]]] = {
         ("ConfigMap", "corp-ca"),
         ("Secret", "corp-alert-webhook"),
     },
-    "existing-claim": {("PersistentVolumeClaim", "weights")},
+    "existing-claim": {("PersistentVolumeClaim", "weights"), ("Secret", "weights-reader")},
 }
 
 

@@ -6,7 +6,7 @@
   Secrets in the release namespace and each extra namespace; the operator's ServiceAccount
   can do its work and cannot read Secrets (``kubectl auth can-i --as``);
 - ``helm upgrade`` keeps generated credentials; ``helm uninstall`` leaves nothing of the
-  release (the CRD stays, as Helm does with crds/);
+  release (the CRD stays: `helm.sh/resource-policy: keep`; its upgrades: test_crd_upgrade.py);
 - an operator that has only the chart's RBAC and the chart's rendered environment runs a
   real edit (tiny model, CPU) in an extra namespace through the worker ServiceAccount,
   ConfigMap, S3 Secret and models claim the chart created there;
@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 import yaml
 
+from editflow.devstack import localmode
+from editflow.devstack.kubeapi import KubeClient, KubeError
 from editflow.devstack.procs import ManagedProcess, free_port, wait_until
 from tests.chart.chartkit import (
     CHART,
@@ -61,8 +63,44 @@ def ensure_namespaces(kubectl, *names: str) -> None:
             kubectl("create", "namespace", name)
 
 
-def install(stack, tmp_path: Path, release: str, namespace: str, values: dict[str, Any]):
+def ensure_crd(stack) -> None:
+    """The CRD a release that leaves it to others needs: created (without Helm) if missing."""
+    api = KubeClient(stack.kubeconfig)
+    try:
+        try:
+            api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{localmode.CRD_NAME}")
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            localmode.install_crd(api)
+    finally:
+        api.close()
+
+
+def install(
+    stack,
+    tmp_path: Path,
+    release: str,
+    namespace: str,
+    values: dict[str, Any],
+    *,
+    own_crd: bool = False,
+):
+    """`helm install` for the local platform; fills ``values`` in place with its defaults.
+
+    One replica of the operator and of the gateway unless a test asks for more: Pods share
+    the host's network on the process kubelet, so a second replica could not bind its ports.
+    Only a release with ``own_crd`` installs the CRD (one release can own it, and earlier
+    tests may have created it without Helm): it takes ownership of what already exists, as
+    a cluster upgraded from the chart's old crds/ does (see the chart README).
+    """
+    values.setdefault("operator", {}).setdefault("replicas", 1)
+    values.setdefault("gateway", {}).setdefault("replicas", 1)
+    values.setdefault("crds", {}).setdefault("install", own_crd)
+    if not own_crd:
+        ensure_crd(stack)
     path = values_file(tmp_path, values, f"{release}.yaml")
+    ownership = ("--take-ownership",) if own_crd else ()
     return helm(
         "install",
         release,
@@ -71,6 +109,7 @@ def install(stack, tmp_path: Path, release: str, namespace: str, values: dict[st
         namespace,
         "-f",
         str(path),
+        *ownership,
         kubeconfig=stack.kubeconfig,
     )
 
@@ -108,7 +147,7 @@ def test_rendered_objects_pass_server_side_dry_run(case: str, stack, kubectl, tm
 
 
 def test_example_editjob_is_accepted_by_the_apiserver(stack, kubectl) -> None:
-    kubectl("apply", "--server-side", "-f", str(CHART / "crds" / "editjob.yaml"))
+    kubectl("apply", "--server-side", "-f", str(CHART / "files" / "crds" / "editjob.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/editjobs.editflow.io")
     ensure_namespaces(kubectl, NAMESPACE)
     example = str(REPO / "examples" / "editjob.yaml")
@@ -147,7 +186,9 @@ def release(stack, kubectl, tmp_path_factory) -> dict[str, Any]:
         "operator": {"healthPort": free_port(), "metricsPort": free_port()},
         "gateway": {"port": free_port()},
     }
-    result = install(stack, tmp_path_factory.mktemp("release"), RELEASE, RELEASE_NS, values)
+    result = install(
+        stack, tmp_path_factory.mktemp("release"), RELEASE, RELEASE_NS, values, own_crd=True
+    )
     return {"values": values, "stdout": result.stdout}
 
 
@@ -187,6 +228,7 @@ def test_install_prints_next_steps(release) -> None:
     assert f"kubectl -n {RELEASE_NS} get editjobs" in notes
     assert "editflow events publish" in notes
     assert f"EditJobs are served in: {RELEASE_NS}, {TEAM_NS}" in notes
+    assert f"kubectl -n {RELEASE_NS} get lease ef-editflow-operator" in notes
 
 
 @pytest.mark.parametrize("namespace", [RELEASE_NS, TEAM_NS])
@@ -224,6 +266,21 @@ def test_operator_cluster_access_is_observation_only(release, kubectl) -> None:
     )
 
 
+LEASE = "leases.coordination.k8s.io"
+
+
+def test_operator_may_hold_only_its_own_lease(release, kubectl) -> None:
+    ns = ("-n", RELEASE_NS)
+    assert can_i(kubectl, OPERATOR_SA, "create", LEASE, *ns)
+    for verb in ("get", "update"):
+        assert can_i(kubectl, OPERATOR_SA, verb, f"{LEASE}/ef-editflow-operator", *ns), verb
+        assert not can_i(kubectl, OPERATOR_SA, verb, f"{LEASE}/kube-scheduler", *ns), verb
+    for verb in ("list", "watch", "delete", "patch"):
+        assert not can_i(kubectl, OPERATOR_SA, verb, f"{LEASE}/ef-editflow-operator", *ns), verb
+    for namespace in (TEAM_NS, "kube-system"):
+        assert not can_i(kubectl, OPERATOR_SA, "create", LEASE, "-n", namespace), namespace
+
+
 def test_worker_service_account_has_no_api_access(release, kubectl) -> None:
     for args in (("get", "pods"), ("get", "secrets"), ("create", "editjobs.editflow.io")):
         assert not can_i(kubectl, WORKER_SA, *args, "-n", RELEASE_NS), args
@@ -232,7 +289,12 @@ def test_worker_service_account_has_no_api_access(release, kubectl) -> None:
 def test_upgrade_keeps_generated_credentials(release, stack, kubectl, tmp_path) -> None:
     before = {
         name: secret_data(kubectl, RELEASE_NS, name)
-        for name in ("ef-editflow-gateway-token", "ef-editflow-s3")
+        for name in (
+            "ef-editflow-gateway-token",
+            "ef-editflow-s3",
+            "ef-editflow-nats",
+            "ef-editflow-events",
+        )
     }
     path = values_file(tmp_path, release["values"])
     helm(
@@ -243,6 +305,7 @@ def test_upgrade_keeps_generated_credentials(release, stack, kubectl, tmp_path) 
         RELEASE_NS,
         "-f",
         str(path),
+        "--take-ownership",  # the CRD, should a later test have re-created it without Helm
         kubeconfig=stack.kubeconfig,
     )
     for name, data in before.items():
@@ -252,7 +315,7 @@ def test_upgrade_keeps_generated_credentials(release, stack, kubectl, tmp_path) 
 
 # -- helm uninstall ----------------------------------------------------------------------
 
-NAMESPACED = "all,secrets,configmaps,serviceaccounts,roles,rolebindings,pvc"
+NAMESPACED = "all,secrets,configmaps,serviceaccounts,roles,rolebindings,pvc,poddisruptionbudgets"
 CLUSTERED = "clusterroles,clusterrolebindings,priorityclasses"
 PVC_PROTECTION = "kubernetes.io/pvc-protection"
 
@@ -267,10 +330,13 @@ def test_uninstall_leaves_nothing_of_the_release(stack, kubectl, tmp_path) -> No
         "prometheusRule": {"enabled": False},
         "models": {"pvc": {"enabled": True}},
         "nats": {"auth": {"method": "token", "token": "s3cr3t"}, "url": NO_NATS},
-        "operator": {"healthPort": free_port(), "metricsPort": free_port()},
+        # Two operators: their PodDisruptionBudget and Lease Role must go too.
+        "operator": {"healthPort": free_port(), "metricsPort": free_port(), "replicas": 2},
         "gateway": {"port": free_port()},
     }
     install(stack, tmp_path, release, namespace, values)
+    kubectl("-n", namespace, "get", "poddisruptionbudget", "gone-editflow-operator")
+    kubectl("-n", namespace, "get", "role", "gone-editflow-operator-leader-election")
     selector = f"app.kubernetes.io/instance={release}"
 
     def leftovers() -> list[str]:
@@ -322,7 +388,8 @@ def local_values(stack, tag: str, nats_url: str) -> dict[str, Any]:
     claim, events isolated under ``tag``, and free ports (Pods share the host's network)."""
     s3 = stack.s3_settings()
     return {
-        "nats": {"url": nats_url},
+        # The local platform's nats-server has no users: open on purpose.
+        "nats": {"url": nats_url, "auth": {"method": "none", "insecure": True}},
         "s3": {
             "endpoint": s3.endpoint,
             "bucket": s3.bucket,
@@ -340,6 +407,8 @@ def local_values(stack, tag: str, nats_url: str) -> dict[str, Any]:
             "approvalSubject": f"ch{tag}.approvals.image-edit",
             "withdrawSubject": f"ch{tag}.approvals.image-edit.withdraw",
             "storage": "memory",
+            # The local platform's tests publish unsigned events (signing: test_secure_defaults.py).
+            "signingKey": {"enabled": False},
         },
         "operator": {
             "healthPort": free_port(),
@@ -386,6 +455,8 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
     values["watchNamespaces"] = [team]
     values["worker"]["extraEnv"] = {"EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS": "120"}
     values["limits"] = {"backoffSeconds": 1}
+    # The operator below is the only one: a Deployment Pod would hold the Lease it waits for.
+    values["operator"]["replicas"] = 0
     install(stack, tmp_path, release, namespace, values)
     claim = stack.kubelet.root / "pvc" / team / f"{release}-editflow-models"
     shutil.copytree(tiny_model_root, claim, dirs_exist_ok=True)
@@ -448,7 +519,9 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
             got = kubectl("-n", team, "get", "editjob", name, "-o", "json").stdout
             seen.update(json.loads(got).get("status") or {})
             refused = "403 Forbidden" in log_path.read_text()
-            return refused or seen.get("phase") in ("Succeeded", "Failed", "NeedsReview")
+            finished = seen.get("phase") in ("Succeeded", "Failed", "NeedsReview")
+            # The outcome's completion event is recorded in status after the phase.
+            return refused or (finished and bool(seen.get("completionEventId")))
 
         try:
             wait_until(finished_or_refused, timeout=240, what=f"EditJob {team}/{name} to finish")

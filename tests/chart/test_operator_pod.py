@@ -62,5 +62,10 @@ def test_the_charts_operator_pod_runs_an_edit(stack, kubectl, image_host) -> Non
         env = {e["name"] for c in pod["spec"]["containers"] for e in c.get("env", [])}
         assert "KUBECONFIG" not in env
         assert pod["spec"]["serviceAccountName"].endswith("operator")
+        # It acted as the elected leader: the chart's Lease names it (POD_NAME, Lease RBAC).
+        lease = api.get(
+            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{release}-editflow-operator"
+        )
+        assert lease["spec"]["holderIdentity"] == pod["metadata"]["name"]
     finally:
         api.close()

@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from editflow.core.settings import Settings
+from editflow.operator.crd import editjob_crd
 from editflow.operator.jobspec import job_manifest
+from editflow.operator.leader import lease_config
 from tests.chart.chartkit import (
     CHART,
     EDGE_VALUES,
@@ -30,6 +32,7 @@ from tests.chart.chartkit import (
 )
 
 CASES = sorted(EDGE_VALUES)
+CRD_NAME = "editjobs.editflow.io"
 
 
 def namespaces_of(values: dict[str, Any]) -> list[str]:
@@ -121,7 +124,12 @@ def test_renders_every_object_labelled_and_in_a_watched_namespace(case: str, ren
     values = EDGE_VALUES[case]
     objs = render(values)
     allowed = set(namespaces_of(values))
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "PriorityClass"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PriorityClass",
+        "CustomResourceDefinition",
+    }
     for obj in objs:
         meta = obj["metadata"]
         assert meta["labels"]["app.kubernetes.io/instance"] == "editflow", meta
@@ -157,8 +165,6 @@ def test_gateway_always_has_a_token_from_a_secret(render) -> None:
 
 def test_operator_pod_is_hardened_and_probed(render) -> None:
     deploy = find(render({}), "Deployment", "editflow-operator", NAMESPACE)
-    assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     pod = deploy["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -169,6 +175,7 @@ def test_operator_pod_is_hardened_and_probed(render) -> None:
     assert ctx["allowPrivilegeEscalation"] is False
     assert ctx["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
     # Credentials never appear as plain values: files or secretKeyRef only.
@@ -193,7 +200,12 @@ def test_operator_rbac_is_least_privilege(render) -> None:
     for namespace in namespaces_of(EDGE_VALUES["extra-namespaces"]):
         role = find(objs, "Role", "editflow-operator", namespace)
         resources = {r for rule in role["rules"] for r in rule["resources"]}
-        assert "secrets" not in resources and "configmaps" not in resources
+        assert "configmaps" not in resources
+        # Secrets: create only (each attempt's short-lived S3 keys); never read one back.
+        secret_verbs = {
+            v for rule in role["rules"] if "secrets" in rule["resources"] for v in rule["verbs"]
+        }
+        assert secret_verbs == {"create"}
         assert all("*" not in rule["verbs"] for rule in role["rules"])
         binding = find(objs, "RoleBinding", "editflow-operator", namespace)
         assert binding["subjects"] == [
@@ -303,7 +315,7 @@ def test_existing_secrets_are_referenced_not_created(render) -> None:
         for e in container["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert refs["EDITFLOW_NATS__PASSWORD"] == {"name": "corp-nats", "key": "password"}
+    assert refs["EDITFLOW_NATS__PASSWORD"] == {"name": "corp-nats", "key": "operator-password"}
     assert refs["EDITFLOW_OPERATOR__CALLBACK_SIGNING_KEY"]["name"] == "corp-callback-key"
     assert refs["EDITFLOW_OPERATOR__ALERT_WEBHOOK_URL"]["name"] == "corp-alert-webhook"
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -319,9 +331,16 @@ def test_bundled_servers_use_the_chart_credentials(render, monkeypatch) -> None:
     assert settings.nats.url == "nats://editflow-nats.editflow.svc:4222"
     assert settings.s3.endpoint == "editflow-minio.editflow.svc:9000"
     nats = find(objs, "StatefulSet", "editflow-nats", NAMESPACE)["spec"]["template"]["spec"]
-    assert "--auth=$(NATS_TOKEN)" in nats["containers"][0]["args"]
-    token = nats["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]
-    assert token == {"name": "editflow-nats", "key": "token"}
+    assert nats["containers"][0]["args"] == ["--config", "/etc/nats/nats.conf"]
+    passwords = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in nats["containers"][0]["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert passwords["OPERATOR_PASSWORD"] == {"name": "editflow-nats", "key": "operator-password"}
+    assert set(passwords) == {
+        f"{r}_PASSWORD" for r in ("OPERATOR", "GATEWAY", "WORKER", "PUBLISHER")
+    }
     find(objs, "Secret", "editflow-nats", NAMESPACE)
     minio = find(objs, "StatefulSet", "editflow-minio", NAMESPACE)["spec"]["template"]["spec"]
     refs = {
@@ -365,7 +384,19 @@ def test_prometheus_rule_alerts_on_timeouts_reviews_and_a_dead_operator(render) 
 BAD_VALUES = {
     "string for an integer": ({"limits": {"maxAttempts": "three"}}, "maxAttempts"),
     "negative GPUs": ({"worker": {"gpusPerJob": -1}}, "gpusPerJob"),
-    "unknown key": ({"operator": {"replicas": 2}}, "replicas"),
+    "unknown key": ({"operator": {"replica": 2}}, "replica"),
+    "replicas as a string": ({"operator": {"replicas": "two"}}, "replicas"),
+    "negative replicas": ({"gateway": {"replicas": -1}}, "replicas"),
+    "lease as a string": (
+        {"operator": {"leaderElection": {"leaseSeconds": "10s"}}},
+        "leaseSeconds",
+    ),
+    "budget as a word": (
+        {"operator": {"podDisruptionBudget": {"maxUnavailable": "one"}}},
+        "maxUnavailable",
+    ),
+    "registry with a scheme": ({"global": {"imageRegistry": "https://r.example"}}, "imageRegistry"),
+    "crds.install as a string": ({"crds": {"install": "yes"}}, "install"),
     "unknown top-level key": ({"nat": {"url": "nats://x:4222"}}, "nat"),
     "bool as string": ({"gateway": {"enabled": "yes"}}, "enabled"),
     "enum": ({"nats": {"auth": {"method": "kerberos"}}}, "method"),
@@ -404,7 +435,8 @@ def test_schema_closes_every_object() -> None:
                 walk(child, f"{path}/{key}")
 
     walk(schema, "")
-    assert not open_objects
+    # Helm hands a parent chart's globals down to every subchart: they must stay open.
+    assert open_objects == ["/global"]
 
 
 def test_every_value_is_documented() -> None:
@@ -437,9 +469,10 @@ def test_every_value_is_documented() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"nats": {"auth": {"method": "creds"}}}, "needs nats.auth.existingSecret"),
-        ({"nats": {"auth": {"method": "token"}}}, "nats.auth.token"),
-        ({"nats": {"tls": {"enabled": True}}}, "nats.tls.enabled needs nats.tls.existingSecret"),
+        # The schema refuses these first (so does `helm lint --strict`), naming the value to set.
+        ({"nats": {"auth": {"method": "creds"}}}, "at '/nats/auth/existingSecret': minLength"),
+        ({"nats": {"auth": {"method": "token"}}}, "at '/nats/auth/token': minLength"),
+        ({"nats": {"tls": {"enabled": True}}}, "at '/nats/tls/existingSecret': minLength"),
         (
             {
                 "nats": {
@@ -447,7 +480,7 @@ def test_every_value_is_documented() -> None:
                     "auth": {"method": "nkey", "existingSecret": "k"},
                 }
             },
-            "nats.bundled.enabled takes nats.auth.method none, token or userPassword",
+            "value must be one of 'userPassword', 'none'",
         ),
     ],
 )
@@ -460,17 +493,40 @@ def test_incomplete_credentials_fail_with_a_clear_message(values, message, tmp_p
 # -- the CRD -----------------------------------------------------------------------------
 
 
+CRD_FILE = CHART / "files" / "crds" / "editjob.yaml"
+
+
 def test_chart_crd_equals_the_generated_crd() -> None:
-    """crds/editjob.yaml is `editflow operator crd` output, byte for byte."""
+    """files/crds/editjob.yaml is `editflow operator crd` output, byte for byte."""
     generated = subprocess.run(
         [sys.executable, "-m", "editflow.cli.main", "operator", "crd"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    on_disk = (CHART / "crds" / "editjob.yaml").read_text()
+    on_disk = CRD_FILE.read_text()
     assert on_disk == generated, "run `editflow operator crd --write`"
     assert yaml.safe_load(on_disk)["metadata"]["name"] == "editjobs.editflow.io"
+
+
+def test_the_chart_has_no_crds_directory() -> None:
+    """Helm installs crds/ once and never upgrades it; the same CRD there and in the
+    templates would collide on the first install."""
+    assert not (CHART / "crds").exists()
+
+
+def test_rendered_crd_is_operator_crd_py_with_the_release_labels_and_kept(render) -> None:
+    objs = render({})
+    crd = find(objs, "CustomResourceDefinition", "editjobs.editflow.io")
+    assert crd["spec"] == editjob_crd()["spec"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/component"] == "crd"
+
+
+def test_crd_can_be_left_to_others_or_deleted_on_uninstall(render) -> None:
+    assert not [o for o in render({"crds": {"install": False}}) if o["kind"].startswith("Custom")]
+    crd = find(render({"crds": {"keep": False}}), "CustomResourceDefinition", CRD_NAME)
+    assert "annotations" not in crd["metadata"]
 
 
 def test_refuses_kubernetes_older_than_1_29(tmp_path) -> None:
@@ -478,3 +534,221 @@ def test_refuses_kubernetes_older_than_1_29(tmp_path) -> None:
     old = render_text(tmp_path, {}, "--kube-version", "1.28.9", check=False)
     assert old.returncode != 0 and "kubeVersion" in old.stderr, old.stderr
     render_text(tmp_path, {}, "--kube-version", "1.29.0")
+
+
+# -- more than one replica ----------------------------------------------------------------
+
+
+def test_two_operators_elect_a_leader_through_the_chart_s_lease(render, monkeypatch) -> None:
+    objs = render({})
+    deploy = find(objs, "Deployment", "editflow-operator", NAMESPACE)
+    assert deploy["spec"]["replicas"] == 2
+    # A new Pod starts as a standby before an old one stops; the leader releases on SIGTERM.
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    settings = operator_settings(objs, monkeypatch)
+    assert settings.operator.leader_election is True
+    lease = lease_config(settings)  # what the operator will hold: valid, and the Role's name
+    assert (lease.namespace, lease.name) == (NAMESPACE, "editflow-operator")
+    assert (lease.lease_seconds, lease.renew_deadline, lease.retry_period) == (10, 7, 2)
+    role = find(objs, "Role", "editflow-operator-leader-election", NAMESPACE)
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease.name],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = find(objs, "RoleBinding", "editflow-operator-leader-election", NAMESPACE)
+    assert (
+        binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    )
+
+
+def test_the_lease_role_exists_only_in_the_release_namespace(render) -> None:
+    objs = render(EDGE_VALUES["extra-namespaces"])
+    roles = [o for o in objs if o["metadata"]["name"] == "editflow-operator-leader-election"]
+    assert {(o["kind"], o["metadata"]["namespace"]) for o in roles} == {
+        ("Role", NAMESPACE),
+        ("RoleBinding", NAMESPACE),
+    }
+
+
+def test_lease_name_and_timing_follow_values(render, monkeypatch) -> None:
+    values = {
+        "fullnameOverride": "ef",
+        "operator": {
+            "leaderElection": {
+                "leaseSeconds": 8,
+                "renewDeadlineSeconds": 5,
+                "retryPeriodSeconds": 1,
+            }
+        },
+    }
+    objs = render(values)
+    lease = lease_config(settings_of(objs, monkeypatch, "ef-operator"))
+    assert (lease.name, lease.lease_seconds, lease.renew_deadline, lease.retry_period) == (
+        "ef-operator",
+        8,
+        5,
+        1,
+    )
+    role = find(objs, "Role", "ef-operator-leader-election", NAMESPACE)
+    assert role["rules"][1]["resourceNames"] == ["ef-operator"]
+
+
+def test_a_single_operator_without_election_is_recreated_and_unbudgeted(
+    render, monkeypatch
+) -> None:
+    objs = render(EDGE_VALUES["single-replicas"])
+    deploy = find(objs, "Deployment", "editflow-operator", NAMESPACE)
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in deploy["spec"]["template"]["spec"]
+    assert not [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    assert not [o for o in objs if o["metadata"]["name"].endswith("-leader-election")]
+    assert operator_settings(objs, monkeypatch).operator.leader_election is False
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"operator": {"leaderElection": {"enabled": False}}},
+            "operator.replicas above 1 needs operator.leaderElection.enabled",
+        ),
+        (
+            {"operator": {"leaderElection": {"leaseSeconds": 7}}},
+            "operator.leaderElection.leaseSeconds must exceed renewDeadlineSeconds",
+        ),
+        (
+            {"operator": {"leaderElection": {"retryPeriodSeconds": 6}}},
+            "operator.leaderElection.renewDeadlineSeconds must exceed 1.2 x retryPeriodSeconds",
+        ),
+    ],
+)
+def test_replicas_that_could_act_twice_are_refused(values, message, tmp_path) -> None:
+    result = render_text(tmp_path, values, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+def test_replicas_get_a_disruption_budget_and_spread_over_nodes(render, component) -> None:
+    objs = render({})
+    name = f"editflow-{component}"
+    deploy = find(objs, "Deployment", name, NAMESPACE)
+    budget = find(objs, "PodDisruptionBudget", name, NAMESPACE)
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    spread = deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = spread["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": selector},
+    }
+
+
+def test_a_budget_can_say_min_available_and_a_user_affinity_wins(render) -> None:
+    zone = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    objs = render(
+        {
+            "gateway": {
+                "replicas": 3,
+                "podDisruptionBudget": {"minAvailable": "50%"},
+                "affinity": zone,
+            }
+        }
+    )
+    budget = find(objs, "PodDisruptionBudget", "editflow-gateway", NAMESPACE)
+    assert budget["spec"]["minAvailable"] == "50%" and "maxUnavailable" not in budget["spec"]
+    deploy = find(objs, "Deployment", "editflow-gateway", NAMESPACE)
+    assert deploy["spec"]["replicas"] == 3
+    assert deploy["spec"]["template"]["spec"]["affinity"] == zone
+
+
+def test_gateway_replicas_share_their_rate_limits(render, monkeypatch) -> None:
+    objs = render({})
+    assert settings_of(objs, monkeypatch, "editflow-gateway").gateway.rate_limit_shared is True
+    objs = render({"gateway": {"sharedRateLimits": False}})
+    assert settings_of(objs, monkeypatch, "editflow-gateway").gateway.rate_limit_shared is False
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def pod_images(objs: list[dict[str, Any]]) -> dict[str, str]:
+    """Image of the first container of every Pod-bearing object, by object name."""
+    images = {}
+    for obj in objs:
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+            images[obj["metadata"]["name"]] = obj["spec"]["template"]["spec"]["containers"][0][
+                "image"
+            ]
+        elif obj["kind"] == "Pod":
+            images[obj["metadata"]["name"]] = obj["spec"]["containers"][0]["image"]
+    return images
+
+
+def test_images_come_from_a_local_registry(render, monkeypatch) -> None:
+    objs = render(EDGE_VALUES["local-registry"])
+    images = pod_images(objs)
+    assert images["editflow-operator"] == "127.0.0.1:5000/editflow/operator:dev"
+    # A repository that names its registry is not prefixed a second time.
+    assert images["editflow-gateway"] == "127.0.0.1:5000/editflow/gateway:dev"
+    assert images["editflow-test"] == "127.0.0.1:5000/editflow/operator:dev"
+    op = operator_settings(objs, monkeypatch).operator
+    assert op.worker_image == "127.0.0.1:5000/editflow/worker:dev"
+    deploy = find(objs, "Deployment", "editflow-operator", NAMESPACE)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "local-registry"}]
+    assert pod["containers"][0]["imagePullPolicy"] == "Always"
+    worker_sa = find(objs, "ServiceAccount", "editflow-worker", NAMESPACE)
+    assert worker_sa["imagePullSecrets"] == [{"name": "local-registry"}]
+
+
+def test_the_registry_prefix_reaches_the_bundled_servers(render) -> None:
+    values = {**EDGE_VALUES["bundled"], "global": {"imageRegistry": "mirror.corp.example/hub"}}
+    images = pod_images(render(values))
+    assert images["editflow-nats"] == "mirror.corp.example/hub/nats:2.11-alpine"
+    assert images["editflow-minio"].startswith("mirror.corp.example/hub/minio/minio:")
+
+
+def test_images_default_to_the_app_version_without_a_registry(render) -> None:
+    images = pod_images(render({}))
+    assert images["editflow-operator"] == "editflow/operator:0.1.0"
+    assert images["editflow-gateway"] == "editflow/gateway:0.1.0"
+
+
+def test_attempt_credentials_are_on_and_s3_weights_need_a_read_only_key(render, tmp_path) -> None:
+    objs = render({})
+    operator = next(
+        o for o in objs if o["kind"] == "Deployment" and "operator" in o["metadata"]["name"]
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["EDITFLOW_OPERATOR__ATTEMPT_CREDENTIALS"] == "true"
+    assert "EDITFLOW_OPERATOR__WEIGHTS_SECRET" not in env
+    refused = render_text(tmp_path, {"models": {"s3Prefix": "models"}}, check=False)
+    assert refused.returncode != 0 and "models.s3ReaderSecret" in refused.stderr, refused.stderr
+    values = {"models": {"s3Prefix": "models", "s3ReaderSecret": "weights-reader"}}
+    operator = next(
+        o
+        for o in render(values)
+        if o["kind"] == "Deployment" and "operator" in o["metadata"]["name"]
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["EDITFLOW_OPERATOR__WEIGHTS_SECRET"] == "weights-reader"

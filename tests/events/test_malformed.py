@@ -268,6 +268,31 @@ CASES = [
         Reason.INVALID,
         "wildcards",
     ),
+    # A callback subject is published to with the operator's credentials: never a way in.
+    Case(
+        "callback_jetstream_api_subject",
+        _data(callback={"nats_subject": "$JS.API.STREAM.DELETE.EDITFLOW_APPROVALS"}),
+        Reason.INVALID,
+        "data.callback.nats_subject",
+    ),
+    Case(
+        "callback_inbox_subject",
+        _data(callback={"nats_subject": "_INBOX.Xy12"}),
+        Reason.INVALID,
+        "NATS system subject",
+    ),
+    Case(
+        "callback_subject_outside_the_prefix",
+        _data(callback={"nats_subject": "oa.edits.done"}),
+        Reason.INVALID,
+        "not under the callback prefix 'oa.callbacks.'",
+    ),
+    Case(
+        "callback_subject_of_editflow_itself",
+        _data(callback={"nats_subject": "editflow.work.longcat-image-edit"}),
+        Reason.INVALID,
+        "editflow's own subjects",
+    ),
     Case("usage_not_a_slug", _data(usage="WeChat Article!"), Reason.INVALID, "data.usage"),
     # -- authenticity and routing ---------------------------------------------------------
     Case("unsigned", _body(_document()), Reason.UNSIGNED, "signature"),

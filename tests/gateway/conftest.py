@@ -8,6 +8,7 @@ a free loopback port against the session's NATS and MinIO.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +17,29 @@ import pytest
 from fastapi.testclient import TestClient
 
 from editflow.core.settings import GatewaySettings, Settings
+from editflow.core.urlguard import HostNotFound, IPAddress, LookupFailed
+from editflow.devstack.stack import LocalStack
 from editflow.gateway.app import create_app
 from tests.gateway.fakes import MemoryBus, MemoryStore
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OA_ORIGIN = "https://oa.example.com"
+
+
+#: What the in-process app's DNS answers (the test machine has none): every name is a public
+#: address, except ``.invalid`` names, which do not exist (as RFC 6761 promises), and
+#: ``.dns-down.test`` names, whose lookup fails temporarily. The real
+#: gateway process in tests/gateway/test_refusals.py uses the system resolver instead.
+STAND_IN_ADDRESS = ipaddress.ip_address("93.184.215.14")
+
+
+async def stand_in_dns(host: str, port: int) -> list[IPAddress]:
+    if host.rstrip(".").endswith(".invalid"):
+        raise HostNotFound(f"the host {host} does not exist (stand-in DNS)")
+    if host.rstrip(".").endswith(".dns-down.test"):
+        raise LookupFailed(f"DNS lookup of {host} failed temporarily (stand-in DNS)")
+    return [STAND_IN_ADDRESS]
 
 
 @dataclass
@@ -58,7 +76,7 @@ def api() -> Iterator[Callable[..., Api]]:
         bus = bus or MemoryBus()
         store = store or MemoryStore()
         client = TestClient(
-            create_app(settings, bus=bus, store=store),
+            create_app(settings, bus=bus, store=store, resolve=stand_in_dns),
             client=(client_ip, 50000),
             raise_server_exceptions=False,
         )
@@ -83,6 +101,13 @@ def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["type"] == f"urn:editflow:problem:{code}"
     assert body["title"] and body["detail"] and isinstance(body["retriable"], bool)
     return body
+
+
+@pytest.fixture(scope="session")
+def nats_minio() -> Iterator[LocalStack]:
+    """NATS and MinIO only: what a gateway process needs (no control plane)."""
+    with LocalStack(kube=False) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,28 @@ class GatewayServer:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    def log_lines(self, start: int = 0) -> list[dict]:
+        """The gateway's JSON log lines from line ``start`` on (other output is skipped)."""
+        lines = self.process.log_path.read_text(errors="replace").splitlines()[start:]
+        out = []
+        for line in lines:
+            with suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def log_length(self) -> int:
+        return len(self.process.log_path.read_text(errors="replace").splitlines())
+
+    def metric(self, name: str) -> float | None:
+        """One unlabelled sample of the gateway's /metrics, or ``None`` when absent."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
 
@@ -43,7 +66,15 @@ def gateway_env(stack: LocalStack, **overrides: str) -> dict[str, str]:
         "EDITFLOW_S3__ACCESS_KEY": s3.access_key.get_secret_value(),
         "EDITFLOW_S3__SECRET_KEY": s3.secret_key.get_secret_value(),
         "EDITFLOW_GATEWAY__TOKEN": TOKEN,
+        # As deployed: the gateway's namespace is the operator's (uploads live under it).
+        "EDITFLOW_NAMESPACE": localmode.NAMESPACE,
         "EDITFLOW_GATEWAY__RATE_LIMIT_PER_MINUTE": "1000",
+        # Source images are served from loopback in these tests (tests/harness.py image_host);
+        # the gateway's SSRF guard refuses loopback unless allow-listed, as on a cluster.
+        "EDITFLOW_WORKER__ALLOW_CIDRS": '["127.0.0.0/8"]',
+        # Rate limits are shared through NATS KV: each gateway counts in its own bucket
+        # unless a test makes replicas share one on purpose.
+        "EDITFLOW_GATEWAY__RATE_LIMIT_BUCKET": f"gwtest_{uuid.uuid4().hex[:10]}",
         **overrides,
     }
 

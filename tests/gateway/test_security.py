@@ -169,7 +169,7 @@ def test_upload_within_the_limit_is_stored_content_addressed(api) -> None:
     assert resp.status_code == 201, resp.text
     digest = hashlib.sha256(png).hexdigest()
     assert resp.json() == {
-        "image_key": f"uploads/{digest[:2]}/{digest}.png",
+        "image_key": f"uploads/default/{digest[:2]}/{digest}.png",  # the gateway's namespace
         "size": len(png),
         "content_type": "image/png",
         "sha256": digest,

@@ -163,6 +163,8 @@ def test_real_server_guards_auth_rate_limit_and_cors(stack, tmp_path) -> None:
         "EDITFLOW_GATEWAY__RATE_LIMIT_PER_MINUTE": "5",
         "EDITFLOW_GATEWAY__CORS_ORIGINS": '["https://oa.example.com"]',
         "EDITFLOW_GATEWAY__MAX_UPLOAD_BYTES": "20000",
+        # Ready without the operator's streams, so this test also runs on its own.
+        "EDITFLOW_GATEWAY__PROVISION_STREAMS": "true",
     }
     with running_gateway(stack, tmp_path, **env) as gw, gw.client() as http:
         assert http.post("/v1/edits", json={}).status_code == 401
@@ -216,7 +218,9 @@ async def test_an_edit_whose_event_was_dead_lettered_is_reported_rejected(stack,
         async with httpx.AsyncClient(base_url=gw.url, headers=gw.auth) as http:
             edit_id = (
                 await http.post(
-                    "/v1/edits", json={"image_url": "https://oa.example.com/a.png", "prompt": "x"}
+                    # A literal public address: the gateway resolves names (no DNS here).
+                    "/v1/edits",
+                    json={"image_url": "https://93.184.215.14/a.png", "prompt": "x"},
                 )
             ).json()["id"]
             assert (await http.get(f"/v1/edits/{edit_id}")).json()["status"] == "pending"

@@ -58,6 +58,7 @@ def test_a_body_that_is_not_json_is_refused_as_unsupported(api) -> None:
         ({"prompt": "x"}, "image_url"),
         ({**EDIT, "image_key": "uploads/ab/cd.png"}, "image_url"),
         ({"image_key": "results/secret.png", "prompt": "x"}, "image_key"),
+        ({"image_key": "uploads/other-team/ab/cd.png", "prompt": "x"}, "image_key"),
         ({"image_url": "file:///etc/passwd", "prompt": "x"}, "image_url"),
         ({"image_url": "https://a/b.png", "prompt": "   "}, "prompt"),
         ({"image_url": "https://a/b.png"}, "prompt"),
@@ -118,7 +119,7 @@ def test_known_models_and_uploaded_s3_urls_are_accepted(api) -> None:
     gw = api()
     for body in (
         {**EDIT, "model": "longcat-image-edit-turbo"},
-        {"image_url": "s3://editflow/uploads/ab/abc.png", "prompt": "x"},
+        {"image_url": "s3://editflow/uploads/default/ab/abc.png", "prompt": "x"},
     ):
         assert gw.post_edit(body).status_code == 202
     assert "longcat-image-edit" in str(

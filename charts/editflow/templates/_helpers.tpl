@@ -63,11 +63,79 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-An image reference; the tag defaults to the chart's appVersion.
+An image reference: global.imageRegistry in front of a repository that names no registry
+(Docker's rule: a first path component with a dot or a colon, or `localhost`, is a registry
+host), and the tag defaulting to the chart's appVersion.
 Usage: image: {{ include "editflow.image" (dict "ctx" . "image" .Values.operator.image) }}
 */}}
 {{- define "editflow.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- $repository := .image.repository }}
+{{- $registry := (.ctx.Values.global | default dict).imageRegistry | default "" | trimSuffix "/" }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- $named := and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- if and $registry (not $named) }}
+{{- $repository = printf "%s/%s" $registry $repository }}
+{{- end }}
+{{- printf "%s:%s" $repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/*
+The Lease the operator replicas elect their leader with (release namespace); the operator's
+EDITFLOW_OPERATOR__LEASE_NAME and the leader-election Role's resourceNames use it.
+Usage: {{ include "editflow.leaseName" . }}
+*/}}
+{{- define "editflow.leaseName" -}}
+{{- include "editflow.operatorName" . }}
+{{- end }}
+
+{{/*
+A PodDisruptionBudget for a Deployment with more than one replica (nothing otherwise):
+minAvailable when set, else maxUnavailable.
+Usage: {{- include "editflow.pdb" (dict "ctx" . "component" "gateway" "name" $name "replicas" .Values.gateway.replicas "budget" .Values.gateway.podDisruptionBudget) }}
+*/}}
+{{- define "editflow.pdb" -}}
+{{- if and .budget.enabled (gt (int .replicas) 1) }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "editflow.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+spec:
+  {{- if ne (toString .budget.minAvailable) "" }}
+  minAvailable: {{ .budget.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ .budget.maxUnavailable }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "editflow.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Pod's affinity: the user's, else (more than one replica) a preferred anti-affinity that
+spreads the replicas over nodes, so one node's loss takes at most one of them.
+Usage: {{- include "editflow.affinity" (dict "ctx" . "component" "operator" "replicas" .Values.operator.replicas "affinity" .Values.operator.affinity) | nindent 6 }}
+*/}}
+{{- define "editflow.affinity" -}}
+{{- if .affinity }}
+affinity:
+  {{- toYaml .affinity | nindent 2 }}
+{{- else if gt (int .replicas) 1 }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "editflow.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 14 }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -224,8 +292,8 @@ Usage: {{ include "editflow.workerResources" . }}
 
 {{/*
 Environment shared by the operator and the gateway: logging, namespace, NATS, S3, events.
-Secrets come from files (S3 keys, signing key) or secretKeyRef (NATS password/token, which
-the settings read only from the environment).
+Secrets come from files (S3 keys, signing key); each role's NATS credential is added by
+"editflow.natsAuthEnv" (secretKeyRef: the settings read the password only from the environment).
 Usage: {{- include "editflow.commonEnv" . | nindent 12 }}
 */}}
 {{- define "editflow.commonEnv" -}}
@@ -239,28 +307,6 @@ Usage: {{- include "editflow.commonEnv" . | nindent 12 }}
       fieldPath: metadata.namespace
 - name: EDITFLOW_NATS__URL
   value: {{ include "editflow.natsUrl" . | quote }}
-{{- $nats := include "editflow.natsSecretName" . }}
-{{- if eq .Values.nats.auth.method "userPassword" }}
-- name: EDITFLOW_NATS__USER
-  value: {{ .Values.nats.auth.user | quote }}
-- name: EDITFLOW_NATS__PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $nats }}
-      key: password
-{{- else if eq .Values.nats.auth.method "token" }}
-- name: EDITFLOW_NATS__TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ $nats }}
-      key: token
-{{- else if eq .Values.nats.auth.method "creds" }}
-- name: EDITFLOW_NATS__CREDS_FILE
-  value: /etc/editflow/nats-auth/creds
-{{- else if eq .Values.nats.auth.method "nkey" }}
-- name: EDITFLOW_NATS__NKEY_SEED_FILE
-  value: /etc/editflow/nats-auth/nkey-seed
-{{- end }}
 {{- if .Values.nats.tls.enabled }}
 - name: EDITFLOW_NATS__TLS_CA_FILE
   value: /etc/editflow/nats-tls/ca.crt
@@ -297,7 +343,12 @@ Usage: {{- include "editflow.commonEnv" . | nindent 12 }}
   value: {{ .Values.events.storage | quote }}
 - name: EDITFLOW_EVENTS__REPLICAS
   value: {{ .Values.events.replicas | int64 | quote }}
-{{- if .Values.events.signingKey.existingSecret }}
+{{- /* The gateway and the bridge refuse image URLs before a GPU run with the worker's allow-list. */}}
+- name: EDITFLOW_WORKER__ALLOW_HOSTS
+  value: {{ toJson .Values.worker.allowHosts | quote }}
+- name: EDITFLOW_WORKER__ALLOW_CIDRS
+  value: {{ toJson .Values.worker.allowCidrs | quote }}
+{{- if include "editflow.signingSecretName" . }}
 - name: EDITFLOW_EVENTS__SIGNING_KEY_FILE
   value: /etc/editflow/events/signing-key
 {{- end }}
@@ -334,7 +385,7 @@ Usage: {{- include "editflow.commonVolumes" . | nindent 8 }}
     secretName: {{ .Values.nats.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
-{{- with .Values.events.signingKey.existingSecret }}
+{{- with include "editflow.signingSecretName" . }}
 - name: events-signing
   secret:
     secretName: {{ . }}
@@ -365,9 +416,92 @@ Usage: {{- include "editflow.commonMounts" . | nindent 12 }}
   mountPath: /etc/editflow/nats-tls
   readOnly: true
 {{- end }}
-{{- if .Values.events.signingKey.existingSecret }}
+{{- if include "editflow.signingSecretName" . }}
 - name: events-signing
   mountPath: /etc/editflow/events
   readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy egress to DNS: port 53 on any address (kube-dns, or a node-local cache).
+Usage: {{- include "editflow.dnsEgress" . | nindent 4 }}
+*/}}
+{{- define "editflow.dnsEgress" -}}
+# DNS
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{/*
+NetworkPolicy egress to public addresses: any IPv4/IPv6 address except the private,
+link-local (cloud metadata), shared and loopback ranges.
+Usage: {{- include "editflow.publicEgress" (dict "private" $private) | nindent 4 }}
+*/}}
+{{- define "editflow.publicEgress" -}}
+# Public addresses only.
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except:
+          {{- toYaml .private | nindent 10 }}
+    - ipBlock:
+        cidr: ::/0
+        except:
+          - fc00::/7
+          - fe80::/10
+          - ::1/128
+{{- end }}
+
+{{/*
+NetworkPolicy egress rules to a server given by address (`nats://a:4222,nats://b:4222` or
+`host:port`): the bundled server's Pods by label, a `<service>.<namespace>.svc` name by its
+namespace, a literal IPv4 address as /32; a public host name needs no rule (public egress).
+Usage: {{ include "editflow.egressPeers" (dict "ctx" . "addresses" $url "defaultPort" 4222 "bundled" false "component" "nats" "bundledPort" 4222) }}
+*/}}
+{{- define "editflow.egressPeers" -}}
+{{- if .bundled }}
+# The bundled {{ .component }} server.
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .ctx.Release.Namespace }}
+      podSelector:
+        matchLabels:
+          {{- include "editflow.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 10 }}
+  ports:
+    - port: {{ .bundledPort }}
+      protocol: TCP
+{{- else }}
+{{- range $address := splitList "," .addresses }}
+{{- $hostPort := regexReplaceAll "^[a-z]+://" (trim $address) "" }}
+{{- $hostPort = regexReplaceAll "^[^@]*@" (regexReplaceAll "/.*$" $hostPort "") "" }}
+{{- $host := regexReplaceAll ":[0-9]+$" $hostPort "" }}
+{{- $port := $.defaultPort }}
+{{- if regexMatch ":[0-9]+$" $hostPort }}
+{{- $port = regexFind "[0-9]+$" $hostPort }}
+{{- end }}
+{{- if regexMatch "^[a-z0-9-]+\\.[a-z0-9-]+\\.svc(\\..*)?$" $host }}
+# {{ $host }}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ index (splitList "." $host) 1 }}
+  ports:
+    - port: {{ $port }}
+      protocol: TCP
+{{- else if regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host }}
+# {{ $host }}
+- to:
+    - ipBlock:
+        cidr: {{ $host }}/32
+  ports:
+    - port: {{ $port }}
+      protocol: TCP
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

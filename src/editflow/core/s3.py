@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from minio import Minio
 
-from editflow.core.settings import S3Settings
+from editflow.core.settings import S3Settings, WorkerSettings
 
 
 def s3_client(settings: S3Settings) -> Minio:
@@ -21,6 +21,7 @@ def s3_client(settings: S3Settings) -> Minio:
         settings.endpoint,
         access_key=settings.access_key.get_secret_value(),
         secret_key=settings.secret_key.get_secret_value(),
+        session_token=settings.session_token.get_secret_value() if settings.session_token else None,
         secure=settings.secure,
         region=settings.region,
     )
@@ -39,6 +40,24 @@ def presigning_client(settings: S3Settings) -> Minio:
         parts.netloc,
         access_key=settings.access_key.get_secret_value(),
         secret_key=settings.secret_key.get_secret_value(),
+        session_token=settings.session_token.get_secret_value() if settings.session_token else None,
         secure=parts.scheme == "https",
         region=settings.region,
+    )
+
+
+def weights_s3_settings(worker: WorkerSettings, s3: S3Settings) -> S3Settings:
+    """The S3 settings weights are read with: the read-only weights key when one is set.
+
+    A worker in Job mode holds only its attempt's session keys, which cannot
+    read the weights prefix; weights come with their own key that cannot write.
+    """
+    if worker.weights_access_key is None or worker.weights_secret_key is None:
+        return s3
+    return s3.model_copy(
+        update={
+            "access_key": worker.weights_access_key,
+            "secret_key": worker.weights_secret_key,
+            "session_token": None,
+        }
     )

@@ -28,6 +28,9 @@ class S3Settings(BaseModel):
     secure: bool = Field(False, description="use HTTPS to reach the S3 API")
     access_key: SecretStr = SecretStr("")
     secret_key: SecretStr = SecretStr("")
+    session_token: SecretStr | None = Field(
+        None, description="STS session token of short-lived keys (a worker's attempt credentials)"
+    )
     access_key_file: str | None = None
     secret_key_file: str | None = None
     region: str = "us-east-1"
@@ -74,6 +77,12 @@ class WorkerSettings(BaseModel):
         None, description="S3 prefix holding <model>/ dirs with a manifest.json (platform bucket)"
     )
     weights_s3_bucket: str | None = Field(None, description="bucket of the weights (default: s3)")
+    # A separate read-only key for the weights prefix: an attempt's own S3 keys reach only its
+    # input and output (operator.attempt_credentials), and a worker never needs to write weights.
+    weights_access_key: SecretStr | None = Field(
+        None, description="read-only key for weights_s3_prefix (default: the s3 key)"
+    )
+    weights_secret_key: SecretStr | None = None
     cache_dir: str = Field("/var/cache/editflow/models", description="where S3 weights land")
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu")
     dtype: str = Field("auto", pattern="^(auto|bfloat16|float16|float32)$")
@@ -116,6 +125,11 @@ class EventsSettings(BaseModel):
     review_subject_prefix: str = "editflow.reviews"
     dlq_stream: str = Field("EDITFLOW_DLQ", pattern=r"^[A-Za-z0-9_-]+$")
     dlq_subject_prefix: str = "editflow.dlq"
+    callback_subject_prefix: str = Field(
+        "oa.callbacks.",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$",
+        description="an approval's callback.nats_subject must lie under this prefix",
+    )
     advisories_stream: str = Field("EDITFLOW_ADVISORIES", pattern=r"^[A-Za-z0-9_-]+$")
     consumer: str = Field("editflow-operator", pattern=r"^[A-Za-z0-9_-]+$")
     ack_wait_seconds: float = Field(60, gt=0)
@@ -149,6 +163,11 @@ class OperatorSettings(BaseModel):
         default_factory=list, description="namespaces to watch (default: EDITFLOW_NAMESPACE)"
     )
     worker_image: str = "editflow/worker:0.1.0"
+    worker_command: list[str] = Field(
+        default_factory=lambda: ["editflow", "worker", "run"],
+        min_length=1,
+        description="the worker container's command; the request follows as --request JSON",
+    )
     worker_service_account: str = "editflow-worker"
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     gpus_per_job: int = Field(1, ge=0, le=8)
@@ -164,25 +183,72 @@ class OperatorSettings(BaseModel):
     )
     worker_configmap: str = Field("editflow-worker", description="envFrom for every worker")
     s3_secret: str = Field("editflow-s3", description="Secret with access-key / secret-key")
+    attempt_credentials: bool = Field(
+        True,
+        description="give each attempt short-lived S3 keys limited to its input and output "
+        "(STS AssumeRole with the operator's key, in a Secret owned by the Job) instead of "
+        "s3_secret; needs an S3 whose STS lets that key AssumeRole (MinIO: any user)",
+    )
+    upload_prefix: str = Field(
+        "uploads",
+        description="S3 key prefix of uploads (as the gateway's); spec.source.s3Key must lie "
+        "under <upload_prefix>/<namespace>/",
+    )
+    weights_secret: str | None = Field(
+        None,
+        description="Secret (access-key / secret-key) of a read-only key for the weights prefix, "
+        "given to workers as EDITFLOW_WORKER__WEIGHTS_ACCESS_KEY / _SECRET_KEY",
+    )
     models_pvc: str | None = Field(None, description="PVC holding the model directories")
     models_mount_path: str = "/models"
     default_model: str = "longcat-image-edit"
     result_prefix: str = "results"
     deadline_seconds: int = Field(1800, ge=30)
     pending_timeout_seconds: int = Field(600, ge=10)
+    stuck_pod_seconds: float = Field(
+        45,
+        gt=0,
+        description="an attempt whose Pod waits in ImagePullBackOff, CreateContainerConfigError, "
+        "CrashLoopBackOff... this long ends with the kubelet's reason",
+    )
     max_attempts: int = Field(3, ge=1, le=10)
     backoff_seconds: int = Field(30, ge=0)
     job_ttl_seconds: int = Field(3600, ge=0)
     max_running_per_namespace: int = Field(4, ge=1)
     sample_rate: float = Field(0.05, ge=0, le=1)
     retention_seconds: int = Field(7 * 24 * 3600, ge=60)
-    resync_seconds: float = Field(10, gt=0)
+    resync_seconds: float = Field(
+        10, gt=0, description="how often a running attempt is looked at again (level-triggered)"
+    )
+    reconcile_workers: int = Field(16, ge=1, le=256, description="reconciles at once")
+    error_backoff_seconds: float = Field(
+        0.5, gt=0, description="first retry of a failed reconcile; doubles per failure"
+    )
+    error_backoff_max_seconds: float = Field(60, gt=0)
+    queue_status_refresh_seconds: float = Field(
+        5, gt=0, description="queue positions in status are refreshed at most this often"
+    )
+    queue_status_refresh_batch: int = Field(
+        100, ge=0, description="queued EditJobs (from the head) whose position is refreshed"
+    )
+    queue_safety_seconds: float = Field(
+        300, gt=0, description="a queued EditJob is looked at again at least this often"
+    )
+    sweep_seconds: float = Field(
+        60, gt=0, description="how often finished EditJobs are checked for retention"
+    )
+    bridge_concurrency: int = Field(
+        32, ge=1, le=1024, description="approval events the bridge handles at once"
+    )
     watch_timeout_seconds: int = Field(60, ge=5)
     liveness_stale_seconds: float = Field(120, gt=0)
     health_port: int = Field(8080, ge=0, le=65535)
     metrics_port: int = Field(9090, ge=0, le=65535)
     callback_signing_key: SecretStr | None = None
     callback_max_attempts: int = Field(5, ge=1)
+    outbox_expiry_seconds: int = Field(
+        24 * 3600, ge=60, description="an undelivered webhook is retried at most this long"
+    )
     callback_backoff_seconds: float = Field(10, ge=0)
     alert_webhook_url: str | None = Field(
         None, description="chat-robot style webhook told about timeouts and NeedsReview edits"
@@ -190,6 +256,27 @@ class OperatorSettings(BaseModel):
     callback_ca_file: str | None = Field(
         None, description="extra CA bundle trusted for HTTPS callbacks (on-prem OA)"
     )
+    # The SSRF guard for callback and alert webhooks (editflow.core.urlguard).
+    callback_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="webhook host names exempt from the SSRF guard (an on-prem OA by name)",
+    )
+    callback_allow_cidrs: list[str] = Field(
+        default_factory=list,
+        description="networks webhooks may reach although private, e.g. 10.20.0.0/16",
+    )
+    dns_timeout_seconds: float = Field(
+        1.0, gt=0, le=30, description="longest DNS lookup of a URL's host (bridge, webhooks)"
+    )
+    dns_cache_seconds: float = Field(
+        60, ge=0, description="how long a DNS answer is reused (0: look up every time)"
+    )
+    # Leader election (operator/leader.py): with two replicas only the Lease holder acts.
+    leader_election: bool = Field(False, description="hold a coordination.k8s.io Lease first")
+    lease_name: str = Field("editflow-operator", description="the Lease, in EDITFLOW_NAMESPACE")
+    lease_seconds: float = Field(10, ge=1, description="a standby takes over after this")
+    lease_renew_deadline_seconds: float = Field(7, gt=0, description="the leader stops after")
+    lease_retry_seconds: float = Field(2, gt=0, description="between Lease reads and renewals")
 
 
 #: The first deployment's variable for the gateway token, still honoured.
@@ -216,6 +303,16 @@ class GatewaySettings(BaseModel):
     )
     read_rate_limit_per_minute: int = Field(
         600, ge=0, description="other API calls (status polls, uploads) per IP per minute"
+    )
+    rate_limit_shared: bool = Field(
+        True,
+        description="count rate limits in a NATS KV bucket shared by every replica (false: "
+        "per process); while NATS is unreachable each replica counts alone",
+    )
+    rate_limit_bucket: str = Field(
+        "editflow_gateway_rate_limits",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the NATS KV bucket of the shared rate limits (created if missing)",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

@@ -39,24 +39,26 @@ def _create(api: KubeClient, path: str, body: dict[str, Any]) -> None:
 
 
 def install_crd(api: KubeClient) -> None:
-    from editflow.operator.crd import editjob_crd
+    """The EditJob and EditOutcome CRDs, created or updated, then waited for."""
+    from editflow.operator.crd import editjob_crd, editoutcome_crd
 
-    crd = editjob_crd()
     path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    try:
-        api.post(path, crd)
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
-        current = api.get(f"{path}/{CRD_NAME}")
-        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        api.put(f"{path}/{CRD_NAME}", crd)
+    for crd in (editjob_crd(), editoutcome_crd()):
+        name = crd["metadata"]["name"]
+        try:
+            api.post(path, crd)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            current = api.get(f"{path}/{name}")
+            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            api.put(f"{path}/{name}", crd)
 
-    def established() -> bool:
-        conds = api.get(f"{path}/{CRD_NAME}").get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+        def established(name: str = name) -> bool:
+            conds = api.get(f"{path}/{name}").get("status", {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
-    wait_until(established, timeout=30, what="the EditJob CRD to be established")
+        wait_until(established, timeout=30, what=f"the CRD {name} to be established")
 
 
 def install_namespace(
@@ -141,6 +143,9 @@ def operator_env(stack: LocalStack, namespace: str, **operator: str) -> dict[str
         EDITFLOW_OPERATOR__WORKER_IMAGE=WORKER_IMAGE,
         EDITFLOW_OPERATOR__MODELS_PVC=MODELS_PVC,
         EDITFLOW_OPERATOR__WORKER_RESOURCES=json.dumps({"requests": {"cpu": "100m"}}),
+        # The demo and tests serve source images from loopback; the bridge's and the
+        # gateway's SSRF guard use the worker's allow-list, so it is allowed here too.
+        EDITFLOW_WORKER__ALLOW_CIDRS='["127.0.0.0/8"]',
     )
     env.update({f"EDITFLOW_OPERATOR__{k.upper()}": v for k, v in operator.items()})
     return env

@@ -1,0 +1,232 @@
+{{/*
+NATS authentication: one user per role (operator, gateway, worker, publisher = the OA system),
+each allowed only its own subjects. The permissions are written once here and used twice: in
+the bundled NATS server's configuration, and in `authorization.conf` of the chart's NATS Secret
+for an operator who runs their own NATS (the chart README explains both).
+*/}}
+
+{{/*
+The NATS roles, in a fixed order.
+Usage: {{- range (include "editflow.natsRoles" . | fromJsonArray) }}
+*/}}
+{{- define "editflow.natsRoles" -}}
+{{- list "operator" "gateway" "worker" "publisher" | toJson }}
+{{- end }}
+
+{{/*
+Refuse a NATS without authentication unless nats.auth.insecure says it is on purpose, and
+the combinations the bundled server cannot serve. Included by every template that connects.
+Usage: {{- include "editflow.natsAuthGuard" . }}
+*/}}
+{{- define "editflow.natsAuthGuard" -}}
+{{- $auth := .Values.nats.auth }}
+{{- if and (eq $auth.method "none") (not $auth.insecure) }}
+{{- fail "nats.auth.method=none leaves NATS open: anyone who reaches it can publish approvals and spend GPUs. Set nats.auth.method=userPassword (one user per role; with your own NATS also nats.auth.existingSecret or the generated authorization.conf, see the chart README), token, creds or nkey with nats.auth.existingSecret, or nats.auth.insecure=true to accept an open NATS on purpose" }}
+{{- end }}
+{{- if and .Values.nats.bundled.enabled (not (has $auth.method (list "userPassword" "none"))) }}
+{{- fail (printf "nats.bundled.enabled takes nats.auth.method userPassword (one user per role with its own permissions) or none with nats.auth.insecure=true, not %s (a shared %s cannot keep a worker from publishing approvals)" $auth.method $auth.method) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The names the permissions are made of. Streams, consumers and prefixes are the defaults of
+editflow.core.settings.EventsSettings / GatewaySettings and editflow.events.worker_contract
+(the chart sets none of them; renaming one with extraEnv needs the permissions renamed too).
+Usage: {{- $n := include "editflow.natsNames" . | fromJson }}
+*/}}
+{{- define "editflow.natsNames" -}}
+{{- $approvals := "EDITFLOW_APPROVALS" }}
+{{- toJson (dict
+  "approvals" $approvals
+  "completions" "EDITFLOW_COMPLETIONS"
+  "dlq" "EDITFLOW_DLQ"
+  "advisories" "EDITFLOW_ADVISORIES"
+  "work" "EDITFLOW_WORK"
+  "ledgerBucket" (printf "%s_LEDGER" $approvals)
+  "rateBucket" "editflow_gateway_rate_limits"
+  "completionPrefix" "editflow.completions"
+  "reviewPrefix" "editflow.reviews"
+  "dlqPrefix" "editflow.dlq"
+  "callbackPrefix" "oa.callbacks"
+  "workPrefix" "editflow.work"
+  "resultPrefix" "editflow.worker.results"
+  "approvalSubject" .Values.events.approvalSubject
+  "withdrawSubject" .Values.events.withdrawSubject) }}
+{{- end }}
+
+{{/*
+JetStream API subjects for reading a stream: its info and single messages (by sequence or
+last by subject, direct or not).
+Usage: {{ include "editflow.jsRead" "EDITFLOW_COMPLETIONS" }} -> JSON list
+*/}}
+{{- define "editflow.jsRead" -}}
+{{- list (printf "$JS.API.STREAM.INFO.%s" .) (printf "$JS.API.STREAM.MSG.GET.%s" .) (printf "$JS.API.DIRECT.GET.%s" .) (printf "$JS.API.DIRECT.GET.%s.>" .) | toJson }}
+{{- end }}
+
+{{/*
+JetStream API subjects for creating and updating a stream (never deleting or purging it).
+Usage: {{ include "editflow.jsOwn" "EDITFLOW_APPROVALS" }} -> JSON list
+*/}}
+{{- define "editflow.jsOwn" -}}
+{{- concat (include "editflow.jsRead" . | fromJsonArray) (list (printf "$JS.API.STREAM.CREATE.%s" .) (printf "$JS.API.STREAM.UPDATE.%s" .)) | toJson }}
+{{- end }}
+
+{{/*
+JetStream API subjects for consuming a stream: create, look up and pull its consumers, and
+acknowledge and flow-control its messages.
+Usage: {{ include "editflow.jsConsume" "EDITFLOW_APPROVALS" }} -> JSON list
+*/}}
+{{- define "editflow.jsConsume" -}}
+{{- list
+  (printf "$JS.API.CONSUMER.CREATE.%s" .)
+  (printf "$JS.API.CONSUMER.CREATE.%s.>" .)
+  (printf "$JS.API.CONSUMER.DURABLE.CREATE.%s.>" .)
+  (printf "$JS.API.CONSUMER.INFO.%s.>" .)
+  (printf "$JS.API.CONSUMER.DELETE.%s.>" .)
+  (printf "$JS.API.CONSUMER.MSG.NEXT.%s.>" .)
+  (printf "$JS.ACK.%s.>" .)
+  (printf "$JS.FC.%s.>" .) | toJson }}
+{{- end }}
+
+{{/*
+A KV bucket its role creates, reads and writes: its stream (KV_<bucket>), its keys, a watch.
+Usage: {{ include "editflow.kvOwn" "editflow_gateway_rate_limits" }} -> JSON list
+*/}}
+{{- define "editflow.kvOwn" -}}
+{{- $stream := printf "KV_%s" . }}
+{{- concat (include "editflow.jsOwn" $stream | fromJsonArray) (include "editflow.jsConsume" $stream | fromJsonArray) (list (printf "$KV.%s.>" .)) | toJson }}
+{{- end }}
+
+{{/*
+Each role's NATS permissions, as {role: {publish: {allow: [...]}, subscribe: {allow: [...]}}}.
+Nothing outside the allow lists: the worker, gateway and publisher cannot touch the operator's
+ledger, the publisher and worker cannot publish completions, only the publisher and the gateway
+(which turns HTTP requests into approvals) may publish approvals.
+Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
+*/}}
+{{- define "editflow.natsPermissions" -}}
+{{- $n := include "editflow.natsNames" . | fromJson }}
+{{- $info := list "$JS.API.INFO" }}
+{{- $operatorPub := concat $info
+  (list "$JS.API.STREAM.NAMES")
+  (include "editflow.jsOwn" $n.approvals | fromJsonArray)
+  (include "editflow.jsConsume" $n.approvals | fromJsonArray)
+  (include "editflow.jsOwn" $n.completions | fromJsonArray)
+  (include "editflow.jsOwn" $n.dlq | fromJsonArray)
+  (include "editflow.jsOwn" $n.advisories | fromJsonArray)
+  (include "editflow.jsConsume" $n.advisories | fromJsonArray)
+  (include "editflow.jsOwn" $n.work | fromJsonArray)
+  (include "editflow.kvOwn" $n.ledgerBucket | fromJsonArray)
+  (list
+    (printf "%s.>" $n.completionPrefix)
+    (printf "%s.>" $n.reviewPrefix)
+    (printf "%s.>" $n.dlqPrefix)
+    (printf "%s.>" $n.callbackPrefix)
+    (printf "%s.>" $n.workPrefix)) }}
+{{- $operatorSub := list "_INBOX.>" (printf "%s.>" $n.resultPrefix) }}
+{{- $gatewayPub := concat $info
+  (list $n.approvalSubject $n.withdrawSubject)
+  (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
+  (include "editflow.jsRead" $n.completions | fromJsonArray)
+  (include "editflow.jsRead" $n.dlq | fromJsonArray)
+  (include "editflow.kvOwn" $n.rateBucket | fromJsonArray) }}
+{{- $outcomes := list "_INBOX.>" (printf "%s.>" $n.completionPrefix) (printf "%s.>" $n.reviewPrefix) }}
+{{- $workerPub := concat $info
+  (include "editflow.jsOwn" $n.work | fromJsonArray)
+  (include "editflow.jsConsume" $n.work | fromJsonArray)
+  (list (printf "%s.>" $n.resultPrefix) "_INBOX.>") }}
+{{- $publisherPub := concat $info
+  (list $n.approvalSubject $n.withdrawSubject)
+  (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
+  (include "editflow.jsRead" $n.completions | fromJsonArray) }}
+{{- toJson (dict
+  "operator" (dict "publish" (dict "allow" $operatorPub) "subscribe" (dict "allow" $operatorSub))
+  "gateway" (dict "publish" (dict "allow" $gatewayPub) "subscribe" (dict "allow" $outcomes))
+  "worker" (dict "publish" (dict "allow" $workerPub) "subscribe" (dict "allow" (list "_INBOX.>")))
+  "publisher" (dict "publish" (dict "allow" $publisherPub) "subscribe" (dict "allow" (append $outcomes (printf "%s.>" $n.callbackPrefix))))) }}
+{{- end }}
+
+{{/*
+A nats-server `authorization` block with every role's user and permissions. "passwords" maps
+a role to its password as written in the config: `$VAR` (an environment variable of the
+server: the bundled one) or a quoted literal (authorization.conf for your own server).
+Usage: {{ include "editflow.natsAuthorization" (dict "ctx" . "passwords" $passwords) }}
+*/}}
+{{- define "editflow.natsAuthorization" -}}
+{{- $permissions := include "editflow.natsPermissions" .ctx | fromJson }}
+{{- $users := .ctx.Values.nats.auth.users }}
+authorization {
+  users = [
+{{- range $role := include "editflow.natsRoles" .ctx | fromJsonArray }}
+{{- $allowed := index $permissions $role }}
+    # {{ $role }}
+    {
+      user: {{ index $users $role | quote }}
+      password: {{ index $.passwords $role }}
+      permissions: {
+{{- range $direction := list "publish" "subscribe" }}
+        {{ $direction }}: {
+          allow: [
+{{- range (index $allowed $direction).allow }}
+            {{ . | quote }}
+{{- end }}
+          ]
+        }
+{{- end }}
+      }
+    }
+{{- end }}
+  ]
+}
+{{- end }}
+
+{{/*
+The environment variable of the bundled NATS server that holds a role's password.
+Usage: {{ include "editflow.natsPasswordVar" "operator" }} -> OPERATOR_PASSWORD
+*/}}
+{{- define "editflow.natsPasswordVar" -}}
+{{- printf "%s_PASSWORD" (upper .) }}
+{{- end }}
+
+{{/*
+The NATS credential of one role for its container: user and password (secretKeyRef, never a
+plain value), token, or the path of a mounted creds / nkey file.
+Usage: {{- include "editflow.natsAuthEnv" (dict "ctx" . "role" "operator") | nindent 12 }}
+*/}}
+{{- define "editflow.natsAuthEnv" -}}
+{{- $auth := .ctx.Values.nats.auth }}
+{{- $secret := include "editflow.natsSecretName" .ctx }}
+{{- if eq $auth.method "userPassword" }}
+- name: EDITFLOW_NATS__USER
+  value: {{ index $auth.users .role | quote }}
+- name: EDITFLOW_NATS__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .role }}-password
+{{- else if eq $auth.method "token" }}
+- name: EDITFLOW_NATS__TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: token
+{{- else if eq $auth.method "creds" }}
+- name: EDITFLOW_NATS__CREDS_FILE
+  value: /etc/editflow/nats-auth/creds
+{{- else if eq $auth.method "nkey" }}
+- name: EDITFLOW_NATS__NKEY_SEED_FILE
+  value: /etc/editflow/nats-auth/nkey-seed
+{{- end }}
+{{- end }}
+
+{{/*
+The event-signing key Secret (key signing-key), or nothing when signing is off.
+Usage: {{- with include "editflow.signingSecretName" . }}...{{ end }}
+*/}}
+{{- define "editflow.signingSecretName" -}}
+{{- if .Values.events.signingKey.existingSecret }}
+{{- .Values.events.signingKey.existingSecret }}
+{{- else if .Values.events.signingKey.enabled }}
+{{- printf "%s-events" (include "editflow.fullname" .) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,279 @@
+"""Nothing lost, nothing doubled: approval events through every fault the platform can suffer.
+
+N approval events (100 in ``make test``, ``EDITFLOW_RELIABILITY_EVENTS=1000`` for the
+large run) are published at a steady rate while, in this order:
+
+* the operator is SIGKILLed (three times over the run),
+* MinIO is stopped for 20 s while an upload is in flight (we wait until one is),
+* NATS is restarted,
+* the apiserver is restarted,
+* one worker is SIGKILLed mid-edit.
+
+Then every event must end in exactly one EditJob in a final phase and exactly one
+completion id on the completions stream; each EditJob has at most one Job per attempt;
+every result object in S3 is whole; nothing is left running. The suite prints what it
+did as a table. It runs on a platform of its own (its faults would disturb other tests)
+in Job mode, the only dispatch mode so far. Workers are ``uploading_worker.py``: the
+worker's contract and its S3 writes, without the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from editflow.core.settings import EventsSettings, NatsSettings, Settings
+from editflow.devstack import localmode
+from editflow.devstack.kubeapi import KubeClient
+from editflow.devstack.procs import wait_until
+from editflow.devstack.stack import LocalStack
+from editflow.events.models import Person
+from editflow.events.sdk import OAClient
+from editflow.operator.crd import editjob_path
+from editflow.operator.names import LABEL_EDITJOB, editjob_name
+from tests.harness import stored_completions, worker_command
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.platform]
+
+WORKER = Path(__file__).with_name("uploading_worker.py")
+EVENTS = int(os.environ.get("EDITFLOW_RELIABILITY_EVENTS", "100"))
+NAMESPACE = "faults"
+FINAL = {"Succeeded", "Failed", "NeedsReview", "Cancelled"}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> Iterator[LocalStack]:
+    with LocalStack(tmp_path_factory.mktemp("faults-stack"), host_images=True) as stack:
+        yield stack
+
+
+class Run:
+    """The platform, editflow installed on it, and a record of the faults injected."""
+
+    def __init__(self, stack: LocalStack, workdir: Path) -> None:
+        self.stack = stack
+        self.workdir = workdir
+        # Not under /tmp: the worker Pod's /tmp is its own emptyDir, also in host mode.
+        self.marks = Path.home() / ".cache" / "editflow" / "test-marks" / uuid.uuid4().hex[:8]
+        self.marks.mkdir(parents=True)
+        self.api = KubeClient(stack.kubeconfig)
+        localmode.install_crd(self.api)
+        localmode.install_namespace(
+            self.api,
+            stack,
+            NAMESPACE,
+            worker_env={
+                "STUB_MARK_DIR": str(self.marks),
+                "STUB_WORKER_SECONDS": "1.5",
+                "STUB_UPLOAD_SECONDS": "1",
+            },
+        )
+        self.env = localmode.operator_env(
+            stack,
+            NAMESPACE,
+            worker_command=worker_command(WORKER),
+            gpus_per_job="0",
+            max_running_per_namespace="10",
+            resync_seconds="2",
+            backoff_seconds="1",
+            max_attempts="4",
+        )
+        self.env["EDITFLOW_EVENTS__ACK_WAIT_SECONDS"] = "10"
+        self.operator: localmode.OperatorProcess | None = None
+        self.faults: Counter[str] = Counter()
+        self.operator_starts = 0
+
+    def start_operator(self) -> None:
+        self.operator_starts += 1
+        workdir = self.workdir / f"operator-{self.operator_starts}"
+        workdir.mkdir()
+        self.operator = localmode.OperatorProcess(self.env, workdir).start()
+
+    def kill_operator(self) -> None:
+        assert self.operator is not None
+        self.operator.kill()
+        self.faults["operator SIGKILL"] += 1
+        self.start_operator()
+
+    def editjobs(self) -> list[dict]:
+        return self.api.get(editjob_path(NAMESPACE))["items"]
+
+    def wait_editjobs(self, count: int) -> None:
+        self.wait(lambda: len(self.editjobs()) >= count, what=f"{count} EditJobs")
+
+    def wait(self, check, *, what: str, timeout: float = 300, interval: float = 0.2) -> None:
+        """wait_until, failing with what a person needs to see: phases, marks, the log."""
+        try:
+            wait_until(check, timeout=timeout, interval=interval, what=what)
+        except TimeoutError as exc:
+            phases = Counter((e.get("status") or {}).get("phase") for e in self.editjobs())
+            marks = Counter(p.suffix for p in self.marks.iterdir())
+            tail = self.operator.log_tail(25) if self.operator else ""
+            raise AssertionError(
+                f"{exc}\nphases {dict(phases)}, marks {dict(marks)}\n{tail}"
+            ) from None
+
+    def marked(self, suffix: str) -> list[Path]:
+        return sorted(self.marks.glob(f"*.{suffix}"))
+
+
+def publish_steadily(settings: Settings, ids: list[str], rate: float) -> threading.Thread:
+    async def publish() -> None:
+        async with await OAClient.connect(settings, source="/oa/faults") as client:
+            for event_id in ids:
+                await client.submit_approval(
+                    form_id=f"F-{event_id[:8]}",
+                    approval_id=f"A-{event_id[:8]}",
+                    applicant=Person(id="u-1"),
+                    image_url="https://93.184.215.14/poster.png",  # literal: no DNS here
+                    instruction="把背景换成海边日落",
+                    event_id=event_id,
+                )
+                await asyncio.sleep(1 / rate)
+
+    thread = threading.Thread(target=lambda: asyncio.run(publish()), daemon=True)
+    thread.start()
+    return thread
+
+
+def stub_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", str(WORKER)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_faults(
+    platform: LocalStack, tmp_path: Path
+) -> None:
+    run = Run(platform, tmp_path)
+    settings = Settings(nats=NatsSettings(url=platform.nats_url))
+    ids = [str(uuid.uuid4()) for _ in range(EVENTS)]
+    started = time.monotonic()
+    run.start_operator()
+    publisher = publish_steadily(settings, ids, rate=10.0)
+    assert platform.minio is not None and platform.nats is not None
+    assert platform.apiserver is not None
+    try:
+        run.wait_editjobs(EVENTS // 10)
+        run.kill_operator()
+
+        run.wait(lambda: run.marked("uploading"), what="an upload in flight", interval=0.05)
+        platform.minio.stop()
+        run.faults["MinIO stopped 20 s mid-upload"] += 1
+        time.sleep(20)
+        platform.minio.restart()
+
+        run.wait_editjobs(EVENTS * 4 // 10)
+        platform.nats.restart()
+        run.faults["NATS restart"] += 1
+
+        run.wait_editjobs(EVENTS * 5 // 10)
+        platform.apiserver.restart()
+        run.faults["apiserver restart"] += 1
+        run.kill_operator()
+
+        def kill_a_worker_mid_edit() -> bool:
+            """SIGKILL one worker that started and is not uploading yet (True once done)."""
+            for mark in run.marked("started"):
+                if mark.with_suffix(".uploading").exists():
+                    continue
+                try:
+                    os.kill(int(mark.read_text()), signal.SIGKILL)
+                except (ProcessLookupError, FileNotFoundError, ValueError):
+                    continue  # it finished between the look and the kill
+                run.faults["worker SIGKILL mid-edit"] += 1
+                return True
+            return False
+
+        run.wait(kill_a_worker_mid_edit, what="a worker mid-edit to kill", interval=0.05)
+        run.wait_editjobs(EVENTS * 8 // 10)
+        run.kill_operator()
+        publisher.join(300)
+        assert not publisher.is_alive(), "the publisher did not finish"
+
+        expected = {editjob_name(i) for i in ids}
+
+        def drained() -> bool:
+            items = run.editjobs()
+            done = {
+                e["metadata"]["name"]
+                for e in items
+                if (e.get("status") or {}).get("phase") in FINAL
+                and (e.get("status") or {}).get("completionPublishedAt")
+            }
+            return expected <= done
+
+        run.wait(drained, timeout=900, interval=3, what="every event to end and be reported")
+        drain_seconds = time.monotonic() - started
+        editjobs = run.editjobs()
+        completions = stored_completions(platform.nats_url, EventsSettings())
+        jobs = run.api.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")["items"]
+        s3 = platform.s3_settings()
+    finally:
+        if run.operator is not None:
+            run.operator.stop()
+        shutil.rmtree(run.marks, ignore_errors=True)
+
+    names = [e["metadata"]["name"] for e in editjobs]
+    phases = Counter((e.get("status") or {}).get("phase") for e in editjobs)
+    per_event = Counter(c["data"]["approval_event_id"] for c in completions)
+    lost = [i for i in ids if per_event[i] == 0]
+    doubled = [i for i in ids if per_event[i] > 1]
+    jobs_per_attempt = Counter(
+        (j["metadata"]["labels"][LABEL_EDITJOB], j["metadata"]["labels"]["editflow.io/attempt"])
+        for j in jobs
+    )
+    attempts = {e["metadata"]["name"]: int(e["status"].get("attempts") or 0) for e in editjobs}
+
+    from minio import Minio
+
+    client = Minio(
+        s3.endpoint,
+        access_key=s3.access_key.get_secret_value(),
+        secret_key=s3.secret_key.get_secret_value(),
+        secure=False,
+    )
+    partial = []
+    for obj in client.list_objects(s3.bucket, prefix=f"results/{NAMESPACE}/", recursive=True):
+        data = client.get_object(s3.bucket, obj.object_name).read()
+        if obj.object_name.endswith(".png") and not data.endswith(b"IEND\xaeB`\x82"):
+            partial.append(obj.object_name)
+        if obj.object_name.endswith(".json"):
+            json.loads(data)  # a truncated result JSON would not parse
+
+    rows = [
+        ("events", EVENTS),
+        *((f"fault: {k}", v) for k, v in run.faults.items()),
+        ("EditJobs", len(names)),
+        *((f"phase {k}", v) for k, v in sorted(phases.items())),
+        ("completions", len(completions)),
+        ("lost", len(lost)),
+        ("duplicated", len(doubled)),
+        ("Jobs", len(jobs)),
+        ("time to drain (s)", round(drain_seconds, 1)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+    assert run.faults["operator SIGKILL"] == 3 and run.faults["NATS restart"] == 1
+    assert run.faults["worker SIGKILL mid-edit"] == 1 and run.faults["apiserver restart"] == 1
+    assert len(jobs) > EVENTS, "the killed worker's attempt was retried as a new Job"
+    assert len(names) == len(set(names)) == EVENTS and set(names) == {
+        editjob_name(i) for i in ids
+    }, "exactly one EditJob per event"
+    assert not lost and not doubled, f"lost {lost[:3]}, doubled {doubled[:3]}"
+    assert all(n == 1 for n in jobs_per_attempt.values()), "at most one Job per attempt"
+    assert all(int(a) <= attempts[ej] for ej, a in jobs_per_attempt), "no Job beyond attempts"
+    assert partial == [], f"partially written objects: {partial[:3]}"
+    wait_until(lambda: not stub_processes(), timeout=60, what="no worker left running")

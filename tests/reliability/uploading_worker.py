@@ -1,0 +1,83 @@
+"""A fast worker that really uploads: the contract of ``editflow worker run`` without torch.
+
+The fault suite needs a hundred attempts that each write their result to
+MinIO (so MinIO can be stopped while an upload is in flight) and can be
+SIGKILLed mid-edit. It reads ``--request`` like the real worker, marks its
+progress in ``STUB_MARK_DIR`` (``<edit>-a<n>.started`` holds its pid,
+``.uploading`` while it writes, ``.done`` once finished), puts the image and then
+the result JSON (S3 puts are atomic: a reader sees a whole object or none), retrying while S3 is
+away, and writes the result as its termination message. A worker that cannot
+upload within ``STUB_UPLOAD_PATIENCE`` exits 75 (retriable), as the real one does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+from minio import Minio
+
+from editflow.core.s3 import s3_client
+from editflow.core.settings import Settings
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a0e7d1c60000000049454e44ae426082"
+)
+
+
+def put_with_patience(client: Minio, bucket: str, key: str, data: bytes, ctype: str) -> None:
+    deadline = time.monotonic() + float(os.environ.get("STUB_UPLOAD_PATIENCE", "60"))
+    delay = 0.5
+    while True:
+        try:
+            client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=ctype)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise SystemExit(75) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--request", required=True)
+    parser.add_argument("--termination-log", required=True)
+    args = parser.parse_args()
+    request = json.loads(args.request)
+    edit, attempt = request["edit_id"], request["attempt"]
+    marks = Path(os.environ.get("STUB_MARK_DIR", "/tmp"))
+    (marks / f"{edit}-a{attempt}.started").write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("STUB_WORKER_SECONDS", "1")))
+    # The product's own S3 client factory and settings: the attempt's session keys, the region.
+    settings = Settings().s3
+    client = s3_client(settings)
+    bucket = settings.bucket
+    prefix = f"{request.get('output', {}).get('key_prefix', 'results')}/{edit}/attempt-{attempt}"
+    uploading = marks / f"{edit}-a{attempt}.uploading"
+    uploading.write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("STUB_UPLOAD_SECONDS", "0")))  # a large image's upload
+    put_with_patience(client, bucket, f"{prefix}/result.png", PNG, "image/png")
+    result = {
+        "status": "success",
+        "edit_id": edit,
+        "attempt": attempt,
+        "model": request.get("model", "stub"),
+        "bucket": bucket,
+        "result_key": f"{prefix}/result.png",
+        "cost": {"total": 0.01},
+    }
+    body = json.dumps(result).encode()
+    put_with_patience(client, bucket, f"{prefix}/result.json", body, "application/json")
+    uploading.unlink(missing_ok=True)
+    (marks / f"{edit}-a{attempt}.started").rename(marks / f"{edit}-a{attempt}.done")
+    Path(args.termination_log).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
