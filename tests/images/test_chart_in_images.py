@@ -5,8 +5,8 @@ images (no host-command mapping); the chart's ``image.repository``/``tag``/``pul
 and ``imagePullSecrets`` name the images :func:`editflow.devstack.images.publish` pushed.
 The chart's securityContext (uid 10001, read-only root, no capabilities) is what runs.
 
-The approval round trip needs the worker image, so it runs with
-``EDITFLOW_TEST_WORKER_IMAGE=1`` (see conftest.py); the control plane runs always.
+The approval round trip needs the worker image, which ``EDITFLOW_TEST_WORKER_IMAGE=0``
+leaves out (see conftest.py); the control plane runs always.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from editflow.events.sdk import OAClient, Person
 from editflow.operator.crd import editjob_path
 from editflow.operator.names import editjob_name
 from tests.chart.test_install import install, isolated_events, local_values
-from tests.images.conftest import REPO, WORKER_ENV
+from tests.images.conftest import REPO, WORKER_ENV, worker_image_wanted
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
@@ -43,9 +43,7 @@ PULL_SECRET = "local-registry"
 def published(build_log: list[str]) -> dict[str, images.BuiltImage]:
     if os.geteuid() != 0:
         pytest.skip("Pods in their images need root (buildah, runc, overlay mounts)")
-    targets = (
-        ["control-plane", "worker"] if os.environ.get(WORKER_ENV) == "1" else ["control-plane"]
-    )
+    targets = ["control-plane", "worker"] if worker_image_wanted() else ["control-plane"]
     return {
         image.target: image for image in images.publish(targets, report=build_log.append, repo=REPO)
     }
@@ -201,7 +199,7 @@ def test_an_approval_event_goes_through_to_succeeded_in_the_worker_image(
     image_stack: LocalStack, published, release, image_host
 ):
     if "worker" not in published:
-        pytest.skip(f"the worker image is built only with {WORKER_ENV}=1")
+        pytest.skip(f"{WORKER_ENV}=0 leaves the worker image out")
     api, namespace, tag = release["api"], release["namespace"], release["tag"]
     _wait_ready(api, namespace, "operator")
     events = {

@@ -1,7 +1,7 @@
 """The worker image (editflow/worker): torch and diffusers import, uid 10001, read-only root.
 
-Built only with EDITFLOW_TEST_WORKER_IMAGE=1 (see conftest.py): cold it costs about
-8 minutes and 6.4 GB here, which `make test` does not spend; `make images` builds it.
+Cold it costs about 5 minutes and 6.4 GB here (the demo's test runs in the same image,
+built once per content hash); EDITFLOW_TEST_WORKER_IMAGE=0 leaves it out (see conftest.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -19,6 +20,9 @@ from rich.table import Table
 from editflow.cli.images import images as images_command
 from editflow.devstack import installer, paths
 from editflow.devstack.components import Health
+
+if TYPE_CHECKING:
+    from editflow.devstack.stack import LocalStack
 
 app = typer.Typer(help="The embedded local platform (kube-apiserver, etcd, NATS, MinIO).")
 # Wide enough for the tables when output goes to a CI log rather than a terminal.
@@ -121,10 +125,47 @@ def _pid_file() -> Path:
     return paths.dev_state_dir() / "supervisor.pid"
 
 
+HOST_IMAGES_HELP = (
+    "run the operator and gateway as host processes and workers as host commands, "
+    "instead of `helm install` with editflow's images (no image build)"
+)
+
+
+def _publish_images(out: Console) -> list:
+    """``make images`` for ``dev up``: seconds when the content hash is unchanged."""
+    from editflow.devstack import images as image_builds
+
+    def report(line: str) -> None:
+        if "skipped" not in line:
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    began = time.monotonic()
+    built = image_builds.publish(("control-plane", "worker"), report=report)
+    tags = ", ".join(f"editflow/{name}:{image.tag}" for image in built for name in image.names)
+    out.print(f"images ready in {time.monotonic() - began:.1f}s: {tags}")
+    return built
+
+
+class _ChartEditflow:
+    """editflow as ``helm install`` of the chart with its images, the gateway forwarded."""
+
+    def __init__(self, stack: LocalStack, models: Path | None) -> None:
+        from editflow.devstack import release
+
+        built = _publish_images(console)
+        self.release = release.install(stack, built, models_dir=models)
+        self.release.wait_ready("operator")
+        self.gateway = release.forward_gateway(self.release)
+
+    def stop(self) -> None:
+        self.gateway.close()
+
+
 @app.command()
 def serve(
     workdir: Path = typer.Option(None, help="where the stack keeps its data"),
     editflow: bool = typer.Option(True, help="also run editflow: operator, gateway, try-it page"),
+    host_images: bool = typer.Option(False, help=HOST_IMAGES_HELP),
 ) -> None:
     """Run the stack in the foreground until SIGTERM/Ctrl-C (``dev up`` runs this detached)."""
     from editflow.devstack import localmode
@@ -135,7 +176,10 @@ def serve(
     workdir = workdir or state / "stack"
     # Every `dev up` is a fresh cluster: a new CA, empty etcd, no Pods of an earlier run.
     shutil.rmtree(workdir, ignore_errors=True)
-    stack = LocalStack(workdir, keep_workdir=True, host_images=True)
+    images_mode = editflow and not host_images
+    stack = LocalStack(
+        workdir, keep_workdir=True, host_images=not images_mode, registry=images_mode
+    )
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -149,11 +193,20 @@ def serve(
     try:
         endpoints = stack.endpoints()
         if editflow:
-            models = os.environ.get("EDITFLOW_DEMO_MODELS_DIR")
-            running = localmode.start_editflow(
-                stack, models_dir_override=Path(models) if models else None
-            )
-            endpoints["gateway"] = {"url": running.gateway.url, "token": running.gateway.token}
+            env_models = os.environ.get("EDITFLOW_DEMO_MODELS_DIR")
+            models = Path(env_models) if env_models else None
+            if images_mode:
+                chart = _ChartEditflow(stack, models)
+                running = chart
+                gateway = {"url": chart.gateway.url, "token": chart.gateway.token}
+                endpoints["release"] = chart.release.name
+                endpoints["mode"] = "images"
+            else:
+                local = localmode.start_editflow(stack, models_dir_override=models)
+                running = local
+                gateway = {"url": local.gateway.url, "token": local.gateway.token}
+                endpoints["mode"] = "host"
+            endpoints["gateway"] = gateway
             endpoints["namespace"] = localmode.NAMESPACE
         (state / "kubeconfig").write_bytes(stack.kubeconfig.read_bytes())
         (state / "kubeconfig").chmod(0o600)
@@ -173,10 +226,16 @@ def serve(
 
 @app.command()
 def up(
-    timeout: float = typer.Option(240, help="seconds to wait for the stack"),
+    timeout: float = typer.Option(300, help="seconds to wait for the stack (after the images)"),
     editflow: bool = typer.Option(True, help="also run editflow: operator, gateway, try-it page"),
+    host_images: bool = typer.Option(False, help=HOST_IMAGES_HELP),
 ) -> None:
-    """Start the local stack in the background; kubeconfig and endpoints go to the state dir."""
+    """Start the local stack in the background; kubeconfig and endpoints go to the state dir.
+
+    editflow runs from its images: they are built here first (``make images``, cached by
+    content hash: the first build takes minutes, later ones seconds), then the background
+    stack installs the chart with them.
+    """
     state = paths.dev_state_dir()
     state.mkdir(parents=True, exist_ok=True)
     if _pid_file().exists() and _alive(int(_pid_file().read_text())):
@@ -184,6 +243,15 @@ def up(
             f"already running (pid {_pid_file().read_text().strip()}); see {_state_file()}"
         )
         return
+    if editflow and not host_images:
+        from editflow.devstack.release import images_unavailable
+
+        why_not = images_unavailable()
+        if why_not:
+            console.print(f"[yellow]editflow runs as host processes here: {why_not}[/yellow]")
+            host_images = True
+        else:
+            _publish_images(console)  # in the foreground, where a person sees the progress
     _state_file().unlink(missing_ok=True)
     log = (state / "supervisor.log").open("ab")
     proc = subprocess.Popen(
@@ -194,6 +262,7 @@ def up(
             "dev",
             "serve",
             "--editflow" if editflow else "--no-editflow",
+            *(["--host-images"] if host_images else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -212,6 +281,12 @@ def up(
     console.print(health_table([Health(**h) for h in data["health"]], "local stack is up"))
     console.print(f"export KUBECONFIG={state / 'kubeconfig'}")
     if "gateway" in data:
+        how = (
+            f"helm release {data['release']} from editflow's images"
+            if data.get("mode") == "images"
+            else "host processes"
+        )
+        console.print(f"editflow: {how}")
         console.print(f"try-it page: {data['gateway']['url']}/  (token in {_state_file()})")
         console.print(f"EditJobs live in namespace {data['namespace']}")
     console.print(f"endpoints: {_state_file()}")

@@ -39,16 +39,22 @@ def version() -> None:
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("demo-output"), help="where input.png and result.png go"),
+    output: Path = typer.Option(Path("demo-output"), help="where input.png and the result go"),
+    host_images: bool = typer.Option(
+        False,
+        help="run the operator and workers from this virtualenv instead of editflow's images "
+        "(no image build)",
+    ),
 ) -> None:
     """The main job on the embedded local stack: an OA approval becomes an edited image.
 
-    Starts the local platform, installs editflow on it, publishes an approval
+    Builds editflow's images (cached by content hash), starts the local platform with
+    its registry, `helm install`s the chart with those images, publishes an approval
     event, follows the EditJob, downloads the result, and tears everything down.
     """
     from editflow.devstack.demo import run_demo
 
-    run_demo(output)
+    run_demo(output, host_images=host_images)
 
 
 if __name__ == "__main__":

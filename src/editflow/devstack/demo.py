@@ -29,8 +29,9 @@ from rich.table import Table
 
 from editflow.core.s3 import s3_client
 from editflow.core.settings import NatsSettings, Settings
-from editflow.devstack import localmode
+from editflow.devstack import images, localmode, release
 from editflow.devstack.kubeapi import KubeClient
+from editflow.devstack.kubelet import podspec
 from editflow.devstack.stack import LocalStack
 from editflow.events.models import Person
 from editflow.events.sdk import OAClient
@@ -67,22 +68,83 @@ def demo_image() -> bytes:
     return buf.getvalue()
 
 
-def _models_root(stack: LocalStack, console: Console) -> tuple[Path, bool]:
-    root = localmode.models_dir(stack, localmode.NAMESPACE)
+def _demo_models_dir() -> Path | None:
     real = os.environ.get("EDITFLOW_DEMO_MODELS_DIR")
-    if real and (Path(real) / "longcat-image-edit" / "model_index.json").exists():
-        link = root / "longcat-image-edit"
-        if not link.exists():
-            link.symlink_to(Path(real) / "longcat-image-edit")
+    return Path(real) if real and release.has_real_model(Path(real)) else None
+
+
+def _say_model(console: Console, real: Path | None) -> None:
+    if real:
         console.print(f"model: real LongCat-Image-Edit weights from {real}")
-        return root, True
-    with console.status("building a tiny random-weight LongCat pipeline (no weights here)"):
-        localmode.build_tiny_model(root)
-    console.print(
-        "model: [yellow]tiny random-weight LongCat pipeline[/yellow] (set "
-        "EDITFLOW_DEMO_MODELS_DIR for real weights); every other component is the real one"
-    )
-    return root, False
+    else:
+        console.print(
+            "model: [yellow]tiny random-weight LongCat pipeline[/yellow] (set "
+            "EDITFLOW_DEMO_MODELS_DIR for real weights); every other component is the real one"
+        )
+
+
+def _publish_images(console: Console) -> list[images.BuiltImage]:
+    """Build (or find by content hash) both images and push them: seconds when warm."""
+    began = time.monotonic()
+    with console.status("images: checking the content hash") as spinner:
+
+        def report(line: str) -> None:
+            spinner.update(f"images: {line[:110]}")
+            if "skipped" not in line and ("built" in line or "push" in line):
+                console.print(f"  {line}")
+
+        built = images.publish(("control-plane", "worker"), report=report)
+    tags = ", ".join(f"{name}:{image.tag}" for image in built for name in image.names)
+    console.print(f"images ready in {time.monotonic() - began:.1f}s: {tags}")
+    return built
+
+
+class _HostEditflow:
+    """The operator as a host process, workers mapped to host commands (``--host-images``)."""
+
+    def __init__(self, stack: LocalStack, api: KubeClient, real: Path | None) -> None:
+        localmode.install_crd(api)
+        localmode.install_namespace(api, stack, localmode.NAMESPACE)
+        root = localmode.models_dir(stack, localmode.NAMESPACE)
+        if real:
+            link = root / "longcat-image-edit"
+            if not link.exists():
+                link.symlink_to(real / "longcat-image-edit")
+        else:
+            localmode.build_tiny_model(root)
+        env = localmode.operator_env(stack, localmode.NAMESPACE, resync_seconds="2")
+        self.operator = localmode.OperatorProcess(env, stack.workdir).start()
+
+    def log_tail(self) -> str:
+        return self.operator.log_tail()
+
+    def stop(self) -> None:
+        self.operator.stop()
+
+
+class _ChartEditflow:
+    """``helm install`` of the chart with editflow's images from the stack's registry."""
+
+    def __init__(
+        self, stack: LocalStack, built: list[images.BuiltImage], real: Path | None
+    ) -> None:
+        self.release = release.install(stack, built, models_dir=real)
+        self.stack = stack
+
+    def log_tail(self) -> str:
+        pods = self.release.pods("operator")
+        if not pods:
+            return "(no operator Pod)"
+        log = podspec.pod_dir_for(self.stack.kubelet.root, pods[0]) / "logs" / "operator.log"
+        lines = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        """Nothing to undo: the stack is the demo's own, and stopping it ends every Pod.
+
+        (``helm uninstall --wait`` would wait on the models PVC's protection finalizer,
+        which no controller of the local platform removes.)
+        """
 
 
 async def _submit_and_follow(
@@ -133,6 +195,17 @@ async def _submit_and_follow(
     return result
 
 
+def _recorded(api: KubeClient, name: str, timeout: float = 10.0) -> dict:
+    """The EditJob once its completion id is in status: the outbox records it right after
+    the completion event reached NATS, which is when the demo's waiter woke up."""
+    deadline = time.monotonic() + timeout
+    ej = api.get(editjob_path(localmode.NAMESPACE, name))
+    while not ej["status"].get("completionEventId") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        ej = api.get(editjob_path(localmode.NAMESPACE, name))
+    return ej
+
+
 def _get(api: KubeClient, name: str) -> dict | None:
     try:
         return api.get(editjob_path(localmode.NAMESPACE, name))
@@ -140,51 +213,55 @@ def _get(api: KubeClient, name: str) -> dict | None:
         return None
 
 
-def run_demo(output_dir: Path, console: Console | None = None) -> DemoResult:
-    """Run the whole flow once; raises if the edit did not succeed."""
+def run_demo(
+    output_dir: Path, console: Console | None = None, *, host_images: bool = False
+) -> DemoResult:
+    """Run the whole flow once; raises if the edit did not succeed.
+
+    By default editflow runs from its images (``make images``, then ``helm install``
+    of the chart on the stack, images pulled from the stack's registry); with
+    ``host_images`` the operator runs as a host process and workers as host commands,
+    which needs no image build.
+    """
     console = console or Console()
     output_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
+    real = _demo_models_dir()
+    why_not = None if host_images else release.images_unavailable()
+    if why_not:
+        console.print(f"[yellow]editflow runs as host processes here: {why_not}[/yellow]")
+        host_images = True
+    built = [] if host_images else _publish_images(console)
+    stack_began = time.monotonic()
     with console.status(
         "starting etcd, kube-apiserver, controller-manager, process kubelet, NATS, MinIO"
+        + ("" if host_images else ", registry")
     ):
-        stack = LocalStack(host_images=True).start()
+        stack = LocalStack(registry=not host_images, host_images=host_images).start()
     try:
-        console.print(f"local platform up in {time.monotonic() - began:.1f}s")
+        console.print(f"local platform up in {time.monotonic() - stack_began:.1f}s")
         api = KubeClient(stack.kubeconfig)
-        localmode.install_crd(api)
-        localmode.install_namespace(api, stack, localmode.NAMESPACE)
-        _, real = _models_root(stack, console)
-        env = localmode.operator_env(stack, localmode.NAMESPACE, resync_seconds="2")
-        with console.status("starting the editflow operator"):
-            operator = localmode.OperatorProcess(env, stack.workdir).start()
+        _say_model(console, real)
+        installed: _HostEditflow | _ChartEditflow
+        if host_images:
+            with console.status("starting the editflow operator (host process)"):
+                installed = _HostEditflow(stack, api, real)
+        else:
+            with console.status("helm install editflow (operator Pod in its image)"):
+                t0 = time.monotonic()
+                installed = _ChartEditflow(stack, built, real)
+                pod = installed.release.wait_ready("operator")
+            console.print(
+                f"helm install: operator Pod {pod['metadata']['name']} Ready in its image "
+                f"in {time.monotonic() - t0:.1f}s"
+            )
         try:
-            s3 = stack.s3_settings()
-            client = s3_client(s3)
-            png = demo_image()
-            key = f"uploads/{localmode.NAMESPACE}/demo-{uuid.uuid4().hex[:8]}.png"
-            client.put_object(s3.bucket, key, io.BytesIO(png), len(png), content_type="image/png")
-            input_path = output_dir / "input.png"
-            input_path.write_bytes(png)
-            result = asyncio.run(_submit_and_follow(stack, api, key, real, console))
-            result.input_path = input_path
+            result = _edit_once(stack, api, real is not None, output_dir, console)
             if result.status != "success" or not result.result_url:
-                console.print(f"[red]edit ended with {result.status}[/red]\n{operator.log_tail()}")
+                console.print(f"[red]edit ended with {result.status}[/red]\n{installed.log_tail()}")
                 raise RuntimeError(f"the demo edit ended with status {result.status}")
-            with urllib.request.urlopen(result.result_url, timeout=30) as resp:  # noqa: S310
-                data = resp.read()
-            result.output_path = output_dir / "result.png"
-            result.output_path.write_bytes(data)
-            result.output_size = Image.open(io.BytesIO(data)).size
-            ej = api.get(editjob_path(localmode.NAMESPACE, result.editjob))
-            attempt = ej["status"]["attempts"]
-            prefix = f"results/{localmode.NAMESPACE}"
-            raw = client.get_object(s3.bucket, result_json_key(prefix, result.editjob, attempt))
-            result.cost = json.loads(raw.read())["cost"]
-            raw.close()
-            _report(console, result, ej)
         finally:
-            operator.stop()
+            installed.stop()
             api.close()
     finally:
         with console.status("stopping the local platform"):
@@ -192,6 +269,36 @@ def run_demo(output_dir: Path, console: Console | None = None) -> DemoResult:
     console.print(
         f"[green]demo finished in {time.monotonic() - began:.1f}s; nothing left running[/green]"
     )
+    return result
+
+
+def _edit_once(
+    stack: LocalStack, api: KubeClient, real: bool, output_dir: Path, console: Console
+) -> DemoResult:
+    """Upload the poster, publish the approval, follow it, download and report the result."""
+    s3 = stack.s3_settings()
+    client = s3_client(s3)
+    png = demo_image()
+    key = f"uploads/{localmode.NAMESPACE}/demo-{uuid.uuid4().hex[:8]}.png"
+    client.put_object(s3.bucket, key, io.BytesIO(png), len(png), content_type="image/png")
+    input_path = output_dir / "input.png"
+    input_path.write_bytes(png)
+    result = asyncio.run(_submit_and_follow(stack, api, key, real, console))
+    result.input_path = input_path
+    if result.status != "success" or not result.result_url:
+        return result
+    with urllib.request.urlopen(result.result_url, timeout=30) as resp:  # noqa: S310
+        data = resp.read()
+    result.output_path = output_dir / f"result{Path(result.result_key or '.png').suffix}"
+    result.output_path.write_bytes(data)
+    result.output_size = Image.open(io.BytesIO(data)).size
+    ej = _recorded(api, result.editjob)
+    attempt = ej["status"]["attempts"]
+    prefix = f"results/{localmode.NAMESPACE}"
+    raw = client.get_object(s3.bucket, result_json_key(prefix, result.editjob, attempt))
+    result.cost = json.loads(raw.read())["cost"]
+    raw.close()
+    _report(console, result, ej)
     return result
 
 

@@ -82,16 +82,27 @@ CONTEXT_DIRS = ("src", "events", "operator", "inference", "gateway")
 _SKIPPED_PARTS = {"__pycache__", ".pytest_cache"}
 
 
+def _is_repo(root: Path) -> bool:
+    return (root / "Dockerfile").is_file() and (root / "pyproject.toml").is_file()
+
+
 def repo_root() -> Path:
-    """The repository the images are built from (``EDITFLOW_REPO`` or the current tree)."""
+    """The repository the images are built from: ``EDITFLOW_REPO``, else the current tree,
+    else the checkout this module was installed from (an editable install links back to it,
+    so ``make demo`` works from any directory)."""
     env = os.environ.get("EDITFLOW_REPO")
-    root = Path(env) if env else Path.cwd()
-    if not (root / "Dockerfile").is_file() or not (root / "pyproject.toml").is_file():
-        raise ImageBuildError(
-            f"{root} has no Dockerfile and pyproject.toml: run from the editflow repository "
-            "(or set EDITFLOW_REPO to it)"
-        )
-    return root.resolve()
+    if env:
+        if not _is_repo(Path(env)):
+            raise ImageBuildError(f"EDITFLOW_REPO={env} has no Dockerfile and pyproject.toml")
+        return Path(env).resolve()
+    installed_from = Path(__file__).resolve().parents[3]
+    for root in (Path.cwd(), installed_from):
+        if _is_repo(root):
+            return root.resolve()
+    raise ImageBuildError(
+        f"{Path.cwd()} has no Dockerfile and pyproject.toml: run from the editflow repository "
+        "(or set EDITFLOW_REPO to it)"
+    )
 
 
 def package_version(repo: Path) -> str:
