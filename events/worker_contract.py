@@ -17,6 +17,7 @@ Both sides import this module; neither imports the other.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -84,6 +85,21 @@ class WorkerRequest(_Strict):
     event_id: str | None = Field(None, max_length=256)
 
 
+class LoadDetail(BaseModel):
+    """Where a model load's seconds went (only in the result of the attempt that loaded it).
+
+    ``read`` is ``from_pretrained``; with ``direct`` the weights went straight onto the
+    device from safetensors (diffusers ``device_map``), so ``read`` includes the copy to the
+    device and ``to_device`` is only placement that remained (attention backend,
+    compilation). Without it ``to_device`` is ``.to(device)`` or the offload hooks.
+    """
+
+    imports: float = 0.0
+    read: float = 0.0
+    to_device: float = 0.0
+    direct: bool = False
+
+
 class CostBreakdown(BaseModel):
     """Seconds spent in each step of the worker's straight line."""
 
@@ -93,6 +109,8 @@ class CostBreakdown(BaseModel):
     infer: float = 0.0
     upload: float = 0.0
     total: float = 0.0
+    #: The split of ``load`` when this attempt loaded the model (cold); absent when warm.
+    load_detail: LoadDetail | None = None
 
 
 class WorkerResult(BaseModel):
@@ -133,24 +151,47 @@ TERMINATION_MESSAGE_LIMIT = 4096
 #: The work-queue stream warm workers consume (retention: work queue, so each
 #: request is delivered to one worker and removed once acknowledged).
 WORK_STREAM = "EDITFLOW_WORK"
-#: Requests for model ``m`` are published to ``editflow.work.<m>``; each warm
-#: worker consumes only the subject of the model it keeps loaded.
+#: Requests of namespace ``ns`` for model ``m`` are published to
+#: ``editflow.work.<ns>.<m>``; each warm worker consumes only the subject of its
+#: namespace and of the model it keeps loaded.
 WORK_SUBJECT_PREFIX = "editflow.work"
-#: Every outcome is also published to ``editflow.worker.results.<edit_id>``.
+#: Every outcome is also published to ``editflow.worker.results.<ns>.<edit_id>``.
 RESULT_SUBJECT_PREFIX = "editflow.worker.results"
 #: Request header naming a subject for the WorkerResult (JetStream's own reply
 #: subject is the ack subject, so a requester's inbox travels in this header).
 REPLY_TO_HEADER = "Editflow-Reply-To"
 
-
-def work_subject(model: str) -> str:
-    return f"{WORK_SUBJECT_PREFIX}.{model}"
-
-
-def result_subject(edit_id: str) -> str:
-    return f"{RESULT_SUBJECT_PREFIX}.{edit_id}"
+# A namespace is a DNS label and a model a registry slug: one NATS subject token each,
+# without the underscore that joins them in a consumer name.
+_TOKEN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-def work_msg_id(request: WorkerRequest) -> str:
+def _token(kind: str, value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(
+            f"{kind} {value!r} cannot name a work subject: expected lowercase letters, digits "
+            "and '-' (a DNS label), up to 63 characters"
+        )
+    return value
+
+
+# The namespace is part of every name below: EditJob names are unique only within their
+# namespace, so without it two namespaces' ``edit-1`` would share a consumer's subject
+# and one attempt would be dropped as the other's duplicate.
+def work_subject(namespace: str, model: str) -> str:
+    """The subject the operator publishes an attempt of ``namespace``/``model`` to."""
+    return f"{WORK_SUBJECT_PREFIX}.{_token('namespace', namespace)}.{_token('model', model)}"
+
+
+def work_consumer(namespace: str, model: str) -> str:
+    """The durable consumer every warm worker of ``namespace``/``model`` shares."""
+    return f"worker_{_token('namespace', namespace)}_{_token('model', model)}"
+
+
+def result_subject(namespace: str, edit_id: str) -> str:
+    return f"{RESULT_SUBJECT_PREFIX}.{_token('namespace', namespace)}.{edit_id}"
+
+
+def work_msg_id(namespace: str, request: WorkerRequest) -> str:
     """``Nats-Msg-Id`` of a request: a republish of the same attempt is dropped as a duplicate."""
-    return f"{request.edit_id}/attempt-{request.attempt}"
+    return f"{_token('namespace', namespace)}/{request.edit_id}/attempt-{request.attempt}"

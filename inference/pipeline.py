@@ -21,6 +21,7 @@ from typing import Any
 
 from editflow.core.errors import ModelError
 from editflow.core.settings import S3Settings, WorkerSettings
+from editflow.events.worker_contract import LoadDetail
 from editflow.inference.prompts import patch_diffusers_quote_splitter
 from editflow.inference.registry import ModelSpec
 from editflow.inference.weights import model_dir_defaults, resolve_model_dir
@@ -45,6 +46,8 @@ class LoadedModel:
     device: str
     dtype: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: Where the load's seconds went (imports, reading, moving to the device).
+    load_detail: LoadDetail = field(default_factory=LoadDetail)
     #: One edit at a time per pipeline (diffusers pipelines keep per-call state).
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,10 +92,24 @@ def load_tokenizer(spec: ModelSpec, model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def loads_straight_to_device(device: str, worker: WorkerSettings) -> bool:
+    """Whether ``from_pretrained`` can put the weights on ``device`` itself (``device_map``).
+
+    On an accelerator without CPU offload it can: safetensors are read into device memory
+    without a full copy in host RAM first, which for the 29 GB LongCat checkpoint is both
+    the time and the host memory of a second copy. On the CPU there is nothing to move;
+    with offload the hooks decide placement, so the model loads on the CPU first.
+    """
+    return device != "cpu" and worker.cpu_offload not in ("model", "sequential")
+
+
 def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> LoadedModel:
     """``from_pretrained`` from ``model_dir`` and place it as the settings say."""
     go_offline()
+    began = time.perf_counter()
     import diffusers
+
+    imported = time.perf_counter()
 
     # diffusers' own notes (e.g. "dimensions will be resized") go to stderr, not our logs.
     diffusers.utils.logging.set_verbosity_error()
@@ -105,13 +122,16 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     device = pick_device(worker.device)
     dtypes = torch_dtypes(spec, worker.dtype, device)
     cls = getattr(diffusers, spec.pipeline_class)
+    direct = loads_straight_to_device(device, worker)
+    placement = {"device_map": device} if direct else {}
     try:
-        pipe = cls.from_pretrained(model_dir, dtype=dtypes, local_files_only=True)
+        pipe = cls.from_pretrained(model_dir, dtype=dtypes, local_files_only=True, **placement)
+        read = time.perf_counter()
         if worker.cpu_offload == "model" and device != "cpu":
             pipe.enable_model_cpu_offload(device=device)
         elif worker.cpu_offload == "sequential" and device != "cpu":
             pipe.enable_sequential_cpu_offload(device=device)
-        else:
+        elif not direct:
             pipe.to(device)
         denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
         if worker.attention_backend and denoiser is not None:
@@ -121,6 +141,17 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         raise ModelError(f"could not load {spec.name} from {model_dir}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
+    placed = time.perf_counter()
+    detail = LoadDetail(
+        imports=round(imported - began, 4),
+        read=round(read - imported, 4),
+        to_device=round(placed - read, 4),
+        direct=direct,
+    )
+    log.info(
+        "model loaded",
+        extra={"model": spec.name, "device": device, **detail.model_dump()},
+    )
     return LoadedModel(
         spec=spec,
         model_dir=model_dir,
@@ -128,6 +159,7 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
         device=device,
         dtype=str(dtypes.get("default")).removeprefix("torch."),
         defaults=model_dir_defaults(model_dir),
+        load_detail=detail,
     )
 
 

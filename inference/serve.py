@@ -2,12 +2,14 @@
 
 The worker loads its model once, then pulls :class:`WorkerRequest` messages
 from the JetStream work-queue stream ``WORK_STREAM`` on the subject of its
-model (``editflow.work.<model>``, durable consumer ``worker-<model>`` shared
-by every warm worker of that model). For each message it runs exactly the
+namespace and model (``editflow.work.<namespace>.<model>``, durable consumer
+``worker_<namespace>_<model>`` shared by every warm worker of that namespace and
+model; the namespace is ``EDITFLOW_NAMESPACE``, which the operator sets from the
+Pod's own). For each message it runs exactly the
 same :func:`~editflow.inference.worker.execute` as ``editflow worker run``
 (result JSON in S3 next to the image), publishes the :class:`WorkerResult`
 to the subject in the ``Editflow-Reply-To`` header (if any) and to
-``editflow.worker.results.<edit_id>``, and only then acknowledges the
+``editflow.worker.results.<namespace>.<edit_id>``, and only then acknowledges the
 message. Whether a failed attempt is retried is the requester's decision, as
 it is for Jobs: the result says ``retriable``.
 
@@ -45,6 +47,7 @@ from editflow.events.worker_contract import (
     WORK_SUBJECT_PREFIX,
     WorkerResult,
     result_subject,
+    work_consumer,
     work_subject,
 )
 from editflow.inference import metrics
@@ -126,9 +129,14 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
 
 
 class WarmWorker:
-    def __init__(self, settings: Settings, *, model: str, http_port: int = 8080) -> None:
+    def __init__(
+        self, settings: Settings, *, model: str, http_port: int = 8080, namespace: str | None = None
+    ) -> None:
         self.settings = settings
         self.spec = get_spec(model)
+        self.namespace = namespace or settings.namespace
+        # Refused here, with the field named, rather than as a NATS error after the model loaded.
+        self.subject = work_subject(self.namespace, self.spec.name)
         self.http_port = http_port
         self.models = ModelCache(settings.worker, settings.s3)
         metrics.MODEL_LOADS.set_function(lambda: self.models.loads)
@@ -224,13 +232,13 @@ class WarmWorker:
         js = nc.jetstream()
         await ensure_work_stream(js)
         subscription = await js.pull_subscribe(
-            work_subject(self.spec.name),
-            durable=f"worker-{self.spec.name}",
+            self.subject,
+            durable=work_consumer(self.namespace, self.spec.name),
             stream=WORK_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_SECONDS),
         )
         metrics.READY.set(1)
-        log.info("warm worker ready", extra={"subject": work_subject(self.spec.name)})
+        log.info("warm worker ready", extra={"subject": self.subject})
         while not self.stopping.is_set():
             self.last_beat = time.monotonic()
             try:
@@ -262,7 +270,7 @@ class WarmWorker:
                 if reply_to:
                     await nc.publish(reply_to, payload)
                 if result.edit_id != "unknown":
-                    await nc.publish(result_subject(result.edit_id), payload)
+                    await nc.publish(result_subject(self.namespace, result.edit_id), payload)
                 await nc.flush()
                 await message.ack()
             except Exception as exc:

@@ -53,6 +53,7 @@ from editflow.core.errors import EditflowError, InvalidInputError
 from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     CostBreakdown,
+    LoadDetail,
     WorkerRequest,
     WorkerResult,
     attempt_prefix,
@@ -75,6 +76,7 @@ _EDIT_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 class Timer:
     cost: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    load_detail: LoadDetail | None = None
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -88,7 +90,11 @@ class Timer:
         self.cost[name] = round(self.cost.get(name, 0.0) + seconds, 4)
 
     def breakdown(self) -> CostBreakdown:
-        return CostBreakdown(**self.cost, total=round(time.perf_counter() - self.started, 4))
+        return CostBreakdown(
+            **self.cost,
+            total=round(time.perf_counter() - self.started, 4),
+            load_detail=self.load_detail,
+        )
 
 
 def parse_request(raw: str) -> WorkerRequest:
@@ -156,6 +162,8 @@ def process(
         )
     model, load_seconds = loading.result()
     timer.add("load", load_seconds)
+    if load_seconds:  # this attempt loaded the model: say where the time went
+        timer.load_detail = model.load_detail
     with step("infer"):
         edited = run_edit(
             model, image=prepared.image, prompt=prompt, steps=steps,

@@ -33,6 +33,7 @@ from editflow.events.worker_contract import (
     WORK_STREAM,
     WORK_SUBJECT_PREFIX,
     result_subject,
+    work_consumer,
     work_subject,
 )
 from tests.chart.chartkit import NAMESPACE, documents, find, render_text
@@ -215,10 +216,12 @@ async def test_a_warm_worker_takes_work_and_answers(roles: dict[str, Role]) -> N
             retention=RetentionPolicy.WORK_QUEUE,
         )
     )
-    results = await operator.nc.subscribe(result_subject("edit-1"))
-    await operator.js.publish(work_subject("tiny"), b'{"edit_id": "edit-1"}')
-    pull = await worker.js.pull_subscribe(work_subject("tiny"), "warm-tiny", stream=WORK_STREAM)
+    results = await operator.nc.subscribe(result_subject("edits", "edit-1"))
+    await operator.js.publish(work_subject("edits", "tiny"), b'{"edit_id": "edit-1"}')
+    pull = await worker.js.pull_subscribe(
+        work_subject("edits", "tiny"), work_consumer("edits", "tiny"), stream=WORK_STREAM
+    )
     (work,) = await pull.fetch(1, timeout=5)
-    await worker.nc.publish(result_subject("edit-1"), b'{"status": "succeeded"}')
+    await worker.nc.publish(result_subject("edits", "edit-1"), b'{"status": "succeeded"}')
     await work.ack()
     assert (await results.next_msg(timeout=5)).data == b'{"status": "succeeded"}'

@@ -174,3 +174,21 @@ def test_a_model_dir_without_its_tokenizer_is_a_model_failure(
     shutil.rmtree(broken / "tokenizer")
     with pytest.raises(ModelError, match="tokenizer"):
         load_tokenizer(get_spec(DEFAULT_MODEL), broken)
+
+
+@pytest.mark.parametrize(
+    ("device", "offload", "direct"),
+    [
+        ("cuda", "none", True),  # safetensors straight into device memory: no host copy
+        ("cuda:1", "none", True),
+        ("cuda", "model", False),  # the offload hooks place the weights: load on the CPU
+        ("cuda", "sequential", False),
+        ("cpu", "none", False),  # nothing to move
+    ],
+)
+def test_weights_load_straight_onto_an_accelerator_unless_offloaded(
+    device: str, offload: str, direct: bool
+) -> None:
+    from editflow.inference.pipeline import loads_straight_to_device
+
+    assert loads_straight_to_device(device, WorkerSettings(cpu_offload=offload)) is direct

@@ -30,6 +30,9 @@ from .conftest import ImageServer, Route, png_bytes, worker_env
 
 pytestmark = pytest.mark.slow
 EDITFLOW = str(Path(sys.executable).with_name("editflow"))
+#: The namespace the warm worker serves; OTHER has EditJobs of the same names.
+NAMESPACE, OTHER = "team-a", "team-b"
+MODEL = "longcat-image-edit"
 
 
 def free_port() -> int:
@@ -70,7 +73,8 @@ def warm_worker(
         worker_settings, EDITFLOW_NATS__URL=nats_url, EDITFLOW_WORKER__DRAIN_SECONDS=drain_seconds
     )
     proc = subprocess.Popen(
-        [EDITFLOW, "worker", "serve", "--model", "longcat-image-edit", "--http-port", str(port)],
+        [EDITFLOW, "worker", "serve", "--model", "longcat-image-edit", "--http-port", str(port),
+         "--namespace", NAMESPACE],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
@@ -99,7 +103,7 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
     js = nc.jetstream()
     inbox = nc.new_inbox()
     replies = await nc.subscribe(inbox)
-    broadcast = await nc.subscribe(result_subject("warm-2"))
+    broadcast = await nc.subscribe(result_subject(NAMESPACE, "warm-2"))
     try:
         # warm-2's prompt is blank: valid JSON, refused by prompt validation.
         for edit_id, prompt in (("warm-1", "turn the sky pink"), ("warm-2", "   "),
@@ -107,9 +111,17 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
             req = request(edit_id, image_server.url("/warm.png"), prompt=prompt)
             body = json.loads(req.model_dump_json())
             await js.publish(
-                work_subject("longcat-image-edit"), json.dumps(body).encode(),
-                headers={REPLY_TO_HEADER: inbox, "Nats-Msg-Id": work_msg_id(req)},
+                work_subject(NAMESPACE, MODEL), json.dumps(body).encode(),
+                headers={REPLY_TO_HEADER: inbox, "Nats-Msg-Id": work_msg_id(NAMESPACE, req)},
             )  # fmt: skip
+        # The same EditJob name in another namespace: its own subject and message id, so it
+        # is neither dropped as a duplicate nor taken by this namespace's worker.
+        twin = request("warm-1", image_server.url("/warm.png"))
+        ack = await js.publish(
+            work_subject(OTHER, MODEL), twin.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": work_msg_id(OTHER, twin)},
+        )  # fmt: skip
+        assert not ack.duplicate
         results = {}
         for _ in range(3):
             message = await replies.next_msg(timeout=120)
@@ -134,7 +146,7 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
         slow = request(
             "warm-drain", image_server.url("/warm.png"), parameters={"seed": 1, "steps": 24}
         )
-        await js.publish(work_subject("longcat-image-edit"), slow.model_dump_json().encode(),
+        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode(),
                          headers={REPLY_TO_HEADER: inbox})  # fmt: skip
         poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
              what="the slow edit to start")  # fmt: skip
@@ -143,7 +155,11 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
         assert drained.edit_id == "warm-drain" and drained.status == "success"
         assert proc.wait(timeout=60) == 0
         info = await js.stream_info(WORK_STREAM)
-        assert info.state.messages == 0  # every request acknowledged, nothing left behind
+        # Every request of this namespace acknowledged; team-b's twin waits for its own workers.
+        assert info.state.messages == 1
+        waiting = await js.get_last_msg(WORK_STREAM, work_subject(OTHER, MODEL))
+        assert WorkerRequest.model_validate_json(waiting.data).edit_id == "warm-1"
+        await js.purge_stream(WORK_STREAM, subject=work_subject(OTHER, MODEL))  # the next test's
     finally:
         await nc.close()
 
@@ -159,7 +175,7 @@ async def test_past_the_drain_deadline_the_edit_is_handed_back(
     try:
         slow = request("warm-handback", image_server.url("/handback.png"),
                        parameters={"seed": 1, "steps": 100})  # fmt: skip
-        await js.publish(work_subject("longcat-image-edit"), slow.model_dump_json().encode())
+        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode())
         poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
              what="the slow edit to start")  # fmt: skip
         proc.send_signal(signal.SIGTERM)

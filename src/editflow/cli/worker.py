@@ -71,6 +71,11 @@ def serve(
     http_port: int = typer.Option(
         None, "--http-port", help="Port of /healthz, /readyz and /metrics (0: any free port)."
     ),
+    namespace: str = typer.Option(
+        None,
+        "--namespace",
+        help="Namespace whose work queue to serve (default: EDITFLOW_NAMESPACE).",
+    ),
 ) -> None:
     """Warm mode: keep the pipeline loaded and take requests from the JetStream work queue."""
     import asyncio
@@ -79,11 +84,15 @@ def serve(
     from editflow.inference.serve import WarmWorker
 
     settings = _settings()
-    worker = WarmWorker(
-        settings,
-        model=model or DEFAULT_MODEL,
-        http_port=settings.worker.http_port if http_port is None else http_port,
-    )
+    try:
+        worker = WarmWorker(
+            settings,
+            model=model or DEFAULT_MODEL,
+            http_port=settings.worker.http_port if http_port is None else http_port,
+            namespace=namespace,
+        )
+    except ValueError as exc:  # a namespace or model that cannot name a work subject
+        raise typer.BadParameter(str(exc)) from None
     code = asyncio.run(worker.run())
     if worker.abandoned:
         # An edit thread is still running native code: leave without finalising it.

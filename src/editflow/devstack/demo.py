@@ -302,6 +302,18 @@ def _edit_once(
     return result
 
 
+def _cost_split(cost: dict) -> str:
+    """``fetch 0.16, ..., load 4.93 (imports 1.2, read 3.1, to device 0.6)``."""
+    parts = [f"{k} {v:.2f}" for k, v in cost.items() if isinstance(v, int | float)]
+    detail = cost.get("load_detail")
+    if detail:
+        parts.append(
+            f"load = imports {detail['imports']:.2f} + read {detail['read']:.2f} "
+            f"+ to device {detail['to_device']:.2f}"
+        )
+    return ", ".join(parts)
+
+
 def _report(console: Console, result: DemoResult, ej: dict) -> None:
     table = Table(title=f"EditJob {result.editjob}")
     for col in ("field", "value"):
@@ -311,7 +323,7 @@ def _report(console: Console, result: DemoResult, ej: dict) -> None:
         ("phase", status["phase"]),
         ("attempts", str(status["attempts"])),
         ("cost (s)", f"{status.get('costSeconds', 0):.2f}"),
-        ("cost split (s)", ", ".join(f"{k} {v:.2f}" for k, v in result.cost.items())),
+        ("cost split (s)", _cost_split(result.cost)),
         ("result key", result.result_key or ""),
         ("result size", "x".join(map(str, result.output_size or ()))),
         ("completion event", status.get("completionEventId", "")),
