@@ -16,7 +16,13 @@ step; Turbo: 8 steps, guidance 1 -> one pass) and each compile mode (eager,
 * denoising it/s: steps divided by the time spent inside the transformer's
   forward calls (timed by hooks, synchronised), so text encoding, VAE and
   image pre/post-processing are left out; with CFG a step is two calls,
-* the compile warm-up time.
+* the compile warm-up time,
+* the cold start (``--cold-start``, on by default): the pipeline is saved with
+  ``save_pretrained`` (safetensors, as real weights are), its files are dropped from
+  the page cache (``posix_fadvise(DONTNEED)`` after ``sync``), and a fresh process
+  loads it through the worker's own ``load_pipeline`` (straight onto the device with
+  ``device_map`` on CUDA): process start to model on the device, the load split
+  (imports, reading, moving to the device) and the read throughput in GB/s.
 
 The prompt tokenizer is a byte-level stand-in: LongCat pads the prompt to
 its fixed 512-token window, so the compute does not depend on it. The image
@@ -25,6 +31,7 @@ processor is Qwen2-VL's default (real vision-token count).
     python benchmarks/gpu_longcat.py                       # everything, on cuda
     python benchmarks/gpu_longcat.py --variants turbo --compile eager
     python benchmarks/gpu_longcat.py --size tiny --device cpu   # smoke test of the script
+    python benchmarks/gpu_longcat.py --variants turbo --compile eager --repeats 1  # ~10 min budget
 
 Writes ``benchmarks/results/gpu_longcat-<utc>.json`` and prints a table.
 """
@@ -133,6 +140,14 @@ def main() -> int:
     parser.add_argument("--compile", default="eager,regional", help="eager and/or regional")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--offload", action="store_true", help="enable_model_cpu_offload()")
+    parser.add_argument(
+        "--cold-start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="save, evict from the page cache, and time a fresh process's load",
+    )
+    parser.add_argument("--cold-dir", default=None, help="where to save (default: a temp dir)")
+    parser.add_argument("--no-runs", action="store_true", help="only the cold start")
     args = parser.parse_args()
 
     import torch
@@ -201,7 +216,7 @@ def main() -> int:
         sync()
         return time.perf_counter() - start, denoise["seconds"]
 
-    modes = [m.strip() for m in args.compile.split(",") if m.strip()]
+    modes = [] if args.no_runs else [m.strip() for m in args.compile.split(",") if m.strip()]
     for mode in modes:
         compile_seconds = None
         if mode == "regional":
@@ -230,6 +245,11 @@ def main() -> int:
             report["runs"].append(run)
             print(json.dumps(run), flush=True)
 
+    if args.cold_start:
+        report["cold_start"] = cold_start(pipe, args)
+        del pipe
+        print(json.dumps({"cold_start": report["cold_start"]}), flush=True)
+
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"gpu_longcat-{args.size}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -241,8 +261,102 @@ def main() -> int:
         peak = "-" if run["peak_memory_gib"] is None else run["peak_memory_gib"]
         head = f"{run['variant']:<10}{run['compile']:<10}{run['steps']:>6}"
         print(f"{head}{run['seconds_per_edit']:>9.2f}{run['denoise_it_per_s']:>8.2f}{peak:>10}")
+    cold = report.get("cold_start")
+    if cold and "error" not in cold:
+        detail = cold["load_detail"]
+        print(
+            f"cold start: {cold['process_to_device_seconds']:.1f} s process start -> model on "
+            f"{args.device} ({cold['gb_on_disk']:.1f} GB; imports {detail['imports']:.1f} s, "
+            f"read {detail['read']:.1f} s = {cold['read_gb_per_s']:.2f} GB/s, to device "
+            f"{detail['to_device']:.1f} s, direct={detail['direct']})"
+        )
+    elif cold:
+        print(f"cold start: failed: {cold['error']}")
     print(f"wrote {path}")
     return 0
+
+
+# The fresh process of the cold start: the worker's own loading path, timed from its start.
+_COLD_CHILD = """
+import json, sys, time
+from pathlib import Path
+started = time.time()
+from editflow.core.settings import WorkerSettings
+from editflow.inference.pipeline import load_pipeline
+from editflow.inference.registry import get_spec
+model_dir, device, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+loaded = load_pipeline(get_spec("longcat-image-edit"), model_dir,
+                       WorkerSettings(device=device, dtype=dtype))
+import torch
+if device.startswith("cuda"):
+    torch.cuda.synchronize()
+memory = torch.cuda.memory_allocated() if device.startswith("cuda") else None
+print(json.dumps({"ended": time.time(), "started": started,
+                  "load_detail": loaded.load_detail.model_dump(), "memory_bytes": memory}))
+"""
+
+
+def _evict_from_page_cache(root: Path) -> int:
+    """Drop ``root``'s files from the page cache (no root needed); returns their bytes."""
+    os.sync()
+    total = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            total += path.stat().st_size
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return total
+
+
+def cold_start(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Save the pipeline, evict it from the page cache, time a fresh process loading it."""
+    import gc
+    import shutil
+    import subprocess
+    import tempfile
+
+    import torch
+
+    target = Path(args.cold_dir or tempfile.mkdtemp(prefix="longcat-cold-"))
+    try:
+        began = time.perf_counter()
+        pipe.save_pretrained(target)
+        saved = time.perf_counter() - began
+        # The parent's copy must not share the GPU with the child's.
+        pipe.to("cpu")
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        size = _evict_from_page_cache(target)
+        spawned = time.time()
+        child = subprocess.run(
+            [sys.executable, "-c", _COLD_CHILD, str(target), args.device, args.dtype],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if child.returncode != 0:
+            return {"error": child.stderr.strip()[-2000:], "save_seconds": round(saved, 2)}
+        out = json.loads(child.stdout.strip().splitlines()[-1])
+        detail = out["load_detail"]
+        return {
+            "gb_on_disk": round(size / 1e9, 2),
+            "save_seconds": round(saved, 2),
+            "process_to_device_seconds": round(out["ended"] - spawned, 2),
+            "interpreter_start_seconds": round(out["started"] - spawned, 2),
+            "load_detail": detail,
+            "read_gb_per_s": round(size / 1e9 / detail["read"], 3) if detail["read"] else None,
+            "memory_after_load_gib": (
+                round(out["memory_bytes"] / 2**30, 2) if out["memory_bytes"] else None
+            ),
+            "page_cache": "evicted with posix_fadvise(DONTNEED) after sync",
+        }
+    finally:
+        if not args.cold_dir:
+            shutil.rmtree(target, ignore_errors=True)
 
 
 if __name__ == "__main__":
