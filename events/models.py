@@ -231,6 +231,17 @@ class WithdrawData(_Data):
     withdrawn_by: Person | None = None
 
 
+class QualityGate(_Data):
+    """What the automatic quality gate saw in the result (advisory unless enforced)."""
+
+    verdict: Literal["ok", "no_visible_change", "global_change"]
+    kind: str = Field(description="kind of edit whose thresholds applied: subtle, local, global")
+    changed_fraction: float = Field(ge=0, le=1, description="share of the image that changed")
+    ssim: float = Field(ge=-1, le=1, description="global structural similarity")
+    spread: float = Field(ge=0, le=1, description="0: the change is in one place; 1: everywhere")
+    reason: str = ""
+
+
 class CompletionData(_Data):
     """The outcome of one approval's edit (brief §3)."""
 
@@ -246,6 +257,9 @@ class CompletionData(_Data):
     error: ErrorDetail | None = None
     message: Annotated[str, StringConstraints(max_length=4000)] | None = None
     editjob: EditJobRef | None = None
+    quality: QualityGate | None = Field(
+        None, description="the automatic quality gate's verdict on the result, when it ran"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionData:

@@ -28,6 +28,7 @@ from editflow.events.models import (
     EditJobRef,
     EditStatus,
     ErrorDetail,
+    QualityGate,
     ReviewData,
     ReviewEvent,
     completion_event_id,
@@ -58,6 +59,7 @@ def completion_event(
     attempts: int = 0,
     error: ErrorInfo | ErrorDetail | None = None,
     message: str | None = None,
+    quality: QualityGate | None = None,
     source: str = OPERATOR_SOURCE,
     time: datetime | None = None,
 ) -> CompletionEvent:
@@ -82,6 +84,7 @@ def completion_event(
             error=_detail(error),
             message=message,
             editjob=editjob,
+            quality=quality,
         ),
         **extra,
     )

@@ -83,6 +83,8 @@ class WorkerRequest(_Strict):
     output: OutputSpec = OutputSpec()
     usage: str | None = Field(None, max_length=64)
     event_id: str | None = Field(None, max_length=256)
+    #: The prompt template the instruction came from (it tells the quality gate the kind).
+    template: str | None = Field(None, max_length=64)
 
 
 class LoadDetail(BaseModel):
@@ -107,10 +109,27 @@ class CostBreakdown(BaseModel):
     preprocess: float = 0.0
     load: float = 0.0
     infer: float = 0.0
+    #: The quality gate's comparison of the result with the preprocessed input.
+    gate: float = 0.0
     upload: float = 0.0
     total: float = 0.0
     #: The split of ``load`` when this attempt loaded the model (cold); absent when warm.
     load_detail: LoadDetail | None = None
+
+
+QualityVerdict = Literal["ok", "no_visible_change", "global_change"]
+
+
+class QualityReport(BaseModel):
+    """The quality gate's view of a result (``editflow.inference.quality``)."""
+
+    verdict: QualityVerdict
+    #: The kind of edit whose thresholds applied: subtle, local or global.
+    kind: str
+    changed_fraction: float = Field(ge=0, le=1)
+    ssim: float = Field(ge=-1, le=1)
+    spread: float = Field(ge=0, le=1)
+    reason: str = Field("", max_length=300)
 
 
 class WorkerResult(BaseModel):
@@ -131,6 +150,7 @@ class WorkerResult(BaseModel):
     format: OutputFormat | None = None
     cost: CostBreakdown = CostBreakdown()
     error: ErrorInfo | None = None
+    quality: QualityReport | None = None
 
 
 def attempt_prefix(request: WorkerRequest) -> str:

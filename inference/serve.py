@@ -303,7 +303,7 @@ class WarmWorker:
     def _observe(self, result: WorkerResult) -> None:
         code = result.error.code if result.error else ""
         metrics.EDITS.labels(result.model, result.status, code).inc()
-        for step in ("fetch", "preprocess", "load", "infer", "upload"):
+        for step in ("fetch", "preprocess", "load", "infer", "gate", "upload"):
             value = getattr(result.cost, step)
             if value:
                 metrics.STEP_SECONDS.labels(result.model, step).observe(value)

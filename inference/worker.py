@@ -64,6 +64,7 @@ from editflow.inference.pipeline import ModelCache, run_edit
 from editflow.inference.preprocess import PreparedImage, preprocess
 from editflow.inference.profiles import output_profile
 from editflow.inference.prompts import validate_prompt
+from editflow.inference.quality import assess, thresholds_from_settings
 from editflow.inference.registry import ModelSpec, get_spec
 from editflow.inference.weights import model_dir_defaults
 
@@ -169,6 +170,15 @@ def process(
             model, image=prepared.image, prompt=prompt, steps=steps,
             guidance_scale=guidance, negative_prompt=negative, seed=seed,
         )  # fmt: skip
+    with step("gate"):
+        # Against the image the model saw: same framing, before the usage profile resizes it.
+        quality = assess(
+            prepared.image,
+            edited,
+            prompt,
+            template=request.template,
+            thresholds=thresholds_from_settings(settings.worker.gate_thresholds),
+        )
     with step("upload"):
         profile = output_profile(request)
         encoded = output.encode(edited, output.final_size(prepared.size, profile), profile)
@@ -182,7 +192,7 @@ def process(
     log.info(
         "edit done",
         extra={"edit_id": request.edit_id, "attempt": request.attempt, "key": key,
-               "source": fetched.source, "cost": timer.cost},
+               "source": fetched.source, "cost": timer.cost, "gate": quality.verdict},
     )  # fmt: skip
     return WorkerResult(
         status="success",
@@ -197,6 +207,7 @@ def process(
         height=encoded.height,
         format=encoded.format,  # type: ignore[arg-type]
         cost=timer.breakdown(),
+        quality=quality,
     )
 
 

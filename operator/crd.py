@@ -213,6 +213,26 @@ STATUS = _obj(
         "startedAt": _s("When the current attempt started.", format="date-time"),
         "finishedAt": _s("When the edit reached its final phase.", format="date-time"),
         "sampledForReview": {"type": "boolean", "description": "Flagged for quality review."},
+        "quality": _obj(
+            "The automatic quality gate's view of the result (gate.mode says what it decides).",
+            {
+                "verdict": _s(
+                    "ok, no_visible_change or global_change.",
+                    enum=["ok", "no_visible_change", "global_change"],
+                ),
+                "kind": _s("Kind of edit whose thresholds applied: subtle, local or global."),
+                "changedFraction": {
+                    "type": "number",
+                    "description": "Share of the image that changed (blurred difference map).",
+                },
+                "ssim": {"type": "number", "description": "Global structural similarity."},
+                "spread": {
+                    "type": "number",
+                    "description": "How evenly the change spreads (0: one place, 1: everywhere).",
+                },
+                "reason": _s("What the verdict means for this result."),
+            },
+        ),
         "observedGeneration": _i("Generation the status refers to."),
         "conditions": {
             "type": "array",
@@ -230,6 +250,7 @@ PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
     {"name": "Cost", "type": "number", "jsonPath": ".status.costSeconds", "description": "s"},
+    {"name": "Gate", "type": "string", "jsonPath": ".status.quality.verdict"},
     {"name": "Result", "type": "string", "jsonPath": ".status.resultKey"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from editflow.core.errors import ErrorInfo, is_retriable_exit_code
 from editflow.core.settings import OperatorSettings
-from editflow.events.worker_contract import WorkerResult
+from editflow.events.worker_contract import QualityReport, WorkerResult
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.tenancy import source_key_refusal
@@ -161,6 +161,20 @@ def backoff(settings: OperatorSettings, spec: dict[str, Any], attempts: int) -> 
 
 def max_attempts(settings: OperatorSettings, spec: dict[str, Any]) -> int:
     return int((spec.get("retry") or {}).get("maxAttempts", settings.max_attempts))
+
+
+def quality_status(quality: QualityReport | None) -> dict[str, Any] | None:
+    """The gate's report as EditJob status (camelCase, as the CRD names it)."""
+    if quality is None:
+        return None
+    return {
+        "verdict": quality.verdict,
+        "kind": quality.kind,
+        "changedFraction": quality.changed_fraction,
+        "ssim": quality.ssim,
+        "spread": quality.spread,
+        "reason": quality.reason,
+    }
 
 
 def is_sampled(uid: str, rate: float) -> bool:
@@ -316,14 +330,30 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
 
     def succeeded(result: WorkerResult) -> Decision:
         cost = result.cost.total or None
-        return finish(
-            "Succeeded",
-            f"edited in {cost:.1f}s" if cost else "edited",
-            resultKey=result.result_key,
-            resultUrl=result.result_url,
-            costSeconds=round(cost, 3) if cost else None,
-            sampledForReview=is_sampled(meta.get("uid", meta["name"]), settings.sample_rate),
-        )
+        quality = result.quality
+        flagged = quality is not None and quality.verdict != "ok"
+        recorded: dict[str, Any] = {
+            "resultKey": result.result_key,
+            "resultUrl": result.result_url,
+            "costSeconds": round(cost, 3) if cost else None,
+            "quality": quality_status(quality),
+            # Advisory mode steers the quality sampling: every flagged edit is sampled.
+            "sampledForReview": flagged
+            or is_sampled(meta.get("uid", meta["name"]), settings.sample_rate),
+        }
+        if flagged and settings.gate_mode == "enforce":
+            assert quality is not None
+            error = ErrorInfo(
+                f"quality_{quality.verdict}",
+                f"the quality gate flagged the result: {quality.reason}; a designer will check it",
+                False,
+            )
+            return finish("NeedsReview", error.message, error=error, **recorded)
+        edited = f"edited in {cost:.1f}s" if cost else "edited"
+        if flagged:
+            assert quality is not None
+            edited += f"; quality gate (advisory): {quality.verdict}"
+        return finish("Succeeded", edited, **recorded)
 
     def from_result(result: WorkerResult) -> Decision:
         if result.status == "success":

@@ -44,6 +44,7 @@ def worker_request(
     meta = editjob["metadata"]
     params = spec.get("parameters") or {}
     output = spec.get("output") or {}
+    template = (spec.get("template") or {}).get("id")
     prefix = output.get("prefix") or f"{settings.result_prefix}/{meta['namespace']}"
     return WorkerRequest(
         edit_id=meta["name"],
@@ -70,6 +71,8 @@ def worker_request(
         ),
         usage=spec.get("usage"),
         event_id=(spec.get("oa") or {}).get("eventId"),
+        # Set only when there is one: the serialised request stays what it was without.
+        **({"template": template} if template else {}),
     )
 
 

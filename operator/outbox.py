@@ -39,7 +39,13 @@ from editflow.core.errors import ErrorInfo
 from editflow.core.settings import OperatorSettings
 from editflow.events.binding import encode
 from editflow.events.callback_subjects import CallbackSubjects
-from editflow.events.models import CompletionEvent, EditJobRef, ReviewData, ReviewEvent
+from editflow.events.models import (
+    CompletionEvent,
+    EditJobRef,
+    QualityGate,
+    ReviewData,
+    ReviewEvent,
+)
 from editflow.events.outcomes import (
     completion_event,
     publish_completion,
@@ -107,6 +113,21 @@ def completion_for(editjob: JSON) -> CompletionEvent:
         attempts=int(status.get("attempts") or 0),
         error=error,
         message=status.get("message"),
+        quality=_quality(status.get("quality")),
+    )
+
+
+def _quality(recorded: JSON | None) -> QualityGate | None:
+    """The gate's status (camelCase) as the completion's ``quality``; None if it never ran."""
+    if not recorded or "verdict" not in recorded:
+        return None
+    return QualityGate(
+        verdict=recorded["verdict"],
+        kind=recorded.get("kind", ""),
+        changed_fraction=recorded.get("changedFraction", 0.0),
+        ssim=recorded.get("ssim", 0.0),
+        spread=recorded.get("spread", 0.0),
+        reason=recorded.get("reason", ""),
     )
 
 

@@ -45,6 +45,9 @@ def test_the_demo_turns_an_approval_into_an_edited_image(tmp_path: Path) -> None
     assert "Succeeded" in run.stdout and "nothing left running" in run.stdout
     # editflow ran from its images: the operator Pod in the control-plane image.
     assert ("Ready in its image" in run.stdout) is images
+    # The quality gate ran in the worker and its verdict reached the EditJob (advisory):
+    # the instruction is about the background, a global kind of edit.
+    assert "(global edit, advisory)" in run.stdout
     source = Image.open(out / "input.png")
     # wechat-article's usage profile promises a JPEG: the result keeps the worker's format.
     (result_path,) = out.glob("result.*")

@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,11 @@ class NatsSettings(BaseModel):
     tls_key_file: str | None = None
 
 
+#: The quality gate's kinds of edit and threshold fields (editflow.inference.quality).
+GATE_KINDS = ("subtle", "local", "global")
+GATE_FIELDS = ("no_change_fraction", "no_change_ssim", "global_fraction", "global_spread")
+
+
 class WorkerSettings(BaseModel):
     """The GPU worker (``editflow worker run|serve``): where weights live, how to run them.
 
@@ -107,6 +112,29 @@ class WorkerSettings(BaseModel):
     termination_log: str = "/dev/termination-log"
     http_port: int = Field(8080, ge=0, le=65535, description="warm mode /healthz /readyz /metrics")
     drain_seconds: float = Field(300.0, ge=0, description="SIGTERM grace for the edit in flight")
+    gate_thresholds: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="quality gate thresholds per kind of edit over the defaults, e.g. "
+        '{"subtle": {"no_change_fraction": 0.001}} (editflow.inference.quality)',
+    )
+
+    @field_validator("gate_thresholds")
+    @classmethod
+    def _known_gate_thresholds(
+        cls, value: dict[str, dict[str, float | None]]
+    ) -> dict[str, dict[str, float | None]]:
+        for kind, fields in value.items():
+            if kind not in GATE_KINDS:
+                raise ValueError(
+                    f"unknown kind of edit {kind!r}; expected one of {', '.join(GATE_KINDS)}"
+                )
+            unknown = sorted(set(fields) - set(GATE_FIELDS))
+            if unknown:
+                raise ValueError(
+                    f"{kind}: unknown field(s) {', '.join(unknown)}; expected "
+                    f"{', '.join(GATE_FIELDS)}"
+                )
+        return value
 
 
 class EventsSettings(BaseModel):
@@ -216,6 +244,12 @@ class OperatorSettings(BaseModel):
     job_ttl_seconds: int = Field(3600, ge=0)
     max_running_per_namespace: int = Field(4, ge=1)
     sample_rate: float = Field(0.05, ge=0, le=1)
+    gate_mode: str = Field(
+        "advisory",
+        pattern="^(advisory|enforce)$",
+        description="quality gate: advisory records the verdict (and samples flagged edits "
+        "for review); enforce sends flagged edits to NeedsReview",
+    )
     retention_seconds: int = Field(7 * 24 * 3600, ge=60)
     resync_seconds: float = Field(
         10, gt=0, description="how often a running attempt is looked at again (level-triggered)"

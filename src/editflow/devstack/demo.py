@@ -298,8 +298,18 @@ def _edit_once(
     raw = client.get_object(s3.bucket, result_json_key(prefix, result.editjob, attempt))
     result.cost = json.loads(raw.read())["cost"]
     raw.close()
-    _report(console, result, ej)
+    _report(console, result, ej, real)
     return result
+
+
+def _gate_line(quality: dict | None, real: bool) -> str:
+    """What the gate said, plainly: the tiny random model paints noise, whatever it is asked."""
+    if not quality:
+        return "did not run"
+    line = f"{quality['verdict']} ({quality['kind']} edit, advisory): {quality['reason']}"
+    if not real:
+        line += " [the tiny random-weight model returns noise; real weights give real verdicts]"
+    return line
 
 
 def _cost_split(cost: dict) -> str:
@@ -314,7 +324,7 @@ def _cost_split(cost: dict) -> str:
     return ", ".join(parts)
 
 
-def _report(console: Console, result: DemoResult, ej: dict) -> None:
+def _report(console: Console, result: DemoResult, ej: dict, real: bool) -> None:
     table = Table(title=f"EditJob {result.editjob}")
     for col in ("field", "value"):
         table.add_column(col)
@@ -324,6 +334,7 @@ def _report(console: Console, result: DemoResult, ej: dict) -> None:
         ("attempts", str(status["attempts"])),
         ("cost (s)", f"{status.get('costSeconds', 0):.2f}"),
         ("cost split (s)", _cost_split(result.cost)),
+        ("quality gate", _gate_line(status.get("quality"), real)),
         ("result key", result.result_key or ""),
         ("result size", "x".join(map(str, result.output_size or ()))),
         ("completion event", status.get("completionEventId", "")),
