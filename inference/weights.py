@@ -5,12 +5,22 @@ Lookup for model ``NAME`` (settings in :class:`editflow.core.settings.WorkerSett
 1. ``<models_root>/NAME`` (``EDITFLOW_WORKER__MODELS_ROOT``), when it holds a
    ``model_index.json``: a local directory or a mounted PVC, used in place;
 2. else, when ``EDITFLOW_WORKER__WEIGHTS_S3_PREFIX`` is set, the objects under
-   ``<prefix>/NAME/`` are downloaded once into ``<cache_dir>/NAME``
-   (``EDITFLOW_WORKER__CACHE_DIR``), each file checked against the sha256 and
-   size in ``<prefix>/NAME/manifest.json``; the finished copy is renamed into
-   place atomically and stamped with the manifest's hash, so a crash halfway
-   leaves nothing that looks complete and a second process waits on a lock;
+   ``<prefix>/NAME/`` are downloaded once into ``<cache_dir>/NAME/<version>``
+   (``EDITFLOW_WORKER__CACHE_DIR``; the version is the manifest's hash), each file
+   checked against the sha256 and size in ``<prefix>/NAME/manifest.json``; the
+   finished copy is renamed into place atomically and stamped with the manifest's
+   hash, so a crash halfway leaves nothing that looks complete and a second process
+   (another Pod on the node, when the cache is a node-level volume) waits on a lock
+   and then uses the first one's copy;
 3. else a :class:`ModelError` that names both places.
+
+The cache is managed as it fills (:func:`_evict`, under a cache-wide lock): a
+version is immutable once in place, so a Pod still loading an older version is
+not disturbed by a newer download until that older version is evicted; older
+versions of a model are evicted once a newer one is complete; models that are no
+longer configured (``cache_models``) are evicted; and with ``cache_max_bytes`` the
+least recently used models go until the cache fits (a model larger than the
+limit is refused before anything is downloaded, with both sizes).
 
 Nothing here ever reaches a model hub. :func:`write_manifest` and
 :func:`publish_to_s3` are how an operator puts weights on S3 in that layout.
@@ -22,6 +32,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +43,8 @@ from typing import Any
 from editflow.core.errors import ModelError, UpstreamError
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.inference.tiny import MODEL_CONFIG_FILE
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 COMPLETE_MARKER = ".editflow-complete"
@@ -84,6 +97,53 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+CACHE_LOCK = ".editflow-cache.lock"
+LAST_USED = ".editflow-last-used"
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _touch(version_dir: Path) -> None:
+    """Stamp a model's use: the size limit evicts the least recently used first."""
+    (version_dir.parent / LAST_USED).touch()
+
+
+def _last_used(model: Path) -> float:
+    stamp = model / LAST_USED
+    return stamp.stat().st_mtime if stamp.exists() else 0.0
+
+
+def _evict(cache: Path, keep: Path, worker: WorkerSettings) -> list[str]:
+    """Make the cache fit its policy, never touching ``keep`` (the version just resolved).
+
+    Returns what went, for the log. Called with the cache-wide lock held.
+    """
+    gone: list[str] = []
+    models = [d for d in cache.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    for model in models:
+        configured = not worker.cache_models or model.name in worker.cache_models
+        for version in [v for v in model.iterdir() if v.is_dir()]:
+            superseded = model == keep.parent and version != keep
+            if version != keep and (superseded or not configured):
+                shutil.rmtree(version, ignore_errors=True)
+                gone.append(f"{model.name}/{version.name}")
+        if not any(v.is_dir() for v in model.iterdir()):
+            shutil.rmtree(model, ignore_errors=True)
+    if worker.cache_max_bytes:
+        others = [d for d in cache.iterdir() if d.is_dir() and d != keep.parent]
+        others = [d for d in others if not d.name.startswith(".")]
+        others.sort(key=_last_used)
+        total = _tree_bytes(cache)
+        while others and total > worker.cache_max_bytes:
+            victim = others.pop(0)
+            total -= _tree_bytes(victim)
+            shutil.rmtree(victim, ignore_errors=True)
+            gone.append(f"{victim.name} (least recently used)")
+    return gone
+
+
 def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError as Urllib3Error
@@ -94,7 +154,6 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
     bucket = worker.weights_s3_bucket or s3.bucket
     prefix = f"{worker.weights_s3_prefix.strip('/')}/{name}"
     cache = Path(worker.cache_dir)
-    final = cache / name
     client = s3_client(weights_s3_settings(worker, s3))
     try:
         response = client.get_object(bucket, f"{prefix}/{MANIFEST}")
@@ -105,10 +164,20 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
             response.release_conn()
         manifest_hash = hashlib.sha256(manifest_bytes).hexdigest()
         manifest = json.loads(manifest_bytes)
+        final = cache / name / manifest_hash[:16]
+        size = sum(int(meta["size"]) for meta in manifest["files"].values())
+        if worker.cache_max_bytes and size > worker.cache_max_bytes:
+            raise ModelError(
+                f"weights of {name} take {size / 1e9:.1f} GB, more than the cache limit of "
+                f"{worker.cache_max_bytes / 1e9:.1f} GB (EDITFLOW_WORKER__CACHE_MAX_BYTES, "
+                "chart models.nodeCache.maxBytes): raise the limit"
+            )
         with _locked(cache / f".{name}.lock"):
             marker = final / COMPLETE_MARKER
             if marker.exists() and marker.read_text().strip() == manifest_hash:
+                _touch(final)
                 return final
+            final.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
             try:
                 for rel, meta in manifest["files"].items():
@@ -127,12 +196,17 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
                         )
                 (staging / MANIFEST).write_bytes(manifest_bytes)
                 (staging / COMPLETE_MARKER).write_text(manifest_hash)
-                if final.exists():
+                if final.exists():  # a copy without its marker: left by a crash
                     shutil.rmtree(final)
                 os.replace(staging, final)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            _touch(final)
+        with _locked(cache / CACHE_LOCK):
+            gone = _evict(cache, final, worker)
+        if gone:
+            log.info("weights cache evicted", extra={"model": name, "evicted": gone})
         return final
     except S3Error as exc:
         if exc.code == "NoSuchKey":

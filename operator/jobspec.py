@@ -36,6 +36,27 @@ WORKER_CONTAINER = "worker"
 TERMINATION_LOG = "/dev/termination-log"
 
 
+def weights_cache_volume(settings: OperatorSettings) -> dict[str, Any] | None:
+    """The shared weights cache as a Pod volume, or None (then each Pod caches in its /tmp).
+
+    A ReadWriteMany PVC works under every Pod Security level; fsGroup 10001 (the Pod's)
+    makes it writable for the worker where the volume type supports ownership management.
+    A hostPath is per node and needs a namespace at the ``privileged`` level; its directory
+    must exist and belong to uid 10001 (a kubelet-created DirectoryOrCreate is root's).
+    """
+    if settings.weights_cache_pvc:
+        return {
+            "name": "weights-cache",
+            "persistentVolumeClaim": {"claimName": settings.weights_cache_pvc},
+        }
+    if settings.weights_cache_host_path:
+        return {
+            "name": "weights-cache",
+            "hostPath": {"path": settings.weights_cache_host_path, "type": "Directory"},
+        }
+    return None
+
+
 def worker_request(
     editjob: dict[str, Any], attempt: int, settings: OperatorSettings
 ) -> WorkerRequest:
@@ -159,6 +180,14 @@ def job_manifest(
         )
         mounts.append({"name": "models", "mountPath": settings.models_mount_path, "readOnly": True})
         env.append({"name": "EDITFLOW_WORKER__MODELS_ROOT", "value": settings.models_mount_path})
+    cache = weights_cache_volume(settings)
+    if cache is not None:
+        # Weights from S3 land once per node (hostPath) or per cluster (RWX PVC), not per Pod.
+        volumes.append(cache)
+        mounts.append({"name": cache["name"], "mountPath": settings.weights_cache_mount_path})
+        env.append(
+            {"name": "EDITFLOW_WORKER__CACHE_DIR", "value": settings.weights_cache_mount_path}
+        )
 
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,

@@ -752,3 +752,67 @@ def test_attempt_credentials_are_on_and_s3_weights_need_a_read_only_key(render, 
         for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["EDITFLOW_OPERATOR__WEIGHTS_SECRET"] == "weights-reader"
+
+
+def _operator_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:
+    operator = next(
+        o for o in objs if o["kind"] == "Deployment" and "operator" in o["metadata"]["name"]
+    )
+    return {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_the_weights_cache_reaches_the_operator_and_the_workers_config(render, tmp_path) -> None:
+    plain = render({})
+    assert "EDITFLOW_OPERATOR__WEIGHTS_CACHE_PVC" not in _operator_env(plain)
+    objs = render(
+        {"models": {"nodeCache": {"existingClaim": "weights-cache", "maxBytes": 200000000000}}}
+    )
+    env = _operator_env(objs)
+    assert env["EDITFLOW_OPERATOR__WEIGHTS_CACHE_PVC"] == "weights-cache"
+    worker_config = next(
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-worker")
+    )
+    assert worker_config["data"]["EDITFLOW_WORKER__CACHE_MAX_BYTES"] == "200000000000"
+    assert json.loads(worker_config["data"]["EDITFLOW_WORKER__CACHE_MODELS"]) == [
+        "longcat-image-edit"
+    ]
+    # The operator's settings take what the chart renders, and mount it in every worker Job.
+    settings = Settings(operator={"weights_cache_pvc": env["EDITFLOW_OPERATOR__WEIGHTS_CACHE_PVC"]})
+    pod = job_manifest(
+        {"metadata": {"name": "e", "namespace": "edits", "uid": "u"},
+         "spec": {"source": {"url": "https://x/a.png"}, "prompt": "p"}},
+        1,
+        settings.operator,
+    )["spec"]["template"]["spec"]  # fmt: skip
+    assert {"name": "weights-cache", "persistentVolumeClaim": {"claimName": "weights-cache"}} in (
+        pod["volumes"]
+    )
+    worker = pod["containers"][0]
+    assert {"name": "weights-cache", "mountPath": "/var/cache/editflow/models"} in worker[
+        "volumeMounts"
+    ]
+    assert {
+        "name": "EDITFLOW_WORKER__CACHE_DIR",
+        "value": "/var/cache/editflow/models",
+    } in worker["env"]
+    both = {"models": {"nodeCache": {"existingClaim": "c", "hostPath": "/var/cache/editflow"}}}
+    refused = render_text(tmp_path, both, check=False)
+    assert refused.returncode != 0 and "not both" in refused.stderr, refused.stderr
+    with pytest.raises(ValueError, match="both set"):
+        Settings(operator={"weights_cache_pvc": "c", "weights_cache_host_path": "/x"})
+
+
+def test_a_host_path_weights_cache_must_exist_on_the_node() -> None:
+    settings = Settings(operator={"weights_cache_host_path": "/var/cache/editflow"})
+    pod = job_manifest(
+        {"metadata": {"name": "e", "namespace": "edits", "uid": "u"},
+         "spec": {"source": {"url": "https://x/a.png"}, "prompt": "p"}},
+        1,
+        settings.operator,
+    )["spec"]["template"]["spec"]  # fmt: skip
+    (cache,) = [v for v in pod["volumes"] if v["name"] == "weights-cache"]
+    # Directory, not DirectoryOrCreate: a kubelet-created directory is root's, not uid 10001's.
+    assert cache["hostPath"] == {"path": "/var/cache/editflow", "type": "Directory"}

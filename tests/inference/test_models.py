@@ -81,7 +81,8 @@ def test_weights_from_an_s3_prefix_are_downloaded_once_and_verified(
     worker = WorkerSettings(models_root=str(tmp_path / "empty"), weights_s3_prefix="weights-test",
                             cache_dir=str(tmp_path / "cache"), device="cpu")  # fmt: skip
     local = resolve_model_dir(DEFAULT_MODEL, worker, s3)
-    assert local == tmp_path / "cache" / DEFAULT_MODEL and (local / "model_index.json").is_file()
+    assert local.parent == tmp_path / "cache" / DEFAULT_MODEL  # <cache>/<model>/<version>
+    assert (local / "model_index.json").is_file()
     stamp = (local / ".editflow-complete").stat().st_mtime_ns
     assert resolve_model_dir(DEFAULT_MODEL, worker, s3) == local  # cached: not downloaded again
     assert (local / ".editflow-complete").stat().st_mtime_ns == stamp
@@ -105,7 +106,8 @@ def test_a_corrupt_weights_file_is_refused(
     )
     with pytest.raises(ModelError, match="does not match its manifest"):
         resolve_model_dir(DEFAULT_MODEL, worker, s3)
-    assert not (tmp_path / "cache" / DEFAULT_MODEL).exists()  # nothing half-done looks complete
+    # Nothing half-done looks complete.
+    assert not list((tmp_path / "cache").glob("*/*/.editflow-complete"))
     (tiny_models_root / DEFAULT_MODEL / MANIFEST).unlink()
 
 
@@ -192,3 +194,117 @@ def test_weights_load_straight_onto_an_accelerator_unless_offloaded(
     from editflow.inference.pipeline import loads_straight_to_device
 
     assert loads_straight_to_device(device, WorkerSettings(cpu_offload=offload)) is direct
+
+
+# -- the weights cache (a node-level volume shared by the Pods of a node) ------------------
+def _publish(root: Path, s3: S3Settings, prefix: str, name: str) -> None:
+    publish_to_s3(root / DEFAULT_MODEL, s3, f"{prefix}/{name}")
+    (root / DEFAULT_MODEL / MANIFEST).unlink(missing_ok=True)  # publish_to_s3 writes it there
+
+
+def _cache_settings(tmp_path: Path, prefix: str, **extra: object) -> WorkerSettings:
+    return WorkerSettings(
+        models_root=str(tmp_path / "empty"),
+        weights_s3_prefix=prefix,
+        cache_dir=str(tmp_path / "cache"),
+        **extra,
+    )
+
+
+def test_republished_weights_get_a_new_version_and_the_old_one_is_evicted(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    _publish(tiny_models_root, s3, "wc-versions", "m")
+    worker = _cache_settings(tmp_path, "wc-versions")
+    first = resolve_model_dir("m", worker, s3)
+    # A new upload of the model: another manifest, so another version directory.
+    extra = b"{}"
+    s3_client(s3).put_object(s3.bucket, "wc-versions/m/extra.json", io.BytesIO(extra), len(extra))
+    manifest = json.loads(s3_client(s3).get_object(s3.bucket, f"wc-versions/m/{MANIFEST}").read())
+    manifest["files"]["extra.json"] = {
+        "size": 2,
+        "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+    }
+    body = json.dumps(manifest).encode()
+    s3_client(s3).put_object(s3.bucket, f"wc-versions/m/{MANIFEST}", io.BytesIO(body), len(body))
+    second = resolve_model_dir("m", worker, s3)
+    assert second != first and second.parent == first.parent
+    assert (second / "extra.json").read_bytes() == b"{}"
+    assert not first.exists()  # superseded once the new version was complete
+
+
+def test_models_no_longer_configured_are_evicted(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    for name in ("old-model", "kept-model"):
+        _publish(tiny_models_root, s3, "wc-config", name)
+    resolve_model_dir("old-model", _cache_settings(tmp_path, "wc-config"), s3)
+    kept = resolve_model_dir(
+        "kept-model", _cache_settings(tmp_path, "wc-config", cache_models=["kept-model"]), s3
+    )
+    assert kept.is_dir()
+    assert not (tmp_path / "cache" / "old-model").exists()
+
+
+def test_the_size_limit_evicts_the_least_recently_used_and_refuses_a_model_too_big(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    for name in ("a-model", "b-model", "c-model"):
+        _publish(tiny_models_root, s3, "wc-size", name)
+    one = sum(
+        p.stat().st_size for p in (tiny_models_root / DEFAULT_MODEL).rglob("*") if p.is_file()
+    )
+    roomy = _cache_settings(tmp_path, "wc-size")
+    resolve_model_dir("a-model", roomy, s3)
+    resolve_model_dir("b-model", roomy, s3)
+    resolve_model_dir("a-model", roomy, s3)  # a used last: b is the least recently used
+    limited = _cache_settings(tmp_path, "wc-size", cache_max_bytes=int(one * 2.5))
+    resolve_model_dir("c-model", limited, s3)
+    cached = {d.name for d in (tmp_path / "cache").iterdir() if d.is_dir() and d.name[0] != "."}
+    assert cached == {"a-model", "c-model"}
+    tiny = _cache_settings(tmp_path / "other", "wc-size", cache_max_bytes=one // 2)
+    with pytest.raises(ModelError, match="more than the cache limit") as refused:
+        resolve_model_dir("a-model", tiny, s3)
+    assert "CACHE_MAX_BYTES" in str(refused.value)
+    assert not list((tmp_path / "other" / "cache").glob("*/*/model_index.json"))
+
+
+def test_two_pods_starting_together_share_one_download(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    """Two processes on one cache resolve at the same moment: one downloads under the lock,
+    the other waits and uses that copy (same files, same inode)."""
+    import subprocess
+    import sys
+
+    _publish(tiny_models_root, s3, "wc-race", "m")
+    worker = _cache_settings(tmp_path, "wc-race")
+    start = tmp_path / "go"
+    script = (
+        "import json, os, sys, time\n"
+        "from pathlib import Path\n"
+        "from editflow.core.settings import S3Settings, WorkerSettings\n"
+        "from editflow.inference.weights import resolve_model_dir\n"
+        "worker = WorkerSettings.model_validate_json(sys.argv[1])\n"
+        "s3 = S3Settings.model_validate_json(sys.argv[2])\n"
+        "while not Path(sys.argv[3]).exists(): time.sleep(0.01)\n"
+        "path = resolve_model_dir('m', worker, s3)\n"
+        "print(json.dumps([str(path), os.stat(path / 'model_index.json').st_ino]))\n"
+    )
+    s3_json = json.dumps(
+        {**s3.model_dump(mode="json"), "access_key": s3.access_key.get_secret_value(),
+         "secret_key": s3.secret_key.get_secret_value()}
+    )  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, worker.model_dump_json(), s3_json, str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    start.touch()
+    outputs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outputs[0] == outputs[1]
+    assert len(list((tmp_path / "cache" / "m").iterdir())) == 2  # the version and its stamp

@@ -89,6 +89,16 @@ class WorkerSettings(BaseModel):
     )
     weights_secret_key: SecretStr | None = None
     cache_dir: str = Field("/var/cache/editflow/models", description="where S3 weights land")
+    cache_max_bytes: int = Field(
+        0,
+        ge=0,
+        description="size limit of cache_dir (0: none); least recently used models are evicted",
+    )
+    cache_models: list[str] = Field(
+        default_factory=list,
+        description="the models configured for this cluster: others found in cache_dir are "
+        "evicted (empty: keep every model)",
+    )
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu")
     dtype: str = Field("auto", pattern="^(auto|bfloat16|float16|float32)$")
     cpu_offload: str = Field("none", pattern="^(none|model|sequential)$")
@@ -228,6 +238,18 @@ class OperatorSettings(BaseModel):
         "given to workers as EDITFLOW_WORKER__WEIGHTS_ACCESS_KEY / _SECRET_KEY",
     )
     models_pvc: str | None = Field(None, description="PVC holding the model directories")
+    weights_cache_pvc: str | None = Field(
+        None,
+        description="ReadWriteMany PVC where workers keep weights downloaded from S3, shared by "
+        "every worker that mounts it (one download per node or per cluster, not per Pod)",
+    )
+    weights_cache_host_path: str | None = Field(
+        None,
+        description="hostPath directory for the same cache, one per node (needs a namespace "
+        "whose Pod Security level allows hostPath volumes: privileged)",
+    )
+    weights_cache_mount_path: str = "/var/cache/editflow/models"
+
     models_mount_path: str = "/models"
     default_model: str = "longcat-image-edit"
     result_prefix: str = "results"
@@ -311,6 +333,15 @@ class OperatorSettings(BaseModel):
     lease_seconds: float = Field(10, ge=1, description="a standby takes over after this")
     lease_renew_deadline_seconds: float = Field(7, gt=0, description="the leader stops after")
     lease_retry_seconds: float = Field(2, gt=0, description="between Lease reads and renewals")
+
+    @model_validator(mode="after")
+    def _one_weights_cache(self) -> OperatorSettings:
+        if self.weights_cache_pvc and self.weights_cache_host_path:
+            raise ValueError(
+                "weights_cache_pvc and weights_cache_host_path are both set: the weights cache "
+                "is one volume, choose the PVC (any Pod Security level) or the hostPath"
+            )
+        return self
 
 
 #: The first deployment's variable for the gateway token, still honoured.
