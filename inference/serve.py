@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import json
 import logging
 import signal
 import threading
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from editflow.core.errors import EditflowError, ExitCode
+from editflow.core.logging import log_context
 from editflow.core.settings import NatsSettings, Settings
 from editflow.events.worker_contract import (
     REPLY_TO_HEADER,
@@ -54,6 +57,7 @@ from editflow.inference import metrics
 from editflow.inference.pipeline import ModelCache
 from editflow.inference.registry import get_spec
 from editflow.inference.report import result_json
+from editflow.inference.worker import EDIT_ID_PATTERN as _EDIT_ID
 from editflow.inference.worker import execute
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,22 @@ async def ensure_work_stream(js: Any) -> None:
         )
 
 
+def _request_ids(data: bytes) -> dict[str, Any]:
+    """``edit_id`` and ``attempt`` of a work message, as far as it holds valid ones."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return {}
+    if not isinstance(body, dict):
+        return {}
+    ids: dict[str, Any] = {}
+    if isinstance(body.get("edit_id"), str) and _EDIT_ID.fullmatch(body["edit_id"]):
+        ids["edit_id"] = body["edit_id"]
+    if isinstance(body.get("attempt"), int):
+        ids["attempt"] = body["attempt"]
+    return ids
+
+
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     """Run ``fn`` in a daemon thread: unlike executor threads, nothing waits for it at exit."""
     loop = asyncio.get_running_loop()
@@ -124,7 +144,9 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(deliver, future.set_result, value)
 
-    threading.Thread(target=target, name="editflow-edit", daemon=True).start()
+    # The caller's context (its log_context fields) goes with the work into the thread.
+    context = contextvars.copy_context()
+    threading.Thread(target=lambda: context.run(target), name="editflow-edit", daemon=True).start()
     return future
 
 
@@ -253,6 +275,12 @@ class WarmWorker:
                 await self._handle(nc, message)
 
     async def _handle(self, nc: Any, message: Any) -> None:
+        # Every line logged while this message is handled names its edit and attempt, so one
+        # attempt's lines can be picked out of a worker that serves many (editflow edits logs).
+        with log_context(**_request_ids(message.data)):
+            await self._handle_in_context(nc, message)
+
+    async def _handle_in_context(self, nc: Any, message: Any) -> None:
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         progress = asyncio.create_task(self._keep_in_progress(message))

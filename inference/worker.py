@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from editflow.core.errors import EditflowError, InvalidInputError
+from editflow.core.logging import log_context
 from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     CostBreakdown,
@@ -70,7 +71,9 @@ from editflow.inference.weights import model_dir_defaults
 
 log = logging.getLogger(__name__)
 
-_EDIT_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+#: A valid ``edit_id`` (as the contract's pattern): salvaged ids must match it.
+EDIT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+_EDIT_ID = EDIT_ID_PATTERN
 
 
 @dataclass
@@ -251,7 +254,10 @@ def execute(
     timer = Timer()
     try:
         request = parse_request(raw)
-        result = process(request, settings, models, timer=timer)
+        # Every line of this edit names it, whoever logs it (fetch, pipeline, S3 client...).
+        with log_context(edit_id=request.edit_id, attempt=request.attempt):
+            log.info("edit started", extra={"model": request.model})
+            result = process(request, settings, models, timer=timer)
     except EditflowError as exc:
         error = exc
         result = failure(request, raw, exc, exc)

@@ -107,6 +107,15 @@ class AsyncKube:
                 raise KubeAPIError(resp.status_code, "", resp.text) from None
         return resp.json() if resp.content else {}
 
+    async def text(self, path: str, **params: Any) -> str:
+        """GET a plain-text resource (a Pod's ``/log``)."""
+        resp = await self._http.get(
+            path, params=params or None, headers={**self._headers(), "Accept": "*/*"}
+        )
+        if resp.status_code >= 400:
+            raise KubeAPIError(resp.status_code, "", resp.text.strip()[:500])
+        return resp.text
+
     async def get(self, path: str, **params: Any) -> JSON | None:
         """GET, with ``None`` for 404 (absent is a normal answer for a controller)."""
         try:

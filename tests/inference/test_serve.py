@@ -95,7 +95,10 @@ def request(edit_id: str, url: str, **extra: object) -> WorkerRequest:
 
 
 async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
-    warm_worker: tuple[subprocess.Popen, int], image_server: ImageServer, nats_url: str
+    warm_worker: tuple[subprocess.Popen, int],
+    image_server: ImageServer,
+    nats_url: str,
+    tmp_path: Path,
 ) -> None:
     proc, port = warm_worker
     image_server.routes["/warm.png"] = Route(png_bytes((1000, 800)))
@@ -154,6 +157,15 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
         drained = WorkerResult.model_validate_json((await replies.next_msg(timeout=120)).data)
         assert drained.edit_id == "warm-drain" and drained.status == "success"
         assert proc.wait(timeout=60) == 0
+        # Per-edit logs: every line logged while an edit ran names its edit and attempt.
+        lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
+                 if line.startswith("{")]  # fmt: skip
+        about_warm_1 = [line for line in lines if line.get("edit_id") == "warm-1"]
+        assert all(line["attempt"] == 1 for line in about_warm_1)
+        # "edit started" passes no ids itself: they come from the edit's log context.
+        assert {"edit started", "edit done", "warm edit handled"} <= {
+            line["msg"] for line in about_warm_1
+        }, about_warm_1
         info = await js.stream_info(WORK_STREAM)
         # Every request of this namespace acknowledged; team-b's twin waits for its own workers.
         assert info.state.messages == 1

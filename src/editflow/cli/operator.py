@@ -9,7 +9,8 @@ import yaml
 
 app = typer.Typer(help="The kopf operator that turns EditJobs into GPU Jobs.", no_args_is_help=True)
 edits = typer.Typer(
-    help="Operate on EditJobs by hand (cancel, resolve a review).", no_args_is_help=True
+    help="Operate on EditJobs by hand (cancel, resolve a review, rerun, logs).",
+    no_args_is_help=True,
 )
 
 # Not the chart's crds/ (Helm never upgrades those): templates/crd-editjob.yaml renders them.
@@ -99,3 +100,22 @@ def resolve(
     from editflow.operator.names import ANNOTATION_RESOLVE
 
     _annotate(name, namespace, {ANNOTATION_RESOLVE: result_key})
+
+
+@edits.command()
+def logs(
+    name: str,
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    attempt: int = typer.Option(0, help="which attempt (default: the latest)"),
+) -> None:
+    """Print the worker's log of one attempt of an edit, as ``kubectl logs`` does for its Job."""
+    import asyncio
+
+    from editflow.operator.attemptlogs import AttemptLogsError, attempt_logs
+
+    try:
+        text = asyncio.run(attempt_logs(name, namespace, attempt or None))
+    except AttemptLogsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(text, nl=not text.endswith("\n"))

@@ -16,9 +16,12 @@ and aiohttp access logs (the gateway counts every request in its metrics).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +39,37 @@ PER_REQUEST_LOGGERS = (
     "uvicorn.access",
     "aiohttp.access",
 )
+
+
+#: Fields every record logged in this context carries (``log_context``): a warm worker sets
+#: the edit id and attempt around each edit, so each of its lines names the edit it is about.
+_CONTEXT: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
+    "editflow_log_context", default=()
+)
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every record logged inside the block (this task or thread only).
+
+    Threads do not inherit context variables: code that hands work to a thread runs it
+    in ``contextvars.copy_context()`` to keep the fields (editflow.inference.serve does).
+    """
+    token = _CONTEXT.set(tuple({**dict(_CONTEXT.get()), **fields}.items()))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the :func:`log_context` fields onto each record (a record's own ``extra`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _CONTEXT.get():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,6 +102,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         if getattr(existing, "_editflow", False):
             root.removeHandler(existing)
     handler._editflow = True  # type: ignore[attr-defined]
+    handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
     debug = root.getEffectiveLevel() <= logging.DEBUG

@@ -1,0 +1,68 @@
+"""One attempt's worker log (``editflow edits logs``): what ``kubectl logs`` shows for its Job.
+
+An attempt's Pods carry the labels ``editflow.io/editjob`` and ``editflow.io/attempt``
+(:func:`editflow.operator.jobspec.labels_for`), so the log is found by label, through
+the apiserver's ``pods/log``, with the same credentials as the operator (``KUBECONFIG``
+or the service account). A finished Job is removed after the chart's ``jobTTLSeconds``;
+after that the log is gone, and the message says where the attempt's result JSON is.
+"""
+
+from __future__ import annotations
+
+from editflow.operator.crd import editjob_path
+from editflow.operator.jobspec import WORKER_CONTAINER
+from editflow.operator.kube import AsyncKube, KubeAPIError
+from editflow.operator.names import LABEL_ATTEMPT, LABEL_EDITJOB
+
+
+class AttemptLogsError(Exception):
+    """Why there is no log to show, in words a person can act on."""
+
+
+async def attempt_logs(name: str, namespace: str, attempt: int | None = None) -> str:
+    """The worker container's log of ``attempt`` (default: the latest) of EditJob ``name``."""
+    kube = AsyncKube()
+    try:
+        try:
+            editjob = await kube.get(editjob_path(namespace, name))
+        except KubeAPIError as exc:
+            raise AttemptLogsError(f"editjob {namespace}/{name}: {exc.message or exc}") from None
+        if editjob is None:
+            raise AttemptLogsError(f"editjob {namespace}/{name} not found")
+        status = editjob.get("status") or {}
+        started = int(status.get("attempts") or 0)
+        if started == 0:
+            raise AttemptLogsError(
+                f"editjob {namespace}/{name} has not started an attempt yet "
+                f"(phase {status.get('phase') or 'Pending'}: {status.get('message', '')})"
+            )
+        wanted = attempt or started
+        if not 1 <= wanted <= started:
+            raise AttemptLogsError(
+                f"editjob {namespace}/{name} has attempts 1 to {started}, not {wanted}"
+            )
+        selector = f"{LABEL_EDITJOB}={name},{LABEL_ATTEMPT}={wanted}"
+        pods = await kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)
+        if not pods:
+            where = status.get("resultKey") or f"the results prefix, {name}/attempt-{wanted}/"
+            raise AttemptLogsError(
+                f"attempt {wanted} of {namespace}/{name} has no Pod left (finished Jobs are "
+                f"removed after the chart's jobTTLSeconds); its result JSON stays in S3 ({where})"
+            )
+        pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
+        parts = []
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            try:
+                text = await kube.text(
+                    f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log",
+                    container=WORKER_CONTAINER,
+                )
+            except KubeAPIError as exc:
+                text = f"(no log from Pod {pod_name}: {exc.message or exc})\n"
+            if len(pods) > 1:
+                text = f"==> Pod {pod_name} <==\n{text}"
+            parts.append(text)
+        return "".join(parts)
+    finally:
+        await kube.close()
