@@ -40,6 +40,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
+from prometheus_client import Counter
 
 from editflow.events.binding import MSG_ID, WireMessage
 from editflow.events.publish import publish_wire
@@ -47,6 +48,9 @@ from editflow.events.pulling import pull_batches
 from editflow.events.topology import Topology
 
 log = logging.getLogger("editflow.events.dlq")
+
+#: Events dead-lettered by this process, by reason (a stable error code: a bounded set).
+DEAD_LETTERS = Counter("editflow_dead_letters_total", "events put in the dead letter", ["reason"])
 
 H = "Editflow-Dlq-"
 REASON, MESSAGE, SUBJECT = f"{H}Reason", f"{H}Message", f"{H}Subject"
@@ -144,6 +148,8 @@ async def dead_letter(
         # The original was near the server's max payload; keep its head and say so.
         all_headers[TRUNCATED] = str(len(body))
         ack = await publish_wire(js, target, WireMessage(all_headers, body[: len(body) // 2]))
+    if not ack.duplicate:
+        DEAD_LETTERS.labels(reason).inc()
     log.warning(
         "dead-lettered event on %s: %s",
         subject,

@@ -211,6 +211,10 @@ class ApprovalData(_Data):
     callback: Callback | None = None
     model: Slug | None = Field(None, description="model registry name; default model if unset")
     generation: Generation | None = None
+    department: Id | None = Field(
+        None, description="the applicant's department: GPU cost is attributed to it"
+    )
+    cost_center: Id | None = Field(None, description="the cost centre the edit is charged to")
 
     @model_validator(mode="after")
     def _one_image(self) -> ApprovalData:

@@ -184,6 +184,8 @@ class OAClient:
         model: str | None = None,
         generation: Generation | None = None,
         event_id: str | None = None,
+        department: str | None = None,
+        cost_center: str | None = None,
     ) -> str:
         """Publish an approval event; returns its id, the key to wait on and to withdraw with.
 
@@ -194,6 +196,7 @@ class OAClient:
             approvers=list(approvers), image_url=image_url, image_key=image_key,
             instruction=instruction, usage=usage, template=template, priority=priority,
             callback=callback, model=model, generation=generation,
+            department=department, cost_center=cost_center,
         )  # fmt: skip
         event = ApprovalEvent(
             id=event_id or approval_event_id(self.source, form_id, approval_id),

@@ -115,6 +115,14 @@ class Topology:
     def reviews_wildcard(self) -> str:
         return f"{self.settings.review_subject_prefix}.>"
 
+    def audit_subject(self, namespace: str) -> str:
+        """Where the audit record of an edit of ``namespace`` goes (one stream, every namespace)."""
+        return f"{self.settings.audit_subject_prefix}.{subject_token(namespace)}"
+
+    @property
+    def audit_stream(self) -> str:
+        return self.settings.audit_stream
+
     def dlq_subject(self, source_stream: str) -> str:
         return f"{self.settings.dlq_subject_prefix}.{source_stream}"
 
@@ -189,6 +197,13 @@ class Topology:
                 [self.completions_wildcard, self.reviews_wildcard],
                 s.max_age_seconds,
                 description="editflow: completion and manual-review events",
+            ),
+            self._stream(
+                s.audit_stream,
+                [f"{s.audit_subject_prefix}.>"],
+                s.audit_max_age_seconds,
+                description="editflow: one audit record per finished edit (prompt, source, "
+                "result, cost, status, approvers, department); long retention",
             ),
             self._stream(
                 s.dlq_stream,

@@ -92,6 +92,8 @@ OA_REFS = _obj(
             "items": {"type": "string", "maxLength": 256},
             "maxItems": 10,
         },
+        "department": _s("The applicant's department (GPU cost goes to it).", maxLength=256),
+        "costCenter": _s("The cost centre the edit is charged to.", maxLength=256),
     },
 )
 
@@ -346,6 +348,7 @@ OUTCOME_SPEC = _obj(
         "webhookUrl": _s("The OA system's HTTPS callback, if any."),
         "alertUrl": _s("An alert webhook to page (timeouts, no GPU, NeedsReview)."),
         "alert": _s("The alert body (JSON)."),
+        "audit": _s("The audit record (JSON) for the long-kept audit stream."),
         "expiresAt": _s("Deliveries stop being retried after this.", format="date-time"),
     },
     **{"x-kubernetes-preserve-unknown-fields": True},
@@ -357,7 +360,7 @@ OUTCOME_STATUS = _obj(
         "delivered": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Parts delivered: completion, review, subject, webhook, alert.",
+            "description": "Parts delivered: completion, review, audit, subject, webhook, alert.",
         },
         "attempts": _i("Webhook delivery attempts so far."),
         "nextAttemptAt": _s("When the next webhook attempt is due.", format="date-time"),

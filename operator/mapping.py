@@ -85,6 +85,8 @@ def editjob_from_approval(
             "approvalInstanceId": data.approval_id,
             "applicant": data.applicant.id,
             "approvers": [a.id for a in data.approvers],
+            **({"department": data.department} if data.department else {}),
+            **({"costCenter": data.cost_center} if data.cost_center else {}),
         },
     }
     if data.generation is not None:

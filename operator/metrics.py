@@ -39,3 +39,28 @@ OUTBOX_DELIVERIES = Counter(
     "webhook and alert delivery attempts from the outbox",
     ["part", "result"],
 )
+
+# Cost attribution: bounded label sets (the full detail is in the audit stream).
+# department: one of operator.metrics_departments, else "other" (or "none" when unset);
+# usage: one of the worker's output profiles, else "other"; model: the registry's names.
+GPU_SECONDS = Counter(
+    "editflow_gpu_seconds_total",
+    "GPU-seconds of finished edits (the worker's seconds of the attempt that decided them)",
+    ["department", "usage", "model"],
+)
+EDITS_FINISHED = Counter(
+    "editflow_edits_finished_total",
+    "Edits that reached a final phase",
+    ["department", "usage", "model", "phase"],
+)
+EDIT_SECONDS = Histogram(
+    "editflow_edit_seconds",
+    "From the EditJob's creation to its final phase (queueing and retries included)",
+    ["phase"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+QUALITY_VERDICTS = Counter(
+    "editflow_quality_verdicts_total",
+    "The quality gate's verdicts on finished edits",
+    ["verdict"],
+)

@@ -37,6 +37,7 @@ from nats.aio.client import Client as NATS
 
 from editflow.core.errors import ErrorInfo
 from editflow.core.settings import OperatorSettings
+from editflow.events.audit import AuditRecord, publish_audit
 from editflow.events.binding import encode
 from editflow.events.callback_subjects import CallbackSubjects
 from editflow.events.models import (
@@ -69,7 +70,7 @@ from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
 
 log = logging.getLogger("editflow.operator.outbox")
 
-NATS_PARTS = ("completion", "review", "subject")
+NATS_PARTS = ("completion", "review", "audit", "subject")
 
 
 def _ts(moment: datetime) -> str:
@@ -129,6 +130,44 @@ def _quality(recorded: JSON | None) -> QualityGate | None:
         spread=recorded.get("spread", 0.0),
         reason=recorded.get("reason", ""),
     )
+
+
+def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
+    """The audit record of an EditJob's outcome (brief §8: prompt, source, result, cost,
+    status, approver, department)."""
+    meta, spec = editjob["metadata"], editjob["spec"]
+    status = editjob.get("status") or {}
+    oa = spec.get("oa") or {}
+    source = spec["source"]
+    return AuditRecord(
+        completion_event_id=event.id,
+        approval_event_id=event.data.approval_event_id,
+        form_id=event.data.form_id,
+        approval_id=event.data.approval_id,
+        namespace=meta["namespace"],
+        editjob=meta["name"],
+        status=event.data.status,
+        finished_at=_parse_time(status.get("finishedAt")),
+        prompt=spec["prompt"],
+        source=source.get("url") or source.get("s3Key") or "",
+        result_key=status.get("resultKey"),
+        gpu_seconds=float(status.get("costSeconds") or 0.0),
+        attempts=int(status.get("attempts") or 0),
+        applicant=oa.get("applicant"),
+        approvers=list(oa.get("approvers") or []),
+        department=oa.get("department"),
+        cost_center=oa.get("costCenter"),
+        usage=spec.get("usage"),
+        model=spec.get("model"),
+        quality=(status.get("quality") or {}).get("verdict"),
+        error_code=status.get("errorCode"),
+    )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def review_for(editjob: JSON, event: CompletionEvent) -> ReviewEvent:
@@ -233,6 +272,7 @@ class Outbox:
         parts: dict[str, Any] = {
             "approvalEventId": event.data.approval_event_id,
             "completion": event.model_dump_json(),
+            "audit": audit_for(editjob, event).model_dump_json(),
             "natsSubject": callback.get("natsSubject"),
             "webhookUrl": callback.get("webhookUrl"),
         }
@@ -388,6 +428,7 @@ class Deliverer:
         return [
             ("completion", bool(spec.get("completion"))),
             ("review", bool(spec.get("review"))),
+            ("audit", bool(spec.get("audit"))),
             ("subject", bool(spec.get("natsSubject") and spec.get("completion"))),
             ("webhook", bool(spec.get("webhookUrl") and spec.get("completion"))),
             ("alert", bool(spec.get("alertUrl"))),
@@ -411,6 +452,9 @@ class Deliverer:
         if spec.get("review") and "review" not in done:
             await publish_review(js, self.topology, ReviewEvent.model_validate_json(spec["review"]))
             done.append("review")
+        if spec.get("audit") and "audit" not in done:
+            await publish_audit(js, self.topology, AuditRecord.model_validate_json(spec["audit"]))
+            done.append("audit")
         subject = spec.get("natsSubject")
         if subject and "subject" not in done and "subject" not in gave_up:
             if why := CallbackSubjects.from_settings(self.topology.settings).problem(subject):

@@ -39,12 +39,13 @@ from minio.error import S3Error
 from pydantic import ValidationError
 
 from editflow.core.kube_events import event_body
-from editflow.core.settings import Settings
+from editflow.core.settings import OperatorSettings, Settings
 from editflow.events.models import completion_event_id
 from editflow.events.worker_contract import WorkerResult, result_json_key
+from editflow.inference.profiles import USAGE_PROFILES
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
-from editflow.operator.crd import GROUP, VERSION, editjob_path
+from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
 from editflow.operator.decide import FINAL_PHASES, OUTCOMES, Decision, Observed, decide
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
@@ -96,6 +97,22 @@ def status_changes(current: JSON, patch: JSON) -> set[str]:
         elif current.get(field) != value:
             changed.add(field)
     return changed
+
+
+def cost_labels(spec: JSON, settings: OperatorSettings) -> tuple[str, str, str]:
+    """(department, usage, model) label values, each from a bounded set."""
+    department = (spec.get("oa") or {}).get("department")
+    if not department:
+        department = "none"
+    elif department not in settings.metrics_departments:
+        department = "other"
+    usage = spec.get("usage") or "default"
+    model = spec.get("model") or settings.default_model
+    return (
+        department,
+        usage if usage in USAGE_PROFILES or usage == "default" else "other",
+        model if model in MODELS else "other",
+    )
 
 
 class Reconciler:
@@ -258,6 +275,23 @@ class Reconciler:
             self.queue.add_after(key, requeue)
 
     # -- one EditJob -------------------------------------------------------------
+    def _count_finished(self, editjob: JSON, phase: str) -> None:
+        """GPU-seconds and edits by department, usage and model (bounded label values)."""
+        spec, status = editjob["spec"], editjob.get("status") or {}
+        labels = cost_labels(spec, self.op)
+        metrics.EDITS_FINISHED.labels(*labels, phase).inc()
+        if status.get("costSeconds"):
+            metrics.GPU_SECONDS.labels(*labels).inc(float(status["costSeconds"]))
+        verdict = (status.get("quality") or {}).get("verdict")
+        if verdict in ("ok", "no_visible_change", "global_change"):
+            metrics.QUALITY_VERDICTS.labels(verdict).inc()
+        created = editjob["metadata"].get("creationTimestamp")
+        if created:
+            began = datetime.fromisoformat(created.replace("Z", "+00:00"))
+            metrics.EDIT_SECONDS.labels(phase).observe(
+                max(0.0, (self.now() - began).total_seconds())
+            )
+
     async def reconcile(self, namespace: str, name: str) -> float | None:
         with metrics.RECONCILE_SECONDS.time():
             return await self._reconcile((namespace, name))
@@ -425,6 +459,8 @@ class Reconciler:
             phase = patch.get("phase")
             if phase and phase != before:
                 metrics.PHASES.labels(phase).inc()
+                if phase in FINAL_PHASES:
+                    self._count_finished(editjob, phase)
                 log.info(
                     "%s -> %s: %s",
                     before or "new",

@@ -816,3 +816,32 @@ def test_a_host_path_weights_cache_must_exist_on_the_node() -> None:
     (cache,) = [v for v in pod["volumes"] if v["name"] == "weights-cache"]
     # Directory, not DirectoryOrCreate: a kubelet-created directory is root's, not uid 10001's.
     assert cache["hostPath"] == {"path": "/var/cache/editflow", "type": "Directory"}
+
+
+def test_the_grafana_dashboard_ships_for_the_sidecar_and_names_only_real_metrics(render) -> None:
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import editflow.events.dlq  # registers the dead-letter counter
+    import editflow.operator.metrics  # noqa: F401 - registers the operator's metrics
+
+    objs = render({})
+    (dashboard,) = [
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["editflow.json"])
+    titles = " | ".join(p["title"] for p in board["panels"])
+    wanted_panels = ("Queue depth", "Edit latency", "GPU-seconds by department", "Quality gate",
+                     "Dead letters")  # fmt: skip
+    for wanted in wanted_panels:
+        assert wanted in titles, titles
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    used = set(re.findall(r"\b(editflow_[a-z_]+?)(?:_bucket|_total)?\b", exprs))
+    known = {family.name for family in REGISTRY.collect()}  # counters without "_total"
+    assert used and used <= known, used - known
+    assert not any(
+        o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")
+        for o in render({"metrics": {"grafanaDashboard": {"enabled": False}}})
+    )

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 
 from editflow.core.settings import NatsSettings, Settings
 from editflow.devstack.procs import wait_until
+from editflow.events.audit import read_audit
 from editflow.events.models import Person
 from editflow.events.sdk import OAClient
 from editflow.events.topology import Topology
@@ -79,9 +81,25 @@ def wait_running(operator, name: str) -> dict:
     return operator.wait_phase(name, "Running", "Succeeded", "Failed", "NeedsReview")
 
 
+async def audit_record_of(stack, approval_event_id: str, since: datetime):
+    """The audit record of one approval, once the outbox delivered it (None after 30 s)."""
+    client = await OAClient.connect(settings_for(stack))
+    try:
+        topology = Topology(client.settings.events)
+        for _ in range(60):
+            async for record in read_audit(client.js, topology, since=since):
+                if record.approval_event_id == approval_event_id:
+                    return record
+            await asyncio.sleep(0.5)
+        return None
+    finally:
+        await client.close()
+
+
 async def test_an_approval_event_becomes_one_editjob_and_a_success_completion(
     operator, stack, image_host
 ) -> None:
+    began = datetime.now(UTC) - timedelta(seconds=5)
     client = await OAClient.connect(settings_for(stack), source="/oa/test")
     try:
         fields = dict(
@@ -91,6 +109,8 @@ async def test_an_approval_event_becomes_one_editjob_and_a_success_completion(
             instruction="把红色方块改成蓝色",
             image_url=image_host.url("red.png"),
             usage="wechat-article",
+            department="市场部",
+            cost_center="CC-1001",
         )
         event_id = await client.submit_approval(**fields)
         again = await client.submit_approval(**fields)  # the OA side retried its publish
@@ -108,6 +128,16 @@ async def test_an_approval_event_becomes_one_editjob_and_a_success_completion(
     ]
     assert len(matching) == 1
     assert await completions_for(stack, event_id) == 1
+    # The quality gate ran in the worker; its verdict is in status and in the completion.
+    assert done.data.quality is not None
+    assert matching[0]["status"]["quality"]["verdict"] == done.data.quality.verdict
+    # One audit record, attributed to the approval's department, with the GPU time.
+    record = await audit_record_of(stack, event_id, began)
+    assert record is not None, "no audit record for the approval"
+    assert (record.department, record.cost_center) == ("市场部", "CC-1001")
+    assert record.status == "success" and record.gpu_seconds > 0
+    assert record.applicant == "u-1" and record.prompt == fields["instruction"]
+    assert record.quality == done.data.quality.verdict
 
 
 def test_a_permanent_error_fails_at_once_with_the_reason(operator, kubectl, image_host) -> None:
@@ -415,3 +445,12 @@ def test_liveness_reports_every_probe_and_metrics_count_the_work(operator) -> No
     ]
     assert created and float(created[0].split()[-1]) >= 1
     assert 'editflow_completions_published_total{duplicate="false",status="success"}' in metrics
+    # Cost attribution with bounded labels: edits of this module's approvals have no
+    # department, or one outside operator.metrics_departments ("other").
+    finished = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("editflow_edits_finished_total{") and 'phase="Succeeded"' in line
+    ]
+    assert finished and all('department="' in line and 'model="' in line for line in finished)
+    assert any(line.startswith("editflow_gpu_seconds_total{") for line in metrics.splitlines())

@@ -115,7 +115,9 @@ def test_a_kubectl_applied_editjob_naming_another_namespace_key_ends_failed() ->
 
 def test_a_kubectl_applied_editjob_with_its_own_upload_is_accepted() -> None:
     out = decide(Observed(editjob=new_editjob("uploads/team-a/ab/x.png"), now=NOW), SETTINGS)
-    assert out.status["phase"] == "Pending"
+    # Accepted and, with a slot free, started in the same write (no Pending round trip).
+    assert out.status["phase"] == "Running" and out.create_job == 1
+    assert out.status.get("errorCode") is None
 
 
 def test_the_attempt_policy_names_one_object_and_one_prefix_and_never_lists() -> None:

@@ -41,12 +41,14 @@ Usage: {{- $n := include "editflow.natsNames" . | fromJson }}
   "completions" "EDITFLOW_COMPLETIONS"
   "dlq" "EDITFLOW_DLQ"
   "advisories" "EDITFLOW_ADVISORIES"
+  "audit" "EDITFLOW_AUDIT"
   "work" "EDITFLOW_WORK"
   "ledgerBucket" (printf "%s_LEDGER" $approvals)
   "rateBucket" "editflow_gateway_rate_limits"
   "completionPrefix" "editflow.completions"
   "reviewPrefix" "editflow.reviews"
   "dlqPrefix" "editflow.dlq"
+  "auditPrefix" "editflow.audit"
   "callbackPrefix" "oa.callbacks"
   "workPrefix" "editflow.work"
   "resultPrefix" "editflow.worker.results"
@@ -116,8 +118,10 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
   (include "editflow.jsOwn" $n.advisories | fromJsonArray)
   (include "editflow.jsConsume" $n.advisories | fromJsonArray)
   (include "editflow.jsOwn" $n.work | fromJsonArray)
+  (include "editflow.jsOwn" $n.audit | fromJsonArray)
   (include "editflow.kvOwn" $n.ledgerBucket | fromJsonArray)
   (list
+    (printf "%s.>" $n.auditPrefix)
     (printf "%s.>" $n.completionPrefix)
     (printf "%s.>" $n.reviewPrefix)
     (printf "%s.>" $n.dlqPrefix)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from editflow import __version__
+from editflow.cli import audit as audit_cli
 from editflow.cli import dev
 from editflow.cli import dlq as dlq_cli
 from editflow.cli import edits as edits_cli
@@ -29,6 +30,8 @@ app.add_typer(operator_cli.app, name="operator")
 operator_cli.edits.command()(edits_cli.rerun)  # beside cancel/resolve: one `edits` group
 app.add_typer(operator_cli.edits, name="edits")
 app.add_typer(gateway_cli.app, name="gateway")
+app.add_typer(audit_cli.audit, name="audit")
+app.add_typer(audit_cli.usage, name="usage")
 
 
 @app.command()

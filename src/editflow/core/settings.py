@@ -169,6 +169,13 @@ class EventsSettings(BaseModel):
         description="an approval's callback.nats_subject must lie under this prefix",
     )
     advisories_stream: str = Field("EDITFLOW_ADVISORIES", pattern=r"^[A-Za-z0-9_-]+$")
+    audit_stream: str = Field("EDITFLOW_AUDIT", pattern=r"^[A-Za-z0-9_-]+$")
+    audit_subject_prefix: str = "editflow.audit"
+    audit_max_age_seconds: float = Field(
+        400 * 24 * 3600,
+        gt=0,
+        description="how long audit records are kept (default 400 days: a year and its review)",
+    )
     consumer: str = Field("editflow-operator", pattern=r"^[A-Za-z0-9_-]+$")
     ack_wait_seconds: float = Field(60, gt=0)
     max_deliver: int = Field(6, ge=2)
@@ -266,6 +273,11 @@ class OperatorSettings(BaseModel):
     job_ttl_seconds: int = Field(3600, ge=0)
     max_running_per_namespace: int = Field(4, ge=1)
     sample_rate: float = Field(0.05, ge=0, le=1)
+    metrics_departments: list[str] = Field(
+        default_factory=list,
+        description="departments that get their own Prometheus label value; others count as "
+        "'other' (label sets stay bounded: the audit stream has every department)",
+    )
     gate_mode: str = Field(
         "advisory",
         pattern="^(advisory|enforce)$",
