@@ -117,8 +117,12 @@ def _frozen_context(repo: Path, into: Path) -> Path:
         shutil.copy2(repo / name, into / name)
     for top in images.CONTEXT_DIRS:
         shutil.copytree(repo / top, into / top, ignore=shutil.ignore_patterns("__pycache__"))
+    # The wheelhouse is not part of the content hash. A checkout whose images were found by
+    # their hash (built from another clone of the same commit) has none, and needs none.
     wheels = repo / "images" / "wheelhouse" / "control-plane"
-    shutil.copytree(wheels, into / "images" / "wheelhouse" / "control-plane", copy_function=os.link)
+    if wheels.is_dir():
+        target = into / "images" / "wheelhouse" / "control-plane"
+        shutil.copytree(wheels, target, copy_function=os.link)
     return into
 
 
