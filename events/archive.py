@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 from editflow.core.errors import InvalidInputError
 from editflow.events.models import APPROVAL_V1, ApprovalEvent
 from editflow.events.problems import EventRejected
+from editflow.events.pulling import until_drained
 from editflow.events.topology import Topology
 from editflow.events.validation import Policy, parse_event
 
@@ -61,20 +62,10 @@ async def find_approval(
     )
     sub = await js.pull_subscribe(topology.approval_subject, stream=stream, config=config)
     try:
-        while True:
-            try:
-                msgs = await sub.fetch(scan_batch, timeout=2.0)
-            except TimeoutError:  # nats-py raises its own subclass, or asyncio's
-                # A slow server is not an empty stream: stop only when nothing is left.
-                if (await sub.consumer_info()).num_pending == 0:
-                    break
-                continue
-            for msg in msgs:
-                event = _read(msg.data, msg.headers, msg.subject, policy)
-                if isinstance(event, ApprovalEvent) and event.id == event_id:
-                    return event, msg.metadata.sequence.stream
-            if msgs[-1].metadata.num_pending == 0:
-                break
+        async for msg in until_drained(sub, scan_batch):
+            event = _read(msg.data, msg.headers, msg.subject, policy)
+            if isinstance(event, ApprovalEvent) and event.id == event_id:
+                return event, msg.metadata.sequence.stream
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from pydantic import BaseModel, ConfigDict, Field
 
+from editflow.events.pulling import until_drained
 from editflow.events.topology import Topology
 
 GroupBy = Literal["department", "applicant", "usage", "model", "cost_center", "namespace"]
@@ -85,17 +86,8 @@ async def read_audit(
         f"{topology.settings.audit_subject_prefix}.>", stream=topology.audit_stream, config=config
     )
     try:
-        while True:
-            try:
-                messages = await sub.fetch(batch, timeout=2.0)
-            except TimeoutError:  # nats-py raises its own subclass, or asyncio's
-                if (await sub.consumer_info()).num_pending == 0:
-                    return
-                continue
-            for message in messages:
-                yield AuditRecord.model_validate_json(message.data)
-            if messages and messages[-1].metadata.num_pending == 0:
-                return
+        async for message in until_drained(sub, batch):
+            yield AuditRecord.model_validate_json(message.data)
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

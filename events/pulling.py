@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -54,3 +55,22 @@ async def pull_batches(
             continue
         delay = 0.2
         yield msgs
+
+
+async def until_drained(sub: Any, batch: int, fetch_timeout: float = 2.0) -> AsyncIterator[Msg]:
+    """Every message an ephemeral pull subscription has now, then stop (a scan, not a tail).
+
+    A slow server is not an empty stream: a fetch that times out ends the scan only when
+    the consumer says nothing is pending.
+    """
+    while True:
+        try:
+            messages = await sub.fetch(batch, timeout=fetch_timeout)
+        except TimeoutError:  # nats-py raises its own subclass, or asyncio's
+            if (await sub.consumer_info()).num_pending == 0:
+                return
+            continue
+        for message in messages:
+            yield message
+        if messages and messages[-1].metadata.num_pending == 0:
+            return

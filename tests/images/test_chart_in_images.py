@@ -27,6 +27,7 @@ from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.kubelet import runtime
 from editflow.devstack.kubelet.podspec import pod_dir_for
 from editflow.devstack.procs import wait_until
+from editflow.devstack.release import merge_values
 from editflow.devstack.stack import LocalStack
 from editflow.events.sdk import OAClient, Person
 from editflow.operator.crd import editjob_path
@@ -66,15 +67,6 @@ def _image_values(stack: LocalStack, published: dict[str, images.BuiltImage]) ->
     return values
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def _pull_secret(api: KubeClient, namespace: str, registry: str) -> None:
     """A dockerconfigjson Secret for the registry (it needs none; the chart must wire it)."""
     config = {"auths": {registry: {"auth": ""}}}
@@ -102,7 +94,7 @@ def release(image_stack: LocalStack, published, image_host, tmp_path_factory) ->
     )
     # Pods live in network namespaces of their own: publish the test's image server to them.
     image_stack.kubelet.publish_host_ports([image_host.server.server_address[1]])
-    values = _merge(
+    values = merge_values(
         local_values(image_stack, tag, image_stack.nats_url), _image_values(image_stack, published)
     )
     # The gateway is Ready once it sees this test's streams (its /readyz checks them).

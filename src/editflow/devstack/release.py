@@ -222,7 +222,7 @@ def install(
     _fill_models(localmode.models_dir(stack, namespace, release.models_claim), models_dir)
     values = local_values(stack, built)
     if extra_values:
-        _merge(values, extra_values)
+        merge_values(values, extra_values)
     values_path = stack.workdir / f"{name}-values.yaml"
     values_path.write_text(yaml.safe_dump(values, sort_keys=False))
     values_path.chmod(0o600)  # it holds MinIO's keys
@@ -252,10 +252,11 @@ def _fill_models(root: Path, real: Path | None) -> None:
     localmode.build_tiny_model(root)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_values(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` merged into ``base`` in place, maps key by key (as helm merges ``-f`` files)."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge_values(base[key], value)
         else:
             base[key] = value
     return base
