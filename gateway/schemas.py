@@ -137,6 +137,10 @@ class EditRequest(_Strict):
     form_id: RefStr | None = Field(None, description="OA form id (generated if unset)")
     approval_id: RefStr | None = Field(None, description="OA approval instance id")
     applicant: RefStr | None = Field(None, description="OA user id of the applicant")
+    department: RefStr | None = Field(
+        None, description="the applicant's department: GPU cost is attributed to it"
+    )
+    cost_center: RefStr | None = Field(None, description="the cost centre the edit is charged to")
 
 
 class LegacyEditRequest(BaseModel):

@@ -175,6 +175,8 @@ def approval_event(
             callback=callback,  # type: ignore[arg-type]
             model=request.model,
             generation=request.parameters,
+            department=request.department,
+            cost_center=request.cost_center,
         )
     except ValidationError as exc:
         problem = from_pydantic(exc)

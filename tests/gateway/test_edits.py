@@ -37,6 +37,8 @@ def test_template_is_rendered_into_the_instruction_and_recorded(api) -> None:
         "form_id": "F-1",
         "approval_id": "AP-1",
         "applicant": "u42",
+        "department": "市场部",
+        "cost_center": "CC-1001",
     }
     edit = gw.post_edit(body).json()
     data = gw.bus.events[edit["id"]].data
@@ -46,6 +48,7 @@ def test_template_is_rendered_into_the_instruction_and_recorded(api) -> None:
     }
     assert data.callback.webhook_url == "https://oa.example.com/hooks/edit"
     assert (data.form_id, data.approval_id, data.applicant.id) == ("F-1", "AP-1", "u42")
+    assert (data.department, data.cost_center) == ("市场部", "CC-1001")  # cost attribution
     assert edit["template_id"] == "replace-background"
 
 

@@ -36,5 +36,10 @@ def test_kubectl_applied_editjob_runs_to_success(operator, kubectl, image_host, 
     assert status["attempts"] == 1 and status["resultKey"].endswith(".png")
     assert status["costSeconds"] > 0 and status["completionEventId"]
     header, row = kubectl("-n", NAMESPACE, "get", "editjobs", name).stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "MODEL", "ATTEMPTS", "COST", "RESULT", "AGE"]
+    assert header.split() == [
+        "NAME", "PHASE", "MODEL", "ATTEMPTS", "COST", "GATE", "RESULT", "AGE",
+    ]  # fmt: skip
     assert row.split()[:4] == [name, "Succeeded", "longcat-image-edit", "1"]
+    # The quality gate's verdict on the result is a column of its own.
+    assert row.split()[5] == status["quality"]["verdict"]
+    assert status["quality"]["verdict"] in ("ok", "no_visible_change", "global_change")
