@@ -83,7 +83,7 @@ async def read_audit(
         description="editflow audit export",
     )
     sub = await js.pull_subscribe(
-        f"{topology.settings.audit_subject_prefix}.>", stream=topology.audit_stream, config=config
+        f"{topology.audit_subject_prefix}.>", stream=topology.audit_stream, config=config
     )
     try:
         async for message in until_drained(sub, batch):

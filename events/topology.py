@@ -116,12 +116,25 @@ class Topology:
         return f"{self.settings.review_subject_prefix}.>"
 
     def audit_subject(self, namespace: str) -> str:
-        """Where the audit record of an edit of ``namespace`` goes (one stream, every namespace)."""
-        return f"{self.settings.audit_subject_prefix}.{subject_token(namespace)}"
+        """Where the audit record of an edit of ``namespace`` goes (one stream, every namespace;
+        a Kubernetes namespace is a DNS label, so it is a subject token as it is)."""
+        return f"{self.audit_subject_prefix}.{namespace}"
 
     @property
     def audit_stream(self) -> str:
-        return self.settings.audit_stream
+        """``audit_stream``, else the completions stream's name with ``_AUDIT`` for its suffix."""
+        if self.settings.audit_stream:
+            return self.settings.audit_stream
+        base = self.settings.completions_stream.removesuffix("_COMPLETIONS")
+        return f"{base}_AUDIT"
+
+    @property
+    def audit_subject_prefix(self) -> str:
+        """``audit_subject_prefix``, else the completion prefix, its last token ``audit``."""
+        if self.settings.audit_subject_prefix:
+            return self.settings.audit_subject_prefix
+        head, _, _ = self.settings.completion_subject_prefix.rpartition(".")
+        return f"{head}.audit" if head else "audit"
 
     def dlq_subject(self, source_stream: str) -> str:
         return f"{self.settings.dlq_subject_prefix}.{source_stream}"
@@ -199,8 +212,8 @@ class Topology:
                 description="editflow: completion and manual-review events",
             ),
             self._stream(
-                s.audit_stream,
-                [f"{s.audit_subject_prefix}.>"],
+                self.audit_stream,
+                [f"{self.audit_subject_prefix}.>"],
                 s.audit_max_age_seconds,
                 description="editflow: one audit record per finished edit (prompt, source, "
                 "result, cost, status, approvers, department); long retention",

@@ -122,3 +122,27 @@ def test_since_takes_durations_and_iso_times() -> None:
     assert since_time("7d", now) == now - timedelta(days=7)
     assert since_time("90m", now) == now - timedelta(minutes=90)
     assert since_time("2026-11-30T08:00:00", now) == datetime(2026, 11, 30, 8, tzinfo=UTC)
+
+
+def test_the_audit_names_follow_the_completions_unless_set() -> None:
+    """An installation that renames its streams to share a NATS account (as the tests do)
+    gets its own audit stream: a shared one would be fought over (storage, subjects)."""
+    from editflow.core.settings import EventsSettings
+    from editflow.events.topology import Topology
+
+    default = Topology(EventsSettings())
+    assert (default.audit_stream, default.audit_subject_prefix) == (
+        "EDITFLOW_AUDIT",
+        "editflow.audit",
+    )
+    renamed = Topology(
+        EventsSettings(
+            completions_stream="T1_COMPLETIONS", completion_subject_prefix="t1.completions"
+        )
+    )
+    assert (renamed.audit_stream, renamed.audit_subject_prefix) == ("T1_AUDIT", "t1.audit")
+    assert renamed.audit_subject("edits") == "t1.audit.edits"
+    explicit = Topology(EventsSettings(audit_stream="A", audit_subject_prefix="corp.audit"))
+    assert (explicit.audit_stream, explicit.audit_subject_prefix) == ("A", "corp.audit")
+    subjects = {stream.name: stream.subjects for stream in default.streams()}
+    assert subjects["EDITFLOW_AUDIT"] == ["editflow.audit.>"]

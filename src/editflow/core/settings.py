@@ -169,8 +169,11 @@ class EventsSettings(BaseModel):
         description="an approval's callback.nats_subject must lie under this prefix",
     )
     advisories_stream: str = Field("EDITFLOW_ADVISORIES", pattern=r"^[A-Za-z0-9_-]+$")
-    audit_stream: str = Field("EDITFLOW_AUDIT", pattern=r"^[A-Za-z0-9_-]+$")
-    audit_subject_prefix: str = "editflow.audit"
+    # Unset, both follow the completions' names (EDITFLOW_COMPLETIONS -> EDITFLOW_AUDIT,
+    # editflow.completions -> editflow.audit), so an installation that renames its streams
+    # to share a NATS account gets an audit stream of its own too (events.topology).
+    audit_stream: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
+    audit_subject_prefix: str | None = None
     audit_max_age_seconds: float = Field(
         400 * 24 * 3600,
         gt=0,
