@@ -58,7 +58,7 @@ async def test_provisioning_twice_changes_nothing_and_a_changed_setting_is_appli
     js = nc.jetstream()
     first = await provision(js, topology)
     assert {c.action for c in first} == {"created"}
-    assert len(first) == 7  # 4 streams, 2 consumers, the ledger bucket
+    assert len(first) == 8  # 5 streams (the audit stream too), 2 consumers, the ledger bucket
     again = await provision(js, topology)
     assert {c.action for c in again} == {"unchanged"}
 
