@@ -36,11 +36,9 @@ from editflow.core.errors import (
     UpstreamError,
 )
 from editflow.core.settings import S3Settings, WorkerSettings
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from editflow.core.urlguard import IPAddress, address_problem, unwrap
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CHUNK = 64 * 1024
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
 
@@ -75,32 +73,8 @@ class Fetched:
 
 
 # -- the guard (pure) ---------------------------------------------------------
-def unwrap(ip: IPAddress) -> IPAddress:
-    """The IPv4 address hidden in an IPv4-mapped or NAT64 IPv6 address, else ``ip``."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip in _NAT64:
-            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip
-
-
-def address_problem(ip: IPAddress) -> str | None:
-    """Why ``ip`` must not be fetched from (``None`` if it is a public address)."""
-    ip = unwrap(ip)
-    for attr, why in (
-        ("is_loopback", "loopback"),
-        ("is_link_local", "link-local (cloud metadata lives here)"),
-        ("is_multicast", "multicast"),
-        ("is_unspecified", "unspecified"),
-        ("is_reserved", "reserved"),
-        ("is_private", "private"),
-    ):
-        if getattr(ip, attr):
-            return why
-    if not ip.is_global:
-        return "not globally routable"
-    return None
+# The address rules are the platform's one URL policy (editflow.core.urlguard), shared with
+# the operator's and the gateway's screening of image and callback URLs.
 
 
 def check_address(host: str, ip: IPAddress, limits: FetchLimits) -> None:
