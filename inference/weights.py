@@ -28,19 +28,17 @@ Nothing here ever reaches a model hub. :func:`write_manifest` and
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from editflow.core.errors import ModelError, UpstreamError
+from editflow.core.filelock import exclusive
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.inference.tiny import MODEL_CONFIG_FILE
 
@@ -84,17 +82,6 @@ def publish_to_s3(
         client.fput_object(bucket, f"{prefix}/{rel}", str(model_dir / rel))
     client.fput_object(bucket, f"{prefix}/{MANIFEST}", str(model_dir / MANIFEST))
     return prefix
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 CACHE_LOCK = ".editflow-cache.lock"
@@ -172,7 +159,7 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
                 f"{worker.cache_max_bytes / 1e9:.1f} GB (EDITFLOW_WORKER__CACHE_MAX_BYTES, "
                 "chart models.nodeCache.maxBytes): raise the limit"
             )
-        with _locked(cache / f".{name}.lock"):
+        with exclusive(cache / f".{name}.lock"):
             marker = final / COMPLETE_MARKER
             if marker.exists() and marker.read_text().strip() == manifest_hash:
                 _touch(final)
@@ -203,7 +190,7 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             _touch(final)
-        with _locked(cache / CACHE_LOCK):
+        with exclusive(cache / CACHE_LOCK):
             gone = _evict(cache, final, worker)
         if gone:
             log.info("weights cache evicted", extra={"model": name, "evicted": gone})

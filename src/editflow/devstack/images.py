@@ -33,7 +33,6 @@ Only one build runs at a time per cache (a file lock), so a test session and a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -47,6 +46,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from editflow.core.filelock import exclusive
 from editflow.devstack import baseimage, paths, wheelhouse
 from editflow.devstack.buildah import (
     ImageBuildError,
@@ -205,14 +205,8 @@ def _record(image: BuiltImage) -> None:
 @contextlib.contextmanager
 def _lock(name: str) -> Iterator[None]:
     """An exclusive lock per cache (``build``: one build at a time; ``record``: images.json)."""
-    lock = paths.cache_root() / "images" / f"{name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(paths.cache_root() / "images" / f"{name}.lock"):
+        yield
 
 
 def _print(line: str) -> None:

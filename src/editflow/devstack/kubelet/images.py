@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,11 +38,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from editflow.core.filelock import exclusive
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -99,17 +99,6 @@ def credentials_for(reference: str, docker_configs: list[dict[str, Any]]) -> str
             if entry.get("auth"):
                 return base64.b64decode(entry["auth"]).decode()
     return None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _skopeo_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -214,7 +203,7 @@ class ImageStore:
         digest = self.resolve(reference, creds)
         found = self.cached(digest, reference)
         if found is None:
-            with _locked(self.root / "lock"):
+            with exclusive(self.root / "lock"):
                 found = self.cached(digest, reference) or self._copy_and_unpack(
                     reference, digest, creds
                 )
