@@ -26,15 +26,15 @@ and the KV revision check settles those races.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from editflow.core.keyedlocks import KeyedLocks
 from editflow.events import kvlimits
 from editflow.events.kvlimits import LimiterUnavailable, LimitsBucket
 from editflow.gateway.metrics import GatewayMetrics
@@ -102,31 +102,6 @@ class LimitsStore:
             if self._shared is False:
                 log.info("rate limits are shared again", extra={"bucket": self.bucket.name})
         self._shared = True
-
-
-class KeyedLocks:
-    """One asyncio lock per key, dropped once nobody holds or waits for it (bounded)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 @dataclass

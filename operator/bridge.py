@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from editflow.core.errors import InvalidInputError, UpstreamError
+from editflow.core.keyedlocks import KeyedLocks
 from editflow.core.settings import Settings
 from editflow.events.archive import find_approval
 from editflow.events.consumer import Delivery, run_consumer
@@ -65,27 +65,6 @@ log = logging.getLogger("editflow.operator.bridge")
 
 #: On a re-run's EditJob: which re-run of its approval it is (1, 2, ...).
 ANNOTATION_RERUN = f"{GROUP}/rerun"
-
-
-class KeyedLocks:
-    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class Bridge:
