@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from editflow.core.settings import EventsSettings
+from editflow.core.settings import EventsSettings, NatsSettings, OperatorSettings, Settings
 from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
@@ -204,3 +205,31 @@ def worker_command(script: Path) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(script, target)
     return json.dumps(["python", str(target)])
+
+
+def scratch_namespace(stack: LocalStack, prefix: str) -> Iterator[str]:
+    """A fresh namespace (the CRDs installed) for one test module; deleted afterwards."""
+    api = KubeClient(stack.kubeconfig)
+    localmode.install_crd(api)
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    api.post("/api/v1/namespaces", {"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        api.delete(f"/api/v1/namespaces/{name}")
+        api.close()
+
+
+def bridge_settings(
+    stack: LocalStack, namespace: str, *, events: dict[str, Any], **operator: Any
+) -> Settings:
+    """Settings of a bridge under test: the stack's NATS, event names of its own (the
+    session's NATS is shared), ``events`` timings over those of tests/events/conftest.py."""
+    from tests.events.conftest import events_settings
+
+    return Settings(
+        namespace=namespace,
+        nats=NatsSettings(url=stack.nats_url),
+        events=events_settings(**events),
+        operator=OperatorSettings(**operator),
+    )

@@ -19,9 +19,7 @@ from kubernetes import config as k8s_config
 from typer.testing import CliRunner
 
 from editflow.cli.main import app
-from editflow.core.settings import EventsSettings, NatsSettings, OperatorSettings, Settings
-from editflow.devstack import localmode
-from editflow.devstack.kubeapi import KubeClient
+from editflow.core.settings import Settings
 from editflow.devstack.stack import LocalStack
 from editflow.events.binding import MSG_ID, encode
 from editflow.events.connection import connect
@@ -41,6 +39,7 @@ from editflow.operator.crd import editjob_path
 from editflow.operator.kube import AsyncKube
 from editflow.operator.mapping import editjob_from_approval
 from editflow.operator.names import ANNOTATION_CANCEL, LABEL_APPROVAL, editjob_name
+from tests.harness import bridge_settings, scratch_namespace
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
@@ -62,40 +61,12 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, what: str, timeout:
 
 @pytest.fixture(scope="module")
 def namespace(stack: LocalStack) -> Iterator[str]:
-    api = KubeClient(stack.kubeconfig)
-    localmode.install_crd(api)
-    name = f"bridge-{uuid.uuid4().hex[:6]}"
-    api.post("/api/v1/namespaces", {"metadata": {"name": name}})
-    yield name
-    api.delete(f"/api/v1/namespaces/{name}")
-    api.close()
+    yield from scratch_namespace(stack, "bridge")
 
 
 def _settings(stack: LocalStack, namespace: str, **operator: Any) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    events = EventsSettings(
-        approvals_stream=f"B{tag}_APPROVALS",
-        approval_subject=f"b{tag}.approvals.image-edit",
-        withdraw_subject=f"b{tag}.approvals.image-edit.withdraw",
-        completions_stream=f"B{tag}_COMPLETIONS",
-        completion_subject_prefix=f"b{tag}.completions",
-        review_subject_prefix=f"b{tag}.reviews",
-        dlq_stream=f"B{tag}_DLQ",
-        dlq_subject_prefix=f"b{tag}.dlq",
-        advisories_stream=f"B{tag}_ADVISORIES",
-        consumer=f"op-{tag}",
-        ack_wait_seconds=2.0,
-        backoff_seconds=[0.2, 0.2, 0.2],
-        max_deliver=4,
-        max_age_seconds=3600,
-        dlq_max_age_seconds=3600,
-    )
-    return Settings(
-        namespace=namespace,
-        nats=NatsSettings(url=stack.nats_url),
-        events=events,
-        operator=OperatorSettings(**operator),
-    )
+    events = {"ack_wait_seconds": 2.0, "max_deliver": 4}
+    return bridge_settings(stack, namespace, events=events, **operator)
 
 
 class Bus:

@@ -24,10 +24,8 @@ import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from editflow.core.settings import EventsSettings, NatsSettings, OperatorSettings, Settings
+from editflow.core.settings import Settings
 from editflow.core.urlguard import IPAddress, LookupFailed, Resolve
-from editflow.devstack import localmode
-from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.stack import LocalStack
 from editflow.events.binding import MSG_ID, WireMessage, encode
 from editflow.events.connection import connect
@@ -43,6 +41,7 @@ from editflow.operator.crd import editjob_path
 from editflow.operator.kube import AsyncKube
 from editflow.operator.names import editjob_name
 from editflow.operator.refusals import ApprovalScreen, spec_refusal
+from tests.harness import bridge_settings, scratch_namespace
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
@@ -63,41 +62,12 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, what: str, timeout:
 
 @pytest.fixture(scope="module")
 def namespace(stack: LocalStack) -> Iterator[str]:
-    api = KubeClient(stack.kubeconfig)
-    localmode.install_crd(api)
-    name = f"refuse-{uuid.uuid4().hex[:6]}"
-    api.post("/api/v1/namespaces", {"metadata": {"name": name}})
-    yield name
-    api.delete(f"/api/v1/namespaces/{name}")
-    api.close()
+    yield from scratch_namespace(stack, "refuse")
 
 
 def settings_for(stack: LocalStack, namespace: str, **operator: Any) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    events = EventsSettings(
-        approvals_stream=f"R{tag}_APPROVALS",
-        approval_subject=f"r{tag}.approvals.image-edit",
-        withdraw_subject=f"r{tag}.approvals.image-edit.withdraw",
-        completions_stream=f"R{tag}_COMPLETIONS",
-        completion_subject_prefix=f"r{tag}.completions",
-        review_subject_prefix=f"r{tag}.reviews",
-        dlq_stream=f"R{tag}_DLQ",
-        dlq_subject_prefix=f"r{tag}.dlq",
-        advisories_stream=f"R{tag}_ADVISORIES",
-        consumer=f"op-{tag}",
-        ack_wait_seconds=5.0,
-        backoff_seconds=[0.2, 0.2, 0.2],
-        max_deliver=4,
-        max_age_seconds=3600,
-        dlq_max_age_seconds=3600,
-        storage="memory",
-    )
-    return Settings(
-        namespace=namespace,
-        nats=NatsSettings(url=stack.nats_url),
-        events=events,
-        operator=OperatorSettings(**operator),
-    )
+    events = {"ack_wait_seconds": 5.0, "max_deliver": 4, "storage": "memory"}
+    return bridge_settings(stack, namespace, events=events, **operator)
 
 
 class Running:
