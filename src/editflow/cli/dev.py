@@ -131,28 +131,13 @@ HOST_IMAGES_HELP = (
 )
 
 
-def _publish_images(out: Console) -> list:
-    """``make images`` for ``dev up``: seconds when the content hash is unchanged."""
-    from editflow.devstack import images as image_builds
-
-    def report(line: str) -> None:
-        if "skipped" not in line:
-            out.print(line, markup=False, highlight=False, soft_wrap=True)
-
-    began = time.monotonic()
-    built = image_builds.publish(("control-plane", "worker"), report=report)
-    tags = ", ".join(f"editflow/{name}:{image.tag}" for image in built for name in image.names)
-    out.print(f"images ready in {time.monotonic() - began:.1f}s: {tags}")
-    return built
-
-
 class _ChartEditflow:
     """editflow as ``helm install`` of the chart with its images, the gateway forwarded."""
 
-    def __init__(self, stack: LocalStack, models: Path | None) -> None:
+    def __init__(self, stack: LocalStack, models: Path | None, *, push: bool) -> None:
         from editflow.devstack import release
 
-        built = _publish_images(console)
+        built = release.publish_images(console, push=push)
         self.release = release.install(stack, built, models_dir=models)
         self.release.wait_ready("operator")
         self.gateway = release.forward_gateway(self.release)
@@ -166,6 +151,9 @@ def serve(
     workdir: Path = typer.Option(None, help="where the stack keeps its data"),
     editflow: bool = typer.Option(True, help="also run editflow: operator, gateway, try-it page"),
     host_images: bool = typer.Option(False, help=HOST_IMAGES_HELP),
+    images_pushed: bool = typer.Option(
+        False, hidden=True, help="`dev up` pushed the images already: only check their hash"
+    ),
 ) -> None:
     """Run the stack in the foreground until SIGTERM/Ctrl-C (``dev up`` runs this detached)."""
     from editflow.devstack import localmode
@@ -196,7 +184,7 @@ def serve(
             env_models = os.environ.get("EDITFLOW_DEMO_MODELS_DIR")
             models = Path(env_models) if env_models else None
             if images_mode:
-                chart = _ChartEditflow(stack, models)
+                chart = _ChartEditflow(stack, models, push=not images_pushed)
                 running = chart
                 gateway = {"url": chart.gateway.url, "token": chart.gateway.token}
                 endpoints["release"] = chart.release.name
@@ -251,7 +239,9 @@ def up(
             console.print(f"[yellow]editflow runs as host processes here: {why_not}[/yellow]")
             host_images = True
         else:
-            _publish_images(console)  # in the foreground, where a person sees the progress
+            from editflow.devstack.release import publish_images
+
+            publish_images(console)  # in the foreground, where a person sees the progress
     _state_file().unlink(missing_ok=True)
     log = (state / "supervisor.log").open("ab")
     proc = subprocess.Popen(
@@ -262,7 +252,7 @@ def up(
             "dev",
             "serve",
             "--editflow" if editflow else "--no-editflow",
-            *(["--host-images"] if host_images else []),
+            *(["--host-images"] if host_images else ["--images-pushed"] if editflow else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -83,22 +83,6 @@ def _say_model(console: Console, real: Path | None) -> None:
         )
 
 
-def _publish_images(console: Console) -> list[images.BuiltImage]:
-    """Build (or find by content hash) both images and push them: seconds when warm."""
-    began = time.monotonic()
-    with console.status("images: checking the content hash") as spinner:
-
-        def report(line: str) -> None:
-            spinner.update(f"images: {line[:110]}")
-            if "skipped" not in line and ("built" in line or "push" in line):
-                console.print(f"  {line}")
-
-        built = images.publish(("control-plane", "worker"), report=report)
-    tags = ", ".join(f"{name}:{image.tag}" for image in built for name in image.names)
-    console.print(f"images ready in {time.monotonic() - began:.1f}s: {tags}")
-    return built
-
-
 class _HostEditflow:
     """The operator as a host process, workers mapped to host commands (``--host-images``)."""
 
@@ -231,7 +215,7 @@ def run_demo(
     if why_not:
         console.print(f"[yellow]editflow runs as host processes here: {why_not}[/yellow]")
         host_images = True
-    built = [] if host_images else _publish_images(console)
+    built = [] if host_images else release.publish_images(console)
     stack_began = time.monotonic()
     with console.status(
         "starting etcd, kube-apiserver, controller-manager, process kubelet, NATS, MinIO"

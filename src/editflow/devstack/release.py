@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
-from editflow.devstack import installer, localmode
+from editflow.devstack import images, installer, localmode
 from editflow.devstack.images import BuiltImage, chart_values, repo_root
 from editflow.devstack.kubeapi import KubeClient, KubeError
 from editflow.devstack.stack import LocalStack
@@ -43,6 +44,32 @@ RELEASE = "editflow"
 READY_TIMEOUT = 240.0
 
 Reporter = Callable[[str], None]
+
+
+#: The images editflow runs from: control-plane (operator, gateway) and worker.
+TARGETS = ("control-plane", "worker")
+
+
+def publish_images(console: Console, *, push: bool = True) -> list[BuiltImage]:
+    """Both images, built or found by their content hash, and (``push``) in the registry
+    storage every stack serves: seconds when warm. Progress on a spinner; builds and
+    pushes are printed, skips are not. ``push=False`` when they were just pushed (the
+    background half of ``editflow dev up``): the hash check alone."""
+    began = time.monotonic()
+    with console.status("images: checking the content hash") as spinner:
+
+        def report(line: str) -> None:
+            spinner.update(f"images: {line[:110]}")
+            if "skipped" not in line and ("built" in line or "push" in line):
+                console.print(f"  {line}", markup=False, highlight=False)
+
+        if push:
+            built = images.publish(TARGETS, report=report)
+        else:
+            built = images.build(TARGETS, report=report)
+    tags = ", ".join(f"{name}:{image.tag}" for image in built for name in image.names)
+    console.print(f"images ready in {time.monotonic() - began:.1f}s: {tags}")
+    return built
 
 
 def images_unavailable() -> str | None:
