@@ -86,16 +86,8 @@ def _say_model(console: Console, real: Path | None) -> None:
 class _HostEditflow:
     """The operator as a host process, workers mapped to host commands (``--host-images``)."""
 
-    def __init__(self, stack: LocalStack, api: KubeClient, real: Path | None) -> None:
-        localmode.install_crd(api)
-        localmode.install_namespace(api, stack, localmode.NAMESPACE)
-        root = localmode.models_dir(stack, localmode.NAMESPACE)
-        if real:
-            link = root / "longcat-image-edit"
-            if not link.exists():
-                link.symlink_to(real / "longcat-image-edit")
-        else:
-            localmode.build_tiny_model(root)
+    def __init__(self, stack: LocalStack, real: Path | None) -> None:
+        localmode.install_editflow(stack, real)
         env = localmode.operator_env(stack, localmode.NAMESPACE, resync_seconds="2")
         self.operator = localmode.OperatorProcess(env, stack.workdir).start()
 
@@ -229,7 +221,7 @@ def run_demo(
         installed: _HostEditflow | _ChartEditflow
         if host_images:
             with console.status("starting the editflow operator (host process)"):
-                installed = _HostEditflow(stack, api, real)
+                installed = _HostEditflow(stack, real)
         else:
             with console.status("helm install editflow (operator Pod in its image)"):
                 t0 = time.monotonic()

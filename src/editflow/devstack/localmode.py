@@ -259,8 +259,11 @@ class EditflowLocal:
         self.operator.stop()
 
 
-def start_editflow(stack: LocalStack, *, models_dir_override: Path | None = None) -> EditflowLocal:
-    """Install editflow on ``stack`` and run its operator and gateway (tiny model by default)."""
+def install_editflow(stack: LocalStack, models_dir_override: Path | None = None) -> None:
+    """The CRDs, the namespace's worker objects, and weights on its models PVC: the real
+    model linked from ``models_dir_override`` (holding ``longcat-image-edit/``), else the
+    tiny one. Host processes see the link's target; Pods in their images do not (see
+    editflow.devstack.release for those)."""
     api = KubeClient(stack.kubeconfig)
     try:
         install_crd(api)
@@ -275,6 +278,11 @@ def start_editflow(stack: LocalStack, *, models_dir_override: Path | None = None
             link.symlink_to(real)
     else:
         build_tiny_model(root)
+
+
+def start_editflow(stack: LocalStack, *, models_dir_override: Path | None = None) -> EditflowLocal:
+    """Install editflow on ``stack`` and run its operator and gateway (tiny model by default)."""
+    install_editflow(stack, models_dir_override)
     env = operator_env(stack, NAMESPACE)
     operator = OperatorProcess(env, stack.workdir).start()
     try:
