@@ -72,7 +72,8 @@ def _ts(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """A Kubernetes timestamp (``2026-11-25T12:00:00Z``, as :func:`_ts` writes it), or None."""
     if not value:
         return None
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
@@ -225,7 +226,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             out.publish_completion = True
             out.publish_review = phase == "NeedsReview"
             return out
-        finished = _parse(status.get("finishedAt"))
+        finished = parse_time(status.get("finishedAt"))
         if finished is not None:
             expires = finished + timedelta(seconds=settings.retention_seconds)
             if now >= expires:
@@ -273,7 +274,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
 
     # -- no attempt in flight: wait for backoff / a slot, then start one -----------
     if not job_name:
-        retry_at = _parse(status.get("retryAfter"))
+        retry_at = parse_time(status.get("retryAfter"))
         if retry_at and now < retry_at:
             set_status(phase="Queued")
             out.requeue_after = (retry_at - now).total_seconds()
@@ -398,7 +399,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     # Running or waiting for a GPU.
     pending = next((m for m in (_unschedulable(p) for p in obs.pods) if m), None)
     if pending is not None:
-        created = _parse(obs.pods[0]["metadata"].get("creationTimestamp")) or now
+        created = parse_time(obs.pods[0]["metadata"].get("creationTimestamp")) or now
         limit = int(spec.get("pendingTimeoutSeconds") or settings.pending_timeout_seconds)
         waited = (now - created).total_seconds()
         if waited >= limit:
@@ -415,7 +416,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     stuck = _stuck(obs.pods)
     if stuck is not None:
         pod, reason, detail = stuck
-        created = _parse(pod["metadata"].get("creationTimestamp")) or now
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or now
         waited = (now - created).total_seconds()
         if waited >= settings.stuck_pod_seconds:
             text = f"the worker Pod cannot start: {reason}" + (f": {detail}" if detail else "")

@@ -63,7 +63,7 @@ from editflow.operator.crd import (
     editjob_path,
     editoutcome_path,
 )
-from editflow.operator.decide import OUTCOMES, Decision
+from editflow.operator.decide import OUTCOMES, Decision, parse_time
 from editflow.operator.informer import Key, Store
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
@@ -147,7 +147,7 @@ def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
         namespace=meta["namespace"],
         editjob=meta["name"],
         status=event.data.status,
-        finished_at=_parse_time(status.get("finishedAt")),
+        finished_at=parse_time(status.get("finishedAt")),
         prompt=spec["prompt"],
         source=source.get("url") or source.get("s3Key") or "",
         result_key=status.get("resultKey"),
@@ -162,12 +162,6 @@ def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
         quality=(status.get("quality") or {}).get("verdict"),
         error_code=status.get("errorCode"),
     )
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def review_for(editjob: JSON, event: CompletionEvent) -> ReviewEvent:

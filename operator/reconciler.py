@@ -46,7 +46,14 @@ from editflow.inference.profiles import USAGE_PROFILES
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
-from editflow.operator.decide import FINAL_PHASES, OUTCOMES, Decision, Observed, decide
+from editflow.operator.decide import (
+    FINAL_PHASES,
+    OUTCOMES,
+    Decision,
+    Observed,
+    decide,
+    parse_time,
+)
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
@@ -285,9 +292,8 @@ class Reconciler:
         verdict = (status.get("quality") or {}).get("verdict")
         if verdict in ("ok", "no_visible_change", "global_change"):
             metrics.QUALITY_VERDICTS.labels(verdict).inc()
-        created = editjob["metadata"].get("creationTimestamp")
-        if created:
-            began = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        began = parse_time(editjob["metadata"].get("creationTimestamp"))
+        if began is not None:
             metrics.EDIT_SECONDS.labels(phase).observe(
                 max(0.0, (self.now() - began).total_seconds())
             )
