@@ -310,10 +310,14 @@ async def test_nats_restart_mid_stream_loses_nothing(
             await publish_event(js, event, topology.approval_subject, timeout=1, retry_for=60)
             published.append(event.id)
             if index == 10:
+                # Hold the rest until NATS is down, so they really cross the restart
+                # (on a busy machine the publisher otherwise finishes before the stop).
                 restart_now.set()
+                await server_down.wait()
             await asyncio.sleep(0.01)
 
     restart_now = asyncio.Event()
+    server_down = asyncio.Event()
     publishing = asyncio.create_task(publisher())
     try:
         await restart_now.wait()
@@ -321,6 +325,7 @@ async def test_nats_restart_mid_stream_loses_nothing(
         old_pid = nats_server.process.pid
         await asyncio.to_thread(nats_server.stop)
         before_restart = len(published)
+        server_down.set()
         await asyncio.to_thread(nats_server.start_process)
         assert nats_server.process.pid != old_pid
         await asyncio.wait_for(publishing, 90)

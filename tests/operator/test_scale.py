@@ -194,6 +194,28 @@ def wait_quiet(proxy: CountingProxy, seconds: float = 7.0, timeout: float = 300)
     wait_until(quiet, timeout=timeout, interval=1, what="the operator to settle")
 
 
+def is_finalizer_bookkeeping(request) -> bool:
+    """kopf's own write: a JSON patch of the EditJob that adds its finalizer.
+
+    kopf guards it with a ``test`` of the resourceVersion; when the reconciler's status
+    write lands first the patch is refused (422) and kopf tries again on its next cycle.
+    How often that race is lost depends on timing, not on the queue's length, so these
+    patches are kopf's per-object cost and are bounded separately below.
+    """
+    if request.method != "PATCH" or "/status" in request.path or "/editjobs/" not in request.path:
+        return False
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return False
+    if isinstance(body, list):
+        ops = [op for op in body if op.get("op") != "test"]
+        return bool(ops) and all(
+            str(op.get("path", "")).startswith("/metadata/finalizers") for op in ops
+        )
+    return set(body) == {"metadata"} and set(body["metadata"]) <= {"finalizers"}
+
+
 def requests_for_one_new_editjob(ns: ScaleNamespace, proxy: CountingProxy, name: str) -> dict:
     """Everything the operator asks the apiserver while one new EditJob gets queued."""
     wait_quiet(proxy)
@@ -202,10 +224,13 @@ def requests_for_one_new_editjob(ns: ScaleNamespace, proxy: CountingProxy, name:
     wait_all(ns, [name], "Queued", timeout=60)
     time.sleep(7)  # anything the operator does in reaction (a queue refresh) is counted too
     requests = [r for r in proxy.since(start) if not r.watch]
+    reconciler = [r for r in requests if not is_finalizer_bookkeeping(r)]
     return {
-        "total": len(requests),
+        "total": len(reconciler),
+        "finalizer_patches": len(requests) - len(reconciler),
         "lists": [r.path for r in requests if r.is_list],
         "others": sorted({r.path for r in requests if name not in r.path}),
+        "writes": [(r.method, r.path, r.body[:200].decode(errors="replace")) for r in requests],
         "summary": dict(proxy.summary(start)),
     }
 
@@ -230,8 +255,14 @@ def test_a_reconcile_makes_the_same_requests_with_10_or_2000_queued_editjobs(
     assert few["lists"] == [] and many["lists"] == [], (few, many)
     # Nothing but the new EditJob itself is touched (the Event it gets is named after it).
     assert many["others"] == [] or all("/events" in p for p in many["others"]), many
+    # The reconciler's own requests do not grow with the queue; kopf's finalizer patch may
+    # repeat while its watch stream still digests the 2,000 creates, a bounded per-object cost.
     assert many["total"] <= few["total"] + 1, (few, many)
     assert few["total"] <= 8, few
+    assert few["finalizer_patches"] >= 1 and many["finalizer_patches"] <= 3, (
+        few["writes"],
+        many["writes"],
+    )
     print(f"requests for one new EditJob: {few['summary']} (10 queued), {many['summary']} (2,000)")
 
 

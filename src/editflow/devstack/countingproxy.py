@@ -43,6 +43,7 @@ class Request:
     path: str
     watch: bool
     status: int
+    body: bytes = b""  # the request body (first 2 KiB): tells whose write a PATCH was
 
     @property
     def is_list(self) -> bool:
@@ -177,7 +178,7 @@ class CountingProxy:
             async with session.request(
                 request.method, url, data=body or None, headers=headers
             ) as upstream:
-                self._record(request.method, request.path, watch, upstream.status)
+                self._record(request.method, request.path, watch, upstream.status, body)
                 response = web.StreamResponse(status=upstream.status)
                 for key, value in upstream.headers.items():
                     if key.lower() not in HOP_BY_HOP:
@@ -190,9 +191,10 @@ class CountingProxy:
 
         return handle
 
-    def _record(self, method: str, path: str, watch: bool, status: int) -> None:
+    def _record(self, method: str, path: str, watch: bool, status: int, body: bytes) -> None:
+        request = Request(time.monotonic(), method, path, watch, status, body[:2048])
         with self._lock:
-            self.requests.append(Request(time.monotonic(), method, path, watch, status))
+            self.requests.append(request)
 
 
 def _shape(path: str) -> str:
