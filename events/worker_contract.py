@@ -151,6 +151,8 @@ class WorkerResult(BaseModel):
     cost: CostBreakdown = CostBreakdown()
     error: ErrorInfo | None = None
     quality: QualityReport | None = None
+    #: The Pod that ran the attempt (``POD_NAME``; warm mode: one of the pool's workers).
+    worker: str | None = None
 
 
 def attempt_prefix(request: WorkerRequest) -> str:
@@ -215,3 +217,64 @@ def result_subject(namespace: str, edit_id: str) -> str:
 def work_msg_id(namespace: str, request: WorkerRequest) -> str:
     """``Nats-Msg-Id`` of a request: a republish of the same attempt is dropped as a duplicate."""
     return f"{_token('namespace', namespace)}/{request.edit_id}/attempt-{request.attempt}"
+
+
+# -- warm mode: how workers tell the operator what they are doing ---------------
+#: Every warm worker publishes a :class:`WorkerHeartbeat` (core NATS, not stored) to
+#: ``editflow.worker.status.<ns>.<model>`` every :data:`HEARTBEAT_SECONDS` and at once on
+#: every change of state. The operator hands out attempts only to idle workers it hears
+#: from, shows which Pod runs each attempt, and replaces a worker stuck on one edit.
+WORKER_STATUS_PREFIX = "editflow.worker.status"
+#: ``editflow.worker.control.<ns>.<pod>``: the operator asks one worker to retire (finish
+#: the edit in flight, take no new one, exit 0), e.g. when its configuration is outdated.
+WORKER_CONTROL_PREFIX = "editflow.worker.control"
+HEARTBEAT_SECONDS = 2.0
+#: A worker not heard from for this long is treated as gone.
+HEARTBEAT_EXPIRY_SECONDS = 3 * HEARTBEAT_SECONDS + 1.0
+#: The error code of an attempt that reached more workers than ``max_deliveries`` allows
+#: (each died holding it): it is not run again, and the EditJob ends NeedsReview.
+POISON_EDIT_CODE = "poison_edit"
+#: The error code of a worker whose model did not load (the heartbeat's ``error``).
+MODEL_LOAD_FAILED_CODE = "model_load_failed"
+
+WorkerState = Literal["loading", "idle", "busy", "draining", "stopped", "failed"]
+
+
+class WorkerHeartbeat(BaseModel):
+    """One warm worker's state, as it last said."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pod: str = Field(..., min_length=1, max_length=253)
+    namespace: str
+    model: str
+    state: WorkerState
+    #: The attempt being run (state ``busy`` or ``draining`` with an edit in flight).
+    edit_id: str | None = None
+    attempt: int | None = None
+    #: How often JetStream delivered that attempt's message (1 on the first delivery).
+    deliveries: int | None = None
+    #: Unix time the current state (for busy: the current edit) began.
+    since: float = 0.0
+    #: Unix time the worker process started.
+    started_at: float = 0.0
+    #: The operator's configuration hash the worker's Pod was created with.
+    config_hash: str = ""
+    handled: int = 0
+    #: Why the worker failed (state ``failed``: the model did not load).
+    error: str | None = Field(None, max_length=1000)
+
+
+class WorkerControl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["retire"]
+    reason: str = Field("", max_length=300)
+
+
+def worker_status_subject(namespace: str, model: str) -> str:
+    return f"{WORKER_STATUS_PREFIX}.{_token('namespace', namespace)}.{_token('model', model)}"
+
+
+def worker_control_subject(namespace: str, pod: str) -> str:
+    return f"{WORKER_CONTROL_PREFIX}.{_token('namespace', namespace)}.{pod}"

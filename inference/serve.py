@@ -8,24 +8,68 @@ model; the namespace is ``EDITFLOW_NAMESPACE``, which the operator sets from the
 Pod's own). For each message it runs exactly the
 same :func:`~editflow.inference.worker.execute` as ``editflow worker run``
 (result JSON in S3 next to the image), publishes the :class:`WorkerResult`
-to the subject in the ``Editflow-Reply-To`` header (if any) and to
+(``worker``: this Pod's name, ``POD_NAME`` or the host name) to the subject in the
+``Editflow-Reply-To`` header (if any) and to
 ``editflow.worker.results.<namespace>.<edit_id>``, and only then acknowledges the
 message. Whether a failed attempt is retried is the requester's decision, as
 it is for Jobs: the result says ``retriable``.
 
-While an edit runs the worker sends ``in_progress`` so JetStream does not
-redeliver it; a worker killed mid-edit never acks, and the message goes to
-another worker after ``ack_wait``.
+It pulls one message at a time and only while idle, so a message waits in the
+stream, not in a busy worker's buffer.
+
+Heartbeats. The operator hands attempts out only to workers it hears are idle
+(publishing more would queue them behind a running edit), shows which Pod runs an
+attempt, and replaces a worker stuck on one. So the worker publishes a
+:class:`~editflow.events.worker_contract.WorkerHeartbeat` (core NATS) on
+``editflow.worker.status.<namespace>.<model>`` every ``HEARTBEAT_SECONDS`` and at once
+on each change of state:
+
+* ``loading``: connected to NATS, the model loading (NATS comes first so the operator
+  hears about a load that fails);
+* ``failed``: the model did not load (``error``: why); the worker exits 71;
+* ``idle``: ready, waiting for a message;
+* ``busy``: running an edit (``edit_id``, ``attempt``, ``deliveries``: JetStream's
+  delivery count, ``since``: when the edit started);
+* ``draining``: SIGTERM, a retire request or the maximum age arrived while an edit runs;
+  the edit is finished and no new message taken;
+* ``stopped``: once, right before a clean exit (0).
+
+A heartbeat that cannot be sent (NATS briefly down) is logged and skipped.
+
+Control: ``editflow.worker.control.<namespace>.<pod>`` takes a
+:class:`~editflow.events.worker_contract.WorkerControl`; ``retire`` finishes the edit in
+flight, takes no new one, publishes ``stopped`` and exits 0 (the operator retires
+workers whose configuration is outdated). Unreadable control messages are logged.
+
+Ending by itself (0, after ``stopped``): after ``EDITFLOW_WORKER__IDLE_SECONDS``
+(``--idle-seconds``; default 300, 0 never) without a message, counted from ready or
+from the end of the last edit, so an idle pool shrinks to zero; and between edits
+once older than ``EDITFLOW_WORKER__MAX_AGE_SECONDS`` (0: no limit).
+
+Bounded deliveries. While an edit runs the worker sends ``in_progress`` so JetStream
+does not redeliver it; a worker killed mid-edit never acks, and the message goes to
+another worker after ``ack_wait`` (``EDITFLOW_WORKER__ACK_WAIT_SECONDS``). An edit that
+kills every worker it reaches would otherwise take the pool down one worker at a time,
+forever. The consumer (:func:`~editflow.events.workqueue.ensure_work_consumer`, made by
+the operator or the first worker, whichever comes first) allows
+``max_deliver = EDITFLOW_WORKER__MAX_DELIVERIES + 1``: a delivery whose
+``num_delivered`` exceeds ``MAX_DELIVERIES`` is not run but answered with a failed
+result, code ``poison_edit``, not retriable, stored in S3 and published like any result,
+and acked so it leaves the queue. Without the extra delivery JetStream would stop
+delivering the message silently and its EditJob would wait until its deadline.
 
 HTTP (``--http-port``): ``/healthz`` (the loop is alive), ``/readyz`` (model
 loaded, NATS connected, not draining) and ``/metrics`` (Prometheus).
-If the model does not load the worker exits 71 (model failed), if NATS is
-unreachable at start 70, so the Pod restarts with backoff.
+If NATS is unreachable for ``NATS_START_SECONDS`` (30) at start the worker exits 70, if
+the model does not load 71,
+so the Pod restarts (or the pool replaces it) with backoff.
 
 SIGTERM/SIGINT: stop pulling, finish the edit in flight, ack it, drain NATS,
 exit 0. If the edit is still running after ``EDITFLOW_WORKER__DRAIN_SECONDS``
 (default 300; keep it below the Pod's termination grace period), it is
 nak'ed so another worker takes it at once, and the worker exits without it.
+A retire request or the maximum age has no such deadline: nobody is waiting to kill
+the Pod, so the edit gets the time it needs.
 """
 
 from __future__ import annotations
@@ -38,75 +82,64 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from editflow.core.errors import EditflowError, ExitCode
+from pydantic import ValidationError
+
+from editflow.core.errors import EditflowError, ExitCode, PermanentError
 from editflow.core.logging import log_context
-from editflow.core.settings import NatsSettings, Settings
+from editflow.core.settings import Settings
+from editflow.events.connection import connect
 from editflow.events.worker_contract import (
+    HEARTBEAT_SECONDS,
+    POISON_EDIT_CODE,
     REPLY_TO_HEADER,
     WORK_STREAM,
-    WORK_SUBJECT_PREFIX,
+    WorkerControl,
+    WorkerHeartbeat,
     WorkerResult,
+    WorkerState,
     result_subject,
     work_consumer,
     work_subject,
+    worker_control_subject,
+    worker_status_subject,
 )
+from editflow.events.workqueue import ensure_work_consumer
 from editflow.inference import metrics
 from editflow.inference.pipeline import ModelCache
 from editflow.inference.registry import get_spec
 from editflow.inference.report import result_json
 from editflow.inference.worker import EDIT_ID_PATTERN as _EDIT_ID
-from editflow.inference.worker import execute
+from editflow.inference.worker import execute, pod_name, refuse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ACK_WAIT_SECONDS = 60.0
 PROGRESS_EVERY_SECONDS = 15.0
 LIVENESS_STALE_SECONDS = 60.0
+#: The longest one pull waits; between pulls the worker checks whether to leave.
+FETCH_SECONDS = 1.0
+#: How long the first connection to NATS is retried before the worker exits 70.
+NATS_START_SECONDS = 30.0
+#: The heartbeat's ``error`` field holds at most this many characters.
+_ERROR_LIMIT = 1000
 
 
-def nats_options(nats: NatsSettings) -> dict[str, Any]:
-    """``nats.connect`` keywords from the settings (credentials and TLS when configured)."""
-    import ssl
+class PoisonEditError(PermanentError):
+    """An edit delivered more often than ``max_deliveries``: each worker died holding it."""
 
-    options: dict[str, Any] = {"servers": [nats.url], "max_reconnect_attempts": -1}
-    if nats.user:
-        options["user"] = nats.user
-    if nats.password:
-        options["password"] = nats.password.get_secret_value()
-    if nats.token:
-        options["token"] = nats.token.get_secret_value()
-    if nats.creds_file:
-        options["user_credentials"] = nats.creds_file
-    if nats.nkey_seed_file:
-        options["nkeys_seed"] = nats.nkey_seed_file
-    if nats.tls_ca_file or nats.tls_cert_file:
-        context = ssl.create_default_context(cafile=nats.tls_ca_file)
-        if nats.tls_cert_file:
-            context.load_cert_chain(nats.tls_cert_file, nats.tls_key_file)
-        options["tls"] = context
-    return options
+    code = POISON_EDIT_CODE
 
 
-async def ensure_work_stream(js: Any) -> None:
-    """Create the work-queue stream if it is missing (idempotent)."""
-    from nats.js.api import RetentionPolicy, StreamConfig
-    from nats.js.errors import NotFoundError
-
-    try:
-        await js.stream_info(WORK_STREAM)
-    except NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=WORK_STREAM,
-                subjects=[f"{WORK_SUBJECT_PREFIX}.>"],
-                retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=600,
-            )
-        )
+def poison_message(num_delivered: int) -> str:
+    """The poison result's message; the delivery that carries it (the one not run) not counted."""
+    return (
+        f"this edit was delivered {num_delivered - 1} times and every worker that took it "
+        "died before finishing; not run again"
+    )
 
 
 def _request_ids(data: bytes) -> dict[str, Any]:
@@ -120,9 +153,18 @@ def _request_ids(data: bytes) -> dict[str, Any]:
     ids: dict[str, Any] = {}
     if isinstance(body.get("edit_id"), str) and _EDIT_ID.fullmatch(body["edit_id"]):
         ids["edit_id"] = body["edit_id"]
-    if isinstance(body.get("attempt"), int):
-        ids["attempt"] = body["attempt"]
+    attempt = body.get("attempt", 1)  # WorkerRequest's default: heartbeats match on it
+    if isinstance(attempt, int) and not isinstance(attempt, bool):
+        ids["attempt"] = attempt
     return ids
+
+
+def _deliveries(message: Any) -> int:
+    """JetStream's delivery count of ``message`` (1 on the first delivery)."""
+    try:
+        return int(message.metadata.num_delivered)
+    except Exception:  # not a JetStream message (no ack subject to parse)
+        return 1
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -150,7 +192,19 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return future
 
 
+@dataclass(frozen=True)
+class _Edit:
+    """The edit in flight, as heartbeats report it."""
+
+    edit_id: str | None
+    attempt: int | None
+    deliveries: int
+    since: float
+
+
 class WarmWorker:
+    """One warm worker process: its state, its heartbeats and its pull loop (module docs)."""
+
     def __init__(
         self, settings: Settings, *, model: str, http_port: int = 8080, namespace: str | None = None
     ) -> None:
@@ -159,6 +213,9 @@ class WarmWorker:
         self.namespace = namespace or settings.namespace
         # Refused here, with the field named, rather than as a NATS error after the model loaded.
         self.subject = work_subject(self.namespace, self.spec.name)
+        self.pod = pod_name()
+        self.status_subject = worker_status_subject(self.namespace, self.spec.name)
+        self.control_subject = worker_control_subject(self.namespace, self.pod)
         self.http_port = http_port
         self.models = ModelCache(settings.worker, settings.s3)
         metrics.MODEL_LOADS.set_function(lambda: self.models.loads)
@@ -173,6 +230,17 @@ class WarmWorker:
         self._current: Any = None
         #: Set when the drain deadline passed with an edit still running.
         self.abandoned = False
+        # What heartbeats say.
+        self.started_at = time.time()
+        self._started = time.monotonic()
+        self.state: WorkerState = "loading"
+        self.since = self.started_at
+        self.error: str | None = None
+        self._edit: _Edit | None = None
+        #: Why the worker leaves after the edit in flight (retire request, maximum age).
+        self.retiring: str | None = None
+        self._beats_failing = False
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -181,46 +249,90 @@ class WarmWorker:
             log.info("draining: no new edits, finishing the one in flight")
         self.stopping.set()
         metrics.READY.set(0)
+        self._soon(self._drain_state())
+
+    def retire(self, reason: str) -> None:
+        """Finish the edit in flight, take no new one, exit 0 (no drain deadline)."""
+        if self.retiring is None:
+            log.info("retiring after the edit in flight", extra={"reason": reason})
+            self.retiring = reason
+        metrics.READY.set(0)
+        self._soon(self._drain_state())
+
+    def _leaving(self) -> bool:
+        return self.stopping.is_set() or self.retiring is not None
 
     async def run(self) -> int:
-        import nats
-
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         http = await asyncio.start_server(self._http, "0.0.0.0", self.http_port)  # noqa: S104
         self.bound_port = http.sockets[0].getsockname()[1]
-        log.info("warm worker http", extra={"port": self.bound_port, "model": self.spec.name})
+        log.info(
+            "warm worker http",
+            extra={"port": self.bound_port, "model": self.spec.name, "pod": self.pod},
+        )
         try:
-            began = time.perf_counter()
-            try:
-                await asyncio.to_thread(self.models.get, self.spec)
-            except EditflowError as exc:  # missing or broken weights: let the Pod restart
-                log.error("model did not load", extra={"error": str(exc)})
-                return int(exc.exit_code)
-            metrics.MODEL_LOAD_SECONDS.labels(self.spec.name).set(time.perf_counter() - began)
-            self.loaded = True
-            try:
-                nc = await nats.connect(**nats_options(self.settings.nats))
-            except Exception as exc:  # no server reachable at start
-                log.error("NATS unreachable", extra={"error": repr(exc)})
-                return int(ExitCode.UPSTREAM_UNAVAILABLE)
-            self._nc = nc
-            self.connected = True
-            consume = asyncio.create_task(self._consume(nc))
-            try:
-                await self._until_drained(consume)
-            finally:
-                self.connected = False
-                metrics.READY.set(0)
-                with contextlib.suppress(Exception):
-                    await nc.drain()
+            code = await self._run_connected()
         finally:
             http.close()
             await http.wait_closed()
-        log.info("warm worker stopped", extra={"handled": self.handled})
+        log.info("warm worker stopped", extra={"handled": self.handled, "exit_code": code})
+        return code
+
+    async def _run_connected(self) -> int:
+        """Connect, say ``loading``, load, serve until told or timed out, say how it ended."""
+        first = connect(
+            self.settings.nats, name=f"warm-worker-{self.pod}", connect_for=NATS_START_SECONDS
+        )
+        try:
+            # Bounded here too: nats-py (2.16) retries an unreachable first server for ever.
+            nc = await asyncio.wait_for(first, timeout=NATS_START_SECONDS)
+        except Exception as exc:  # no server reachable at start (or credentials refused)
+            log.error("NATS unreachable", extra={"error": repr(exc)})
+            return int(ExitCode.UPSTREAM_UNAVAILABLE)
+        self._nc = nc
+        self.connected = True
+        beats = asyncio.create_task(self._beat_forever())
+        try:
+            await self._announce()  # loading
+            await nc.subscribe(self.control_subject, cb=self._on_control)
+            code = await self._load()
+            if code == 0:
+                self._arm_max_age()
+                await self._until_drained(asyncio.create_task(self._consume(nc)))
+            await _cancel(beats)
+            # Failed or stopped: the last word, sent before NATS is drained.
+            await self._enter("failed" if code else "stopped")
+            return code
+        finally:
+            await _cancel(beats)
+            self.connected = False
+            metrics.READY.set(0)
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    async def _load(self) -> int:
+        """Load the model; 0, or the exit code of a model that did not load."""
+        began = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.models.get, self.spec)
+        except EditflowError as exc:  # missing or broken weights: let the Pod restart
+            log.error("model did not load", extra={"error": str(exc)})
+            self.error = exc.message[:_ERROR_LIMIT]
+            return int(exc.exit_code)
+        metrics.MODEL_LOAD_SECONDS.labels(self.spec.name).set(time.perf_counter() - began)
+        self.loaded = True
         return 0
+
+    def _arm_max_age(self) -> None:
+        """Past the maximum age an edit in flight becomes ``draining`` (checked between edits)."""
+        limit = self.settings.worker.max_age_seconds
+        if limit <= 0:
+            return
+        delay = max(0.0, limit - (time.monotonic() - self._started))
+        asyncio.get_running_loop().call_later(delay, self.retire, f"older than {limit:g}s")
 
     async def _until_drained(self, consume: asyncio.Task[None]) -> None:
         """Run ``consume``; after SIGTERM give the edit in flight ``drain_seconds`` to finish.
@@ -240,31 +352,150 @@ class WarmWorker:
                 if self._current is not None:
                     with contextlib.suppress(Exception):
                         await self._current.nak()
-                consume.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consume
+                await _cancel(consume)
         stop.cancel()
         if consume.done() and not consume.cancelled() and consume.exception():
             raise consume.exception()  # type: ignore[misc]
 
-    async def _consume(self, nc: Any) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.api import AckPolicy, ConsumerConfig
-
-        js = nc.jetstream()
-        await ensure_work_stream(js)
-        subscription = await js.pull_subscribe(
-            self.subject,
-            durable=work_consumer(self.namespace, self.spec.name),
-            stream=WORK_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_SECONDS),
+    # -- heartbeats and control --------------------------------------------------
+    def heartbeat(self) -> WorkerHeartbeat:
+        edit = self._edit
+        return WorkerHeartbeat(
+            pod=self.pod,
+            namespace=self.namespace,
+            model=self.spec.name,
+            state=self.state,
+            edit_id=edit.edit_id if edit else None,
+            attempt=edit.attempt if edit else None,
+            deliveries=edit.deliveries if edit else None,
+            since=self.since,
+            started_at=self.started_at,
+            config_hash=self.settings.worker.config_hash,
+            handled=self.handled,
+            error=self.error,
         )
-        metrics.READY.set(1)
-        log.info("warm worker ready", extra={"subject": self.subject})
-        while not self.stopping.is_set():
+
+    async def _announce(self) -> None:
+        """Publish the heartbeat; never raises, never waits long (NATS may be reconnecting)."""
+        if self._nc is None:
+            return
+        payload = self.heartbeat().model_dump_json().encode()
+        try:
+            await asyncio.wait_for(
+                self._nc.publish(self.status_subject, payload), timeout=HEARTBEAT_SECONDS
+            )
+        except Exception as exc:
+            if not self._beats_failing:
+                log.warning("heartbeat not sent", extra={"error": repr(exc), "state": self.state})
+            self._beats_failing = True
+        else:
+            if self._beats_failing:
+                log.info("heartbeats sent again", extra={"state": self.state})
+            self._beats_failing = False
+
+    async def _enter(self, state: WorkerState, *, edit: _Edit | None = None) -> None:
+        """Change state (and the edit in flight) and say so at once."""
+        self.state = state
+        self._edit = edit
+        self.since = edit.since if edit else time.time()
+        await self._announce()
+
+    async def _drain_state(self) -> None:
+        # A worker that is told to leave while idle simply stops at its next check.
+        if self.state == "busy":
+            await self._enter("draining", edit=self._edit)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self._announce()
+
+    async def _on_control(self, msg: Any) -> None:
+        try:
+            control = WorkerControl.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.warning(
+                "unreadable control message ignored",
+                extra={"subject": msg.subject, "error": str(exc)[:500]},
+            )
+            return
+        if control.action == "retire":
+            self.retire(control.reason or "asked to retire")
+
+    def _soon(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the loop from synchronous code (signal handlers, timers)."""
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no loop yet: there is nothing to announce
+            work.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the work queue --------------------------------------------------------
+    async def _subscribe(self, js: Any) -> Any:
+        """Bind to the pool's durable consumer, created with the configured bounds if missing."""
+        worker = self.settings.worker
+        durable = work_consumer(self.namespace, self.spec.name)
+        await ensure_work_consumer(
+            js,
+            self.namespace,
+            self.spec.name,
+            ack_wait=worker.ack_wait_seconds,
+            max_deliveries=worker.max_deliveries,
+        )
+        await self._check_bounds(js, durable)
+        return await js.pull_subscribe_bind(durable=durable, stream=WORK_STREAM)
+
+    async def _check_bounds(self, js: Any, durable: str) -> None:
+        """Warn when the consumer's ``max_deliver`` does not leave room for the poison report."""
+        try:
+            info = await js.consumer_info(WORK_STREAM, durable)
+        except Exception as exc:
+            log.warning("work consumer not inspected", extra={"error": repr(exc)})
+            return
+        expected = self.settings.worker.max_deliveries + 1
+        if info.config.max_deliver != expected:
+            log.warning(
+                "the work consumer's max_deliver differs from max_deliveries + 1",
+                extra={"max_deliver": info.config.max_deliver, "expected": expected},
+            )
+
+    def _idle_for(self, idle_since: float) -> float | None:
+        """Seconds left before the idle exit (``None``: no idle limit)."""
+        limit = self.settings.worker.idle_seconds
+        if limit <= 0:
+            return None
+        return limit - (time.monotonic() - idle_since)
+
+    async def _consume(self, nc: Any) -> None:
+        subscription = await self._subscribe(nc.jetstream())
+        try:
+            await self._pull(nc, subscription)
+        finally:
+            # Before NATS is drained: nats-py's drain waits out its whole timeout on a pull
+            # subscription whose fetches timed out. Nothing is pulled any more, so nothing is lost.
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _pull(self, nc: Any, subscription: Any) -> None:
+        """Take one message at a time while idle, until told to leave or idle too long."""
+        from nats.errors import TimeoutError as NatsTimeout
+
+        if not self._leaving():
+            metrics.READY.set(1)
+            log.info("warm worker ready", extra={"subject": self.subject, "pod": self.pod})
+            await self._enter("idle")
+        idle_since = time.monotonic()
+        while not self._leaving():
+            left = self._idle_for(idle_since)
+            if left is not None and left <= 0:
+                log.info("idle; exiting", extra={"idle_seconds": self.settings.worker.idle_seconds})
+                return
             self.last_beat = time.monotonic()
+            timeout = FETCH_SECONDS if left is None else max(0.1, min(FETCH_SECONDS, left))
             try:
-                messages = await subscription.fetch(1, timeout=1.0)
+                messages = await subscription.fetch(1, timeout=timeout)
             except (TimeoutError, NatsTimeout):
                 continue
             except Exception as exc:  # disconnected: nats-py reconnects, we wait and retry
@@ -273,14 +504,29 @@ class WarmWorker:
                 continue
             for message in messages:
                 await self._handle(nc, message)
+            idle_since = time.monotonic()
+            if not self._leaving():
+                await self._enter("idle")
+        log.info("leaving", extra={"retiring": self.retiring, "signal": self.stopping.is_set()})
 
     async def _handle(self, nc: Any, message: Any) -> None:
+        ids = _request_ids(message.data)
         # Every line logged while this message is handled names its edit and attempt, so one
         # attempt's lines can be picked out of a worker that serves many (editflow edits logs).
-        with log_context(**_request_ids(message.data)):
-            await self._handle_in_context(nc, message)
+        with log_context(**ids):
+            deliveries = _deliveries(message)
+            if deliveries > self.settings.worker.max_deliveries:
+                await self._refuse_poison(nc, message, deliveries)
+            else:
+                await self._run_edit(
+                    nc,
+                    message,
+                    _Edit(ids.get("edit_id"), ids.get("attempt"), deliveries, time.time()),
+                )
 
-    async def _handle_in_context(self, nc: Any, message: Any) -> None:
+    async def _run_edit(self, nc: Any, message: Any, edit: _Edit) -> None:
+        """Run one edit (busy), publish its result, then ack; unacked if publishing fails."""
+        await self._enter("draining" if self._leaving() else "busy", edit=edit)
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         progress = asyncio.create_task(self._keep_in_progress(message))
@@ -289,17 +535,13 @@ class WarmWorker:
             self._current = message
             # The same function as `editflow worker run`; no termination message here.
             result, code = await _in_daemon_thread(
-                lambda: execute(raw, self.settings, self.models, termination_log="")
+                lambda: execute(
+                    raw, self.settings, self.models, termination_log="", worker=self.pod
+                )
             )
             self._observe(result)
-            payload = result_json(result).encode()
-            reply_to = (message.headers or {}).get(REPLY_TO_HEADER)
             try:
-                if reply_to:
-                    await nc.publish(reply_to, payload)
-                if result.edit_id != "unknown":
-                    await nc.publish(result_subject(self.namespace, result.edit_id), payload)
-                await nc.flush()
+                await self._publish_result(nc, message, result)
                 await message.ack()
             except Exception as exc:
                 # Not acked: JetStream redelivers after ack_wait and the edit runs again
@@ -315,12 +557,46 @@ class WarmWorker:
                 extra={"edit_id": result.edit_id, "status": result.status, "exit_code": code},
             )
         finally:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+            await _cancel(progress)
             self._current = None
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()
+
+    async def _refuse_poison(self, nc: Any, message: Any, deliveries: int) -> None:
+        """Answer an edit that used up its deliveries with a ``poison_edit`` result; ack it.
+
+        This is the consumer's last delivery (``max_deliver``), so the message is acked
+        even if the result cannot be published: it would never be delivered again, and the
+        result is in S3 where the operator looks after a restart.
+        """
+        raw = message.data.decode("utf-8", errors="replace")
+        error = PoisonEditError(poison_message(deliveries))
+        result = await asyncio.to_thread(refuse, raw, self.settings, error, worker=self.pod)
+        log.warning(
+            "poison edit not run",
+            extra={"edit_id": result.edit_id, "attempt": result.attempt, "deliveries": deliveries},
+        )
+        self._observe(result)
+        try:
+            await self._publish_result(nc, message, result)
+        except Exception as exc:
+            log.warning("poison result not published", extra={"error": repr(exc)})
+        try:
+            await message.ack()
+        except Exception as exc:
+            log.warning("poison edit not acked", extra={"error": repr(exc)})
+            return
+        self.handled += 1
+
+    async def _publish_result(self, nc: Any, message: Any, result: WorkerResult) -> None:
+        """Send ``result`` to the requester's reply subject and the edit's results subject."""
+        payload = result_json(result).encode()
+        reply_to = (message.headers or {}).get(REPLY_TO_HEADER)
+        if reply_to:
+            await nc.publish(reply_to, payload)
+        if result.edit_id != "unknown":
+            await nc.publish(result_subject(self.namespace, result.edit_id), payload)
+        await nc.flush()
 
     async def _keep_in_progress(self, message: Any) -> None:
         while True:
@@ -342,7 +618,7 @@ class WarmWorker:
 
     def ready(self) -> bool:
         connected = self.connected and (self._nc is None or self._nc.is_connected)
-        return self.loaded and connected and not self.stopping.is_set()
+        return self.loaded and connected and not self._leaving()
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -378,3 +654,10 @@ class WarmWorker:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

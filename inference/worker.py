@@ -28,6 +28,7 @@ Environment (all read through :class:`editflow.core.settings.Settings`):
 ``EDITFLOW_WORKER__ALLOW_CIDRS``            JSON list of networks exempt from it
 ``EDITFLOW_WORKER__TERMINATION_LOG``        termination message path
                                             (default ``/dev/termination-log``)
+``POD_NAME``                                the result's ``worker`` (default: host name)
 ``EDITFLOW_S3__*``                          endpoint, keys, bucket, public endpoint,
                                             ``PRESIGN_EXPIRY_SECONDS``
 ==========================================  ==========================================
@@ -40,11 +41,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -99,6 +102,15 @@ class Timer:
             total=round(time.perf_counter() - self.started, 4),
             load_detail=self.load_detail,
         )
+
+
+def pod_name() -> str:
+    """The name results and heartbeats give this worker: ``POD_NAME``, else the host name.
+
+    A Pod's host name is its name, so the fallback is right in Kubernetes too; the
+    operator may set ``POD_NAME`` from the downward API to be explicit.
+    """
+    return os.environ.get("POD_NAME") or socket.gethostname()
 
 
 def parse_request(raw: str) -> WorkerRequest:
@@ -240,14 +252,42 @@ def failure(
     )
 
 
+def store_result(result: WorkerResult, request: WorkerRequest | None, settings: Settings) -> None:
+    """Write ``result`` to S3 at its result JSON key (skipped when no valid edit id is known)."""
+    key_prefix = request.output.key_prefix if request is not None else "results"
+    if result.edit_id != "unknown":
+        report.upload_result(result, settings.s3, key_prefix)
+
+
+def refuse(
+    raw: str, settings: Settings, error: EditflowError, *, worker: str | None = None
+) -> WorkerResult:
+    """The failed result of a request that is not run, stored in S3 like any failed attempt.
+
+    The ids come from the request as far as it parses, so the operator finds the result
+    where it looks for this attempt's (warm mode: an edit delivered too often).
+    """
+    request: WorkerRequest | None = None
+    with suppress(InvalidInputError):  # unreadable: the ids are salvaged from the raw JSON
+        request = parse_request(raw)
+    result = failure(request, raw, error, error)
+    result.worker = worker
+    store_result(result, request, settings)
+    return result
+
+
 def execute(
     raw: str,
     settings: Settings,
     models: ModelCache | None = None,
     *,
     termination_log: str | None = None,
+    worker: str | None = None,
 ) -> tuple[WorkerResult, int]:
-    """Parse, process and report one request; returns the result and the exit code."""
+    """Parse, process and report one request; returns the result and the exit code.
+
+    ``worker`` (the Pod's name) goes into the result, so an outcome names who ran it.
+    """
     models = models or ModelCache(settings.worker, settings.s3)
     request: WorkerRequest | None = None
     error: EditflowError | None = None
@@ -278,9 +318,8 @@ def execute(
         result = failure(request, raw, None, exc)
     if result.status == "failed":
         result.cost = timer.breakdown()
-    key_prefix = request.output.key_prefix if request is not None else "results"
-    if result.edit_id != "unknown":
-        report.upload_result(result, settings.s3, key_prefix)
+    result.worker = worker
+    store_result(result, request, settings)
     report.write_termination_message(
         termination_log if termination_log is not None else settings.worker.termination_log, result
     )

@@ -1,11 +1,12 @@
-"""Warm mode's NATS connection options come from the one settings object."""
+"""Warm mode's names: subjects, consumers and message ids per namespace and model.
+
+Its NATS connection is :func:`editflow.events.connection.connect` (tests/events).
+"""
 
 from __future__ import annotations
 
 import pytest
-from pydantic import SecretStr
 
-from editflow.core.settings import NatsSettings
 from editflow.events.worker_contract import (
     WorkerRequest,
     result_subject,
@@ -13,19 +14,6 @@ from editflow.events.worker_contract import (
     work_msg_id,
     work_subject,
 )
-from editflow.inference.serve import nats_options
-
-
-def test_credentials_are_passed_when_configured() -> None:
-    options = nats_options(
-        NatsSettings(
-            url="nats://n:4222", user="w", password=SecretStr("p"), creds_file="/run/nats.creds"
-        )
-    )
-    assert options["servers"] == ["nats://n:4222"]
-    assert (options["user"], options["password"]) == ("w", "p")
-    assert options["user_credentials"] == "/run/nats.creds"
-    assert "tls" not in options and "token" not in options
 
 
 def test_subjects_and_dedupe_ids() -> None:

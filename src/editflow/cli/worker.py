@@ -48,10 +48,10 @@ def run(
     elif raw.startswith("@"):
         raw = Path(raw[1:]).read_text(encoding="utf-8")
     from editflow.inference import report
-    from editflow.inference.worker import execute
+    from editflow.inference.worker import execute, pod_name
 
     settings = _settings()
-    result, code = execute(raw, settings, termination_log=termination_log)
+    result, code = execute(raw, settings, termination_log=termination_log, worker=pod_name())
     report.print_last_line(result)
     # Leave without interpreter teardown: a background weight load that a failed input
     # made pointless may still be running, and the exit code is the contract.
@@ -76,6 +76,13 @@ def serve(
         "--namespace",
         help="Namespace whose work queue to serve (default: EDITFLOW_NAMESPACE).",
     ),
+    idle_seconds: float = typer.Option(
+        None,
+        "--idle-seconds",
+        min=0,
+        help="Exit 0 after this long without work; 0: never "
+        "(default: EDITFLOW_WORKER__IDLE_SECONDS, 300).",
+    ),
 ) -> None:
     """Warm mode: keep the pipeline loaded and take requests from the JetStream work queue."""
     import asyncio
@@ -84,6 +91,8 @@ def serve(
     from editflow.inference.serve import WarmWorker
 
     settings = _settings()
+    if idle_seconds is not None:
+        settings.worker.idle_seconds = idle_seconds
     try:
         worker = WarmWorker(
             settings,

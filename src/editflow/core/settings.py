@@ -122,6 +122,26 @@ class WorkerSettings(BaseModel):
     termination_log: str = "/dev/termination-log"
     http_port: int = Field(8080, ge=0, le=65535, description="warm mode /healthz /readyz /metrics")
     drain_seconds: float = Field(300.0, ge=0, description="SIGTERM grace for the edit in flight")
+    # Warm mode (editflow worker serve); the operator sets these on the warm worker's Pod.
+    idle_seconds: float = Field(
+        300.0, ge=0, description="warm mode: exit 0 after this long without work (0: never)"
+    )
+    max_age_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="warm mode: past this age finish the edit in flight and exit 0 (0: no limit)",
+    )
+    max_deliveries: int = Field(
+        3,
+        ge=1,
+        description="warm mode: deliveries an edit may use; the next one is reported as poison",
+    )
+    ack_wait_seconds: float = Field(
+        60.0, gt=0, description="warm mode: how long a silent worker holds an edit"
+    )
+    config_hash: str = Field(
+        "", description="warm mode: the operator's hash of the Pod's configuration (heartbeats)"
+    )
     gate_thresholds: dict[str, dict[str, float | None]] = Field(
         default_factory=dict,
         description="quality gate thresholds per kind of edit over the defaults, e.g. "
@@ -217,6 +237,44 @@ class OperatorSettings(BaseModel):
         description="the worker container's command; the request follows as --request JSON",
     )
     worker_service_account: str = "editflow-worker"
+    worker_mode: str = Field(
+        "job",
+        pattern="^(job|warm)$",
+        description="job: one Job per attempt (a fresh Pod per edit); warm: a pool of warm "
+        "workers per namespace and model that keep the model loaded (editflow worker serve)",
+    )
+    warm_worker_command: list[str] = Field(
+        default_factory=lambda: ["editflow", "worker", "serve"],
+        min_length=1,
+        description="the warm worker container's command; --model <name> follows",
+    )
+    max_warm_workers: int = Field(
+        2, ge=1, le=256, description="warm workers per namespace and model, at most"
+    )
+    warm_idle_seconds: float = Field(
+        300, ge=0, description="a warm worker exits after this long without work (0: never)"
+    )
+    warm_max_age_seconds: float = Field(
+        24 * 3600, ge=0, description="a warm worker older than this retires after its edit"
+    )
+    warm_max_deliveries: int = Field(
+        3, ge=1, le=20, description="workers one edit may reach (each died holding it)"
+    )
+    warm_ack_wait_seconds: float = Field(
+        60, gt=0, description="a worker silent this long loses the edit it holds to another"
+    )
+    warm_nats_url: str | None = Field(
+        None, description="NATS URL warm workers connect to (default: the operator's own)"
+    )
+    warm_nats_secret: str | None = Field(
+        None,
+        description="Secret (keys user, password) with the warm workers' NATS credential in "
+        "each namespace (the chart's worker role); none: the URL alone",
+    )
+    warm_stuck_grace_seconds: float = Field(
+        60, ge=0, description="a worker still busy this long past the edit's deadline is deleted"
+    )
+
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     gpus_per_job: int = Field(1, ge=0, le=8)
     node_selector: dict[str, str] = Field(default_factory=dict)
