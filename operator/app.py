@@ -48,6 +48,7 @@ from editflow.operator.leader import LeaderElector, LeadershipLost, lease_config
 from editflow.operator.names import FINALIZER
 from editflow.operator.outbox import Deliverer, Outbox
 from editflow.operator.reconciler import Reconciler
+from editflow.operator.warmpool import WarmDispatcher
 
 log = logging.getLogger("editflow.operator")
 
@@ -158,19 +159,28 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
     topo = topology.Topology(settings.events)
     await topology.provision(nc.jetstream(), topo)
     ledger = await ApprovalLedger.open(nc.jetstream(), topo)
-    cache = ClusterCache(kube, namespaces, watch_timeout=op.watch_timeout_seconds)
+    warm = op.worker_mode == "warm"
+    cache = ClusterCache(kube, namespaces, watch_timeout=op.watch_timeout_seconds, warm_pools=warm)
     outbox = Outbox(op, kube, store=cache.outcomes, now=_utcnow)
     deliverer = Deliverer(op, kube, outbox, nats=nc, topology=topo, ledger=ledger)
-    reconciler = Reconciler(
-        settings,
-        kube,
-        cache=cache,
-        dispatcher=JobDispatcher(
+    dispatcher: JobDispatcher | WarmDispatcher
+    if warm:
+        if not op.warm_nats_url:
+            op.warm_nats_url = settings.nats.url
+        # Warm workers serve many attempts, so they read S3 with the bucket-wide key.
+        dispatcher = WarmDispatcher(kube, cache, op, nats=nc)
+    else:
+        dispatcher = JobDispatcher(
             kube,
             cache,
             op,
             minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
-        ),
+        )
+    reconciler = Reconciler(
+        settings,
+        kube,
+        cache=cache,
+        dispatcher=dispatcher,
         outbox=outbox,
         s3=s3_client(settings.s3),
     )
@@ -181,6 +191,11 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         asyncio.create_task(_supervised("deliverer", deliverer.run), name="deliverer"),
         asyncio.create_task(run_bridge(settings, kube, nc, topo, ledger=ledger), name="bridge"),
     ]
+    if isinstance(dispatcher, WarmDispatcher):
+        dispatcher.wake = reconciler.queue.add
+        state["tasks"].append(
+            asyncio.create_task(_supervised("warm-dispatch", dispatcher.run), name="warm")
+        )
     if op.metrics_port and not state.get("metrics_started"):
         start_http_server(op.metrics_port)
         state["metrics_started"] = True

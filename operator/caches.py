@@ -20,7 +20,7 @@ from editflow.operator.crd import GROUP, editjob_path, editoutcome_path
 from editflow.operator.decide import FINAL_PHASES
 from editflow.operator.informer import JSON, Informer, Key, Store, strip_noise
 from editflow.operator.kube import AsyncKube
-from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
+from editflow.operator.names import LABEL_EDITJOB, LABEL_POOL, MANAGED_BY
 
 SLIM_MARK = f"{GROUP}/slim"
 
@@ -100,17 +100,29 @@ def is_slim(editjob: JSON | None) -> bool:
 class ClusterCache:
     """Stores and informers for the operator's namespaces."""
 
-    def __init__(self, kube: AsyncKube, namespaces: list[str], *, watch_timeout: int = 60) -> None:
+    def __init__(
+        self,
+        kube: AsyncKube,
+        namespaces: list[str],
+        *,
+        watch_timeout: int = 60,
+        warm_pools: bool = False,
+    ) -> None:
         self.kube = kube
         self.namespaces = namespaces
         self.editjobs = Store(project=project_editjob)
         self.jobs = Store(project=project_job)
         self.pods = Store(project=project_pod)
         self.outcomes = Store()  # the outbox: few and small, kept whole
+        # Warm workers (worker.mode warm): their Jobs and Pods, watched apart from the
+        # attempts' so neither the work index nor the attempt view ever mistakes one.
+        self.warm_jobs = Store(project=project_job)
+        self.warm_pods = Store(project=project_pod)
         self._pods_by_job: dict[Key, set[Key]] = defaultdict(set)
         self.pods.listeners.append(self._index_pod)
         managed = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         managed_owned = f"{managed},{LABEL_EDITJOB}"
+        managed_pool = f"{managed},{LABEL_POOL}"
         self.informers: list[Informer] = []
         for ns in namespaces:
             self.informers += [
@@ -145,6 +157,25 @@ class ClusterCache:
                     watch_timeout=watch_timeout,
                 ),
             ]
+            if warm_pools:
+                self.informers += [
+                    Informer(
+                        kube,
+                        job_path(ns),
+                        self.warm_jobs,
+                        kind="warm-jobs",
+                        label_selector=managed_pool,
+                        watch_timeout=watch_timeout,
+                    ),
+                    Informer(
+                        kube,
+                        pod_path(ns),
+                        self.warm_pods,
+                        kind="warm-pods",
+                        label_selector=managed_pool,
+                        watch_timeout=watch_timeout,
+                    ),
+                ]
 
     def _index_pod(self, key: Key, old: JSON | None, new: JSON | None) -> None:
         for obj, add in ((old, False), (new, True)):
@@ -187,4 +218,5 @@ class ClusterCache:
             "jobs": len(self.jobs),
             "pods": len(self.pods),
             "outcomes": len(self.outcomes),
+            "warm_workers": len(self.warm_jobs),
         }

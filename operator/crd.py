@@ -196,7 +196,10 @@ STATUS = _obj(
         "phase": _s("Where the edit is in its life.", enum=list(PHASES)),
         "message": _s("Human-readable summary of the current phase."),
         "attempts": _i("Attempts started so far."),
-        "jobName": _s("Kubernetes Job of the current attempt."),
+        "jobName": _s(
+            "The current attempt: its Kubernetes Job (worker.mode job) or its work message (warm)."
+        ),
+        "workerPod": _s("The Pod that runs (or ran) the current attempt."),
         "resultKey": _s("Object key of the result image."),
         "resultUrl": _s("Presigned URL of the result image."),
         "costSeconds": {"type": "number", "description": "Total edit time in seconds."},
@@ -254,6 +257,7 @@ PRINTER_COLUMNS = [
     {"name": "Cost", "type": "number", "jsonPath": ".status.costSeconds", "description": "s"},
     {"name": "Gate", "type": "string", "jsonPath": ".status.quality.verdict"},
     {"name": "Result", "type": "string", "jsonPath": ".status.resultKey"},
+    {"name": "Worker", "type": "string", "jsonPath": ".status.workerPod", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

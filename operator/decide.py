@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from editflow.core.errors import ErrorInfo, is_retriable_exit_code
 from editflow.core.settings import OperatorSettings
-from editflow.events.worker_contract import QualityReport, WorkerResult
+from editflow.events.worker_contract import POISON_EDIT_CODE, QualityReport, WorkerResult
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.tenancy import source_key_refusal
@@ -293,16 +293,24 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         attempt = attempts + 1
         name = job_name_for(meta["name"], attempt)
         out.create_job = attempt
+        warm = settings.worker_mode == "warm"
         set_status(
             phase="Running",
             attempts=attempt,
             jobName=name,
+            workerPod=None,
             startedAt=_ts(now),
             retryAfter=None,
-            message=f"attempt {attempt}: starting Job {name}",
+            message=f"attempt {attempt}: "
+            + ("waiting for a warm worker" if warm else f"starting Job {name}"),
         )
-        conditions(_condition("Scheduled", True, "JobCreated", f"Job {name} created", now))
-        out.events.append(("Normal", "JobCreated", f"attempt {attempt}: created Job {name}"))
+        if warm:
+            text = f"attempt {attempt} handed to the warm pool"
+            conditions(_condition("Scheduled", True, "HandedToWarmPool", text, now))
+            out.events.append(("Normal", "AttemptQueued", text))
+        else:
+            conditions(_condition("Scheduled", True, "JobCreated", f"Job {name} created", now))
+            out.events.append(("Normal", "JobCreated", f"attempt {attempt}: created Job {name}"))
         out.requeue_after = settings.resync_seconds
         return out
 
@@ -310,6 +318,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     def attempt_failed(error: ErrorInfo, *, delete: bool = False) -> Decision:
         if delete:
             out.delete_job = job_name
+        if error.code == POISON_EDIT_CODE:
+            # Every worker that took it died: running it again would only take down more.
+            return finish("NeedsReview", f"{error.message}; a designer will take over", error=error)
         if not error.retriable:
             return finish("Failed", error.message, error=error)
         limit = max_attempts(settings, spec)
@@ -357,6 +368,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         return finish("Succeeded", edited, **recorded)
 
     def from_result(result: WorkerResult) -> Decision:
+        if result.worker:
+            set_status(workerPod=result.worker)
         if result.status == "success":
             return succeeded(result)
         error = result.error or ErrorInfo(
@@ -383,6 +396,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             return attempt_failed(
                 ErrorInfo("result_missing", f"Job {job_name} completed without a result", True)
             )
+        if reason == "ModelLoadFailed":  # warm mode: no worker of the pool loads the model
+            detail = (
+                next((c.get("message") for c in job["status"].get("conditions") or []), "")
+                or "no warm worker could load the model"
+            )
+            return attempt_failed(ErrorInfo("model_load_failed", detail, True))
         if reason == "DeadlineExceeded":
             deadline = int(spec.get("deadlineSeconds") or settings.deadline_seconds)
             return attempt_failed(
@@ -428,9 +447,17 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         return out
     running = [p for p in obs.pods if p.get("status", {}).get("phase") == "Running"]
     message = f"attempt {attempts}: running"
-    if running and (phase != "Running" or status.get("message") != message):
+    if running and (
+        phase != "Running"
+        or status.get("message") != message
+        or status.get("workerPod") != running[0]["metadata"].get("name")
+    ):
         node = running[0]["spec"].get("nodeName")
-        set_status(phase="Running", message=message)
+        pod = running[0]["metadata"].get("name")
+        set_status(phase="Running", message=message, workerPod=pod)
+        if settings.worker_mode == "warm":
+            message = f"attempt {attempts}: running in warm worker {pod}"
+            set_status(message=message)
         conditions(_condition("Scheduled", True, "PodRunning", f"running on {node}", now))
     out.requeue_after = settings.resync_seconds
     return out

@@ -3,8 +3,9 @@
 The reconciler decides *when* an attempt starts or stops and reads *what
 happened* to it; a :class:`Dispatcher` knows *how*. :class:`JobDispatcher` is
 one batch/v1 Job per attempt (brief §8), observed from the watch-fed caches.
-Warm workers (one work message per attempt, handed to a worker that keeps the
-model loaded) plug in as another dispatcher with the same three calls.
+:class:`~editflow.operator.warmpool.WarmDispatcher` (``worker.mode: warm``) hands
+each attempt as one work message to a worker that keeps the model loaded, with
+the same three calls.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from editflow.core.settings import OperatorSettings
+from editflow.events.worker_contract import WorkerResult
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, job_path
 from editflow.operator.credentials import (
@@ -27,21 +29,35 @@ from editflow.operator.names import job_name
 
 @dataclass(frozen=True)
 class AttemptView:
-    """What the cluster shows of one attempt (``job`` is None when it is gone)."""
+    """What the cluster shows of one attempt (``job`` is None when it is gone).
+
+    ``job`` is the attempt's batch/v1 Job, or (warm mode) a Job-shaped record with the
+    same condition vocabulary, so one :func:`~editflow.operator.decide.decide` serves both.
+    """
 
     job: JSON | None
     pods: tuple[JSON, ...]
+    #: The attempt's result when the dispatcher already has it (warm: heard from the worker).
+    result: WorkerResult | None = None
+    #: Look for the result in S3 even though the attempt seems to run (after a restart).
+    check_result: bool = False
 
 
 class Dispatcher(Protocol):
-    def observe(self, namespace: str, name: str) -> AttemptView:
-        """The attempt named ``name`` as the caches see it (no apiserver call)."""
+    def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
+        """The attempt named ``name`` as the caches see it (no apiserver call).
+
+        ``editjob`` lets a dispatcher take over an attempt an earlier process started.
+        """
 
     async def start(self, editjob: JSON, attempt: int) -> str:
         """Start ``attempt`` (idempotent: a repeat finds it already started); returns its name."""
 
     async def stop(self, namespace: str, name: str) -> bool:
         """Stop the attempt; ``False`` when it was already gone."""
+
+    def record_result(self, namespace: str, name: str, result: WorkerResult) -> None:
+        """A result the reconciler found in S3 for an attempt the dispatcher watches."""
 
 
 class JobDispatcher:
@@ -67,7 +83,7 @@ class JobDispatcher:
         self.op = op
         self.minter = minter
 
-    def observe(self, namespace: str, name: str) -> AttemptView:
+    def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
         job = self.cache.jobs.get((namespace, name))
         return AttemptView(job=job, pods=tuple(self.cache.pods_of(namespace, name)))
 
@@ -105,3 +121,6 @@ class JobDispatcher:
 
     async def stop(self, namespace: str, name: str) -> bool:
         return await self.kube.delete(job_path(namespace, name))
+
+    def record_result(self, namespace: str, name: str, result: WorkerResult) -> None:
+        """Nothing to do: a Job's result is read again from its Pod or from S3."""

@@ -123,34 +123,25 @@ def s3_env(secret: str, *, session_token: bool) -> list[dict[str, Any]]:
     ]
 
 
-def job_manifest(
-    editjob: dict[str, Any],
-    attempt: int,
+def worker_pod_spec(
     settings: OperatorSettings,
     *,
+    command: list[str],
+    args: list[str],
+    env: list[dict[str, Any]],
     credentials_secret: str | None = None,
 ) -> dict[str, Any]:
-    """The Job of one attempt.
+    """The worker Pod both dispatch modes run: non-root, read-only root, GPU, weights.
 
-    ``credentials_secret`` names the attempt's own Secret of short-lived keys
-    (:mod:`editflow.operator.credentials`); without it the worker gets the
-    bucket-wide ``settings.s3_secret``.
+    One function so a Job-mode attempt and a warm worker never drift apart in what they
+    mount, which key they read S3 with, or how locked down they are.
     """
-    meta = editjob["metadata"]
-    spec = editjob["spec"]
-    request = worker_request(editjob, attempt, settings)
-    labels = labels_for(editjob, attempt)
-    annotations = {}
-    if (spec.get("oa") or {}).get("eventId"):
-        annotations[ANNOTATION_EVENT_ID] = spec["oa"]["eventId"]
-
     resources: dict[str, dict[str, str]] = {
         kind: dict(values) for kind, values in settings.worker_resources.items()
     }
     if settings.gpus_per_job:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(settings.gpus_per_job)
-
-    env: list[dict[str, Any]] = [
+    all_env: list[dict[str, Any]] = [
         *s3_env(
             credentials_secret or settings.s3_secret,
             session_token=credentials_secret is not None,
@@ -166,7 +157,8 @@ def job_manifest(
             )
             if settings.weights_secret
         ),
-        {"name": "EDITFLOW_EDIT_ID", "value": meta["name"]},
+        *env,
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
@@ -179,30 +171,25 @@ def job_manifest(
             }
         )
         mounts.append({"name": "models", "mountPath": settings.models_mount_path, "readOnly": True})
-        env.append({"name": "EDITFLOW_WORKER__MODELS_ROOT", "value": settings.models_mount_path})
+        all_env.append(
+            {"name": "EDITFLOW_WORKER__MODELS_ROOT", "value": settings.models_mount_path}
+        )
     cache = weights_cache_volume(settings)
     if cache is not None:
         # Weights from S3 land once per node (hostPath) or per cluster (RWX PVC), not per Pod.
         volumes.append(cache)
         mounts.append({"name": cache["name"], "mountPath": settings.weights_cache_mount_path})
-        env.append(
+        all_env.append(
             {"name": "EDITFLOW_WORKER__CACHE_DIR", "value": settings.weights_cache_mount_path}
         )
-
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
         "image": settings.worker_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": list(settings.worker_command),
-        "args": [
-            "--request",
-            # exclude_unset: the worker tells an explicit field from a default (profiles).
-            request.model_dump_json(exclude_unset=True),
-            "--termination-log",
-            TERMINATION_LOG,
-        ],
+        "command": command,
+        "args": args,
         "envFrom": [{"configMapRef": {"name": settings.worker_configmap, "optional": True}}],
-        "env": env,
+        "env": all_env,
         "resources": resources,
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -235,7 +222,42 @@ def job_manifest(
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
     if settings.priority_class:
         pod_spec["priorityClassName"] = settings.priority_class
+    return pod_spec
 
+
+def job_manifest(
+    editjob: dict[str, Any],
+    attempt: int,
+    settings: OperatorSettings,
+    *,
+    credentials_secret: str | None = None,
+) -> dict[str, Any]:
+    """The Job of one attempt.
+
+    ``credentials_secret`` names the attempt's own Secret of short-lived keys
+    (:mod:`editflow.operator.credentials`); without it the worker gets the
+    bucket-wide ``settings.s3_secret``.
+    """
+    meta = editjob["metadata"]
+    spec = editjob["spec"]
+    request = worker_request(editjob, attempt, settings)
+    labels = labels_for(editjob, attempt)
+    annotations = {}
+    if (spec.get("oa") or {}).get("eventId"):
+        annotations[ANNOTATION_EVENT_ID] = spec["oa"]["eventId"]
+    pod_spec = worker_pod_spec(
+        settings,
+        command=list(settings.worker_command),
+        args=[
+            "--request",
+            # exclude_unset: the worker tells an explicit field from a default (profiles).
+            request.model_dump_json(exclude_unset=True),
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        env=[{"name": "EDITFLOW_EDIT_ID", "value": meta["name"]}],
+        credentials_secret=credentials_secret,
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

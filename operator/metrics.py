@@ -64,3 +64,12 @@ QUALITY_VERDICTS = Counter(
     "The quality gate's verdicts on finished edits",
     ["verdict"],
 )
+
+# -- warm dispatch (worker.mode warm) --------------------------------------------------
+WARM_WORKERS = Gauge("editflow_warm_workers", "warm workers heard from, by state", ["state"])
+WARM_WAITING = Gauge("editflow_warm_waiting", "attempts waiting for an idle warm worker")
+WARM_HANDED_OUT = Counter("editflow_warm_handed_out_total", "attempts handed to warm workers")
+WARM_WORKERS_STARTED = Counter("editflow_warm_workers_started_total", "warm worker Jobs created")
+WARM_WORKERS_REPLACED = Counter(
+    "editflow_warm_workers_replaced_total", "warm workers deleted (stuck past a deadline)"
+)

@@ -16,6 +16,10 @@ LABEL_EDITJOB = f"{GROUP}/editjob"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_FORM = f"{GROUP}/oa-form"
 LABEL_APPROVAL = f"{GROUP}/oa-approval"
+#: Warm worker Jobs and Pods: the model of the pool they belong to.
+LABEL_POOL = f"{GROUP}/warm-pool"
+#: The hash of the configuration a warm worker's Pod was created from.
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 ANNOTATION_EVENT_ID = f"{GROUP}/event-id"
 ANNOTATION_CANCEL = f"{GROUP}/cancel"
 ANNOTATION_RESOLVE = f"{GROUP}/resolve-result-key"

@@ -356,10 +356,14 @@ class Reconciler:
         completion_id = None
         job_name = status.get("jobName")
         if job_name and phase not in FINAL_PHASES:
-            view = self.dispatcher.observe(namespace, job_name)
+            view = self.dispatcher.observe(namespace, job_name, editjob)
+            if view.check_result and (found := await self.result_from_s3(editjob)):
+                # Finished while no operator listened (warm mode, after a restart).
+                self.dispatcher.record_result(namespace, job_name, found)
+                view = self.dispatcher.observe(namespace, job_name, editjob)
             job, pods = view.job, view.pods
             if job is None or job_finished(job):
-                result = result_from_pods(pods) or await self.result_from_s3(editjob)
+                result = view.result or result_from_pods(pods) or await self.result_from_s3(editjob)
                 result = result and signed_by_operator(result, self.presigner)
         elif phase in ("", "Pending", "Queued"):
             in_flight = self.index.in_flight(namespace)

@@ -91,9 +91,14 @@ class WorkIndex:
         status = (new or {}).get("status") or {}
         job = status.get("jobName")
         if new is not None and job and status.get("phase") not in FINAL_PHASES:
+            released = ns.claimed.get(name)
             ns.claimed[name] = job
         else:
-            ns.claimed.pop(name, None)
+            released = ns.claimed.pop(name, None)
+        if released and released != job:
+            # The status no longer names that attempt: its reservation is over too (a warm
+            # attempt has no Job whose event would end it; a Job still running counts anyway).
+            ns.reserved.discard(released)
         if waits_for_slot(new):
             assert new is not None
             entry = sort_key(new)

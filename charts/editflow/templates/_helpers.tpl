@@ -257,12 +257,20 @@ it generates, without changing them on every upgrade.
 Usage: {{ include "editflow.keep" (dict "ctx" . "secret" "name" "key" "token" "length" 40) }}
 */}}
 {{- define "editflow.keep" -}}
+{{- /* Memoised for the render: two templates asking for the same key (the NATS Secret and a
+worker namespace's copy of the worker's password) get the same generated value. */}}
+{{- $memo := .ctx.Values.editflowGenerated | default dict }}
+{{- $_ := set .ctx.Values "editflowGenerated" $memo }}
+{{- $id := printf "%s/%s" .secret .key }}
+{{- if not (hasKey $memo $id) }}
 {{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret }}
 {{- if and $existing $existing.data (hasKey $existing.data .key) }}
-{{- index $existing.data .key | b64dec }}
+{{- $_ := set $memo $id (index $existing.data .key | b64dec) }}
 {{- else }}
-{{- randAlphaNum (int .length) }}
+{{- $_ := set $memo $id (randAlphaNum (int .length)) }}
 {{- end }}
+{{- end }}
+{{- index $memo $id }}
 {{- end }}
 
 {{/*
@@ -503,5 +511,18 @@ Usage: {{ include "editflow.egressPeers" (dict "ctx" . "addresses" $url "default
       protocol: TCP
 {{- end }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret (keys user, password) with the warm workers' NATS credential, created in every
+worker namespace: only for generated user/password auth (a Secret of yours lives in the
+release namespace only; create `<fullname>-worker-nats` in each namespace yourself then).
+Usage: {{ include "editflow.workerNatsSecret" . }} -> name, or empty
+*/}}
+{{- define "editflow.workerNatsSecret" -}}
+{{- $auth := .Values.nats.auth }}
+{{- if and (eq .Values.worker.mode "warm") (eq $auth.method "userPassword") (not $auth.existingSecret) (not $auth.insecure) }}
+{{- printf "%s-worker-nats" (include "editflow.fullname" .) }}
 {{- end }}
 {{- end }}

@@ -52,6 +52,8 @@ Usage: {{- $n := include "editflow.natsNames" . | fromJson }}
   "callbackPrefix" "oa.callbacks"
   "workPrefix" "editflow.work"
   "resultPrefix" "editflow.worker.results"
+  "workerStatusPrefix" "editflow.worker.status"
+  "workerControlPrefix" "editflow.worker.control"
   "approvalSubject" .Values.events.approvalSubject
   "withdrawSubject" .Values.events.withdrawSubject) }}
 {{- end }}
@@ -126,8 +128,10 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
     (printf "%s.>" $n.reviewPrefix)
     (printf "%s.>" $n.dlqPrefix)
     (printf "%s.>" $n.callbackPrefix)
-    (printf "%s.>" $n.workPrefix)) }}
-{{- $operatorSub := list "_INBOX.>" (printf "%s.>" $n.resultPrefix) }}
+    (printf "%s.>" $n.workPrefix)
+    (printf "%s.>" $n.workerControlPrefix)
+    (printf "$JS.API.STREAM.MSG.DELETE.%s" $n.work)) }}
+{{- $operatorSub := list "_INBOX.>" (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) }}
 {{- $gatewayPub := concat $info
   (list $n.approvalSubject $n.withdrawSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
@@ -138,7 +142,7 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
 {{- $workerPub := concat $info
   (include "editflow.jsOwn" $n.work | fromJsonArray)
   (include "editflow.jsConsume" $n.work | fromJsonArray)
-  (list (printf "%s.>" $n.resultPrefix) "_INBOX.>") }}
+  (list (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) "_INBOX.>") }}
 {{- $publisherPub := concat $info
   (list $n.approvalSubject $n.withdrawSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
@@ -146,7 +150,7 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
 {{- toJson (dict
   "operator" (dict "publish" (dict "allow" $operatorPub) "subscribe" (dict "allow" $operatorSub))
   "gateway" (dict "publish" (dict "allow" $gatewayPub) "subscribe" (dict "allow" $outcomes))
-  "worker" (dict "publish" (dict "allow" $workerPub) "subscribe" (dict "allow" (list "_INBOX.>")))
+  "worker" (dict "publish" (dict "allow" $workerPub) "subscribe" (dict "allow" (list "_INBOX.>" (printf "%s.>" $n.workerControlPrefix))))
   "publisher" (dict "publish" (dict "allow" $publisherPub) "subscribe" (dict "allow" (append $outcomes (printf "%s.>" $n.callbackPrefix))))) }}
 {{- end }}
 

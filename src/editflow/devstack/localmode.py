@@ -91,6 +91,9 @@ def install_namespace(
         # The demo and tests serve source images from loopback; a cluster never would.
         "EDITFLOW_WORKER__ALLOW_CIDRS": '["127.0.0.0/8"]',
         "EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS": "120",
+        # Workers of a host-mapped image share the host's network here (a cluster gives each
+        # Pod its own): a warm worker's /healthz port is any free one, not 8080 for all.
+        "EDITFLOW_WORKER__HTTP_PORT": "0",
         **(worker_env or {}),
     }
     _create(api, f"{base}/configmaps", {"metadata": {"name": "editflow-worker"}, "data": data})

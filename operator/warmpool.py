@@ -1,0 +1,694 @@
+"""Warm dispatch (``worker.mode: warm``): attempts go to workers that keep the model loaded.
+
+Per namespace and model the operator keeps 0..N warm worker Jobs
+(:mod:`editflow.operator.warmjobs`, ``editflow worker serve``). N follows the
+attempts waiting and running, bounded by ``max_warm_workers`` and the namespace's
+cap; a worker exits by itself after ``warm_idle_seconds`` without work, so an idle
+pool shrinks to zero.
+
+An attempt is one message on the JetStream work queue (``Nats-Msg-Id`` per
+attempt, so a repeated hand-out is dropped as a duplicate) and its deliveries.
+The operator hands attempts out itself, in the namespace queue's order (priority,
+then age), and only as many as there are idle workers it hears from
+(:class:`~editflow.events.worker_contract.WorkerHeartbeat`): the work queue is
+never deep enough to reorder anything. The outcome is the worker's result JSON,
+heard on the result subject (and read from S3 after an operator restart).
+
+What the reconciler sees is the same :class:`~editflow.operator.dispatch.AttemptView`
+as in Job mode: a Job-shaped record whose conditions say Complete, or Failed with
+``DeadlineExceeded`` / ``ModelLoadFailed``, and the worker's Pod while it runs the
+attempt. So :func:`~editflow.operator.decide.decide` is one function for both
+modes, with the same phases, conditions, retries and timeouts.
+
+Guarantees and where they are kept:
+
+* deadline: an attempt handed out longer than its deadline is reported failed
+  (``DeadlineExceeded``), its message deleted; a worker still busy with it past
+  deadline + ``warm_stuck_grace_seconds`` is deleted, and the pool replaces it;
+* pending timeout: while no worker of the pool is running, an attempt waits with
+  the pool's unschedulable Pod in its view (``decide`` ends it after the pending
+  timeout);
+* cancel: :meth:`WarmDispatcher.stop` forgets the attempt, deletes its message if
+  it was not taken yet; a result that arrives later names an attempt nobody waits
+  for and is dropped;
+* a worker killed mid-edit: JetStream redelivers after ``ack_wait`` to another
+  worker; the same attempt writes the same result key, so it never yields two
+  results; past ``warm_max_deliveries`` the worker that receives it reports it as
+  poison (NeedsReview);
+* a model that fails to load: the pool backs off between worker starts, and after
+  two failed starts in a row with no worker up, waiting attempts fail with the
+  reason (retried with backoff, then NeedsReview);
+* upgrades: a worker whose configuration hash is not the current one is asked to
+  retire after its edit (control subject), and a new one started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from editflow.core.settings import OperatorSettings
+from editflow.events.worker_contract import (
+    HEARTBEAT_EXPIRY_SECONDS,
+    MODEL_LOAD_FAILED_CODE,
+    RESULT_SUBJECT_PREFIX,
+    WORK_STREAM,
+    WORKER_STATUS_PREFIX,
+    WorkerControl,
+    WorkerHeartbeat,
+    WorkerResult,
+    work_msg_id,
+    work_subject,
+    worker_control_subject,
+)
+from editflow.events.workqueue import ensure_work_consumer
+from editflow.operator import metrics
+from editflow.operator.caches import ClusterCache, job_path
+from editflow.operator.dispatch import AttemptView
+from editflow.operator.jobspec import worker_request
+from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
+from editflow.operator.names import LABEL_POOL, job_name
+from editflow.operator.warmjobs import config_hash, warm_job_manifest
+from editflow.operator.workindex import SortKey, job_finished, sort_key
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+PoolKey = tuple[str, str]  # (namespace, model)
+
+#: Failed worker starts in a row (no worker up meanwhile) after which waiting attempts fail.
+LOAD_FAILURES_TO_GIVE_UP = 2
+TICK_SECONDS = 0.5
+
+
+def _stamp(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _record(name: str, created: float, condition: dict[str, str] | None = None) -> JSON:
+    """The Job-shaped view of a warm attempt that :func:`decide` reads."""
+    status: JSON = {}
+    if condition is not None:
+        status["conditions"] = [{"status": "True", **condition}]
+    return {"metadata": {"name": name, "creationTimestamp": _stamp(created)}, "status": status}
+
+
+@dataclass
+class WarmAttempt:
+    """One attempt the dispatcher owns, from hand-out queue to result."""
+
+    namespace: str
+    name: str
+    edit_id: str
+    attempt: int
+    model: str
+    order: SortKey
+    payload: bytes
+    msg_id: str
+    deadline: float
+    created: float = field(default_factory=time.time)
+    published_at: float | None = None
+    seq: int | None = None
+    result: WorkerResult | None = None
+    #: Set when the dispatcher itself gave up on it (deadline, model failure).
+    failed: dict[str, str] | None = None
+    #: After an operator restart: look for a result in S3 once before waiting on.
+    check_result: bool = False
+
+
+@dataclass
+class Pool:
+    namespace: str
+    model: str
+    waiting: list[tuple[SortKey, str]] = field(default_factory=list)  # sorted
+    consumer_ready: bool = False
+    failures_in_a_row: int = 0
+    next_start: float = 0.0
+    last_error: str = ""
+
+
+class WorkerRegistry:
+    """Heartbeats by Pod; a worker not heard from for a while is gone."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.workers: dict[Key, tuple[WorkerHeartbeat, float]] = {}
+
+    def heard(self, beat: WorkerHeartbeat) -> WorkerHeartbeat | None:
+        """Record ``beat``; returns the previous one of that Pod."""
+        key = (beat.namespace, beat.pod)
+        previous = self.workers.get(key)
+        self.workers[key] = (beat, self.clock())
+        return previous[0] if previous else None
+
+    def expire(self) -> list[WorkerHeartbeat]:
+        horizon = self.clock() - HEARTBEAT_EXPIRY_SECONDS
+        gone = [k for k, (_, at) in self.workers.items() if at < horizon]
+        return [self.workers.pop(k)[0] for k in gone]
+
+    def forget(self, namespace: str, pod: str) -> None:
+        self.workers.pop((namespace, pod), None)
+
+    def of_pool(self, namespace: str, model: str) -> list[WorkerHeartbeat]:
+        return [
+            beat
+            for (ns, _), (beat, _) in self.workers.items()
+            if ns == namespace and beat.model == model
+        ]
+
+    def running(self, namespace: str, edit_id: str, attempt: int) -> WorkerHeartbeat | None:
+        for (ns, _), (beat, _) in self.workers.items():
+            if (
+                ns == namespace
+                and beat.state in ("busy", "draining")
+                and beat.edit_id == edit_id
+                and beat.attempt == attempt
+            ):
+                return beat
+        return None
+
+
+class WarmDispatcher:
+    """The :class:`~editflow.operator.dispatch.Dispatcher` of warm mode (module docstring)."""
+
+    def __init__(
+        self,
+        kube: AsyncKube,
+        cache: ClusterCache,
+        op: OperatorSettings,
+        *,
+        nats: Any,
+        wake: Callable[[Key], None] = lambda key: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.op = op
+        self.nc = nats
+        self.js = nats.jetstream() if nats is not None else None
+        self.wake = wake
+        self.clock = clock
+        self.registry = WorkerRegistry()
+        self.attempts: dict[Key, WarmAttempt] = {}
+        self.pools: dict[PoolKey, Pool] = {}
+        #: Results heard for attempts this process does not (yet) own: an operator restart.
+        self.unclaimed_results: dict[Key, WorkerResult] = {}
+        self._retired: dict[Key, float] = {}
+        self._deleting: set[Key] = set()
+        self._kick = asyncio.Event()
+        self._subscriptions: list[Any] = []
+        #: Worker Jobs whose failure was already counted (by heartbeat or by the Job).
+        self._failures_counted: set[Key] = set()
+        cache.warm_jobs.listeners.append(self._warm_job_changed)
+
+    # -- the Dispatcher seam -------------------------------------------------------
+    def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
+        key = (namespace, name)
+        attempt = self.attempts.get(key)
+        if attempt is None and editjob is not None:
+            attempt = self._adopt(editjob, name)
+        if attempt is None:
+            return AttemptView(job=None, pods=())
+        if attempt.result is None and key in self.unclaimed_results:
+            attempt.result = self.unclaimed_results.pop(key)
+        if attempt.result is not None:
+            return AttemptView(
+                job=_record(name, attempt.created, {"type": "Complete", "reason": "Completed"}),
+                pods=(),
+                result=attempt.result,
+            )
+        check, attempt.check_result = attempt.check_result, False
+        if attempt.failed is not None:
+            return AttemptView(
+                job=_record(name, attempt.created, {"type": "Failed", **attempt.failed}), pods=()
+            )
+        worker = self.registry.running(namespace, attempt.edit_id, attempt.attempt)
+        if worker is not None:
+            pod = self.cache.warm_pods.get((namespace, worker.pod))
+            return AttemptView(
+                job=_record(name, attempt.created), pods=(pod,) if pod else (), check_result=check
+            )
+        return AttemptView(
+            job=_record(name, attempt.created),
+            pods=self._waiting_pods(attempt),
+            check_result=check,
+        )
+
+    async def start(self, editjob: JSON, attempt: int) -> str:
+        meta = editjob["metadata"]
+        name = job_name(meta["name"], attempt)
+        key = (meta["namespace"], name)
+        if key not in self.attempts:
+            self._enqueue(self._new_attempt(editjob, attempt))
+        return name
+
+    async def stop(self, namespace: str, name: str) -> bool:
+        attempt = self.attempts.pop((namespace, name), None)
+        self.unclaimed_results.pop((namespace, name), None)
+        if attempt is None:
+            return False
+        pool = self.pools.get((namespace, attempt.model))
+        if pool is not None:
+            self._leave_waiting(pool, attempt)
+        if attempt.seq is not None:
+            await self._delete_message(attempt)
+        self._kick.set()
+        return True
+
+    def record_result(self, namespace: str, name: str, result: WorkerResult) -> None:
+        """A result found elsewhere (S3, after a restart) for an attempt this process owns."""
+        attempt = self.attempts.get((namespace, name))
+        if attempt is not None and result.attempt == attempt.attempt:
+            attempt.result = result
+
+    # -- attempts ---------------------------------------------------------------------
+    def _new_attempt(self, editjob: JSON, number: int) -> WarmAttempt:
+        meta, spec = editjob["metadata"], editjob["spec"]
+        request = worker_request(editjob, number, self.op)
+        return WarmAttempt(
+            namespace=meta["namespace"],
+            name=job_name(meta["name"], number),
+            edit_id=meta["name"],
+            attempt=number,
+            model=request.model,
+            order=sort_key(editjob),
+            # exclude_unset: the worker tells an explicit field from a default (profiles).
+            payload=request.model_dump_json(exclude_unset=True).encode(),
+            msg_id=work_msg_id(meta["namespace"], request),
+            deadline=float(spec.get("deadlineSeconds") or self.op.deadline_seconds),
+            created=self.clock(),
+        )
+
+    def _adopt(self, editjob: JSON, name: str) -> WarmAttempt | None:
+        """An attempt a previous operator process started: take it over where it is.
+
+        Handing it out again is safe: the message id is the attempt's, so JetStream drops
+        the repeat while the first is still known (the duplicate window), and a worker
+        busy with it keeps it. A result written while no operator listened is in S3.
+        """
+        status = editjob.get("status") or {}
+        number = int(status.get("attempts") or 0)
+        if number < 1 or status.get("jobName") != name:
+            return None
+        attempt = self._new_attempt(editjob, number)
+        started = status.get("startedAt")
+        with contextlib.suppress(ValueError, TypeError):
+            attempt.created = (
+                datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+            )
+        attempt.check_result = True
+        self._enqueue(attempt)
+        log.info("adopted a warm attempt", extra={"editjob": editjob["metadata"]["name"]})
+        return attempt
+
+    def _enqueue(self, attempt: WarmAttempt) -> None:
+        self.attempts[(attempt.namespace, attempt.name)] = attempt
+        pool = self._pool(attempt.namespace, attempt.model)
+        bisect.insort(pool.waiting, (attempt.order, attempt.name))
+        self._kick.set()
+
+    def _leave_waiting(self, pool: Pool, attempt: WarmAttempt) -> None:
+        entry = (attempt.order, attempt.name)
+        i = bisect.bisect_left(pool.waiting, entry)
+        if i < len(pool.waiting) and pool.waiting[i] == entry:
+            pool.waiting.pop(i)
+
+    def _pool(self, namespace: str, model: str) -> Pool:
+        return self.pools.setdefault((namespace, model), Pool(namespace, model))
+
+    def _waiting_pods(self, attempt: WarmAttempt) -> tuple[JSON, ...]:
+        """While no worker can take it: the pool's Pods that cannot start, for decide()."""
+        pods = []
+        for pod in self._pool_pods(attempt.namespace, attempt.model):
+            if (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            # The wait counts from the attempt, not from a Pod that was pending before it.
+            meta = dict(pod["metadata"])
+            meta["creationTimestamp"] = max(
+                meta.get("creationTimestamp") or "", _stamp(attempt.created)
+            )
+            pods.append({**pod, "metadata": meta})
+        return tuple(pods)
+
+    # -- the loop -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Heartbeats and results in, hand-outs, pool sizes and replacements out."""
+        self._subscriptions = [
+            await self.nc.subscribe(f"{WORKER_STATUS_PREFIX}.>", cb=self._on_heartbeat),
+            await self.nc.subscribe(f"{RESULT_SUBJECT_PREFIX}.>", cb=self._on_result),
+        ]
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), TICK_SECONDS)
+                self._kick.clear()
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("warm dispatch tick failed; retrying")
+                    await asyncio.sleep(1.0)
+        finally:
+            for sub in self._subscriptions:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def tick(self) -> None:
+        for beat in self.registry.expire():
+            self._worker_gone(beat)
+        for pool in list(self.pools.values()):
+            await self._hand_out(pool)
+            await self._scale(pool)
+            self._give_up_if_no_worker_can_load(pool)
+        self._check_deadlines()
+        await self._replace_stuck_workers()
+        await self._retire_outdated()
+        self._export_metrics()
+
+    async def _on_heartbeat(self, msg: Any) -> None:
+        try:
+            beat = WorkerHeartbeat.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("unreadable worker heartbeat", extra={"subject": msg.subject})
+            return
+        if beat.namespace not in self.cache.namespaces:
+            return
+        previous = self.registry.heard(beat)
+        pool = self._pool(beat.namespace, beat.model)
+        if beat.state == "failed":
+            job = self._job_of_pod(beat.namespace, beat.pod)
+            if job is None or (beat.namespace, job) not in self._failures_counted:
+                if job is not None:
+                    self._failures_counted.add((beat.namespace, job))
+                self._load_failed(pool, beat.error or "the model did not load")
+            else:
+                pool.last_error = beat.error or pool.last_error
+            self.registry.forget(beat.namespace, beat.pod)
+        elif beat.state in ("idle", "busy"):
+            pool.failures_in_a_row = 0
+        if beat.state == "stopped":
+            self.registry.forget(beat.namespace, beat.pod)
+        changed = previous is None or (previous.state, previous.edit_id, previous.attempt) != (
+            beat.state,
+            beat.edit_id,
+            beat.attempt,
+        )
+        if changed:
+            for edit_id, number in {
+                (b.edit_id, b.attempt) for b in (previous, beat) if b and b.edit_id and b.attempt
+            }:
+                self.wake((beat.namespace, edit_id))
+                attempt = self.attempts.get((beat.namespace, job_name(edit_id, number)))
+                if attempt is not None and attempt.published_at is None:
+                    attempt.published_at = self.clock()  # taken: an adopted hand-out
+            self._kick.set()
+
+    async def _on_result(self, msg: Any) -> None:
+        parts = msg.subject.split(".")
+        namespace = parts[len(RESULT_SUBJECT_PREFIX.split("."))] if len(parts) > 4 else ""
+        try:
+            result = WorkerResult.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("unreadable worker result", extra={"subject": msg.subject})
+            return
+        key = (namespace, job_name(result.edit_id, result.attempt))
+        attempt = self.attempts.get(key)
+        if attempt is not None and attempt.attempt == result.attempt:
+            attempt.result = result
+        elif namespace in self.cache.namespaces:
+            self.unclaimed_results[key] = result
+        self.wake((namespace, result.edit_id))
+        self._kick.set()
+
+    def _warm_job_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
+        """A worker Job that failed without saying why (a crash before its first heartbeat)
+        still counts as a failed start: the pool backs off instead of crash-looping."""
+        if new is None:
+            self._failures_counted.discard(key)
+            return
+        failed = any(
+            c.get("type") == "Failed" and c.get("status") == "True"
+            for c in (new.get("status") or {}).get("conditions") or []
+        )
+        if not failed or key in self._failures_counted:
+            return
+        self._failures_counted.add(key)
+        model = (new["metadata"].get("labels") or {}).get(LABEL_POOL)
+        if model:
+            self._load_failed(self._pool(key[0], model), f"worker Job {key[1]} failed")
+        self._kick.set()
+
+    def _job_of_pod(self, namespace: str, pod: str) -> str | None:
+        found = self.cache.warm_pods.get((namespace, pod))
+        return ((found or {}).get("metadata", {}).get("labels") or {}).get("job-name")
+
+    def _worker_gone(self, beat: WorkerHeartbeat) -> None:
+        log.info("warm worker gone silent", extra={"pod": beat.pod, "state": beat.state})
+        if beat.edit_id:
+            self.wake((beat.namespace, beat.edit_id))
+
+    # -- hand-out ------------------------------------------------------------------------
+    async def _hand_out(self, pool: Pool) -> None:
+        """Publish as many waiting attempts, head of the queue first, as workers are idle."""
+        if not pool.waiting:
+            return
+        workers = self.registry.of_pool(pool.namespace, pool.model)
+        idle = sum(1 for w in workers if w.state == "idle")
+        busy = {(w.edit_id, w.attempt) for w in workers if w.edit_id}
+        untaken = sum(
+            1
+            for a in self.attempts.values()
+            if a.namespace == pool.namespace
+            and a.model == pool.model
+            and a.seq is not None
+            and a.result is None
+            and (a.edit_id, a.attempt) not in busy
+        )
+        free = idle - untaken
+        if free <= 0:
+            return
+        if not pool.consumer_ready:
+            await ensure_work_consumer(
+                self.js,
+                pool.namespace,
+                pool.model,
+                ack_wait=self.op.warm_ack_wait_seconds,
+                max_deliveries=self.op.warm_max_deliveries,
+            )
+            pool.consumer_ready = True
+        for _, name in list(pool.waiting[:free]):
+            attempt = self.attempts.get((pool.namespace, name))
+            if attempt is None:
+                pool.waiting.remove(next(e for e in pool.waiting if e[1] == name))
+                continue
+            ack = await self.js.publish(
+                work_subject(pool.namespace, pool.model),
+                attempt.payload,
+                headers={"Nats-Msg-Id": attempt.msg_id},
+            )
+            self._leave_waiting(pool, attempt)
+            attempt.seq = ack.seq
+            attempt.published_at = attempt.published_at or self.clock()
+            metrics.WARM_HANDED_OUT.inc()
+            log.info(
+                "handed out to the warm pool",
+                extra={"editjob": attempt.edit_id, "attempt": attempt.attempt, "seq": ack.seq},
+            )
+            self.wake((attempt.namespace, attempt.edit_id))
+
+    async def _delete_message(self, attempt: WarmAttempt) -> None:
+        """Take an attempt that nobody may run any more off the work queue (if still there)."""
+        with contextlib.suppress(Exception):
+            await self.js.delete_msg(WORK_STREAM, attempt.seq)
+
+    # -- pool size ------------------------------------------------------------------------
+    def _pool_jobs(self, namespace: str, model: str) -> list[JSON]:
+        return [
+            job
+            for (ns, _), job in self.cache.warm_jobs.items.items()
+            if ns == namespace
+            and (job["metadata"].get("labels") or {}).get(LABEL_POOL) == model
+            and not job_finished(job)
+            and not job["metadata"].get("deletionTimestamp")
+        ]
+
+    def _pool_pods(self, namespace: str, model: str) -> list[JSON]:
+        return [
+            pod
+            for (ns, _), pod in self.cache.warm_pods.items.items()
+            if ns == namespace
+            and (pod["metadata"].get("labels") or {}).get(LABEL_POOL) == model
+            and not pod["metadata"].get("deletionTimestamp")
+        ]
+
+    def demand(self, pool: Pool) -> int:
+        return sum(
+            1
+            for a in self.attempts.values()
+            if a.namespace == pool.namespace
+            and a.model == pool.model
+            and a.result is None
+            and a.failed is None
+        )
+
+    async def _scale(self, pool: Pool) -> None:
+        target = min(self.op.max_warm_workers, self.op.max_running_per_namespace, self.demand(pool))
+        retiring = {
+            w.pod
+            for w in self.registry.of_pool(pool.namespace, pool.model)
+            if w.state
+            in (
+                "draining",
+                "stopped",
+            )
+        }
+        live = [
+            job
+            for job in self._pool_jobs(pool.namespace, pool.model)
+            if not any(p.startswith(job["metadata"]["name"]) for p in retiring)
+        ]
+        missing = target - len(live)
+        now = self.clock()
+        if missing <= 0 or now < pool.next_start:
+            return
+        for _ in range(missing):
+            manifest = warm_job_manifest(self.op, pool.namespace, pool.model)
+            try:
+                job = await self.kube.create(job_path(pool.namespace), manifest)
+            except KubeAPIError as exc:
+                log.warning("warm worker not created", extra={"error": str(exc)})
+                pool.next_start = now + 5
+                return
+            self.cache.warm_jobs.upsert(job)  # write-through: the next tick must count it
+            metrics.WARM_WORKERS_STARTED.inc()
+            log.info(
+                "started a warm worker",
+                extra={"job": job["metadata"]["name"], "model": pool.model},
+            )
+
+    def _load_failed(self, pool: Pool, error: str) -> None:
+        pool.failures_in_a_row += 1
+        pool.last_error = error
+        delay = min(300.0, 5.0 * 2 ** (pool.failures_in_a_row - 1))
+        pool.next_start = self.clock() + delay
+        log.warning(
+            "a warm worker's model did not load",
+            extra={"model": pool.model, "in_a_row": pool.failures_in_a_row, "error": error},
+        )
+
+    def _give_up_if_no_worker_can_load(self, pool: Pool) -> None:
+        if pool.failures_in_a_row < LOAD_FAILURES_TO_GIVE_UP:
+            return
+        if any(
+            w.state in ("idle", "busy") for w in self.registry.of_pool(pool.namespace, pool.model)
+        ):
+            return
+        for _, name in list(pool.waiting):
+            attempt = self.attempts.get((pool.namespace, name))
+            if attempt is None or attempt.failed is not None:
+                continue
+            attempt.failed = {
+                "reason": "ModelLoadFailed",
+                "message": f"{MODEL_LOAD_FAILED_CODE}: no warm worker could load {pool.model} "
+                f"({pool.failures_in_a_row} tries): {pool.last_error}"[:900],
+            }
+            self._leave_waiting(pool, attempt)
+            self.wake((attempt.namespace, attempt.edit_id))
+
+    # -- deadlines and stuck workers ----------------------------------------------------
+    def _check_deadlines(self) -> None:
+        now = self.clock()
+        for attempt in list(self.attempts.values()):
+            if attempt.result is not None or attempt.failed is not None:
+                continue
+            if attempt.published_at is None or now - attempt.published_at < attempt.deadline:
+                continue
+            attempt.failed = {
+                "reason": "DeadlineExceeded",
+                "message": f"not finished within {attempt.deadline:.0f}s",
+            }
+            if attempt.seq is not None:
+                asyncio.get_running_loop().create_task(self._delete_message(attempt))
+            self.wake((attempt.namespace, attempt.edit_id))
+
+    async def _replace_stuck_workers(self) -> None:
+        """A worker still busy with an edit long past its deadline is deleted (and replaced)."""
+        now = self.clock()
+        for (namespace, pod), (beat, _) in list(self.registry.workers.items()):
+            if beat.state not in ("busy", "draining") or not beat.edit_id or not beat.attempt:
+                continue
+            attempt = self.attempts.get((namespace, job_name(beat.edit_id, beat.attempt)))
+            deadline = attempt.deadline if attempt else float(self.op.deadline_seconds)
+            if now - beat.since < deadline + self.op.warm_stuck_grace_seconds:
+                continue
+            await self._delete_worker(namespace, pod, "stuck on one edit past its deadline")
+
+    async def _delete_worker(self, namespace: str, pod_name: str, why: str) -> None:
+        key = (namespace, pod_name)
+        if key in self._deleting:
+            return
+        pod = self.cache.warm_pods.get(key) or {"metadata": {"labels": {}}}
+        job = (pod["metadata"].get("labels") or {}).get("job-name")
+        if not job:
+            return
+        self._deleting.add(key)
+        try:
+            await self.kube.delete(job_path(namespace, job))
+            self.registry.forget(namespace, pod_name)
+            metrics.WARM_WORKERS_REPLACED.inc()
+            log.warning("deleted a warm worker", extra={"pod": pod_name, "why": why})
+        finally:
+            self._deleting.discard(key)
+
+    async def _retire_outdated(self) -> None:
+        """Workers from an older configuration finish their edit, then make room for new ones."""
+        now = time.monotonic()
+        for (namespace, pod), (beat, _) in list(self.registry.workers.items()):
+            if beat.state not in ("idle", "busy", "loading"):
+                continue
+            if beat.config_hash == config_hash(self.op, namespace, beat.model):
+                continue
+            if now - self._retired.get((namespace, pod), -1e9) < 10:
+                continue
+            self._retired[(namespace, pod)] = now
+            control = WorkerControl(action="retire", reason="configuration changed")
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    worker_control_subject(namespace, pod), control.model_dump_json().encode()
+                )
+                log.info("asked an outdated warm worker to retire", extra={"pod": pod})
+
+    def _export_metrics(self) -> None:
+        states: dict[str, int] = {}
+        for beat, _ in self.registry.workers.values():
+            states[beat.state] = states.get(beat.state, 0) + 1
+        for state in ("loading", "idle", "busy", "draining"):
+            metrics.WARM_WORKERS.labels(state).set(states.get(state, 0))
+        metrics.WARM_WAITING.set(sum(len(p.waiting) for p in self.pools.values()))
+
+
+def describe(dispatcher: WarmDispatcher) -> dict[str, Any]:
+    """The pools as the operator sees them (the probe and `editflow` diagnostics)."""
+    return {
+        f"{ns}/{model}": {
+            "waiting": len(pool.waiting),
+            "workers": json.loads(
+                json.dumps(
+                    [
+                        {"pod": w.pod, "state": w.state, "edit": w.edit_id}
+                        for w in dispatcher.registry.of_pool(ns, model)
+                    ]
+                )
+            ),
+        }
+        for (ns, model), pool in dispatcher.pools.items()
+    }

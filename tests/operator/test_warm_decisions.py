@@ -1,0 +1,154 @@
+"""Warm dispatch's pure parts: the same decide() reads a warm attempt's Job-shaped record,
+the warm worker's Job, the work index's reservations, and the dispatcher's hand-out order."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from editflow.core.errors import ErrorInfo
+from editflow.core.settings import OperatorSettings
+from editflow.events.worker_contract import POISON_EDIT_CODE, WorkerHeartbeat, WorkerResult
+from editflow.operator.caches import ClusterCache
+from editflow.operator.decide import Observed, decide
+from editflow.operator.names import ANNOTATION_CONFIG_HASH, LABEL_POOL
+from editflow.operator.warmjobs import config_hash, warm_job_manifest
+from editflow.operator.warmpool import WarmDispatcher
+from editflow.operator.workindex import WorkIndex
+from tests.operator.test_decisions import NOW, editjob, job, pod
+
+WARM = OperatorSettings(worker_mode="warm", max_running_per_namespace=2, max_attempts=2)
+
+
+def observe(ej: dict, **kw: object) -> Observed:
+    return Observed(editjob=ej, now=NOW, **kw)  # type: ignore[arg-type]
+
+
+def test_a_new_attempt_in_warm_mode_waits_for_a_warm_worker_not_a_job() -> None:
+    decision = decide(observe(editjob("Queued", attempts=0)), WARM)
+    assert decision.create_job == 1
+    assert decision.status["message"] == "attempt 1: waiting for a warm worker"
+    (cond,) = [c for c in decision.status["conditions"] if c["type"] == "Scheduled"]
+    assert cond["reason"] == "HandedToWarmPool"
+
+
+def test_the_worker_pod_running_the_attempt_is_shown_in_status() -> None:
+    running = pod("Running")
+    running["metadata"]["name"] = "editflow-warm-longcat-image-edit-abc123-x1"
+    ej = editjob("Running", attempts=1, jobName="ej-a1", message="attempt 1: waiting")
+    decision = decide(observe(ej, job=job(), pods=(running,)), WARM)
+    assert decision.status["workerPod"] == "editflow-warm-longcat-image-edit-abc123-x1"
+    assert "running in warm worker editflow-warm" in decision.status["message"]
+
+
+def test_an_edit_that_killed_every_worker_it_reached_ends_needs_review() -> None:
+    poison = WorkerResult(
+        status="failed",
+        edit_id="e",
+        attempt=1,
+        model="longcat-image-edit",
+        worker="w-1",
+        error=ErrorInfo(POISON_EDIT_CODE, "delivered 4 times, every worker died", False),
+    )
+    ej = editjob("Running", attempts=1, jobName="ej-a1")
+    decision = decide(observe(ej, job=job(("Complete", "Completed")), result=poison), WARM)
+    assert decision.status["phase"] == "NeedsReview"
+    assert decision.status["errorCode"] == POISON_EDIT_CODE
+    assert decision.status["workerPod"] == "w-1"
+
+
+def test_a_model_no_worker_can_load_is_retried_then_goes_to_review() -> None:
+    failed = job(("Failed", "ModelLoadFailed"))
+    failed["status"]["conditions"][0]["message"] = "model_load_failed: weights missing"
+    first = decide(observe(editjob("Running", attempts=1, jobName="ej-a1"), job=failed), WARM)
+    assert first.status["phase"] == "Queued" and first.status["errorCode"] == "model_load_failed"
+    assert "weights missing" in first.status["message"]
+    last = decide(observe(editjob("Running", attempts=2, jobName="ej-a2"), job=failed), WARM)
+    assert last.status["phase"] == "NeedsReview" and "weights missing" in last.status["message"]
+
+
+def test_a_warm_attempt_past_its_deadline_is_a_timeout() -> None:
+    ej = editjob("Running", attempts=1, jobName="ej-a1")
+    decision = decide(observe(ej, job=job(("Failed", "DeadlineExceeded"))), WARM)
+    assert decision.status["errorCode"] == "timeout" and decision.status["phase"] == "Queued"
+
+
+def test_the_warm_worker_job_is_locked_down_and_carries_its_configuration_hash() -> None:
+    manifest = warm_job_manifest(WARM, "edits", "longcat-image-edit")
+    template = manifest["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["command"] == ["editflow", "worker", "serve"]
+    assert container["args"] == ["--model", "longcat-image-edit"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["EDITFLOW_NAMESPACE"] == "edits"
+    assert env["EDITFLOW_WORKER__IDLE_SECONDS"] == "300.0"
+    digest = config_hash(WARM, "edits", "longcat-image-edit")
+    assert env["EDITFLOW_WORKER__CONFIG_HASH"] == digest
+    assert template["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] == digest
+    assert template["metadata"]["labels"][LABEL_POOL] == "longcat-image-edit"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert template["spec"]["securityContext"]["runAsUser"] == 10001
+    assert manifest["spec"]["backoffLimit"] == 0
+    # Another image is another configuration: workers started before it are retired.
+    newer = WARM.model_copy(update={"worker_image": "editflow/worker:0.2.0"})
+    assert config_hash(newer, "edits", "longcat-image-edit") != digest
+
+
+def test_a_reservation_ends_when_the_status_stops_naming_the_attempt() -> None:
+    index = WorkIndex()
+    assert index.reserve("ns", "ej-a1", 1)
+    running = editjob("Running", attempts=1, jobName="ej-a1")
+    running["metadata"]["namespace"] = "ns"
+    index.editjob_changed(("ns", "ej"), None, running)
+    assert index.in_flight("ns") == 1
+    done = editjob("Succeeded", attempts=1)
+    index.editjob_changed(("ns", "ej"), running, done)
+    assert index.in_flight("ns") == 0, "a warm attempt has no Job event to end its reservation"
+
+
+class _Ack:
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
+class _RecordingJetStream:
+    """Only the publish side of JetStream, recorded: what the hand-out order is about."""
+
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def publish(self, subject: str, payload: bytes, headers: dict) -> _Ack:
+        self.published.append(payload)
+        return _Ack(len(self.published))
+
+
+def test_attempts_are_handed_out_in_priority_order_and_only_to_idle_workers() -> None:
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    js = dispatcher.js = _RecordingJetStream()
+    names = {}
+    for name, priority, age in (("low", 10, 30), ("high", 90, 10), ("mid", 50, 20)):
+        ej = editjob("Running", attempts=1, jobName=f"{name}-a1")
+        ej["metadata"].update(name=name, namespace="edits")
+        ej["spec"]["priority"] = priority
+        ej["status"]["queuedAt"] = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        names[name] = asyncio.run(dispatcher.start(ej, 1))
+    pool = dispatcher.pools[("edits", "longcat-image-edit")]
+    pool.consumer_ready = True
+
+    def idle(pod_name: str) -> None:
+        dispatcher.registry.heard(
+            WorkerHeartbeat(
+                pod=pod_name, namespace="edits", model="longcat-image-edit", state="idle"
+            )
+        )
+
+    asyncio.run(dispatcher._hand_out(pool))
+    assert js.published == [], "no idle worker: nothing leaves the operator's queue"
+    idle("w-1")
+    asyncio.run(dispatcher._hand_out(pool))
+    asyncio.run(dispatcher._hand_out(pool))
+    assert len(js.published) == 1, "one idle worker, one attempt handed out (not one per tick)"
+    assert b'"edit_id":"high"' in js.published[0]
+    idle("w-2")
+    asyncio.run(dispatcher._hand_out(pool))
+    assert b'"edit_id":"mid"' in js.published[1] and len(js.published) == 2
