@@ -5,14 +5,22 @@ An attempt's Pods carry the labels ``editflow.io/editjob`` and ``editflow.io/att
 the apiserver's ``pods/log``, with the same credentials as the operator (``KUBECONFIG``
 or the service account). A finished Job is removed after the chart's ``jobTTLSeconds``;
 after that the log is gone, and the message says where the attempt's result JSON is.
+
+A warm worker (``worker.mode: warm``) serves many attempts, so its Pod has no attempt
+label: every warm worker Pod of the namespace is read and only the lines that carry the
+attempt's ``edit_id`` and ``attempt`` are kept (every line a warm worker logs while it
+handles a message names both). An attempt redelivered after a worker died shows the
+lines of each worker that took it.
 """
 
 from __future__ import annotations
 
+import json
+
 from editflow.operator.crd import editjob_path
 from editflow.operator.jobspec import WORKER_CONTAINER
 from editflow.operator.kube import AsyncKube, KubeAPIError
-from editflow.operator.names import LABEL_ATTEMPT, LABEL_EDITJOB
+from editflow.operator.names import LABEL_ATTEMPT, LABEL_EDITJOB, LABEL_POOL
 
 
 class AttemptLogsError(Exception):
@@ -44,6 +52,9 @@ async def attempt_logs(name: str, namespace: str, attempt: int | None = None) ->
         selector = f"{LABEL_EDITJOB}={name},{LABEL_ATTEMPT}={wanted}"
         pods = await kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)
         if not pods:
+            warm = await warm_attempt_logs(kube, namespace, name, wanted)
+            if warm:
+                return warm
             where = status.get("resultKey") or f"the results prefix, {name}/attempt-{wanted}/"
             raise AttemptLogsError(
                 f"attempt {wanted} of {namespace}/{name} has no Pod left (finished Jobs are "
@@ -66,3 +77,36 @@ async def attempt_logs(name: str, namespace: str, attempt: int | None = None) ->
         return "".join(parts)
     finally:
         await kube.close()
+
+
+def attempt_lines(log: str, edit_id: str, attempt: int) -> str:
+    """The JSON log lines of one attempt (edit id and attempt match) out of a worker's log."""
+    kept = []
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("edit_id") == edit_id and record.get("attempt") == attempt:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+
+async def warm_attempt_logs(kube: AsyncKube, namespace: str, name: str, attempt: int) -> str:
+    pods = await kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=LABEL_POOL)
+    pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
+    parts = []
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        try:
+            text = await kube.text(
+                f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log", container=WORKER_CONTAINER
+            )
+        except KubeAPIError:
+            continue
+        lines = attempt_lines(text, name, attempt)
+        if lines:
+            parts.append(f"==> warm worker Pod {pod_name} <==\n{lines}")
+    return "".join(parts)

@@ -408,8 +408,11 @@ class WarmDispatcher:
             }:
                 self.wake((beat.namespace, edit_id))
                 attempt = self.attempts.get((beat.namespace, job_name(edit_id, number)))
-                if attempt is not None and attempt.published_at is None:
-                    attempt.published_at = self.clock()  # taken: an adopted hand-out
+                if attempt is not None and beat.edit_id == edit_id and attempt.seq is None:
+                    # Taken before this process handed it out: an attempt adopted after a
+                    # restart whose first hand-out a worker already runs.
+                    attempt.published_at = attempt.published_at or attempt.created
+                    self._leave_waiting(self._pool(beat.namespace, attempt.model), attempt)
             self._kick.set()
 
     async def _on_result(self, msg: Any) -> None:
@@ -558,7 +561,10 @@ class WarmDispatcher:
         ]
         missing = target - len(live)
         now = self.clock()
-        if missing <= 0 or now < pool.next_start:
+        if missing < 0:
+            await self._drop_unstarted(pool, live, -missing)
+            return
+        if missing == 0 or now < pool.next_start:
             return
         for _ in range(missing):
             manifest = warm_job_manifest(self.op, pool.namespace, pool.model)
@@ -574,6 +580,24 @@ class WarmDispatcher:
                 "started a warm worker",
                 extra={"job": job["metadata"]["name"], "model": pool.model},
             )
+
+    async def _drop_unstarted(self, pool: Pool, live: list[JSON], surplus: int) -> None:
+        """Workers no attempt needs any more that have not started (still Pending) go: a Pod
+        waiting for a GPU would take one the moment it frees, to idle on it."""
+        pending = {
+            (p["metadata"].get("labels") or {}).get("job-name")
+            for p in self._pool_pods(pool.namespace, pool.model)
+            if (p.get("status") or {}).get("phase") == "Pending"
+        }
+        for job in live:
+            name = job["metadata"]["name"]
+            if surplus <= 0:
+                return
+            if name in pending:
+                with contextlib.suppress(KubeAPIError):
+                    await self.kube.delete(job_path(pool.namespace, name))
+                surplus -= 1
+                log.info("dropped a warm worker that never started", extra={"job": name})
 
     def _load_failed(self, pool: Pool, error: str) -> None:
         pool.failures_in_a_row += 1

@@ -152,3 +152,22 @@ def test_attempts_are_handed_out_in_priority_order_and_only_to_idle_workers() ->
     idle("w-2")
     asyncio.run(dispatcher._hand_out(pool))
     assert b'"edit_id":"mid"' in js.published[1] and len(js.published) == 2
+
+
+def test_a_warm_workers_log_is_cut_down_to_one_attempts_lines() -> None:
+    from editflow.operator.attemptlogs import attempt_lines
+
+    log = "\n".join(
+        [
+            "Loading pipeline components...: 100%",
+            '{"msg": "edit started", "edit_id": "a", "attempt": 1}',
+            '{"msg": "edit started", "edit_id": "b", "attempt": 1}',
+            '{"msg": "edit done", "edit_id": "a", "attempt": 1}',
+            '{"msg": "edit started", "edit_id": "a", "attempt": 2}',
+            "{not json",
+        ]
+    )
+    assert attempt_lines(log, "a", 1).splitlines() == [
+        '{"msg": "edit started", "edit_id": "a", "attempt": 1}',
+        '{"msg": "edit done", "edit_id": "a", "attempt": 1}',
+    ]

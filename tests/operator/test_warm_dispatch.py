@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,7 +40,9 @@ MODEL = "longcat-image-edit"
 
 
 class WarmNamespace:
-    def __init__(self, stack: LocalStack, tiny_model_root: Path, workdir: Path) -> None:
+    def __init__(
+        self, stack: LocalStack, tiny_model_root: Path, workdir: Path, **operator: str
+    ) -> None:
         self.stack = stack
         self.api = KubeClient(stack.kubeconfig)
         tag = uuid.uuid4().hex[:6]
@@ -48,23 +52,30 @@ class WarmNamespace:
         models = localmode.models_dir(stack, self.namespace)
         if not (models / MODEL).exists():
             shutil.copytree(tiny_model_root / MODEL, models / MODEL)
-        self.env = localmode.operator_env(
-            stack,
-            self.namespace,
-            worker_mode="warm",
-            max_warm_workers="2",
-            max_running_per_namespace="2",
-            warm_idle_seconds="12",
-            warm_ack_wait_seconds="6",
-            warm_max_deliveries="2",
-            warm_stuck_grace_seconds="3",
-            resync_seconds="2",
-            backoff_seconds="1",
-            max_attempts="2",
-            gpus_per_job="0",
-        )
+        settings = {
+            "worker_mode": "warm",
+            "max_warm_workers": "2",
+            "max_running_per_namespace": "2",
+            "warm_idle_seconds": "12",
+            "warm_ack_wait_seconds": "6",
+            "warm_max_deliveries": "2",
+            "warm_stuck_grace_seconds": "3",
+            "resync_seconds": "2",
+            "backoff_seconds": "1",
+            "max_attempts": "2",
+            "gpus_per_job": "0",
+            **operator,
+        }
+        self.env = localmode.operator_env(stack, self.namespace, **settings)
         self.env.update(isolated_events(tag))
+        self.workdir = workdir
         self.operator = localmode.OperatorProcess(self.env, workdir).start()
+
+    def restart_operator(self, **changed: str) -> None:
+        """SIGKILL the operator and start it again, with ``changed`` settings."""
+        self.operator.kill()
+        self.env.update({f"EDITFLOW_OPERATOR__{k.upper()}": v for k, v in changed.items()})
+        self.operator = localmode.OperatorProcess(self.env, self.workdir).start()
 
     # -- reads ---------------------------------------------------------------------
     def editjob(self, name: str) -> dict:
@@ -211,6 +222,27 @@ def test_the_pool_runs_edits_with_one_model_load_per_worker(warm, image_host) ->
     assert sum(1 for d in loads if not d) >= len(names) - len(workers)
     for name in names:
         assert warm.completions(name) == ["success"]
+    # `editflow edits logs` picks one attempt's lines out of the worker that served many.
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "editflow.cli.main",
+            "edits",
+            "logs",
+            names[1],
+            "-n",
+            warm.namespace,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(warm.stack.kubeconfig)},
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    records = [json.loads(line) for line in shown.stdout.splitlines() if line.startswith("{")]
+    assert records and {r["edit_id"] for r in records} == {names[1]}, shown.stdout
+    assert any(r["msg"] == "edit done" for r in records), shown.stdout
 
 
 def test_idle_workers_exit_and_the_pool_comes_back_from_zero(warm, image_host) -> None:
@@ -286,3 +318,77 @@ def test_a_stuck_attempt_times_out_and_its_worker_is_replaced(warm, image_host) 
         what="the stuck worker's Job to be deleted",
     )
     gate.released.set()
+
+
+def test_no_warm_worker_can_get_a_gpu_the_pending_timeout_ends_the_attempt(
+    stack, tiny_model_root, image_host, tmp_path
+) -> None:
+    nowhere = WarmNamespace(
+        stack, tiny_model_root, tmp_path, node_selector='{"editflow.io/no-such-node": "x"}'
+    )
+    try:
+        name = f"w-nogpu-{uuid.uuid4().hex[:4]}"
+        nowhere.submit(
+            name, image_host.url("red.png"), pendingTimeoutSeconds=10, retry={"maxAttempts": 1}
+        )
+        status = nowhere.wait_phase(name, "Succeeded", "Failed", "NeedsReview", timeout=120)
+        assert status["phase"] == "NeedsReview" and status["errorCode"] == "no_gpu", status
+        assert "no GPU node available after 10s" in status["message"], status
+        # Nothing waits for that worker any more: it does not stay queued for a GPU.
+        wait_until(lambda: not nowhere.warm_jobs(), timeout=30, what="the unstarted worker to go")
+    finally:
+        nowhere.close()
+
+
+def test_an_operator_restart_with_a_new_configuration_never_kills_the_edit_in_flight(
+    warm, image_host
+) -> None:
+    url, gate = image_host.gate()
+    name = f"w-upgrade-{uuid.uuid4().hex[:4]}"
+    warm.submit(name, url)
+    old_worker = warm.wait_running_in_worker(name)
+    # A new configuration (as after `helm upgrade`): a new hash for every warm worker.
+    warm.restart_operator(warm_idle_seconds="13")
+    time.sleep(3)
+    gate.released.set()
+    status = warm.wait_phase(name, "Succeeded", "Failed", "NeedsReview", timeout=120)
+    assert status["phase"] == "Succeeded" and status["workerPod"] == old_worker, status
+    assert warm.completions(name) == ["success"], "exactly one completion across the restart"
+    # The outdated worker retires after its edit (its Job completes) and a fresh one serves.
+    wait_until(
+        lambda: not any(old_worker.startswith(j["metadata"]["name"]) for j in warm.warm_jobs()),
+        timeout=60,
+        what="the outdated worker to retire",
+    )
+    after = f"w-after-{uuid.uuid4().hex[:4]}"
+    warm.submit(after, image_host.url("red.png"))
+    status = warm.wait_phase(after, "Succeeded", "Failed", "NeedsReview")
+    assert status["phase"] == "Succeeded" and status["workerPod"] != old_worker, status
+
+
+def test_warm_workers_spread_over_two_gpu_nodes(tiny_model_root, image_host, tmp_path) -> None:
+    """Two process-kubelet nodes with one GPU each: two warm workers, one per node."""
+    with LocalStack(host_images=True, nodes=2, gpus=1) as two:
+        ns = WarmNamespace(two, tiny_model_root, tmp_path, gpus_per_job="1")
+        try:
+            gates = [image_host.gate() for _ in range(2)]
+            names = [f"w-node-{i}-{uuid.uuid4().hex[:4]}" for i in range(2)]
+            for name, (url, _) in zip(names, gates, strict=True):
+                ns.submit(name, url)
+            pods = [ns.wait_running_in_worker(name, timeout=180) for name in names]
+            assert len(set(pods)) == 2, pods
+            nodes = {
+                ns.api.get(f"/api/v1/namespaces/{ns.namespace}/pods/{pod}")["spec"]["nodeName"]
+                for pod in pods
+            }
+            assert nodes == {"editflow-local-node", "editflow-local-node-2"}, nodes
+            for _, gate in gates:
+                gate.released.set()
+            for name in names:
+                assert ns.wait_phase(name, "Succeeded", "Failed", "NeedsReview")["phase"] == (
+                    "Succeeded"
+                )
+        finally:
+            for _, gate in gates:
+                gate.released.set()
+            ns.close()
