@@ -388,6 +388,8 @@ class ProcessKubeletServer(Component):
         gpus: int = 1,
         host_images: bool = False,
         registry: Component | None = None,
+        node_name: str = "editflow-local-node",
+        shares_volumes_with: ProcessKubeletServer | None = None,
     ) -> None:
         super().__init__(workdir)
         self.api = api
@@ -396,8 +398,14 @@ class ProcessKubeletServer(Component):
         self.registry = registry
         #: Where the kubelet keeps pulled images (None: the shared cache); set before start.
         self.image_store: Path | None = None
-        self.node_name = "editflow-local-node"
-        self.root = workdir / "kubelet"
+        self.node_name = node_name
+        suffix = "" if shares_volumes_with is None else f"-{node_name}"
+        self.name = f"process-kubelet{suffix}"
+        self.root = workdir / f"kubelet{suffix}"
+        #: A second node reads the first one's PersistentVolumes (they stand for RWX claims).
+        self.pvc_root = (
+            shares_volumes_with.root / "pvc" if shares_volumes_with is not None else None
+        )
 
     def start(self) -> None:
         from editflow.devstack.kubeapi import KubeClient, KubeError
@@ -405,16 +413,17 @@ class ProcessKubeletServer(Component):
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         user = f"system:node:{self.node_name}"
-        ident = self.api.ca.issue("kubelet", common_name=user, organizations=("system:nodes",))
+        stem = self.root.name  # kubelet, kubelet-<node>: each node's own key pair
+        ident = self.api.ca.issue(stem, common_name=user, organizations=("system:nodes",))
         serving = self.api.ca.issue(
-            "kubelet-serving",
+            f"{stem}-serving",
             common_name=self.node_name,
             dns_names=(self.node_name,),
             ip_addresses=("127.0.0.1",),
             server=True,
         )
         kubeconfig = write_kubeconfig(
-            self.workdir / "kubelet.kubeconfig",
+            self.workdir / f"{self.root.name}.kubeconfig",
             server=self.api.url,
             ca_file=self.api.ca.cert_path,
             user=user,
@@ -429,7 +438,7 @@ class ProcessKubeletServer(Component):
                 binding = {
                     "apiVersion": "rbac.authorization.k8s.io/v1",
                     "kind": "ClusterRoleBinding",
-                    "metadata": {"name": f"editflow-process-kubelet:{role.split(':')[1]}"},
+                    "metadata": {"name": f"editflow-{self.root.name}:{role.split(':')[1]}"},
                     "roleRef": {
                         "apiGroup": "rbac.authorization.k8s.io",
                         "kind": "ClusterRole",
@@ -474,6 +483,11 @@ class ProcessKubeletServer(Component):
                 self._argv.append(f"--default-registry={self.registry.address}")  # type: ignore[attr-defined]
             if self.image_store is not None:
                 self._argv.append(f"--image-store={self.image_store}")
+            if self.pvc_root is not None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                overrides = self.root.parent / f"{self.name}.json"
+                overrides.write_text(json.dumps({"pvc_root": str(self.pvc_root)}))
+                self._argv.append(f"--config-file={overrides}")
         self._spawn(self._argv)
         self._ssl = ssl.create_default_context(cafile=str(self.api.ca.cert_path))
         self._wait(lambda: _get(f"{self.url}/healthz", context=self._ssl) == b"ok", 60)

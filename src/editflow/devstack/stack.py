@@ -60,6 +60,7 @@ class LocalStack:
         bucket: str = "editflow",
         kubelet: bool = True,
         gpus: int = 1,
+        nodes: int = 1,
         keep_workdir: bool = False,
         registry: bool = False,
         host_images: bool = False,
@@ -85,6 +86,22 @@ class LocalStack:
             if self.apiserver and kubelet
             else None
         )
+        #: Every node's kubelet; the first is ``self.kubelet``. More nodes share its volumes
+        #: (a PVC stands for a ReadWriteMany claim), each has its own GPUs and Pods.
+        self.kubelets = [self.kubelet] if self.kubelet is not None else []
+        for index in range(2, nodes + 1 if self.kubelet is not None else 0):
+            assert self.apiserver is not None and self.kubelet is not None
+            self.kubelets.append(
+                ProcessKubeletServer(
+                    self.workdir,
+                    self.apiserver,
+                    gpus=gpus,
+                    host_images=host_images,
+                    registry=self.registry,
+                    node_name=f"editflow-local-node-{index}",
+                    shares_volumes_with=self.kubelet,
+                )
+            )
         self.nats = Nats(self.workdir) if nats else None
         self.minio = MinIO(self.workdir, bucket) if minio else None
         self.started: list[Component] = []
@@ -97,7 +114,7 @@ class LocalStack:
             self.etcd,
             self.apiserver,
             self.controller_manager,
-            self.kubelet,
+            *self.kubelets,
             self.nats,
             self.minio,
         ):
@@ -115,9 +132,9 @@ class LocalStack:
                     self._wait_for_default_service_account()
             if self.minio is not None:
                 self._create_bucket()
-            if self.kubelet is not None:
+            for kubelet in self.kubelets:
                 # Pods in their own network namespaces reach these loopback ports.
-                self.kubelet.publish_host_ports(self.ports())
+                kubelet.publish_host_ports(self.ports())
         except BaseException:
             self.stop()
             raise
