@@ -59,6 +59,11 @@ class AuditRecord(BaseModel):
     model: str | None = None
     quality: str | None = Field(None, description="the quality gate's verdict")
     error_code: str | None = None
+    #: ``outcome`` (an edit finished) or ``selection`` (the applicant picked a variant).
+    kind: Literal["outcome", "selection"] = "outcome"
+    variants: int = 1
+    selected_variant: int | None = None
+    selected_by: str | None = None
 
 
 async def publish_audit(js: JetStreamContext, topology: Topology, record: AuditRecord) -> PubAck:
@@ -98,6 +103,8 @@ def usage_rows(records: Iterable[AuditRecord], by: str) -> list[dict[str, Any]]:
     if by not in GROUPS:
         raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUPS)}")
     rows: dict[str, dict[str, Any]] = {}
+    # A selection is a choice among results already counted, not another edit.
+    records = [r for r in records if r.kind == "outcome"]
     for record in records:
         key = getattr(record, by) or UNATTRIBUTED
         row = rows.setdefault(

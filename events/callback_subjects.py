@@ -10,7 +10,7 @@ own traffic. A callback subject is therefore accepted only when it
   default ``oa.callbacks.``) with at least one token after it, and
 * is none of the NATS system namespaces (``$…``, ``_INBOX.…``) nor one of
   editflow's own subjects (approvals, withdrawals, completions, reviews,
-  dead letters, work, worker results), whatever the prefix says.
+  dead letters, work, worker results, heartbeats and control), whatever the prefix says.
 
 :meth:`CallbackSubjects.problem` is the one check; the event validation
 (:mod:`editflow.events.validation`), the gateway and the operator call it.
@@ -21,7 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from editflow.core.settings import EventsSettings
-from editflow.events.worker_contract import RESULT_SUBJECT_PREFIX, WORK_SUBJECT_PREFIX
+from editflow.events.worker_contract import (
+    RESULT_SUBJECT_PREFIX,
+    WORK_SUBJECT_PREFIX,
+    WORKER_CONTROL_PREFIX,
+    WORKER_STATUS_PREFIX,
+)
 
 #: NATS' own namespaces: the JetStream/system/KV/object APIs and reply inboxes.
 SYSTEM_PREFIXES = ("$", "_INBOX.")
@@ -52,6 +57,8 @@ class CallbackSubjects:
                 events.dlq_subject_prefix,
                 WORK_SUBJECT_PREFIX,
                 RESULT_SUBJECT_PREFIX,
+                WORKER_STATUS_PREFIX,
+                WORKER_CONTROL_PREFIX,
             ),
         )
 

@@ -148,7 +148,9 @@ async def handle_message(
         raise
     except PermanentError as exc:
         log.warning("handler refused event %s: %s", event.id, exc, extra=where)
-        return await to_dead_letter(exc.code, exc.message)
+        # The field goes with the reason, so the dead letter says what to fix where.
+        field = getattr(exc, "field", None)
+        return await to_dead_letter(exc.code, f"{field}: {exc.message}" if field else exc.message)
     except Exception as exc:
         delay = exc.delay if isinstance(exc, RetryLater) else None
         if delivery.last_attempt:

@@ -6,7 +6,9 @@ types are rejected, never guessed at)::
 
     io.editflow.approval.v1     OA -> editflow   an approved image-edit request
     io.editflow.withdraw.v1     OA -> editflow   the OA side revoked that approval
+    io.editflow.select.v1       OA -> editflow   the applicant picked one of the variants
     io.editflow.completion.v1   editflow -> OA   the outcome: success|failed|needs_review|cancelled
+    io.editflow.selection.v1    editflow -> OA   the recorded choice, wherever it was made
     io.editflow.review.v1       editflow -> designers   a failed edit needs a person
 
 The CloudEvent ``id`` is the idempotency key end to end: it is the
@@ -47,6 +49,8 @@ APPROVAL_V1 = "io.editflow.approval.v1"
 WITHDRAW_V1 = "io.editflow.withdraw.v1"
 COMPLETION_V1 = "io.editflow.completion.v1"
 REVIEW_V1 = "io.editflow.review.v1"
+SELECT_V1 = "io.editflow.select.v1"
+SELECTION_V1 = "io.editflow.selection.v1"
 
 #: Longest instruction accepted (characters). The text encoder's budget is in
 #: tokens; this bound keeps a pasted document out of the GPU queue up front.
@@ -215,6 +219,12 @@ class ApprovalData(_Data):
         None, description="the applicant's department: GPU cost is attributed to it"
     )
     cost_center: Id | None = Field(None, description="the cost centre the edit is charged to")
+    variants: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="results to produce from one pipeline call (1..4); the applicant picks one",
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> ApprovalData:
@@ -246,6 +256,16 @@ class QualityGate(_Data):
     reason: str = ""
 
 
+class VariantRef(_Data):
+    """One of several results of an edit (``variants`` > 1 in the approval)."""
+
+    index: int = Field(ge=1, le=4)
+    seed: int | None = Field(None, ge=0)
+    result_url: str | None = None
+    result_key: str | None = None
+    quality: Literal["ok", "no_visible_change", "global_change"] | None = None
+
+
 class CompletionData(_Data):
     """The outcome of one approval's edit (brief §3)."""
 
@@ -264,6 +284,12 @@ class CompletionData(_Data):
     quality: QualityGate | None = Field(
         None, description="the automatic quality gate's verdict on the result, when it ran"
     )
+    variants: list[VariantRef] = Field(
+        default_factory=list,
+        max_length=4,
+        description="every result when the approval asked for more than one (variant 1 is "
+        "result_url); the applicant's choice follows as a selection event",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionData:
@@ -272,6 +298,31 @@ class CompletionData(_Data):
         if self.status in ("failed", "needs_review") and self.error is None:
             raise ValueError(f"status {self.status} carries an error")
         return self
+
+
+class SelectData(_Data):
+    """The applicant picked one of an edit's variants (on the try-it page, or in the OA form)."""
+
+    form_id: Id
+    approval_id: Id
+    approval_event_id: Id = Field(description="the approval event whose edit it is")
+    variant: int = Field(ge=1, le=4, description="the chosen variant, 1-based")
+    selected_by: Person | None = None
+
+
+class SelectionData(_Data):
+    """The choice as editflow recorded it: the OA form learns which result counts."""
+
+    approval_event_id: Id
+    form_id: Id
+    approval_id: Id
+    variant: int = Field(ge=1, le=4)
+    result_url: str | None = None
+    result_key: str | None = None
+    seed: int | None = None
+    selected_by: Id | None = None
+    selected_at: datetime
+    editjob: EditJobRef | None = None
 
 
 class ReviewData(_Data):
@@ -395,15 +446,35 @@ class ReviewEvent(CloudEvent):
     data: ReviewData
 
 
-Event = ApprovalEvent | WithdrawEvent | CompletionEvent | ReviewEvent
+class SelectEvent(CloudEvent):
+    event_type: ClassVar[str] = SELECT_V1
+    type: str = SELECT_V1
+    data: SelectData
+
+
+class SelectionEvent(CloudEvent):
+    event_type: ClassVar[str] = SELECTION_V1
+    type: str = SELECTION_V1
+    data: SelectionData
+
+
+Event = ApprovalEvent | WithdrawEvent | SelectEvent | CompletionEvent | SelectionEvent | ReviewEvent
 
 #: Every supported ``type`` and its model; anything else is rejected as unknown.
 EVENT_TYPES: dict[str, type[CloudEvent]] = {
-    cls.event_type: cls for cls in (ApprovalEvent, WithdrawEvent, CompletionEvent, ReviewEvent)
+    cls.event_type: cls
+    for cls in (
+        ApprovalEvent,
+        WithdrawEvent,
+        SelectEvent,
+        CompletionEvent,
+        SelectionEvent,
+        ReviewEvent,
+    )
 }
 
 #: Types the OA side produces (and that a signing key, when configured, must sign).
-OA_EVENT_TYPES = frozenset({APPROVAL_V1, WITHDRAW_V1})
+OA_EVENT_TYPES = frozenset({APPROVAL_V1, WITHDRAW_V1, SELECT_V1})
 
 
 def format_time(value: datetime) -> str:
@@ -435,3 +506,8 @@ def completion_event_id(*, namespace: str, name: str, uid: str, status: EditStat
 def subject_token(event_id: str) -> str:
     """A NATS-subject-safe token for an event id (ids may contain dots or spaces)."""
     return hashlib.sha256(event_id.encode("utf-8")).hexdigest()[:40]
+
+
+def selection_event_id(approval_event_id: str, variant: int) -> str:
+    """The selection event's id: one per (approval, variant), so a redelivery is a duplicate."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"selection\0{approval_event_id}\0{variant}"))

@@ -31,6 +31,7 @@ from editflow.events.models import (
     QualityGate,
     ReviewData,
     ReviewEvent,
+    VariantRef,
     completion_event_id,
 )
 from editflow.events.publish import publish_event
@@ -60,6 +61,7 @@ def completion_event(
     error: ErrorInfo | ErrorDetail | None = None,
     message: str | None = None,
     quality: QualityGate | None = None,
+    variants: list[VariantRef] | None = None,
     source: str = OPERATOR_SOURCE,
     time: datetime | None = None,
 ) -> CompletionEvent:
@@ -85,6 +87,7 @@ def completion_event(
             message=message,
             editjob=editjob,
             quality=quality,
+            variants=variants or [],
         ),
         **extra,
     )

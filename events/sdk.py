@@ -49,6 +49,7 @@ from editflow.events.binding import ContentMode
 from editflow.events.connection import connect
 from editflow.events.models import (
     COMPLETION_V1,
+    SELECTION_V1,
     ApprovalData,
     ApprovalEvent,
     Callback,
@@ -56,6 +57,9 @@ from editflow.events.models import (
     Generation,
     Person,
     Priority,
+    SelectData,
+    SelectEvent,
+    SelectionEvent,
     Template,
     WithdrawData,
     WithdrawEvent,
@@ -104,7 +108,7 @@ class OAClient:
         key = settings.events.signing_key
         self._signing_key = key.get_secret_value() if key else None
         self._policy = Policy(
-            max_event_bytes=settings.events.max_event_bytes, accept={COMPLETION_V1}
+            max_event_bytes=settings.events.max_event_bytes, accept={COMPLETION_V1, SELECTION_V1}
         )
         self._waiters: dict[str, list[asyncio.Future[CompletionEvent]]] = defaultdict(list)
         self._sub: Any = None
@@ -157,13 +161,14 @@ class OAClient:
         await self.close()
 
     # -- publishing --------------------------------------------------------------------------
-    async def publish(self, event: ApprovalEvent | WithdrawEvent) -> str:
+    async def publish(self, event: ApprovalEvent | WithdrawEvent | SelectEvent) -> str:
         """Publish a prepared OA event to its subject; returns its id (also for a duplicate)."""
-        subject = (
-            self.topology.approval_subject
-            if isinstance(event, ApprovalEvent)
-            else self.topology.withdraw_subject
-        )
+        if isinstance(event, ApprovalEvent):
+            subject = self.topology.approval_subject
+        elif isinstance(event, SelectEvent):
+            subject = self.topology.select_subject
+        else:
+            subject = self.topology.withdraw_subject
         await publish_event(self.js, event, subject, mode=self.mode, signing_key=self._signing_key)
         return event.id
 
@@ -232,6 +237,51 @@ class OAClient:
         )
         return await self.publish(event)
 
+    async def select(
+        self,
+        *,
+        form_id: str,
+        approval_id: str,
+        approval_event_id: str,
+        variant: int,
+        selected_by: Person | None = None,
+    ) -> str:
+        """Publish the applicant's pick among an edit's variants (1-based).
+
+        editflow records it in the EditJob's status and the audit log and publishes it as a
+        selection event (:meth:`get_selection`). Raises ``pydantic.ValidationError`` for a
+        variant outside 1..4 before anything is sent; a variant the edit does not have is
+        refused by the operator (dead letter naming ``data.variant``).
+        """
+        data = SelectData(
+            form_id=form_id,
+            approval_id=approval_id,
+            approval_event_id=approval_event_id,
+            variant=variant,
+            selected_by=selected_by,
+        )
+        event = SelectEvent(
+            id=f"select:{approval_event_id}:{variant}",
+            source=self.source,
+            subject=f"{form_id}/{approval_id}"[:256],
+            data=data,
+        )
+        return await self.publish(event)
+
+    async def get_selection(self, approval_event_id: str) -> SelectionEvent | None:
+        """The latest recorded choice of a variant for an approval, if any."""
+        subject = self.topology.selection_subject(approval_event_id)
+        try:
+            raw = await self.js.get_last_msg(self.topology.completions_stream, subject)
+        except NotFoundError:
+            return None
+        try:
+            event = parse_event(raw.data or b"", raw.headers, subject=subject, policy=self._policy)
+        except EventRejected as exc:
+            log.error("ignoring an invalid selection on %s: %s", subject, exc)
+            return None
+        return event if isinstance(event, SelectionEvent) else None
+
     # -- completions -------------------------------------------------------------------------
     async def get_completion(self, approval_event_id: str) -> CompletionEvent | None:
         """The latest completion of an approval from the completions stream, if any."""
@@ -284,8 +334,8 @@ class OAClient:
         except EventRejected as exc:
             log.error("ignoring an invalid completion on %s: %s", subject, exc)
             return None
-        assert isinstance(event, CompletionEvent)
-        return event
+        # Selections share the completions stream; completion waiters never see one.
+        return event if isinstance(event, CompletionEvent) else None
 
     async def _on_message(self, msg: Msg) -> None:
         event = self._parse(msg.data, msg.headers, msg.subject)

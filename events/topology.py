@@ -80,6 +80,22 @@ class Topology:
         return self.settings.withdraw_subject
 
     @property
+    def select_subject(self) -> str:
+        """Derived from the approval subject unless set: a test or an installation that
+        renames its approval subject gets select events of its own, not a shared subject."""
+        return self.settings.select_subject or f"{self.settings.approval_subject}.select"
+
+    @property
+    def oa_subjects(self) -> list[str]:
+        """Every subject the OA side publishes on (the approvals stream, the operator's filter)."""
+        return [self.approval_subject, self.withdraw_subject, self.select_subject]
+
+    def selection_subject(self, approval_event_id: str) -> str:
+        """Where the recorded choice of a variant goes (in the completions stream)."""
+        prefix = self.settings.completion_subject_prefix
+        return f"{prefix}.selected.{subject_token(approval_event_id)}"
+
+    @property
     def completions_stream(self) -> str:
         return self.settings.completions_stream
 
@@ -201,9 +217,9 @@ class Topology:
         return [
             self._stream(
                 s.approvals_stream,
-                [s.approval_subject, s.withdraw_subject],
+                self.oa_subjects,
                 s.max_age_seconds,
-                description="editflow: approval and withdraw events from the OA system",
+                description="editflow: approval, withdraw and select events from the OA system",
             ),
             self._stream(
                 s.completions_stream,
@@ -245,7 +261,7 @@ class Topology:
                     ack_wait=s.ack_wait_seconds,
                     max_deliver=s.max_deliver,
                     backoff=self.backoff,
-                    filter_subjects=[s.approval_subject, s.withdraw_subject],
+                    filter_subjects=self.oa_subjects,
                     max_ack_pending=1000,
                 ),
             ),

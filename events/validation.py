@@ -27,6 +27,7 @@ from editflow.events.models import (
     APPROVAL_V1,
     EVENT_TYPES,
     OA_EVENT_TYPES,
+    SELECT_V1,
     SPECVERSION,
     WITHDRAW_V1,
     CloudEvent,
@@ -58,7 +59,11 @@ class Policy:
         return cls(
             max_event_bytes=events.max_event_bytes,
             signing_key=events.signing_key.get_secret_value() if events.signing_key else None,
-            subjects={APPROVAL_V1: events.approval_subject, WITHDRAW_V1: events.withdraw_subject},
+            subjects={
+                APPROVAL_V1: events.approval_subject,
+                WITHDRAW_V1: events.withdraw_subject,
+                SELECT_V1: events.select_subject or f"{events.approval_subject}.select",
+            },
             accept=accept,
             callback_subjects=CallbackSubjects.from_settings(events),
         )

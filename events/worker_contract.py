@@ -85,6 +85,8 @@ class WorkerRequest(_Strict):
     event_id: str | None = Field(None, max_length=256)
     #: The prompt template the instruction came from (it tells the quality gate the kind).
     template: str | None = Field(None, max_length=64)
+    #: Results from one pipeline call (``num_images_per_prompt``); variant i has seed + i - 1.
+    variants: int = Field(1, ge=1, le=4)
 
 
 class LoadDetail(BaseModel):
@@ -132,6 +134,18 @@ class QualityReport(BaseModel):
     reason: str = Field("", max_length=300)
 
 
+class VariantResult(BaseModel):
+    """One of several results of one edit (``variants`` > 1); variant 1 is also the main one."""
+
+    index: int = Field(ge=1, le=4)
+    seed: int
+    result_key: str
+    result_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    quality: QualityReport | None = None
+
+
 class WorkerResult(BaseModel):
     """What one attempt produced: the image's location, or the error."""
 
@@ -153,6 +167,8 @@ class WorkerResult(BaseModel):
     quality: QualityReport | None = None
     #: The Pod that ran the attempt (``POD_NAME``; warm mode: one of the pool's workers).
     worker: str | None = None
+    #: Every result when more than one was asked for (the fields above are variant 1's).
+    variants: list[VariantResult] = Field(default_factory=list, max_length=4)
 
 
 def attempt_prefix(request: WorkerRequest) -> str:

@@ -38,7 +38,7 @@ from editflow.core.errors import UpstreamError
 from editflow.core.s3 import presigning_client, s3_client
 from editflow.core.settings import Settings
 from editflow.events.dlq import get_dead_letter
-from editflow.events.models import ApprovalEvent, CompletionEvent
+from editflow.events.models import ApprovalEvent, CompletionEvent, Person, SelectionEvent
 from editflow.events.sdk import CompletionTimeout, OAClient
 from editflow.events.topology import Topology, provision
 from editflow.gateway.service import Rejection
@@ -53,6 +53,10 @@ class EditBus(Protocol):
     async def completion(self, edit_id: str) -> CompletionEvent | None: ...
     async def wait(self, edit_id: str, timeout: float) -> CompletionEvent | None: ...
     async def rejection(self, edit_id: str) -> Rejection | None: ...
+    async def select(
+        self, *, form_id: str, approval_id: str, edit_id: str, variant: int, by: str | None
+    ) -> None: ...
+    async def selection(self, edit_id: str) -> SelectionEvent | None: ...
     async def check(self) -> str: ...
 
 
@@ -192,6 +196,26 @@ class Bus:
             return await self._ready().wait_for_completion(edit_id, timeout)
         except CompletionTimeout:
             return None
+
+    async def select(
+        self, *, form_id: str, approval_id: str, edit_id: str, variant: int, by: str | None
+    ) -> None:
+        try:
+            await self._ready().select(
+                form_id=form_id,
+                approval_id=approval_id,
+                approval_event_id=edit_id,
+                variant=variant,
+                selected_by=Person(id=by) if by else None,
+            )
+        except Exception as exc:
+            raise UpstreamError(f"publishing the selection failed: {exc!r}") from exc
+
+    async def selection(self, edit_id: str) -> SelectionEvent | None:
+        try:
+            return await self._ready().get_selection(edit_id)
+        except Exception as exc:
+            raise UpstreamError(f"reading the selections failed: {exc!r}") from exc
 
     async def rejection(self, edit_id: str) -> Rejection | None:
         self._ready()

@@ -15,13 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from editflow import __version__
 from editflow.core.errors import EditflowError
 from editflow.core.settings import Settings
-from editflow.events.models import CompletionEvent
+from editflow.events.models import CompletionEvent, SelectionEvent
 from editflow.gateway import service, templates
 from editflow.gateway.backend import EditBus, ObjectStore
 from editflow.gateway.clients import Client
 from editflow.gateway.guard import CLIENT_SCOPE_KEY
 from editflow.gateway.metrics import GatewayMetrics
-from editflow.gateway.problems import ProblemError
+from editflow.gateway.problems import FieldError, ProblemError
 from editflow.gateway.schemas import (
     EditRequest,
     EditView,
@@ -31,6 +31,7 @@ from editflow.gateway.schemas import (
     LegacyEditResponse,
     Readiness,
     ResultView,
+    SelectRequest,
     TemplateView,
     UploadView,
     UsageView,
@@ -213,12 +214,13 @@ def _view(
     record: dict[str, Any] | None,
     done: CompletionEvent | None,
     rejection: Rejection | None = None,
+    selection: SelectionEvent | None = None,
 ) -> EditView:
     source_url = (record or {}).get("image_url")
     if not source_url and (record or {}).get("image_key"):
         source_url, _ = gw.store.presign(record["image_key"])  # type: ignore[index]
     result_url, expires = _signed(gw, done.data.result_key if done else None)
-    return service.view(
+    out = service.view(
         edit_id,
         record=record,
         completion=done,
@@ -226,7 +228,11 @@ def _view(
         result_url=result_url,
         result_url_expires_at=expires,
         rejection=rejection,
+        selection=selection,
     )
+    for variant in out.variants:  # signed for the public endpoint, as the main result is
+        variant.result_url = _signed(gw, variant.result_key)[0] or variant.result_url
+    return out
 
 
 @api.post(
@@ -258,7 +264,49 @@ async def get_edit(request: Request, edit_id: EditId) -> EditView:
     record = await gw.store.get_record(edit_id)
     if done is None and record is None and rejection is None:
         raise ProblemError(404, "not_found", f"no edit with id {edit_id!r}", edit_id=edit_id)
-    return _view(gw, edit_id, record, done, rejection)
+    selection = await gw.bus.selection(edit_id) if done and done.data.variants else None
+    return _view(gw, edit_id, record, done, rejection, selection)
+
+
+@api.post(
+    "/edits/{edit_id}/select",
+    status_code=202,
+    summary="Pick one of an edit's variants (recorded in status and the audit log, published)",
+    responses={409: {"description": "the edit has not succeeded, or has no such variant"}},
+)
+async def select_variant(request: Request, edit_id: EditId, body: SelectRequest) -> EditView:
+    gw = state(request)
+    client = client_of(request)
+    record = await gw.store.get_record(edit_id)
+    if record is not None and record.get("client") != client.identity:
+        raise ProblemError(
+            403, "forbidden", "only the client that submitted an edit picks its variant"
+        )
+    done = await gw.bus.completion(edit_id)
+    if done is None or done.data.status != "success":
+        now = done.data.status if done else "pending"
+        detail = f"edit {edit_id} is {now}: a variant can be picked once it succeeded"
+        raise ProblemError(409, "not_selectable", detail, edit_id=edit_id)
+    count = max(1, len(done.data.variants))
+    if body.variant > count:
+        detail = f"edit {edit_id} has variants 1 to {count}, not {body.variant}"
+        raise ProblemError(
+            409,
+            "no_such_variant",
+            detail,
+            errors=[FieldError(field="variant", message=detail)],
+            edit_id=edit_id,
+        )
+    await gw.bus.select(
+        form_id=done.data.form_id,
+        approval_id=done.data.approval_id,
+        edit_id=edit_id,
+        variant=body.variant,
+        by=body.selected_by or client.identity,
+    )
+    view = _view(gw, edit_id, record, done)
+    view.selected_variant = body.variant  # the operator records it in a moment
+    return view
 
 
 @api.get(

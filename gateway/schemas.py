@@ -141,6 +141,24 @@ class EditRequest(_Strict):
         None, description="the applicant's department: GPU cost is attributed to it"
     )
     cost_center: RefStr | None = Field(None, description="the cost centre the edit is charged to")
+    variants: int = Field(
+        1, ge=1, le=4, description="results from one pipeline call (1..4); pick one with /select"
+    )
+
+
+class SelectRequest(_Strict):
+    """``POST /v1/edits/{id}/select``: the applicant's pick among the edit's variants."""
+
+    variant: int = Field(ge=1, le=4, description="the chosen variant, 1-based")
+    selected_by: RefStr | None = Field(None, description="OA user id of who picked it")
+
+
+class VariantView(BaseModel):
+    index: int
+    seed: int | None = None
+    result_url: str | None = None
+    result_key: str | None = None
+    quality: str | None = Field(None, description="the quality gate's verdict on this variant")
 
 
 class LegacyEditRequest(BaseModel):
@@ -228,6 +246,10 @@ class EditView(BaseModel):
     attempts: int | None = None
     error: ErrorBody | None = None
     message: str | None = None
+    variants: list[VariantView] = Field(
+        default_factory=list, description="every result when more than one was asked for"
+    )
+    selected_variant: int | None = Field(None, description="the variant the applicant picked")
     links: EditLinks
 
 

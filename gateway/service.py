@@ -30,11 +30,12 @@ from editflow.events.models import (
     ApprovalData,
     ApprovalEvent,
     CompletionEvent,
+    SelectionEvent,
     Template,
 )
 from editflow.gateway import templates
 from editflow.gateway.problems import ProblemError, from_pydantic
-from editflow.gateway.schemas import EditLinks, EditRequest, EditView, ErrorBody
+from editflow.gateway.schemas import EditLinks, EditRequest, EditView, ErrorBody, VariantView
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def approval_event(
             generation=request.parameters,
             department=request.department,
             cost_center=request.cost_center,
+            variants=request.variants,
         )
     except ValidationError as exc:
         problem = from_pydantic(exc)
@@ -238,9 +240,10 @@ def view(
     result_url: str | None = None,
     result_url_expires_at: datetime | None = None,
     rejection: Rejection | None = None,
+    selection: SelectionEvent | None = None,
 ) -> EditView:
     """The API's view of an edit from the gateway's record and the completion event
-    (or, without one, the dead letter of its approval event)."""
+    (or, without one, the dead letter of its approval event), and the variant picked."""
     record = record or {}
     out = EditView(
         id=edit_id,
@@ -270,6 +273,8 @@ def view(
             "attempts": done.attempts,
             "error": error,
             "message": done.message,
+            "variants": [VariantView(**v.model_dump()) for v in done.variants],
+            "selected_variant": selection.data.variant if selection else None,
         }
     )
 

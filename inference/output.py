@@ -141,5 +141,7 @@ def presign(s3: S3Settings, key: str) -> str:
     )
 
 
-def result_image_key(attempt_prefix: str, fmt: str) -> str:
-    return f"{attempt_prefix}/result.{EXTENSIONS[fmt]}"
+def result_image_key(attempt_prefix: str, fmt: str, variant: int = 1) -> str:
+    """``result.<ext>``; further variants ``result-<i>.<ext>`` (variant 1 keeps the old key)."""
+    stem = "result" if variant == 1 else f"result-{variant}"
+    return f"{attempt_prefix}/{stem}.{EXTENSIONS[fmt]}"

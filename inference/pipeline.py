@@ -235,19 +235,30 @@ def run_edit(
     guidance_scale: float,
     negative_prompt: str | None,
     seed: int,
-) -> Any:
-    """One edit; returns the pipeline's PIL image (at the pipeline's own size)."""
+    variants: int = 1,
+) -> list[Any]:
+    """One edit; returns the pipeline's PIL images (at the pipeline's own size).
+
+    ``variants`` > 1 is one call with ``num_images_per_prompt``: the prompt is encoded and
+    the image latents computed once for all of them. Variant i draws its noise from its own
+    generator seeded ``seed + i - 1``, so every variant has a seed of its own on record.
+    """
     import torch
 
     spec = model.spec
+    generators = [
+        torch.Generator(device="cpu").manual_seed((seed + i) % 2**32) for i in range(variants)
+    ]
     kwargs: dict[str, Any] = {
         "image": image,
         "prompt": prompt,
         "num_inference_steps": steps,
         spec.guidance_kwarg: guidance_scale,
-        "generator": torch.Generator(device="cpu").manual_seed(seed),
+        "generator": generators[0] if variants == 1 else generators,
         **spec.extra_call_kwargs,
     }
+    if variants > 1:
+        kwargs["num_images_per_prompt"] = variants
     if negative_prompt is not None:
         kwargs["negative_prompt"] = negative_prompt
     if spec.accepts_size:
@@ -259,4 +270,7 @@ def run_edit(
             raise ModelError(f"{spec.name} ran out of accelerator memory: {exc}") from exc
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ModelError(f"{spec.name} failed during the edit: {exc}") from exc
-    return output.images[0]
+    images = list(output.images)
+    if len(images) != variants:
+        raise ModelError(f"{spec.name} returned {len(images)} images for {variants} variants")
+    return images

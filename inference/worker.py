@@ -58,6 +58,7 @@ from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     CostBreakdown,
     LoadDetail,
+    VariantResult,
     WorkerRequest,
     WorkerResult,
     attempt_prefix,
@@ -181,33 +182,42 @@ def process(
     if load_seconds:  # this attempt loaded the model: say where the time went
         timer.load_detail = model.load_detail
     with step("infer"):
-        edited = run_edit(
+        images = run_edit(
             model, image=prepared.image, prompt=prompt, steps=steps,
             guidance_scale=guidance, negative_prompt=negative, seed=seed,
+            variants=request.variants,
         )  # fmt: skip
     with step("gate"):
         # Against the image the model saw: same framing, before the usage profile resizes it.
-        quality = assess(
-            prepared.image,
-            edited,
-            prompt,
-            template=request.template,
-            thresholds=thresholds_from_settings(settings.worker.gate_thresholds),
-        )
+        thresholds = thresholds_from_settings(settings.worker.gate_thresholds)
+        verdicts = [
+            assess(prepared.image, edited, prompt, template=request.template, thresholds=thresholds)
+            for edited in images
+        ]
     with step("upload"):
         profile = output_profile(request)
-        encoded = output.encode(edited, output.final_size(prepared.size, profile), profile)
-        key = output.result_image_key(attempt_prefix(request), encoded.format)
-        metadata = output.object_metadata(
-            edit_id=request.edit_id, attempt=request.attempt, event_id=request.event_id,
-            prompt=prompt, model=spec.name, seed=seed, usage=request.usage,
-        )  # fmt: skip
-        output.put_bytes(settings.s3, key, encoded.data, encoded.content_type, metadata)
-        url = output.presign(settings.s3, key)
+        variants = []
+        for index, (edited, quality) in enumerate(zip(images, verdicts, strict=True), start=1):
+            encoded = output.encode(edited, output.final_size(prepared.size, profile), profile)
+            key = output.result_image_key(attempt_prefix(request), encoded.format, index)
+            metadata = output.object_metadata(
+                edit_id=request.edit_id, attempt=request.attempt, event_id=request.event_id,
+                prompt=prompt, model=spec.name, seed=(seed + index - 1) % 2**32,
+                usage=request.usage,
+            )  # fmt: skip
+            output.put_bytes(settings.s3, key, encoded.data, encoded.content_type, metadata)
+            variant = VariantResult(
+                index=index, seed=(seed + index - 1) % 2**32, result_key=key,
+                result_url=output.presign(settings.s3, key), width=encoded.width,
+                height=encoded.height, quality=quality,
+            )  # fmt: skip
+            variants.append(variant)
+    first = variants[0]
     log.info(
         "edit done",
-        extra={"edit_id": request.edit_id, "attempt": request.attempt, "key": key,
-               "source": fetched.source, "cost": timer.cost, "gate": quality.verdict},
+        extra={"edit_id": request.edit_id, "attempt": request.attempt, "key": first.result_key,
+               "source": fetched.source, "cost": timer.cost, "gate": verdicts[0].verdict,
+               "variants": len(variants)},
     )  # fmt: skip
     return WorkerResult(
         status="success",
@@ -216,13 +226,15 @@ def process(
         model=spec.name,
         seed=seed,
         bucket=settings.s3.bucket,
-        result_key=key,
-        result_url=url,
-        width=encoded.width,
-        height=encoded.height,
+        result_key=first.result_key,
+        result_url=first.result_url,
+        width=first.width,
+        height=first.height,
         format=encoded.format,  # type: ignore[arg-type]
         cost=timer.breakdown(),
-        quality=quality,
+        quality=first.quality,
+        # One result is the common case: its fields above say everything.
+        variants=variants if len(variants) > 1 else [],
     )
 
 

@@ -1,4 +1,5 @@
-"""The bridge: approval events from JetStream become EditJobs; withdraw events cancel them.
+"""The bridge: approval events from JetStream become EditJobs; withdraw events cancel them;
+select events record the variant an applicant picked (:mod:`editflow.operator.selection`).
 
 Runs inside the operator (:func:`run_bridge`) on the durable consumer of
 :mod:`editflow.events.consumer`, ``operator.bridge_concurrency`` events at a
@@ -44,7 +45,13 @@ from editflow.core.settings import Settings
 from editflow.events.archive import find_approval
 from editflow.events.consumer import Delivery, run_consumer
 from editflow.events.ledger import ApprovalLedger, LedgerEntry
-from editflow.events.models import OA_EVENT_TYPES, ApprovalEvent, WithdrawEvent, approval_event_id
+from editflow.events.models import (
+    OA_EVENT_TYPES,
+    ApprovalEvent,
+    SelectEvent,
+    WithdrawEvent,
+    approval_event_id,
+)
 from editflow.events.topology import Topology
 from editflow.events.validation import Policy
 from editflow.operator import metrics
@@ -60,6 +67,7 @@ from editflow.operator.names import (
     label_value,
 )
 from editflow.operator.refusals import ApprovalScreen  # issue 14 §3-4: URL/callback screen
+from editflow.operator.selection import record_selection
 
 log = logging.getLogger("editflow.operator.bridge")
 
@@ -77,22 +85,49 @@ class Bridge:
         *,
         ledger: ApprovalLedger,
         screen: ApprovalScreen | None = None,
+        js: JetStreamContext | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
         self.ledger = ledger
+        #: Where a recorded selection is published (select events need it).
+        self.js = js
+        self.topology = topology or Topology(settings.events)
         # issue 14 §3-4: unsafe image/callback URLs and subjects are refused before an EditJob.
         self.screen = screen or ApprovalScreen(settings)
         self.namespace = settings.namespace
         self._locks = KeyedLocks()
 
-    async def __call__(self, event: ApprovalEvent | WithdrawEvent, delivery: Delivery) -> None:
+    async def __call__(
+        self, event: ApprovalEvent | WithdrawEvent | SelectEvent, delivery: Delivery
+    ) -> None:
         if isinstance(event, ApprovalEvent):
             await self.approve(
                 event, stream_seq=delivery.stream_seq, last_attempt=delivery.last_attempt
             )
+        elif isinstance(event, SelectEvent):
+            await self.select(event)
         else:
             await self.withdraw(event)
+
+    # -- selections (a variant picked) -----------------------------------------------------
+    async def select(self, event: SelectEvent) -> None:
+        if self.js is None:
+            raise UpstreamError("this bridge cannot publish selections (no JetStream)")
+        where = {"event_id": event.id, "approval_event_id": event.data.approval_event_id}
+        async with self._locks.hold(event.data.approval_event_id):
+            selection = await record_selection(
+                event,
+                kube=self.kube,
+                js=self.js,
+                topology=self.topology,
+                ledger=self.ledger,
+                namespace=self.namespace,
+            )
+        editjob = selection.data.editjob.name if selection.data.editjob else "?"
+        message = "select: variant %d of editjob %s recorded"
+        self._decided("select", "recorded", message, event.data.variant, editjob, where=where)
 
     # -- approvals -------------------------------------------------------------------------
     async def approve(
@@ -240,7 +275,7 @@ async def run_bridge(
     stop: asyncio.Event | None = None,
 ) -> None:
     """The approval loop until ``stop`` is set (or cancelled), restarted with backoff on errors."""
-    bridge = Bridge(settings, kube, ledger=ledger)
+    bridge = Bridge(settings, kube, ledger=ledger, js=nc.jetstream(), topology=topology)
     policy = Policy.from_settings(settings.events, accept=OA_EVENT_TYPES)
     stop = stop or asyncio.Event()
     concurrency = settings.operator.bridge_concurrency

@@ -169,6 +169,11 @@ SPEC = _obj(
             maximum=86400,
         ),
         "retry": RETRY,
+        "variants": _i(
+            "Results from one pipeline call (num_images_per_prompt); the applicant picks one.",
+            minimum=1,
+            maximum=4,
+        ),
     },
     required=["source", "prompt"],
     **{
@@ -218,6 +223,27 @@ STATUS = _obj(
         "startedAt": _s("When the current attempt started.", format="date-time"),
         "finishedAt": _s("When the edit reached its final phase.", format="date-time"),
         "sampledForReview": {"type": "boolean", "description": "Flagged for quality review."},
+        "variants": {
+            "type": "array",
+            "description": "Every result when spec.variants > 1 (variant 1 is resultKey).",
+            "maxItems": 4,
+            "items": _obj(
+                "One result of the edit.",
+                {
+                    "index": _i("1-based variant number.", minimum=1, maximum=4),
+                    "seed": {"type": "integer", "description": "The variant's seed."},
+                    "resultKey": _s("Object key of the variant's image."),
+                    "resultUrl": _s("Presigned URL of the variant's image."),
+                    "verdict": _s(
+                        "The quality gate's verdict on this variant.",
+                        enum=["ok", "no_visible_change", "global_change"],
+                    ),
+                },
+            ),
+        },
+        "selectedVariant": _i("The variant the applicant picked.", minimum=1, maximum=4),
+        "selectedAt": _s("When the applicant picked it.", format="date-time"),
+        "selectedBy": _s("Who picked it (the OA user id)."),
         "quality": _obj(
             "The automatic quality gate's view of the result (gate.mode says what it decides).",
             {

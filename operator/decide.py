@@ -352,6 +352,17 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             # Advisory mode steers the quality sampling: every flagged edit is sampled.
             "sampledForReview": flagged
             or is_sampled(meta.get("uid", meta["name"]), settings.sample_rate),
+            "variants": [
+                {
+                    "index": v.index,
+                    "seed": v.seed,
+                    "resultKey": v.result_key,
+                    "resultUrl": v.result_url,
+                    **({"verdict": v.quality.verdict} if v.quality else {}),
+                }
+                for v in result.variants
+            ]
+            or None,
         }
         if flagged and settings.gate_mode == "enforce":
             assert quality is not None

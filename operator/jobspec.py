@@ -94,6 +94,7 @@ def worker_request(
         event_id=(spec.get("oa") or {}).get("eventId"),
         # Set only when there is one: the serialised request stays what it was without.
         **({"template": template} if template else {}),
+        **({"variants": int(spec["variants"])} if int(spec.get("variants") or 1) > 1 else {}),
     )
 
 

@@ -98,6 +98,8 @@ def editjob_from_approval(
         spec["parameters"] = {k: v for k, v in params.items() if v is not None}
     if data.template is not None:
         spec["template"] = {"id": data.template.id, "parameters": dict(data.template.params)}
+    if data.variants > 1:
+        spec["variants"] = data.variants
     if data.callback is not None:
         callback = {
             "natsSubject": data.callback.nats_subject,

@@ -46,6 +46,7 @@ from editflow.events.models import (
     QualityGate,
     ReviewData,
     ReviewEvent,
+    VariantRef,
 )
 from editflow.events.outcomes import (
     completion_event,
@@ -115,6 +116,16 @@ def completion_for(editjob: JSON) -> CompletionEvent:
         error=error,
         message=status.get("message"),
         quality=_quality(status.get("quality")),
+        variants=[
+            VariantRef(
+                index=v["index"],
+                seed=v.get("seed"),
+                result_url=v.get("resultUrl"),
+                result_key=v.get("resultKey"),
+                quality=v.get("verdict"),
+            )
+            for v in status.get("variants") or []
+        ],
     )
 
 
@@ -161,6 +172,7 @@ def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
         model=spec.get("model"),
         quality=(status.get("quality") or {}).get("verdict"),
         error_code=status.get("errorCode"),
+        variants=int(spec.get("variants") or 1),
     )
 
 

@@ -34,4 +34,9 @@ def signed_by_operator(result: WorkerResult, presigner: ResultPresigner) -> Work
     """The result with ``result_url`` re-signed by the operator (unchanged without a key)."""
     if result.status != "success" or not result.result_key:
         return result
-    return result.model_copy(update={"result_url": presigner.url(result.result_key)})
+    variants = [
+        v.model_copy(update={"result_url": presigner.url(v.result_key)}) for v in result.variants
+    ]
+    return result.model_copy(
+        update={"result_url": presigner.url(result.result_key), "variants": variants}
+    )

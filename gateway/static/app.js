@@ -14,7 +14,8 @@ const I18N = {
     uploading: "上传中…", submitting: "提交中…", pending: "处理中", success: "完成",
     failed: "失败", needs_review: "转人工处理", cancelled: "已取消", rejected: "被拒绝",
     needImage: "请上传图片或填写图片链接", needPrompt: "请填写修改指令或选择模板",
-    seconds: "秒",
+    seconds: "秒", variantsLabel: "结果数量", variantsTitle: "选一个结果", variant: "结果",
+    pick: "选这个", picked: "已选：结果",
   },
   en: {
     tagline: "One-sentence image edits: upload an image, write one concrete instruction, compare.",
@@ -27,7 +28,8 @@ const I18N = {
     submitting: "submitting…", pending: "working", success: "done", failed: "failed",
     needs_review: "sent to a designer", cancelled: "cancelled", rejected: "rejected",
     needImage: "Upload an image or give its URL", needPrompt: "Write an instruction or pick a template",
-    seconds: "s",
+    seconds: "s", variantsLabel: "Results", variantsTitle: "Pick one result", variant: "Result",
+    pick: "Pick this one", picked: "Picked: result",
   },
 };
 
@@ -169,6 +171,9 @@ async function submit(event) {
   $("submit").disabled = true;
   try {
     const body = { usage: $("usage").value || "default" };
+    const variants = parseInt($("variants").value || "1", 10);
+    if (variants > 1) body.variants = variants;
+    $("variants-view").hidden = true;
     if (file) {
       setStatus(t("uploading"));
       const form = new FormData();
@@ -219,8 +224,58 @@ async function follow(id, startedAt) {
     $("after").hidden = false;
     $("result-link").href = edit.result_url;
     $("result-link").hidden = false;
+    showVariants(edit);
   } else {
     showError((edit.error && edit.error.message) || edit.message || edit.status);
+  }
+}
+
+// Several results side by side, each with its seed and the gate's verdict; picking one
+// POSTs /v1/edits/{id}/select, which editflow records and publishes to the OA system.
+function showVariants(edit) {
+  const list = $("variant-list");
+  list.replaceChildren();
+  if (!edit.variants || edit.variants.length < 2) return;
+  for (const variant of edit.variants) {
+    const figure = document.createElement("figure");
+    figure.dataset.variant = String(variant.index);
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${t("variant")} ${variant.index} · seed ${variant.seed}` +
+      (variant.quality ? ` · ${variant.quality}` : "");
+    const img = document.createElement("img");
+    img.src = variant.result_url;
+    img.alt = `${t("variant")} ${variant.index}`;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "pick";
+    button.textContent = t("pick");
+    button.addEventListener("click", () => pick(edit.id, variant.index));
+    figure.append(caption, img, button);
+    list.append(figure);
+  }
+  markPicked(edit.selected_variant);
+  $("variants-view").hidden = false;
+}
+
+function markPicked(index) {
+  for (const figure of $("variant-list").children) {
+    figure.classList.toggle("picked", figure.dataset.variant === String(index));
+  }
+  $("picked").hidden = !index;
+  if (index) $("picked").textContent = `${t("picked")} ${index}`;
+}
+
+async function pick(id, index) {
+  showError("");
+  try {
+    const edit = await api(`/v1/edits/${encodeURIComponent(id)}/select`, {
+      method: "POST",
+      headers: headers({ "Content-Type": "application/json" }),
+      body: JSON.stringify({ variant: index }),
+    });
+    markPicked(edit.selected_variant);
+  } catch (err) {
+    showError(err.message);
   }
 }
 

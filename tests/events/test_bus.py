@@ -79,7 +79,12 @@ async def test_provisioning_twice_changes_nothing_and_a_changed_setting_is_appli
 
 async def test_streams_have_the_documented_subjects_and_duplicate_window(js, topology):
     approvals = await js.stream_info(topology.approvals_stream)
-    assert set(approvals.config.subjects) == {topology.approval_subject, topology.withdraw_subject}
+    assert set(approvals.config.subjects) == {
+        topology.approval_subject,
+        topology.withdraw_subject,
+        topology.select_subject,
+    }
+    assert topology.select_subject == f"{topology.approval_subject}.select"
     assert approvals.config.retention == "limits"
     consumer = await js.consumer_info(topology.approvals_stream, topology.consumer)
     assert consumer.config.ack_policy == "explicit"

@@ -45,7 +45,9 @@ def test_type_names_carry_their_version():
     assert set(EVENT_TYPES) == {
         "io.editflow.approval.v1",
         "io.editflow.withdraw.v1",
+        "io.editflow.select.v1",
         "io.editflow.completion.v1",
+        "io.editflow.selection.v1",
         "io.editflow.review.v1",
     }
 

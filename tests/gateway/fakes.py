@@ -22,6 +22,7 @@ class MemoryBus:
         self.publishes = 0
         self.completions: dict[str, CompletionEvent] = {}
         self.rejections: dict[str, Rejection] = {}
+        self.selections: dict[str, int] = {}
         self.available = True
         self._changed = asyncio.Event()
 
@@ -55,6 +56,16 @@ class MemoryBus:
     async def rejection(self, edit_id: str) -> Rejection | None:
         self._ready()
         return self.rejections.get(edit_id)
+
+    async def select(
+        self, *, form_id: str, approval_id: str, edit_id: str, variant: int, by: str | None
+    ) -> None:
+        self._ready()
+        self.selections[edit_id] = variant
+
+    async def selection(self, edit_id: str) -> None:
+        self._ready()
+        return None
 
     async def check(self) -> str:
         self._ready()

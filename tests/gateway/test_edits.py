@@ -304,3 +304,33 @@ def test_legacy_edit_answers_a_rejection_without_waiting_out_the_timeout(api, mo
     # The rejection's reason, not the timeout's "did not finish within 60 s".
     assert body["status"] == "failed" and "signature does not match" in body["error"]
     assert "did not finish" not in body["error"]
+
+
+def test_variants_are_asked_for_shown_side_by_side_and_picked(api) -> None:
+    from editflow.events.models import VariantRef
+
+    gw = api()
+    edit = gw.post_edit({**EDIT, "variants": 3}).json()
+    assert gw.bus.events[edit["id"]].data.variants == 3
+    early = gw.client.post(f"/v1/edits/{edit['id']}/select", json={"variant": 2}, headers=AUTH)
+    assert_problem(early, 409, "not_selectable")
+    variants = [
+        VariantRef(index=i, seed=6 + i, result_key=f"results/{edit['id']}/result-{i}.png")
+        for i in (1, 2, 3)
+    ]
+    gw.bus.complete(edit["id"], variants=variants)
+    shown = gw.client.get(f"/v1/edits/{edit['id']}", headers=AUTH).json()
+    assert [v["index"] for v in shown["variants"]] == [1, 2, 3]
+    assert all(v["result_url"] for v in shown["variants"]), "every variant is signed"
+    missing = gw.client.post(f"/v1/edits/{edit['id']}/select", json={"variant": 4}, headers=AUTH)
+    assert_problem(missing, 409, "no_such_variant")
+    bad = gw.client.post(f"/v1/edits/{edit['id']}/select", json={"variant": 9}, headers=AUTH)
+    assert bad.status_code == 422 and "variant" in bad.text
+    picked = gw.client.post(f"/v1/edits/{edit['id']}/select", json={"variant": 2}, headers=AUTH)
+    assert picked.status_code == 202 and picked.json()["selected_variant"] == 2
+    assert gw.bus.selections[edit["id"]] == 2
+
+
+def test_more_than_four_variants_is_a_422_naming_the_field(api) -> None:
+    resp = api().post_edit({**EDIT, "variants": 5})
+    assert resp.status_code == 422 and "variants" in resp.text

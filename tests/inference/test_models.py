@@ -47,11 +47,15 @@ def test_listed_model_edits_end_to_end_and_is_reproducible(name: str, cache: Mod
     )
     kwargs = dict(image=prepared.image, prompt="make it 'blue'", steps=steps,
                   guidance_scale=guidance, negative_prompt=negative)  # fmt: skip
-    first = run_edit(model, seed=5, **kwargs)
-    again = run_edit(model, seed=5, **kwargs)
-    other = run_edit(model, seed=6, **kwargs)
+    (first,) = run_edit(model, seed=5, **kwargs)
+    (again,) = run_edit(model, seed=5, **kwargs)
+    (other,) = run_edit(model, seed=6, **kwargs)
     assert first.tobytes() == again.tobytes()
     assert first.tobytes() != other.tobytes()
+    # Variants: one call, one image per variant, each from its own seed.
+    three = run_edit(model, seed=5, variants=3, **kwargs)
+    assert len(three) == 3 and len({image.tobytes() for image in three}) == 3
+    assert all(image.size == first.size for image in three)
 
 
 def test_turbo_preset_defaults_to_8_steps_without_cfg() -> None:
@@ -151,8 +155,8 @@ def test_attention_backend_from_settings_is_applied(tiny_models_root: Path) -> N
     backends = {getattr(p, "_attention_backend", None) for p in processors}
     assert {getattr(b, "value", b) for b in backends} == {"_native_math"}
     prepared = preprocess(png_bytes((320, 240)), max_pixels=10**7)
-    image = run_edit(model, image=prepared.image, prompt="blue", steps=1, guidance_scale=1.0,
-                     negative_prompt="", seed=1)  # fmt: skip
+    (image,) = run_edit(model, image=prepared.image, prompt="blue", steps=1, guidance_scale=1.0,
+                        negative_prompt="", seed=1)  # fmt: skip
     assert image.size[0] > 0
 
 

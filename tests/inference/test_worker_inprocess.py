@@ -102,3 +102,42 @@ def test_s3_sources_are_read_from_the_platform_bucket(
     body.update(edit_id="s3-missing", source={"s3_key": "inputs/nope.png"})
     result, code = execute(json.dumps(body), worker_settings, models)
     assert code == ExitCode.INVALID_INPUT and result.error.field == "source.s3_key"
+
+
+def test_variants_come_from_one_call_each_with_its_seed_key_and_verdict(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache
+) -> None:
+    image_server.routes["/three.png"] = Route(png_bytes((640, 480)))
+    raw = request(image_server.url("/three.png"), edit_id="variants-3", variants=3)
+    result, code = execute(raw, worker_settings, models)
+    assert code == ExitCode.OK, result.error
+    assert [v.index for v in result.variants] == [1, 2, 3]
+    assert [v.seed for v in result.variants] == [7, 8, 9]
+    keys = [v.result_key for v in result.variants]
+    assert keys == [
+        "results/variants-3/attempt-1/result.png",
+        "results/variants-3/attempt-1/result-2.png",
+        "results/variants-3/attempt-1/result-3.png",
+    ]
+    assert result.result_key == keys[0] and result.quality == result.variants[0].quality
+    assert all(v.quality is not None for v in result.variants)
+    client = s3_client(worker_settings.s3)
+    blobs = [client.get_object(worker_settings.s3.bucket, key).read() for key in keys]
+    assert len(set(blobs)) == 3, "three different results"
+    seeds = [
+        client.stat_object(worker_settings.s3.bucket, key).metadata["x-amz-meta-seed"]
+        for key in keys
+    ]
+    assert seeds == ["7", "8", "9"]
+    # One result is the common case and stays as it was: no variant list.
+    single, _ = execute(request(image_server.url("/three.png"), edit_id="variants-1"),
+                        worker_settings, models)  # fmt: skip
+    assert single.variants == [] and single.result_key.endswith("/result.png")
+
+
+def test_more_than_four_variants_is_refused_with_the_field(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache
+) -> None:
+    raw = request(image_server.url("/three.png"), edit_id="variants-9", variants=9)
+    result, code = execute(raw, worker_settings, models)
+    assert code == ExitCode.INVALID_INPUT and result.error.field == "variants"

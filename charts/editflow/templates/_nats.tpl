@@ -55,7 +55,8 @@ Usage: {{- $n := include "editflow.natsNames" . | fromJson }}
   "workerStatusPrefix" "editflow.worker.status"
   "workerControlPrefix" "editflow.worker.control"
   "approvalSubject" .Values.events.approvalSubject
-  "withdrawSubject" .Values.events.withdrawSubject) }}
+  "withdrawSubject" .Values.events.withdrawSubject
+  "selectSubject" (printf "%s.select" .Values.events.approvalSubject)) }}
 {{- end }}
 
 {{/*
@@ -133,7 +134,7 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
     (printf "$JS.API.STREAM.MSG.DELETE.%s" $n.work)) }}
 {{- $operatorSub := list "_INBOX.>" (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) }}
 {{- $gatewayPub := concat $info
-  (list $n.approvalSubject $n.withdrawSubject)
+  (list $n.approvalSubject $n.withdrawSubject $n.selectSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
   (include "editflow.jsRead" $n.completions | fromJsonArray)
   (include "editflow.jsRead" $n.dlq | fromJsonArray)
@@ -144,7 +145,7 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
   (include "editflow.jsConsume" $n.work | fromJsonArray)
   (list (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) "_INBOX.>") }}
 {{- $publisherPub := concat $info
-  (list $n.approvalSubject $n.withdrawSubject)
+  (list $n.approvalSubject $n.withdrawSubject $n.selectSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
   (include "editflow.jsRead" $n.completions | fromJsonArray) }}
 {{- toJson (dict

@@ -178,6 +178,11 @@ class EventsSettings(BaseModel):
     withdraw_subject: str = Field(
         "oa.approvals.image-edit.withdraw", description="the only subject withdraw events use"
     )
+    select_subject: str | None = Field(
+        None,
+        description="the only subject select events (a variant picked) use; default "
+        "<approval_subject>.select",
+    )
     completions_stream: str = Field("EDITFLOW_COMPLETIONS", pattern=r"^[A-Za-z0-9_-]+$")
     completion_subject_prefix: str = "editflow.completions"
     review_subject_prefix: str = "editflow.reviews"
