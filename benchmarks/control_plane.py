@@ -28,6 +28,11 @@ operator run`` as a process exactly as the end-to-end tests run it:
     .venv/bin/python benchmarks/control_plane.py             # full run, < 20 min
     .venv/bin/python benchmarks/control_plane.py --quick     # small sizes, a few minutes
     .venv/bin/python benchmarks/control_plane.py --background 70000 --no-keda
+    .venv/bin/python benchmarks/control_plane.py --rss-only  # memory at rest, 0/1,000/10,000
+
+``--rss-only`` skips the load and the peer: one platform, the finished EditJobs
+topped up level by level, a fresh operator's RSS at rest for each
+(``controlplane/rss.py``); it writes ``control_plane-rss-<utc>.json``.
 
 Prints tables and writes ``benchmarks/results/control_plane-<utc>.json``.
 """
@@ -63,6 +68,7 @@ from controlplane.localplatform import (
     start_platform,
 )
 from controlplane.procstats import CpuBreakdown, ProcessMeter, wait_idle
+from controlplane.rss import run_rss
 from controlplane.stats import deltas, ordered_deltas, summarize
 from controlplane.timeline import Timeline
 from controlplane.watch import ClusterWatches, subscribe_completions
@@ -94,6 +100,8 @@ class Plan:
     keda_polling: tuple[int, ...]
     out: Path
     keep_logs: Path | None
+    rss_only: bool = False
+    rss_hold_seconds: float = 10.0
 
 
 def _numbers(text: str, kind: Callable[[str], Any]) -> tuple[Any, ...]:
@@ -159,6 +167,18 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         type=Path,
         help="copy each platform's logs (operator, apiserver, kubelet, ...) here before teardown",
     )
+    parser.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="only the operator's RSS at rest with each --background count of finished "
+        "EditJobs (one platform, no load, no KEDA)",
+    )
+    parser.add_argument(
+        "--rss-hold",
+        type=float,
+        default=10.0,
+        help="with --rss-only: seconds RSS is sampled once the operator is idle",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     quick = args.quick
     plan = Plan(
@@ -176,6 +196,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         keda_polling=args.keda_polling,
         out=args.out,
         keep_logs=args.keep_logs,
+        rss_only=args.rss_only,
+        rss_hold_seconds=args.rss_hold,
     )
     for name, values in (("--background", plan.backgrounds), ("--rates", plan.rates)):
         if not values or min(values) < 0 or (name == "--rates" and min(values) <= 0):
@@ -574,8 +596,57 @@ async def run(plan: Plan) -> dict[str, Any]:
     return result
 
 
+async def run_rss_only(plan: Plan) -> dict[str, Any]:
+    """``--rss-only``: the operator at rest with each count of finished EditJobs."""
+    result: dict[str, Any] = {
+        "benchmark": "control_plane_rss",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": {"backgrounds": plan.backgrounds, "hold_seconds": plan.rss_hold_seconds},
+        "levels": [],
+    }
+    with timed(result), console.status("measuring") as status:
+        try:
+            result["levels"] = await run_rss(
+                plan.backgrounds,
+                settle_seconds=max(plan.settle_seconds, 120.0),
+                hold_seconds=plan.rss_hold_seconds,
+                on_progress=status.update,
+            )
+        except Exception as exc:
+            console.print_exception()
+            result.setdefault("errors", []).append(repr(exc))
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    goal = report.GOALS["rss_mb"]
+    at_goal = [lv for lv in result["levels"] if lv["editjobs"] == plan.goal_background]
+    result["goals"] = [
+        {
+            "goal": f"operator RSS at rest with {plan.goal_background:,} finished EditJobs",
+            "target": f"≤ {goal:.0f} MB",
+            "value": at_goal[0]["rss_mb"] if at_goal else None,
+            "ok": (at_goal[0]["rss_mb"] <= goal) if at_goal else None,
+            "unit": "MB",
+        }
+    ]
+    return result
+
+
+def main_rss(plan: Plan) -> int:
+    result = asyncio.run(run_rss_only(plan))
+    console.print(report.rss_table(result["levels"]))
+    for error in result.get("errors", []):
+        console.print(f"[red]not measured:[/red] {error}")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    path = plan.out / f"control_plane-rss-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+    console.print(f"wall {result['wall_seconds']:.0f} s; wrote {path}")
+    return 1 if result.get("errors") else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     plan = parse_plan(argv)
+    if plan.rss_only:
+        return main_rss(plan)
     result = asyncio.run(run(plan))
     report.print_all(console, result)
     for error in result.get("errors", []):

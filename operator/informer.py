@@ -129,6 +129,8 @@ class Informer:
         self.synced = asyncio.Event()
         self.last_contact = time.monotonic()
         self.relists = 0
+        #: List pages fetched (all relists together): the initial list comes page by page.
+        self.pages = 0
         self._version = ""
         self._mine: set[Key] = set()
 
@@ -136,14 +138,29 @@ class Informer:
         return {"labelSelector": self.label_selector} if self.label_selector else {}
 
     async def relist(self) -> None:
-        """One paginated list, diffed into the store (deletions we missed included)."""
-        items, version = await self.kube.list_pages(
-            self.path, page_size=self.page_size, **self._params()
-        )
+        """One paginated list, diffed into the store (deletions we missed included).
+
+        Each page is projected into the store *before* the next one is fetched,
+        so at most one page of whole objects (``page_size`` of them, ~15 KB each
+        decoded for an EditJob) is alive at a time. Collecting every page first
+        and projecting afterwards held all of them at once: 150 MB for 10,000
+        finished EditJobs, which Python's allocator then kept as RSS (its arenas
+        are returned only when entirely empty, and the slim projections made
+        from those objects were scattered through them).
+        """
         seen: set[Key] = set()
-        for obj in items:
-            seen.add(key_of(obj))
-            self.store.upsert(obj)
+        token = ""
+        version = ""
+        while True:
+            page = await self._get_page(token)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or ""
+            version = str(meta.get("resourceVersion") or "")
+            self._apply_page(page.get("items") or [], seen)
+            del page, meta  # no whole object outlives its page
+            self.pages += 1
+            if not token:
+                break
         for key in self._mine - seen:
             self.store.remove(key)
         self._mine = seen
@@ -152,6 +169,24 @@ class Informer:
         self.last_contact = time.monotonic()
         metrics.CACHE_RELISTS.labels(self.kind).inc()
         self.synced.set()
+
+    async def _get_page(self, token: str) -> JSON:
+        """One page of the collection (``limit``/``continue``), served from one snapshot."""
+        params: dict[str, Any] = {**self._params(), "limit": self.page_size}
+        if token:
+            params["continue"] = token
+        page = await self.kube.get(self.path, **params)
+        if page is None:
+            raise KubeAPIError(404, "NotFound", f"{self.path}: the collection is not served")
+        return page
+
+    def _apply_page(self, items: list[JSON], seen: set[Key]) -> None:
+        """Upsert one page in list order, dropping each whole object once it is projected."""
+        items.reverse()
+        while items:
+            obj = items.pop()
+            seen.add(key_of(obj))
+            self.store.upsert(obj)
 
     async def run(self) -> None:
         """List once, then watch forever; back off on apiserver trouble."""

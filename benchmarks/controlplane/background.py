@@ -93,12 +93,13 @@ async def create_finished(
     count: int,
     *,
     bucket: str,
+    first: int = 0,
     concurrency: int = 24,
     on_created: Callable[[int], None] | None = None,
 ) -> None:
-    """Create ``count`` finished EditJobs; raises on the first apiserver error."""
+    """Create ``count`` finished EditJobs, numbered from ``first``; raises on an apiserver error."""
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(count):
+    for index in range(first, first + count):
         queue.put_nowait(index)
     path = editjob_path(namespace)
 

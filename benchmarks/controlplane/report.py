@@ -72,6 +72,30 @@ def levels_table(levels: list[dict[str, Any]]) -> Table:
     return table
 
 
+def rss_table(levels: list[dict[str, Any]]) -> Table:
+    """``--rss-only``: the operator at rest per count of finished EditJobs."""
+    table = Table(title="operator memory at rest (MB, /proc/<pid>/status)")
+    for col in (
+        "finished EditJobs", "cached", "synced in s", "start-up CPU s", "VmRSS",
+        "anon", "file", "VmHWM", "goal",
+    ):  # fmt: skip
+        table.add_column(col, justify="right")
+    for level in levels:
+        ok = level["rss_mb"] <= GOALS["rss_mb"]
+        table.add_row(
+            f"{level['editjobs']:,}",
+            f"{(level.get('caches') or {}).get('editjobs', '?'):,}",
+            f"{level['synced_after_seconds']:.1f}",
+            f"{level['startup_cpu_seconds']:.1f}",
+            f"{level['rss_mb']:.0f}",
+            f"{level['rss_anon_mb'] or 0:.0f}",
+            f"{level['rss_file_mb'] or 0:.0f}",
+            f"{level['hwm_mb'] or 0:.0f}",
+            f"≤ {GOALS['rss_mb']:.0f}: " + ("yes" if ok else "[red]no[/red]"),
+        )
+    return table
+
+
 def peer_table(peer: list[dict[str, Any]]) -> Table:
     table = Table(title="event → Job created, editflow beside KEDA on the same events (ms)")
     for col in ("system", "rate/s", "events", "Jobs", "p50", "p99", "max"):
