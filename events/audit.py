@@ -62,6 +62,8 @@ class AuditRecord(BaseModel):
     #: ``outcome`` (an edit finished) or ``selection`` (the applicant picked a variant).
     kind: Literal["outcome", "selection"] = "outcome"
     variants: int = 1
+    #: ``preview``: an approver's approximate preview (its GPU time counts too).
+    stage: str = "final"
     selected_variant: int | None = None
     selected_by: str | None = None
 

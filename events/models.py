@@ -225,6 +225,12 @@ class ApprovalData(_Data):
         le=4,
         description="results to produce from one pipeline call (1..4); the applicant picks one",
     )
+    stage: Literal["final", "preview"] = Field(
+        "final",
+        description="final: the edit itself (after the last approval); preview: an approximate "
+        "edit for the next approver (Turbo model, 8 steps, reduced size), published as a "
+        "preview completion",
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> ApprovalData:
@@ -283,6 +289,14 @@ class CompletionData(_Data):
     editjob: EditJobRef | None = None
     quality: QualityGate | None = Field(
         None, description="the automatic quality gate's verdict on the result, when it ran"
+    )
+    stage: Literal["final", "preview"] = Field(
+        "final", description="preview: the approximate edit an approval stage asked for"
+    )
+    approximate: bool = Field(
+        False,
+        description="true for a preview: a Turbo 8-step edit at a reduced size does not "
+        "reproduce the full edit, even with its seed",
     )
     variants: list[VariantRef] = Field(
         default_factory=list,
@@ -490,6 +504,12 @@ def approval_event_id(source: str, form_id: str, approval_id: str) -> str:
     restarts mid-hook) reuses the id and the edit runs once.
     """
     return str(uuid.uuid5(ID_NAMESPACE, f"approval\0{source}\0{form_id}\0{approval_id}"))
+
+
+def preview_event_id(source: str, form_id: str, approval_id: str) -> str:
+    """The default id of a preview approval: its own, so the final approval (whose default
+    id :func:`approval_event_id` derives from the same ids) is not dropped as its duplicate."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"preview\0{source}\0{form_id}\0{approval_id}"))
 
 
 def completion_event_id(*, namespace: str, name: str, uid: str, status: EditStatus) -> str:

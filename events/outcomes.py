@@ -16,7 +16,7 @@ recorded) is a JetStream duplicate: OA sees one completion per outcome.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -62,6 +62,8 @@ def completion_event(
     message: str | None = None,
     quality: QualityGate | None = None,
     variants: list[VariantRef] | None = None,
+    stage: Literal["final", "preview"] = "final",
+    approximate: bool = False,
     source: str = OPERATOR_SOURCE,
     time: datetime | None = None,
 ) -> CompletionEvent:
@@ -88,6 +90,8 @@ def completion_event(
             editjob=editjob,
             quality=quality,
             variants=variants or [],
+            stage=stage,
+            approximate=approximate,
         ),
         **extra,
     )

@@ -37,7 +37,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -64,6 +64,7 @@ from editflow.events.models import (
     WithdrawData,
     WithdrawEvent,
     approval_event_id,
+    preview_event_id,
 )
 from editflow.events.problems import EventRejected
 from editflow.events.publish import publish_event
@@ -191,9 +192,13 @@ class OAClient:
         event_id: str | None = None,
         department: str | None = None,
         cost_center: str | None = None,
+        variants: int = 1,
+        stage: Literal["final", "preview"] = "final",
     ) -> str:
         """Publish an approval event; returns its id, the key to wait on and to withdraw with.
 
+        ``variants`` (1..4) asks for several results to pick from (:meth:`select`);
+        ``stage="preview"`` asks for an approver's approximate preview (:meth:`submit_preview`).
         Raises ``pydantic.ValidationError`` for invalid fields before anything is sent.
         """
         data = ApprovalData(
@@ -201,10 +206,11 @@ class OAClient:
             approvers=list(approvers), image_url=image_url, image_key=image_key,
             instruction=instruction, usage=usage, template=template, priority=priority,
             callback=callback, model=model, generation=generation,
-            department=department, cost_center=cost_center,
+            department=department, cost_center=cost_center, variants=variants, stage=stage,
         )  # fmt: skip
+        default_id = preview_event_id if stage == "preview" else approval_event_id
         event = ApprovalEvent(
-            id=event_id or approval_event_id(self.source, form_id, approval_id),
+            id=event_id or default_id(self.source, form_id, approval_id),
             source=self.source,
             subject=f"{form_id}/{approval_id}"[:256],
             data=data,
@@ -236,6 +242,13 @@ class OAClient:
             data=data,
         )
         return await self.publish(event)
+
+    async def submit_preview(self, **fields: Any) -> str:
+        """An approver's preview of the edit an approval asks for (after the first approval
+        level): the Turbo model at 8 steps and a reduced size, completed with
+        ``stage="preview"`` and ``approximate=True``. Its id is its own (the final approval of
+        the same form and approval instance is not its duplicate); wait on it as on any."""
+        return await self.submit_approval(stage="preview", **fields)
 
     async def select(
         self,

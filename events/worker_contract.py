@@ -87,6 +87,8 @@ class WorkerRequest(_Strict):
     template: str | None = Field(None, max_length=64)
     #: Results from one pipeline call (``num_images_per_prompt``); variant i has seed + i - 1.
     variants: int = Field(1, ge=1, le=4)
+    #: An approver's preview: the image is brought to the reduced preview size.
+    preview: bool = False
 
 
 class LoadDetail(BaseModel):

@@ -157,6 +157,7 @@ async def _submit(
         idempotency_key=idempotency_key,
         form_id=body.form_id,
         approval_id=body.approval_id,
+        preview=body.preview,
     )
     event = service.approval_event(
         body,

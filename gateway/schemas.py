@@ -144,6 +144,11 @@ class EditRequest(_Strict):
     variants: int = Field(
         1, ge=1, le=4, description="results from one pipeline call (1..4); pick one with /select"
     )
+    preview: bool = Field(
+        False,
+        description="an approver's approximate preview (Turbo, 8 steps, reduced size) instead "
+        "of the edit itself",
+    )
 
 
 class SelectRequest(_Strict):
@@ -250,6 +255,8 @@ class EditView(BaseModel):
         default_factory=list, description="every result when more than one was asked for"
     )
     selected_variant: int | None = Field(None, description="the variant the applicant picked")
+    stage: str = Field("final", description="preview: an approver's approximate preview")
+    approximate: bool = False
     links: EditLinks
 
 

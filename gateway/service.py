@@ -57,8 +57,13 @@ def edit_id_for(
     idempotency_key: str | None,
     form_id: str | None = None,
     approval_id: str | None = None,
+    preview: bool = False,
 ) -> str:
-    """The approval event id of a POST (see the module docstring)."""
+    """The approval event id of a POST (see the module docstring).
+
+    A preview of a form's approval is an edit of its own: its id differs from the final
+    edit's, which the same form and approval ids name later.
+    """
     if idempotency_key is not None:
         key = idempotency_key.strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
@@ -68,7 +73,10 @@ def edit_id_for(
             )
         return str(uuid.uuid5(ID_NAMESPACE, f"gateway\0{identity}\0key\0{key}"))
     if form_id and approval_id:
-        return str(uuid.uuid5(ID_NAMESPACE, f"gateway\0{identity}\0oa\0{form_id}\0{approval_id}"))
+        stage = "\0preview" if preview else ""
+        return str(
+            uuid.uuid5(ID_NAMESPACE, f"gateway\0{identity}\0oa\0{form_id}\0{approval_id}{stage}")
+        )
     return str(uuid.uuid4())
 
 
@@ -179,6 +187,7 @@ def approval_event(
             department=request.department,
             cost_center=request.cost_center,
             variants=request.variants,
+            stage="preview" if request.preview else "final",
         )
     except ValidationError as exc:
         problem = from_pydantic(exc)
@@ -275,6 +284,8 @@ def view(
             "message": done.message,
             "variants": [VariantView(**v.model_dump()) for v in done.variants],
             "selected_variant": selection.data.variant if selection else None,
+            "stage": done.stage,
+            "approximate": done.approximate,
         }
     )
 

@@ -177,7 +177,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.frombytes("RGB", image.size, image.tobytes())
 
 
-def preprocess(data: bytes, *, max_pixels: int, multiple: int = 16) -> PreparedImage:
+#: A preview (an approver's first look) is edited at about a quarter of the pixels.
+PREVIEW_SHORT_SIDE = 384
+PREVIEW_LONG_SIDE_MAX = 512
+
+
+def preprocess(
+    data: bytes, *, max_pixels: int, multiple: int = 16, preview: bool = False
+) -> PreparedImage:
     """Fetched bytes -> :class:`PreparedImage` (see the module docstring for the order)."""
     image = open_image(data, max_pixels=max_pixels, draft_short_side=SHORT_SIDE)
     source_format = image.format or "unknown"
@@ -190,7 +197,12 @@ def preprocess(data: bytes, *, max_pixels: int, multiple: int = 16) -> PreparedI
     except (OSError, ValueError, KeyError, SyntaxError):
         oriented = image  # an unreadable EXIF block: keep the pixels as stored
     rgb = to_rgb(oriented)
-    size = target_size(*rgb.size, multiple=multiple)
+    sides = (
+        {"short_side": PREVIEW_SHORT_SIDE, "long_side_max": PREVIEW_LONG_SIDE_MAX}
+        if preview
+        else {}
+    )
+    size = target_size(*rgb.size, multiple=multiple, **sides)
     resized = rgb if size == rgb.size else rgb.resize(size, Image.Resampling.LANCZOS)
     return PreparedImage(
         image=resized, source_format=source_format, source_size=source_size, frames=frames

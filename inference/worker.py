@@ -175,7 +175,10 @@ def process(
         fetched = fetch(request, settings)
     with step("preprocess"):
         prepared: PreparedImage = preprocess(
-            fetched.data, max_pixels=settings.worker.max_pixels, multiple=spec.multiple
+            fetched.data,
+            max_pixels=settings.worker.max_pixels,
+            multiple=spec.multiple,
+            preview=request.preview,
         )
     model, load_seconds = loading.result()
     timer.add("load", load_seconds)

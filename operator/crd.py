@@ -174,6 +174,11 @@ SPEC = _obj(
             minimum=1,
             maximum=4,
         ),
+        "preview": {
+            "type": "boolean",
+            "description": "An approver's preview: Turbo, 8 steps, reduced size, labelled "
+            "approximate; runs in the preview share of the namespace's GPU cap.",
+        },
     },
     required=["source", "prompt"],
     **{
@@ -284,6 +289,7 @@ PRINTER_COLUMNS = [
     {"name": "Gate", "type": "string", "jsonPath": ".status.quality.verdict"},
     {"name": "Result", "type": "string", "jsonPath": ".status.resultKey"},
     {"name": "Worker", "type": "string", "jsonPath": ".status.workerPod", "priority": 1},
+    {"name": "Preview", "type": "boolean", "jsonPath": ".spec.preview", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

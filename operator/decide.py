@@ -52,6 +52,8 @@ class Observed:
     completion_id: str | None = None
     #: Why the spec must not run at all (a refused URL or callback subject), for new EditJobs.
     refusal: ErrorInfo | None = None
+    #: The cap of the EditJob's lane (previews have a share of their own); None: the namespace's.
+    cap: int | None = None
 
 
 @dataclass
@@ -266,7 +268,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         # The Accepted condition tells the story; a Kubernetes Event would repeat it (one
         # apiserver write per edit at 50 events/s). JobCreated and the outcome are Events.
         conditions(_condition("Accepted", True, "Accepted", "the spec is valid", now))
-        free = settings.max_running_per_namespace - obs.in_flight
+        free = (obs.cap or settings.max_running_per_namespace) - obs.in_flight
         if free <= 0 or obs.queued_ahead >= free:
             out.requeue_after = 0  # the next look queues it, with its place in the queue
             return out
@@ -279,7 +281,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             set_status(phase="Queued")
             out.requeue_after = (retry_at - now).total_seconds()
             return out
-        cap = settings.max_running_per_namespace
+        cap = obs.cap or settings.max_running_per_namespace
         free = cap - obs.in_flight
         if free <= 0 or obs.queued_ahead >= free:
             message = (
@@ -373,6 +375,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             )
             return finish("NeedsReview", error.message, error=error, **recorded)
         edited = f"edited in {cost:.1f}s" if cost else "edited"
+        if spec.get("preview"):
+            edited = "approximate preview (Turbo, 8 steps, reduced size) " + edited
         if flagged:
             assert quality is not None
             edited += f"; quality gate (advisory): {quality.verdict}"

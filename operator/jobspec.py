@@ -27,6 +27,8 @@ from editflow.operator.names import (
     LABEL_ATTEMPT,
     LABEL_EDITJOB,
     LABEL_FORM,
+    LABEL_LANE,
+    LANE_PREVIEW,
     MANAGED_BY,
     job_name,
     label_value,
@@ -95,6 +97,7 @@ def worker_request(
         # Set only when there is one: the serialised request stays what it was without.
         **({"template": template} if template else {}),
         **({"variants": int(spec["variants"])} if int(spec.get("variants") or 1) > 1 else {}),
+        **({"preview": True} if spec.get("preview") else {}),
     )
 
 
@@ -106,6 +109,8 @@ def labels_for(editjob: dict[str, Any], attempt: int) -> dict[str, str]:
         LABEL_EDITJOB: editjob["metadata"]["name"],
         LABEL_ATTEMPT: str(attempt),
     }
+    if editjob["spec"].get("preview"):
+        labels[LABEL_LANE] = LANE_PREVIEW  # counted in the preview share of the cap
     if oa.get("formId"):
         labels[LABEL_FORM] = label_value(oa["formId"])
     if oa.get("approvalInstanceId"):

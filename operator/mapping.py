@@ -52,6 +52,23 @@ def _source(
     return {"url": image_url}
 
 
+#: The model a preview of the default model runs (same family, distilled to 8 steps).
+PREVIEW_MODELS = {"longcat-image-edit": "longcat-image-edit-turbo"}
+PREVIEW_STEPS = 8
+
+
+def apply_preview(spec: dict[str, Any]) -> None:
+    """An approver's preview: the Turbo model where there is one, 8 steps, one result.
+
+    The reduced size is the worker's (``preview`` in the request). The result is labelled
+    approximate: a Turbo 8-step edit at a smaller size does not reproduce the full edit.
+    """
+    spec["preview"] = True
+    spec["model"] = PREVIEW_MODELS.get(spec.get("model") or "", spec.get("model"))
+    spec["parameters"] = {**(spec.get("parameters") or {}), "steps": PREVIEW_STEPS}
+    spec.pop("variants", None)
+
+
 def editjob_from_approval(
     event: ApprovalEvent,
     *,
@@ -100,6 +117,8 @@ def editjob_from_approval(
         spec["template"] = {"id": data.template.id, "parameters": dict(data.template.params)}
     if data.variants > 1:
         spec["variants"] = data.variants
+    if data.stage == "preview":
+        apply_preview(spec)
     if data.callback is not None:
         callback = {
             "natsSubject": data.callback.nats_subject,

@@ -16,6 +16,9 @@ LABEL_EDITJOB = f"{GROUP}/editjob"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_FORM = f"{GROUP}/oa-form"
 LABEL_APPROVAL = f"{GROUP}/oa-approval"
+#: Jobs of approvers' previews: they count against the preview share of the GPU cap.
+LABEL_LANE = f"{GROUP}/lane"
+LANE_PREVIEW = "preview"
 #: Warm worker Jobs and Pods: the model of the pool they belong to.
 LABEL_POOL = f"{GROUP}/warm-pool"
 #: The hash of the configuration a warm worker's Pod was created from.

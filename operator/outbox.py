@@ -116,6 +116,8 @@ def completion_for(editjob: JSON) -> CompletionEvent:
         error=error,
         message=status.get("message"),
         quality=_quality(status.get("quality")),
+        stage="preview" if spec.get("preview") else "final",
+        approximate=bool(spec.get("preview")),
         variants=[
             VariantRef(
                 index=v["index"],
@@ -173,6 +175,7 @@ def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
         quality=(status.get("quality") or {}).get("verdict"),
         error_code=status.get("errorCode"),
         variants=int(spec.get("variants") or 1),
+        stage="preview" if spec.get("preview") else "final",
     )
 
 

@@ -43,7 +43,7 @@ from editflow.core.settings import OperatorSettings, Settings
 from editflow.events.models import completion_event_id
 from editflow.events.worker_contract import WorkerResult, result_json_key
 from editflow.inference.profiles import USAGE_PROFILES
-from editflow.operator import metrics
+from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
 from editflow.operator.decide import (
@@ -160,8 +160,12 @@ class Reconciler:
         self.last_sweep = time.monotonic()
 
     # -- what wakes a reconcile ------------------------------------------------------
+    def _lane(self, key: Key, obj: JSON | None) -> Key:
+        """The work index's key of an EditJob or Job: its lane of the namespace cap."""
+        return (lanes.lane(key[0], obj, self.op), key[1])
+
     def _editjob_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
-        self.index.editjob_changed(key, old, new)
+        self.index.editjob_changed(self._lane(key, new or old), old, new)
         self._pump(key[0])
         if new is None:
             self.queue.discard(key)
@@ -178,7 +182,7 @@ class Reconciler:
 
     def _job_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
         was_running = old is not None and not job_finished(old)
-        self.index.job_changed(key, old, new)
+        self.index.job_changed(self._lane(key, new or old), old, new)
         obj = new or old
         owner = ((obj or {}).get("metadata", {}).get("labels") or {}).get(LABEL_EDITJOB)
         if owner:
@@ -204,9 +208,10 @@ class Reconciler:
 
     def _do_pump(self, namespace: str) -> None:
         self._pumps.discard(namespace)
-        free = self.op.max_running_per_namespace - self.index.in_flight(namespace)
-        for key in self.index.head(namespace, free, self.now()):
-            self.queue.add(key)
+        for lane in lanes.lanes(namespace, self.op):
+            free = lanes.cap(lane, self.op) - self.index.in_flight(lane)
+            for _, name in self.index.head(lane, free, self.now()):
+                self.queue.add((namespace, name))
 
     # -- loops -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -230,10 +235,11 @@ class Reconciler:
         while True:
             await asyncio.sleep(self.op.queue_status_refresh_seconds)
             now = self.now()
-            for namespace in self.index.namespaces():
-                for key in self.index.head(namespace, self.op.queue_status_refresh_batch, now):
-                    self._refresh_due.add(key)
-                    self.queue.add(key)
+            for lane in self.index.namespaces():
+                namespace = lanes.namespace_of(lane)
+                for _, name in self.index.head(lane, self.op.queue_status_refresh_batch, now):
+                    self._refresh_due.add((namespace, name))
+                    self.queue.add((namespace, name))
                 metrics.QUEUE_LENGTH.labels(namespace).set(self.index.queue_length(namespace))
                 metrics.IN_FLIGHT.labels(namespace).set(self.index.in_flight(namespace))
             metrics.WORKQUEUE_DEPTH.set(len(self.queue))
@@ -321,7 +327,8 @@ class Reconciler:
         decision = decide(obs, self.op)
         if decision.create_job is not None:
             job = job_name_for(key[1], decision.create_job)
-            if not self.index.reserve(key[0], job, self.op.max_running_per_namespace):
+            lane = lanes.lane(key[0], editjob, self.op)
+            if not self.index.reserve(lane, job, lanes.cap(lane, self.op)):
                 return 1.0  # another reconcile took the last slot a moment ago
         await self.apply(key, editjob, decision)
         return self._requeue(editjob, decision)
@@ -353,6 +360,7 @@ class Reconciler:
         pods: tuple[JSON, ...] = ()
         result = None
         in_flight = queued_ahead = 0
+        cap = None
         completion_id = None
         job_name = status.get("jobName")
         if job_name and phase not in FINAL_PHASES:
@@ -366,8 +374,10 @@ class Reconciler:
                 result = view.result or result_from_pods(pods) or await self.result_from_s3(editjob)
                 result = result and signed_by_operator(result, self.presigner)
         elif phase in ("", "Pending", "Queued"):
-            in_flight = self.index.in_flight(namespace)
-            queued_ahead = self.index.queued_ahead(key, editjob, now)
+            lane = lanes.lane(namespace, editjob, self.op)
+            in_flight = self.index.in_flight(lane)
+            queued_ahead = self.index.queued_ahead((lane, name), editjob, now)
+            cap = lanes.cap(lane, self.op)
         refusal = None
         if phase == "":
             refused = spec_refusal(editjob.get("spec") or {}, self.settings)
@@ -389,6 +399,7 @@ class Reconciler:
             queued_ahead=queued_ahead,
             completion_id=completion_id,
             refusal=refusal,
+            cap=cap,
         )
 
     async def result_from_s3(self, editjob: JSON) -> WorkerResult | None:
@@ -451,7 +462,7 @@ class Reconciler:
             try:
                 await self.dispatcher.start(editjob, decision.create_job)
             except BaseException:
-                self.index.release(namespace, job)
+                self.index.release(lanes.lane(namespace, editjob, self.op), job)
                 raise
         patch = self._status_patch(key, editjob, decision)
         self._refresh_due.discard(key)

@@ -372,6 +372,7 @@ class WarmDispatcher:
         self._check_deadlines()
         await self._replace_stuck_workers()
         await self._retire_outdated()
+        await self._yield_idle_gpus()
         self._export_metrics()
 
     async def _on_heartbeat(self, msg: Any) -> None:
@@ -675,21 +676,44 @@ class WarmDispatcher:
 
     async def _retire_outdated(self) -> None:
         """Workers from an older configuration finish their edit, then make room for new ones."""
-        now = time.monotonic()
         for (namespace, pod), (beat, _) in list(self.registry.workers.items()):
             if beat.state not in ("idle", "busy", "loading"):
                 continue
             if beat.config_hash == config_hash(self.op, namespace, beat.model):
                 continue
-            if now - self._retired.get((namespace, pod), -1e9) < 10:
+            await self._retire(namespace, pod, "configuration changed")
+
+    async def _yield_idle_gpus(self) -> None:
+        """An idle worker gives its GPU up when another pool of its namespace has attempts
+        waiting and a worker Pod that cannot be scheduled: no idle preview worker (or any
+        other) holds a GPU that a waiting edit needs. It retires; its pool starts again later
+        if work for it comes."""
+        for (namespace, model), pool in list(self.pools.items()):
+            if not pool.waiting or not any(
+                _unschedulable(p) for p in self._pool_pods(namespace, model)
+            ):
                 continue
-            self._retired[(namespace, pod)] = now
-            control = WorkerControl(action="retire", reason="configuration changed")
-            with contextlib.suppress(Exception):
-                await self.nc.publish(
-                    worker_control_subject(namespace, pod), control.model_dump_json().encode()
-                )
-                log.info("asked an outdated warm worker to retire", extra={"pod": pod})
+            for (other_ns, other_model), other in self.pools.items():
+                if other_ns != namespace or other_model == model or other.waiting:
+                    continue
+                idle = [
+                    w for w in self.registry.of_pool(namespace, other_model) if w.state == "idle"
+                ]
+                if idle:
+                    await self._retire(namespace, idle[0].pod, f"a GPU for the {model} pool")
+                    break
+
+    async def _retire(self, namespace: str, pod: str, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._retired.get((namespace, pod), -1e9) < 10:
+            return
+        self._retired[(namespace, pod)] = now
+        control = WorkerControl(action="retire", reason=reason[:300])
+        with contextlib.suppress(Exception):
+            await self.nc.publish(
+                worker_control_subject(namespace, pod), control.model_dump_json().encode()
+            )
+            log.info("asked a warm worker to retire", extra={"pod": pod, "why": reason})
 
     def _export_metrics(self) -> None:
         states: dict[str, int] = {}
@@ -698,6 +722,15 @@ class WarmDispatcher:
         for state in ("loading", "idle", "busy", "draining"):
             metrics.WARM_WORKERS.labels(state).set(states.get(state, 0))
         metrics.WARM_WAITING.set(sum(len(p.waiting) for p in self.pools.values()))
+
+
+def _unschedulable(pod: JSON) -> bool:
+    """A Pod the scheduler said has no node (no free GPU, say)."""
+    status = pod.get("status") or {}
+    return status.get("phase") == "Pending" and any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False"
+        for c in status.get("conditions") or []
+    )
 
 
 def describe(dispatcher: WarmDispatcher) -> dict[str, Any]:

@@ -334,3 +334,16 @@ def test_variants_are_asked_for_shown_side_by_side_and_picked(api) -> None:
 def test_more_than_four_variants_is_a_422_naming_the_field(api) -> None:
     resp = api().post_edit({**EDIT, "variants": 5})
     assert resp.status_code == 422 and "variants" in resp.text
+
+
+def test_a_preview_is_an_edit_of_its_own_and_reported_as_approximate(api) -> None:
+    gw = api()
+    ids = {"form_id": "F-9", "approval_id": "AP-9"}
+    preview = gw.post_edit({**EDIT, **ids, "preview": True}).json()
+    final = gw.post_edit({**EDIT, **ids}).json()
+    assert preview["id"] != final["id"], "the final edit is not the preview's replay"
+    assert gw.bus.events[preview["id"]].data.stage == "preview"
+    assert gw.bus.events[final["id"]].data.stage == "final"
+    gw.bus.complete(preview["id"], stage="preview", approximate=True)
+    shown = gw.client.get(f"/v1/edits/{preview['id']}", headers=AUTH).json()
+    assert shown["stage"] == "preview" and shown["approximate"] is True

@@ -141,3 +141,13 @@ def test_more_than_four_variants_is_refused_with_the_field(
     raw = request(image_server.url("/three.png"), edit_id="variants-9", variants=9)
     result, code = execute(raw, worker_settings, models)
     assert code == ExitCode.INVALID_INPUT and result.error.field == "variants"
+
+
+def test_a_preview_is_edited_at_the_reduced_size(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache
+) -> None:
+    image_server.routes["/big.png"] = Route(png_bytes((1600, 1200)))
+    raw = request(image_server.url("/big.png"), edit_id="preview-1", preview=True)
+    result, code = execute(raw, worker_settings, models)
+    assert code == ExitCode.OK, result.error
+    assert (result.width, result.height) == (512, 384), "the full edit would be 1024x768"

@@ -171,3 +171,33 @@ def test_a_warm_workers_log_is_cut_down_to_one_attempts_lines() -> None:
         '{"msg": "edit started", "edit_id": "a", "attempt": 1}',
         '{"msg": "edit done", "edit_id": "a", "attempt": 1}',
     ]
+
+
+def test_an_idle_worker_yields_its_gpu_to_a_pool_whose_worker_cannot_be_scheduled() -> None:
+    from editflow.events.worker_contract import WorkerHeartbeat
+
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    sent: list[tuple[str, bytes]] = []
+
+    class _Nats:
+        async def publish(self, subject: str, payload: bytes) -> None:
+            sent.append((subject, payload))
+
+    dispatcher.nc = _Nats()
+    ej = editjob("Running", attempts=1, jobName="full-a1")
+    ej["metadata"].update(name="full", namespace="edits")
+    asyncio.run(dispatcher.start(ej, 1))  # waits in the longcat-image-edit pool
+    dispatcher._pool("edits", "longcat-image-edit-turbo")  # the previews' pool, nothing waiting
+    dispatcher.registry.heard(
+        WorkerHeartbeat(
+            pod="turbo-1", namespace="edits", model="longcat-image-edit-turbo", state="idle"
+        )
+    )
+    stuck = pod("Pending", unschedulable="0/1 nodes are available: 1 Insufficient nvidia.com/gpu")
+    stuck["metadata"].update(
+        name="w-full-x", namespace="edits", labels={LABEL_POOL: "longcat-image-edit"}
+    )
+    dispatcher.cache.warm_pods.upsert(stuck)
+    asyncio.run(dispatcher._yield_idle_gpus())
+    assert [s for s, _ in sent] == ["editflow.worker.control.edits.turbo-1"]
+    assert b'"retire"' in sent[0][1]

@@ -526,3 +526,16 @@ Usage: {{ include "editflow.workerNatsSecret" . }} -> name, or empty
 {{- printf "%s-worker-nats" (include "editflow.fullname" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+limits.previewSlots, refused at render time when it leaves the full edits no share of the cap.
+Usage: {{ include "editflow.previewSlots" . }}
+*/}}
+{{- define "editflow.previewSlots" -}}
+{{- $slots := int .Values.limits.previewSlots }}
+{{- $cap := int .Values.limits.maxRunningPerNamespace }}
+{{- if and (gt $slots 0) (ge $slots $cap) }}
+{{- fail (printf "limits.previewSlots (%d) must be below limits.maxRunningPerNamespace (%d): the full edits need a share of the cap too; set previewSlots: 0 to let previews queue with them" $slots $cap) }}
+{{- end }}
+{{- $slots }}
+{{- end }}

@@ -338,6 +338,12 @@ class OperatorSettings(BaseModel):
     backoff_seconds: int = Field(30, ge=0)
     job_ttl_seconds: int = Field(3600, ge=0)
     max_running_per_namespace: int = Field(4, ge=1)
+    preview_slots: int = Field(
+        0,
+        ge=0,
+        description="of max_running_per_namespace, the attempts kept for approvers' previews "
+        "(0: previews queue with the full edits)",
+    )
     sample_rate: float = Field(0.05, ge=0, le=1)
     metrics_departments: list[str] = Field(
         default_factory=list,
@@ -411,6 +417,15 @@ class OperatorSettings(BaseModel):
     lease_seconds: float = Field(10, ge=1, description="a standby takes over after this")
     lease_renew_deadline_seconds: float = Field(7, gt=0, description="the leader stops after")
     lease_retry_seconds: float = Field(2, gt=0, description="between Lease reads and renewals")
+
+    @model_validator(mode="after")
+    def _preview_share_leaves_room(self) -> OperatorSettings:
+        if self.preview_slots and self.preview_slots >= self.max_running_per_namespace:
+            raise ValueError(
+                f"preview_slots ({self.preview_slots}) must be below max_running_per_namespace "
+                f"({self.max_running_per_namespace}): the full edits need a share of the cap too"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_weights_cache(self) -> OperatorSettings:
