@@ -53,6 +53,7 @@ from editflow.events.models import (
     ApprovalData,
     ApprovalEvent,
     Callback,
+    CloudEvent,
     CompletionEvent,
     Generation,
     Person,
@@ -283,27 +284,27 @@ class OAClient:
 
     async def get_selection(self, approval_event_id: str) -> SelectionEvent | None:
         """The latest recorded choice of a variant for an approval, if any."""
-        subject = self.topology.selection_subject(approval_event_id)
-        try:
-            raw = await self.js.get_last_msg(self.topology.completions_stream, subject)
-        except NotFoundError:
-            return None
-        try:
-            event = parse_event(raw.data or b"", raw.headers, subject=subject, policy=self._policy)
-        except EventRejected as exc:
-            log.error("ignoring an invalid selection on %s: %s", subject, exc)
-            return None
+        event = await self._last_event(self.topology.selection_subject(approval_event_id))
         return event if isinstance(event, SelectionEvent) else None
 
     # -- completions -------------------------------------------------------------------------
     async def get_completion(self, approval_event_id: str) -> CompletionEvent | None:
         """The latest completion of an approval from the completions stream, if any."""
-        subject = self.topology.completion_subject(approval_event_id)
+        event = await self._last_event(self.topology.completion_subject(approval_event_id))
+        return event if isinstance(event, CompletionEvent) else None
+
+    async def _last_event(self, subject: str) -> CloudEvent | None:
+        """The last event stored on ``subject`` of the completions stream (None: none, or
+        one that does not validate, which is logged)."""
         try:
             raw = await self.js.get_last_msg(self.topology.completions_stream, subject)
         except NotFoundError:
             return None
-        return self._parse(raw.data or b"", raw.headers, subject)
+        try:
+            return parse_event(raw.data or b"", raw.headers, subject=subject, policy=self._policy)
+        except EventRejected as exc:
+            log.error("ignoring an invalid event on %s: %s", subject, exc)
+            return None
 
     async def wait_for_completion(self, approval_event_id: str, timeout: float) -> CompletionEvent:
         """The completion of an approval; raises :class:`CompletionTimeout` after ``timeout`` s."""

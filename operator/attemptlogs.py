@@ -16,10 +16,11 @@ lines of each worker that took it.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 from editflow.operator.crd import editjob_path
 from editflow.operator.jobspec import WORKER_CONTAINER
-from editflow.operator.kube import AsyncKube, KubeAPIError
+from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_ATTEMPT, LABEL_EDITJOB, LABEL_POOL
 
 
@@ -60,17 +61,10 @@ async def attempt_logs(name: str, namespace: str, attempt: int | None = None) ->
                 f"attempt {wanted} of {namespace}/{name} has no Pod left (finished Jobs are "
                 f"removed after the chart's jobTTLSeconds); its result JSON stays in S3 ({where})"
             )
-        pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
         parts = []
-        for pod in pods:
-            pod_name = pod["metadata"]["name"]
-            try:
-                text = await kube.text(
-                    f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log",
-                    container=WORKER_CONTAINER,
-                )
-            except KubeAPIError as exc:
-                text = f"(no log from Pod {pod_name}: {exc.message or exc})\n"
+        async for pod_name, text, error in _worker_logs(kube, namespace, pods):
+            if error is not None:
+                text = f"(no log from Pod {pod_name}: {error.message or error})\n"
             if len(pods) > 1:
                 text = f"==> Pod {pod_name} <==\n{text}"
             parts.append(text)
@@ -94,19 +88,27 @@ def attempt_lines(log: str, edit_id: str, attempt: int) -> str:
     return "".join(kept)
 
 
-async def warm_attempt_logs(kube: AsyncKube, namespace: str, name: str, attempt: int) -> str:
-    pods = await kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=LABEL_POOL)
-    pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
-    parts = []
-    for pod in pods:
+async def _worker_logs(
+    kube: AsyncKube, namespace: str, pods: list[JSON]
+) -> AsyncIterator[tuple[str, str, KubeAPIError | None]]:
+    """(Pod name, worker container log, the error when there is none), oldest Pod first."""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
         pod_name = pod["metadata"]["name"]
         try:
             text = await kube.text(
                 f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log", container=WORKER_CONTAINER
             )
-        except KubeAPIError:
+        except KubeAPIError as exc:
+            yield pod_name, "", exc
             continue
-        lines = attempt_lines(text, name, attempt)
+        yield pod_name, text, None
+
+
+async def warm_attempt_logs(kube: AsyncKube, namespace: str, name: str, attempt: int) -> str:
+    pods = await kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=LABEL_POOL)
+    parts = []
+    async for pod_name, text, error in _worker_logs(kube, namespace, pods):
+        lines = attempt_lines(text, name, attempt) if error is None else ""
         if lines:
             parts.append(f"==> warm worker Pod {pod_name} <==\n{lines}")
     return "".join(parts)

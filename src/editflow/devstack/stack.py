@@ -75,22 +75,11 @@ class LocalStack:
         self.controller_manager = (
             KubeControllerManager(self.workdir, self.apiserver) if self.apiserver else None
         )
-        self.kubelet = (
-            ProcessKubeletServer(
-                self.workdir,
-                self.apiserver,
-                gpus=gpus,
-                host_images=host_images,
-                registry=self.registry,
-            )
-            if self.apiserver and kubelet
-            else None
-        )
         #: Every node's kubelet; the first is ``self.kubelet``. More nodes share its volumes
         #: (a PVC stands for a ReadWriteMany claim), each has its own GPUs and Pods.
-        self.kubelets = [self.kubelet] if self.kubelet is not None else []
-        for index in range(2, nodes + 1 if self.kubelet is not None else 0):
-            assert self.apiserver is not None and self.kubelet is not None
+        self.kubelets: list[ProcessKubeletServer] = []
+        for index in range(1, nodes + 1 if self.apiserver and kubelet else 1):
+            assert self.apiserver is not None
             self.kubelets.append(
                 ProcessKubeletServer(
                     self.workdir,
@@ -98,10 +87,17 @@ class LocalStack:
                     gpus=gpus,
                     host_images=host_images,
                     registry=self.registry,
-                    node_name=f"editflow-local-node-{index}",
-                    shares_volumes_with=self.kubelet,
+                    **(
+                        {}
+                        if index == 1
+                        else {
+                            "node_name": f"editflow-local-node-{index}",
+                            "shares_volumes_with": self.kubelets[0],
+                        }
+                    ),
                 )
             )
+        self.kubelet = self.kubelets[0] if self.kubelets else None
         self.nats = Nats(self.workdir) if nats else None
         self.minio = MinIO(self.workdir, bucket) if minio else None
         self.started: list[Component] = []
