@@ -9,6 +9,7 @@ types are rejected, never guessed at)::
     io.editflow.select.v1       OA -> editflow   the applicant picked one of the variants
     io.editflow.completion.v1   editflow -> OA   the outcome: success|failed|needs_review|cancelled
     io.editflow.selection.v1    editflow -> OA   the recorded choice, wherever it was made
+    io.editflow.progress.v1     editflow -> OA   queued (with its place) / running; best effort
     io.editflow.review.v1       editflow -> designers   a failed edit needs a person
 
 The CloudEvent ``id`` is the idempotency key end to end: it is the
@@ -51,6 +52,7 @@ COMPLETION_V1 = "io.editflow.completion.v1"
 REVIEW_V1 = "io.editflow.review.v1"
 SELECT_V1 = "io.editflow.select.v1"
 SELECTION_V1 = "io.editflow.selection.v1"
+PROGRESS_V1 = "io.editflow.progress.v1"
 
 #: Longest instruction accepted (characters). The text encoder's budget is in
 #: tokens; this bound keeps a pasted document out of the GPU queue up front.
@@ -339,6 +341,24 @@ class SelectionData(_Data):
     editjob: EditJobRef | None = None
 
 
+class ProgressData(_Data):
+    """Where an edit is before its outcome: queued (with its place) or running.
+
+    Best effort and rate-limited (a phase change at once, a new queue position at most every
+    few seconds): the completion is the contract, progress is for the people waiting.
+    """
+
+    approval_event_id: Id
+    form_id: Id
+    approval_id: Id
+    phase: Literal["queued", "running"]
+    queue_position: int | None = Field(None, ge=1, description="1: the next to start")
+    attempt: int = Field(0, ge=0)
+    worker: str | None = Field(None, description="the worker Pod running it")
+    message: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    editjob: EditJobRef | None = None
+
+
 class ReviewData(_Data):
     """A designer must take over: the model or infrastructure failed after all retries."""
 
@@ -466,6 +486,12 @@ class SelectEvent(CloudEvent):
     data: SelectData
 
 
+class ProgressEvent(CloudEvent):
+    event_type: ClassVar[str] = PROGRESS_V1
+    type: str = PROGRESS_V1
+    data: ProgressData
+
+
 class SelectionEvent(CloudEvent):
     event_type: ClassVar[str] = SELECTION_V1
     type: str = SELECTION_V1
@@ -483,6 +509,7 @@ EVENT_TYPES: dict[str, type[CloudEvent]] = {
         SelectEvent,
         CompletionEvent,
         SelectionEvent,
+        ProgressEvent,
         ReviewEvent,
     )
 }

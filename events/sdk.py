@@ -49,6 +49,7 @@ from editflow.events.binding import ContentMode
 from editflow.events.connection import connect
 from editflow.events.models import (
     COMPLETION_V1,
+    PROGRESS_V1,
     SELECTION_V1,
     ApprovalData,
     ApprovalEvent,
@@ -58,6 +59,7 @@ from editflow.events.models import (
     Generation,
     Person,
     Priority,
+    ProgressEvent,
     SelectData,
     SelectEvent,
     SelectionEvent,
@@ -110,7 +112,8 @@ class OAClient:
         key = settings.events.signing_key
         self._signing_key = key.get_secret_value() if key else None
         self._policy = Policy(
-            max_event_bytes=settings.events.max_event_bytes, accept={COMPLETION_V1, SELECTION_V1}
+            max_event_bytes=settings.events.max_event_bytes,
+            accept={COMPLETION_V1, SELECTION_V1, PROGRESS_V1},
         )
         self._waiters: dict[str, list[asyncio.Future[CompletionEvent]]] = defaultdict(list)
         self._sub: Any = None
@@ -286,6 +289,15 @@ class OAClient:
         """The latest recorded choice of a variant for an approval, if any."""
         event = await self._last_event(self.topology.selection_subject(approval_event_id))
         return event if isinstance(event, SelectionEvent) else None
+
+    async def get_progress(self, approval_event_id: str) -> ProgressEvent | None:
+        """Where the edit is before its completion: queued (with its place) or running.
+
+        Best effort: the operator publishes a phase change at once and a new queue position
+        at most every few seconds; ``None`` before the first one (or after a NATS outage).
+        """
+        event = await self._last_event(self.topology.progress_subject(approval_event_id))
+        return event if isinstance(event, ProgressEvent) else None
 
     # -- completions -------------------------------------------------------------------------
     async def get_completion(self, approval_event_id: str) -> CompletionEvent | None:

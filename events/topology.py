@@ -90,6 +90,11 @@ class Topology:
         """Every subject the OA side publishes on (the approvals stream, the operator's filter)."""
         return [self.approval_subject, self.withdraw_subject, self.select_subject]
 
+    def progress_subject(self, approval_event_id: str) -> str:
+        """Where an edit's progress (queued, running) goes (in the completions stream)."""
+        prefix = self.settings.completion_subject_prefix
+        return f"{prefix}.progress.{subject_token(approval_event_id)}"
+
     def selection_subject(self, approval_event_id: str) -> str:
         """Where the recorded choice of a variant goes (in the completions stream)."""
         prefix = self.settings.completion_subject_prefix

@@ -38,7 +38,13 @@ from editflow.core.errors import UpstreamError
 from editflow.core.s3 import presigning_client, s3_client
 from editflow.core.settings import Settings
 from editflow.events.dlq import get_dead_letter
-from editflow.events.models import ApprovalEvent, CompletionEvent, Person, SelectionEvent
+from editflow.events.models import (
+    ApprovalEvent,
+    CompletionEvent,
+    Person,
+    ProgressEvent,
+    SelectionEvent,
+)
 from editflow.events.sdk import CompletionTimeout, OAClient
 from editflow.events.topology import Topology, provision
 from editflow.gateway.service import Rejection
@@ -57,6 +63,7 @@ class EditBus(Protocol):
         self, *, form_id: str, approval_id: str, edit_id: str, variant: int, by: str | None
     ) -> None: ...
     async def selection(self, edit_id: str) -> SelectionEvent | None: ...
+    async def progress(self, edit_id: str) -> ProgressEvent | None: ...
     async def check(self) -> str: ...
 
 
@@ -216,6 +223,12 @@ class Bus:
             return await self._ready().get_selection(edit_id)
         except Exception as exc:
             raise UpstreamError(f"reading the selections failed: {exc!r}") from exc
+
+    async def progress(self, edit_id: str) -> ProgressEvent | None:
+        try:
+            return await self._ready().get_progress(edit_id)
+        except Exception as exc:
+            raise UpstreamError(f"reading the progress failed: {exc!r}") from exc
 
     async def rejection(self, edit_id: str) -> Rejection | None:
         self._ready()

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from editflow import __version__
 from editflow.core.errors import EditflowError
 from editflow.core.settings import Settings
-from editflow.events.models import CompletionEvent, SelectionEvent
+from editflow.events.models import CompletionEvent, ProgressEvent, SelectionEvent
 from editflow.gateway import service, templates
 from editflow.gateway.backend import EditBus, ObjectStore
 from editflow.gateway.clients import Client
@@ -216,6 +216,7 @@ def _view(
     done: CompletionEvent | None,
     rejection: Rejection | None = None,
     selection: SelectionEvent | None = None,
+    progress: ProgressEvent | None = None,
 ) -> EditView:
     source_url = (record or {}).get("image_url")
     if not source_url and (record or {}).get("image_key"):
@@ -230,6 +231,7 @@ def _view(
         result_url_expires_at=expires,
         rejection=rejection,
         selection=selection,
+        progress=progress,
     )
     for variant in out.variants:  # signed for the public endpoint, as the main result is
         variant.result_url = _signed(gw, variant.result_key)[0] or variant.result_url
@@ -266,7 +268,8 @@ async def get_edit(request: Request, edit_id: EditId) -> EditView:
     if done is None and record is None and rejection is None:
         raise ProblemError(404, "not_found", f"no edit with id {edit_id!r}", edit_id=edit_id)
     selection = await gw.bus.selection(edit_id) if done and done.data.variants else None
-    return _view(gw, edit_id, record, done, rejection, selection)
+    progress = await gw.bus.progress(edit_id) if done is None and rejection is None else None
+    return _view(gw, edit_id, record, done, rejection, selection, progress)
 
 
 @api.post(

@@ -257,6 +257,14 @@ class EditView(BaseModel):
     selected_variant: int | None = Field(None, description="the variant the applicant picked")
     stage: str = Field("final", description="preview: an approver's approximate preview")
     approximate: bool = False
+    phase: Literal["queued", "running"] | None = Field(
+        None, description="while pending: queued (see queue_position) or running on a GPU"
+    )
+    queue_position: int | None = Field(None, description="while queued: 1 = the next to start")
+    worker: str | None = Field(None, description="while running: the worker Pod")
+    quality: str | None = Field(
+        None, description="the quality gate's verdict: ok, no_visible_change or global_change"
+    )
     links: EditLinks
 
 

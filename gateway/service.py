@@ -30,6 +30,7 @@ from editflow.events.models import (
     ApprovalData,
     ApprovalEvent,
     CompletionEvent,
+    ProgressEvent,
     SelectionEvent,
     Template,
 )
@@ -250,6 +251,7 @@ def view(
     result_url_expires_at: datetime | None = None,
     rejection: Rejection | None = None,
     selection: SelectionEvent | None = None,
+    progress: ProgressEvent | None = None,
 ) -> EditView:
     """The API's view of an edit from the gateway's record and the completion event
     (or, without one, the dead letter of its approval event), and the variant picked."""
@@ -267,7 +269,18 @@ def view(
     )
     if completion is None:
         if rejection is None:
-            return out
+            if progress is None:
+                return out
+            moving = progress.data
+            return out.model_copy(
+                update={
+                    "phase": moving.phase,
+                    "queue_position": moving.queue_position,
+                    "worker": moving.worker,
+                    "attempts": moving.attempt or None,
+                    "message": moving.message,
+                }
+            )
         return out.model_copy(update={"status": "rejected", "error": rejection_error(rejection)})
     done = completion.data
     error = ErrorBody(**done.error.model_dump()) if done.error else None
@@ -286,6 +299,7 @@ def view(
             "selected_variant": selection.data.variant if selection else None,
             "stage": done.stage,
             "approximate": done.approximate,
+            "quality": done.quality.verdict if done.quality else None,
         }
     )
 

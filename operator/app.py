@@ -47,6 +47,7 @@ from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
 from editflow.operator.leader import LeaderElector, LeadershipLost, lease_config
 from editflow.operator.names import FINALIZER
 from editflow.operator.outbox import Deliverer, Outbox
+from editflow.operator.progress import ProgressPublisher
 from editflow.operator.reconciler import Reconciler
 from editflow.operator.warmpool import WarmDispatcher
 
@@ -211,6 +212,7 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         dispatcher=dispatcher,
         outbox=outbox,
         s3=s3_client(settings.s3),
+        progress=ProgressPublisher(nc.jetstream(), topo),
     )
     state.update(kube=kube, nats=nc, topology=topo, cache=cache, reconciler=reconciler)
     state["tasks"] = [

@@ -210,6 +210,7 @@ STATUS = _obj(
             "The current attempt: its Kubernetes Job (worker.mode job) or its work message (warm)."
         ),
         "workerPod": _s("The Pod that runs (or ran) the current attempt."),
+        "queuePosition": _i("1 = next to start (refreshed every few seconds while Queued)."),
         "resultKey": _s("Object key of the result image."),
         "resultUrl": _s("Presigned URL of the result image."),
         "costSeconds": {"type": "number", "description": "Total edit time in seconds."},
@@ -290,6 +291,7 @@ PRINTER_COLUMNS = [
     {"name": "Result", "type": "string", "jsonPath": ".status.resultKey"},
     {"name": "Worker", "type": "string", "jsonPath": ".status.workerPod", "priority": 1},
     {"name": "Preview", "type": "boolean", "jsonPath": ".spec.preview", "priority": 1},
+    {"name": "Queue", "type": "integer", "jsonPath": ".status.queuePosition", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -205,7 +205,14 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     def finish(
         final: str, message: str, *, error: ErrorInfo | None = None, **extra: Any
     ) -> Decision:
-        set_status(phase=final, message=message, finishedAt=_ts(now), jobName=None, **extra)
+        set_status(
+            phase=final,
+            message=message,
+            finishedAt=_ts(now),
+            jobName=None,
+            queuePosition=None,
+            **extra,
+        )
         set_status(errorCode=error.code if error else None)
         conditions(
             _condition("Completed", True, final, message, now),
@@ -288,7 +295,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
                 f"waiting for the concurrency cap: {obs.in_flight}/{cap} edits in flight, "
                 f"{obs.queued_ahead} ahead in the queue"
             )
-            set_status(phase="Queued", message=message)
+            set_status(phase="Queued", message=message, queuePosition=obs.queued_ahead + 1)
             conditions(_condition("Scheduled", False, "ConcurrencyCap", message, now))
             out.requeue_after = settings.resync_seconds
             return out
@@ -301,6 +308,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             attempts=attempt,
             jobName=name,
             workerPod=None,
+            queuePosition=None,
             startedAt=_ts(now),
             retryAfter=None,
             message=f"attempt {attempt}: "

@@ -62,6 +62,7 @@ from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE, LABEL
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.outbox import Outbox
 from editflow.operator.presign import ResultPresigner, signed_by_operator
+from editflow.operator.progress import ProgressPublisher
 from editflow.operator.refusals import spec_refusal
 from editflow.operator.workindex import WorkIndex, job_finished
 from editflow.operator.workqueue import WorkQueue
@@ -70,7 +71,7 @@ log = logging.getLogger("editflow.operator")
 
 #: The status fields a queue-position refresh may change; a write that changes only
 #: these is throttled (a moving queue would otherwise rewrite every queued EditJob).
-QUEUE_DISPLAY_FIELDS = frozenset({"message", "conditions"})
+QUEUE_DISPLAY_FIELDS = frozenset({"message", "conditions", "queuePosition"})
 
 
 def result_from_pods(pods: tuple[JSON, ...]) -> WorkerResult | None:
@@ -134,6 +135,7 @@ class Reconciler:
         dispatcher: Dispatcher,
         outbox: Outbox,
         s3: Minio,
+        progress: ProgressPublisher | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
@@ -143,6 +145,8 @@ class Reconciler:
         self.dispatcher = dispatcher
         self.outbox = outbox
         self.s3 = s3
+        #: Queued (with its place) and running, for the OA side and the gateway (best effort).
+        self.progress = progress
         self.presigner = ResultPresigner(settings.s3)  # resultUrl outlives the worker's session
         self.now = now
         self.index = WorkIndex()
@@ -168,6 +172,8 @@ class Reconciler:
         self.index.editjob_changed(self._lane(key, new or old), old, new)
         self._pump(key[0])
         if new is None:
+            if self.progress is not None:
+                self.progress.forget(key)
             self.queue.discard(key)
             self._queue_written.pop(key, None)
             self._refresh_due.discard(key)
@@ -473,6 +479,8 @@ class Reconciler:
             )
             self.cache.editjobs.upsert(editjob)
             metrics.STATUS_WRITES.inc()
+            if self.progress is not None:
+                self.progress.update(editjob)
             if waiting_for_cap(decision):
                 self._queue_written[key] = time.monotonic()
             else:

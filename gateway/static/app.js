@@ -15,7 +15,8 @@ const I18N = {
     failed: "失败", needs_review: "转人工处理", cancelled: "已取消", rejected: "被拒绝",
     needImage: "请上传图片或填写图片链接", needPrompt: "请填写修改指令或选择模板",
     seconds: "秒", variantsLabel: "结果数量", variantsTitle: "选一个结果", variant: "结果",
-    pick: "选这个", picked: "已选：结果",
+    pick: "选这个", picked: "已选：结果", queued: "排队中", position: "第", positionSuffix: "位",
+    running: "处理中（GPU）", gate: "质量检查", approximate: "预览（近似效果）",
   },
   en: {
     tagline: "One-sentence image edits: upload an image, write one concrete instruction, compare.",
@@ -29,7 +30,9 @@ const I18N = {
     needs_review: "sent to a designer", cancelled: "cancelled", rejected: "rejected",
     needImage: "Upload an image or give its URL", needPrompt: "Write an instruction or pick a template",
     seconds: "s", variantsLabel: "Results", variantsTitle: "Pick one result", variant: "Result",
-    pick: "Pick this one", picked: "Picked: result",
+    pick: "Pick this one", picked: "Picked: result", queued: "queued", position: "position",
+    positionSuffix: "", running: "running on a GPU", gate: "quality gate",
+    approximate: "preview (approximate)",
   },
 };
 
@@ -214,6 +217,7 @@ async function follow(id, startedAt) {
     return;
   }
   setStatus(edit.status, startedAt);
+  showPhase(edit);
   if (edit.status === "pending") {
     page.poll = setTimeout(() => follow(id, startedAt), 1500);
     return;
@@ -228,6 +232,23 @@ async function follow(id, startedAt) {
   } else {
     showError((edit.error && edit.error.message) || edit.message || edit.status);
   }
+}
+
+// Where a pending edit is (queued with its place, or running) and, once done, what the
+// quality gate said; from the operator's progress events and the completion.
+function showPhase(edit) {
+  let text = "";
+  if (edit.status === "pending" && edit.phase === "queued") {
+    text = `${t("queued")}` + (edit.queue_position
+      ? ` · ${t("position")} ${edit.queue_position} ${t("positionSuffix")}`.trimEnd() : "");
+  } else if (edit.status === "pending" && edit.phase === "running") {
+    text = t("running");
+  } else if (edit.quality) {
+    text = `${t("gate")}: ${edit.quality}`;
+  }
+  if (edit.approximate) text = `${t("approximate")}${text ? " · " + text : ""}`;
+  $("phase").textContent = text;
+  $("phase").hidden = !text;
 }
 
 // Several results side by side, each with its seed and the gate's verdict; picking one

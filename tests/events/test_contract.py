@@ -48,6 +48,7 @@ def test_type_names_carry_their_version():
         "io.editflow.select.v1",
         "io.editflow.completion.v1",
         "io.editflow.selection.v1",
+        "io.editflow.progress.v1",
         "io.editflow.review.v1",
     }
 

@@ -23,6 +23,7 @@ class MemoryBus:
         self.completions: dict[str, CompletionEvent] = {}
         self.rejections: dict[str, Rejection] = {}
         self.selections: dict[str, int] = {}
+        self.progresses: dict[str, Any] = {}
         self.available = True
         self._changed = asyncio.Event()
 
@@ -66,6 +67,10 @@ class MemoryBus:
     async def selection(self, edit_id: str) -> None:
         self._ready()
         return None
+
+    async def progress(self, edit_id: str):
+        self._ready()
+        return self.progresses.get(edit_id)
 
     async def check(self) -> str:
         self._ready()

@@ -347,3 +347,29 @@ def test_a_preview_is_an_edit_of_its_own_and_reported_as_approximate(api) -> Non
     gw.bus.complete(preview["id"], stage="preview", approximate=True)
     shown = gw.client.get(f"/v1/edits/{preview['id']}", headers=AUTH).json()
     assert shown["stage"] == "preview" and shown["approximate"] is True
+
+
+def test_a_pending_edit_shows_its_place_in_the_queue_then_running_then_the_verdict(api) -> None:
+    from editflow.events.models import ProgressData, ProgressEvent, QualityGate
+
+    gw = api()
+    edit = gw.post_edit(EDIT).json()
+    ids = {"approval_event_id": edit["id"], "form_id": "gateway", "approval_id": edit["id"]}
+    gw.bus.progresses[edit["id"]] = ProgressEvent(
+        source="/test", data=ProgressData(**ids, phase="queued", queue_position=3)
+    )
+    queued = gw.client.get(f"/v1/edits/{edit['id']}", headers=AUTH).json()
+    assert (queued["status"], queued["phase"], queued["queue_position"]) == ("pending", "queued", 3)
+    gw.bus.progresses[edit["id"]] = ProgressEvent(
+        source="/test", data=ProgressData(**ids, phase="running", attempt=1, worker="w-1")
+    )
+    running = gw.client.get(f"/v1/edits/{edit['id']}", headers=AUTH).json()
+    assert (running["phase"], running["worker"], running["queue_position"]) == (
+        "running",
+        "w-1",
+        None,
+    )
+    gate = QualityGate(verdict="ok", kind="local", changed_fraction=0.2, ssim=0.8, spread=0.1)
+    gw.bus.complete(edit["id"], quality=gate)
+    done = gw.client.get(f"/v1/edits/{edit['id']}", headers=AUTH).json()
+    assert done["status"] == "success" and done["quality"] == "ok" and done["phase"] is None

@@ -454,3 +454,42 @@ def test_liveness_reports_every_probe_and_metrics_count_the_work(operator) -> No
     ]
     assert finished and all('department="' in line and 'model="' in line for line in finished)
     assert any(line.startswith("editflow_gpu_seconds_total{") for line in metrics.splitlines())
+
+
+async def test_a_waiting_approval_reports_its_place_then_running_then_completes(
+    operator, stack, image_host
+) -> None:
+    """Progress events (issue 15 §5): with a cap of 1, the second approval is queued first."""
+    first_url, first_gate = image_host.gate()
+    second_url, second_gate = image_host.gate()
+    client = await OAClient.connect(settings_for(stack), source="/oa/progress")
+    try:
+        form = f"F-{uuid.uuid4().hex[:6]}"
+        base = dict(applicant=Person(id="u-7"), instruction="把红色方块改成蓝色")
+        first = await client.submit_approval(
+            form_id=form, approval_id="AP-1", image_url=first_url, **base
+        )
+
+        async def phase(event_id: str, wanted: str):
+            for _ in range(240):
+                progress = await client.get_progress(event_id)
+                if progress is not None and progress.data.phase == wanted:
+                    return progress.data
+                await asyncio.sleep(0.5)
+            raise AssertionError(f"{event_id} never reported {wanted}")
+
+        running = await phase(first, "running")
+        second = await client.submit_approval(
+            form_id=form, approval_id="AP-2", image_url=second_url, **base
+        )
+        waiting = await phase(second, "queued")
+        assert waiting.queue_position == 1 and running.attempt == 1
+        first_gate.released.set()
+        second_gate.released.set()
+        assert (await client.wait_for_completion(first, timeout=180)).data.status == "success"
+        await phase(second, "running")
+        assert (await client.wait_for_completion(second, timeout=180)).data.status == "success"
+    finally:
+        first_gate.released.set()
+        second_gate.released.set()
+        await client.close()
