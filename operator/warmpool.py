@@ -209,6 +209,9 @@ class WarmDispatcher:
         self._subscriptions: list[Any] = []
         #: Worker Jobs whose failure was already counted (by heartbeat or by the Job).
         self._failures_counted: set[Key] = set()
+        #: Worker Jobs whose worker was up (idle or busy) once: a later death is a crash, not
+        #: a model that does not load, and does not hold the pool back.
+        self._were_up: set[Key] = set()
         cache.warm_jobs.listeners.append(self._warm_job_changed)
 
     # -- the Dispatcher seam -------------------------------------------------------
@@ -396,6 +399,8 @@ class WarmDispatcher:
             self.registry.forget(beat.namespace, beat.pod)
         elif beat.state in ("idle", "busy"):
             pool.failures_in_a_row = 0
+            if (job := self._job_of_pod(beat.namespace, beat.pod)) is not None:
+                self._were_up.add((beat.namespace, job))
         if beat.state == "stopped":
             self.registry.forget(beat.namespace, beat.pod)
         changed = previous is None or (previous.state, previous.edit_id, previous.attempt) != (
@@ -438,12 +443,13 @@ class WarmDispatcher:
         still counts as a failed start: the pool backs off instead of crash-looping."""
         if new is None:
             self._failures_counted.discard(key)
+            self._were_up.discard(key)
             return
         failed = any(
             c.get("type") == "Failed" and c.get("status") == "True"
             for c in (new.get("status") or {}).get("conditions") or []
         )
-        if not failed or key in self._failures_counted:
+        if not failed or key in self._failures_counted or key in self._were_up:
             return
         self._failures_counted.add(key)
         model = (new["metadata"].get("labels") or {}).get(LABEL_POOL)

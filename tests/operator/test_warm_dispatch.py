@@ -294,6 +294,50 @@ def test_a_worker_sigkilled_mid_edit_loses_nothing_and_yields_one_result(warm, i
     assert warm.result_json(name, status["attempts"])["worker"] != pod
 
 
+def test_deleting_an_editjob_in_a_warm_worker_publishes_only_cancelled(warm, image_host) -> None:
+    url, gate = image_host.gate()
+    name = f"w-delete-{uuid.uuid4().hex[:4]}"
+    warm.submit(name, url)
+    warm.wait_running_in_worker(name)
+    warm.api.delete(editjob_path(warm.namespace, name))
+    wait_until(
+        lambda: warm.completions(name) == ["cancelled"],
+        timeout=60,
+        what="the cancelled completion of the deleted EditJob",
+    )
+    gate.released.set()
+    time.sleep(8)  # the worker finishes the edit it was on: nobody takes its result
+    assert warm.completions(name) == ["cancelled"]
+
+
+def test_an_edit_that_kills_every_worker_it_reaches_ends_in_review(warm, image_host) -> None:
+    """max_deliveries is 2 here: two workers die holding it, the third delivery is refused."""
+    url, gate = image_host.gate()
+    name = f"w-poison-{uuid.uuid4().hex[:4]}"
+    warm.submit(name, url, retry={"maxAttempts": 1})
+    killed: list[str] = []
+    try:
+        for _ in range(2):
+
+            def taken_by_a_new_worker() -> bool:
+                status = warm.status(name)
+                pod = status.get("workerPod")
+                return status.get("phase") == "Running" and bool(pod) and pod not in killed
+
+            wait_until(taken_by_a_new_worker, timeout=120, interval=0.5, what="a worker")
+            pod = warm.status(name)["workerPod"]
+            pid = worker_pid(pod)
+            assert pid is not None, pod
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pod)
+        status = warm.wait_phase(name, "Succeeded", "Failed", "NeedsReview", timeout=180)
+    finally:
+        gate.released.set()
+    assert status["phase"] == "NeedsReview" and status["errorCode"] == "poison_edit", status
+    assert "delivered 2 times" in status["message"], status
+    assert warm.completions(name) == ["needs_review"]
+
+
 def test_a_model_no_worker_can_load_ends_in_review_with_the_reason(warm, image_host) -> None:
     name = f"w-noload-{uuid.uuid4().hex[:4]}"
     warm.submit(name, image_host.url("red.png"), model="instruct-pix2pix")
