@@ -163,7 +163,8 @@ def operator(
 
 
 def stored_completions(nats_url: str, events: EventsSettings) -> list[dict]:
-    """Every completion CloudEvent on the completions stream (a throw-away consumer reads it)."""
+    """Every completion CloudEvent on the completions stream (a throw-away consumer reads it;
+    the progress and selection events the stream also holds are left out)."""
     import asyncio
     import json
 
@@ -182,7 +183,10 @@ def stored_completions(nats_url: str, events: EventsSettings) -> list[dict]:
                 except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either
                     return out
                 for msg in msgs:
-                    out.append(json.loads(msg.data))
+                    event = json.loads(msg.data)
+                    # The stream also holds progress and selection events: completions only.
+                    if event.get("type") == "io.editflow.completion.v1":
+                        out.append(event)
                     await msg.ack()
         finally:
             await nc.close()

@@ -209,7 +209,10 @@ async def subscribe_completions(nc: NATS, subject_prefix: str, timeline: Timelin
 
     async def on_message(msg: Msg) -> None:
         now = time.monotonic()
-        event_id = timeline.by_token.get(msg.subject.rsplit(".", 1)[-1])
+        token = msg.subject.rsplit(".", 1)[-1]
+        if msg.subject != f"{subject_prefix}.{token}":
+            return  # progress (…progress.<token>) and selections (…selected.<token>)
+        event_id = timeline.by_token.get(token)
         if event_id is None or event_id in timeline.completion:
             return
         timeline.first(timeline.completion, event_id, now)

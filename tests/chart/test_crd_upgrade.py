@@ -42,22 +42,22 @@ def editjob(name: str, **spec: Any) -> str:
     )
 
 
-def chart_with_variants(tmp_path: Path) -> Path:
-    """A copy of the chart, one version on, whose CRD adds `spec.variants` (1 to 4) and a
+def chart_with_copies(tmp_path: Path) -> Path:
+    """A copy of the chart, one version on, whose CRD adds `spec.copies` (1 to 4) and a
     printer column: the kind of change a real upgrade brings."""
     chart = tmp_path / "editflow"
     shutil.copytree(CHART, chart)
     source = chart / "files" / "crds" / "editjob.yaml"
     crd = yaml.safe_load(source.read_text())
     version = crd["spec"]["versions"][0]
-    version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["variants"] = {
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["copies"] = {
         "type": "integer",
         "minimum": 1,
         "maximum": 4,
-        "description": "results per approval; the applicant picks one",
+        "description": "a field a later chart adds (hypothetical)",
     }
     version["additionalPrinterColumns"].append(
-        {"name": "Variants", "type": "integer", "jsonPath": ".spec.variants"}
+        {"name": "Copies", "type": "integer", "jsonPath": ".spec.copies"}
     )
     source.write_text(yaml.safe_dump(crd, sort_keys=False, allow_unicode=True))
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
@@ -91,18 +91,18 @@ def test_helm_upgrade_changes_the_crd_schema_and_uninstall_keeps_it(
         owned = crd_object(kubectl)["metadata"]
         assert owned["annotations"]["meta.helm.sh/release-name"] == RELEASE
         assert owned["annotations"]["helm.sh/resource-policy"] == "keep"
-        assert "variants" not in spec_properties(crd_object(kubectl))
+        assert "copies" not in spec_properties(crd_object(kubectl))
         kubectl("apply", "-f", "-", input=editjob("kept-across-upgrade"))
         early = kubectl(
-            "create", "--dry-run=server", "-f", "-", input=editjob("early", variants=2), check=False
+            "create", "--dry-run=server", "-f", "-", input=editjob("early", copies=2), check=False
         )
-        assert early.returncode != 0 and "variants" in early.stderr, early.stderr
+        assert early.returncode != 0 and "copies" in early.stderr, early.stderr
 
-        helm_k("upgrade", RELEASE, str(chart_with_variants(tmp_path)), "-f", str(values))
+        helm_k("upgrade", RELEASE, str(chart_with_copies(tmp_path)), "-f", str(values))
         upgraded = crd_object(kubectl)
-        assert spec_properties(upgraded)["variants"]["maximum"] == 4
+        assert spec_properties(upgraded)["copies"]["maximum"] == 4
         columns = upgraded["spec"]["versions"][0]["additionalPrinterColumns"]
-        assert "Variants" in [c["name"] for c in columns]
+        assert "Copies" in [c["name"] for c in columns]
         answers: list[Any] = []
 
         def accepted() -> bool:
@@ -115,26 +115,26 @@ def test_helm_upgrade_changes_the_crd_schema_and_uninstall_keeps_it(
                     "json",
                     "-f",
                     "-",
-                    input=editjob("two-variants", variants=2),
+                    input=editjob("two-copies", copies=2),
                     check=False,
                 )
             )
             return answers[-1].returncode == 0
 
         try:
-            wait_until(accepted, timeout=30, what="an EditJob with spec.variants to be accepted")
+            wait_until(accepted, timeout=30, what="an EditJob with spec.copies to be accepted")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}: {answers[-1].stderr}") from None
-        assert json.loads(answers[-1].stdout)["spec"]["variants"] == 2  # kept, not pruned
+        assert json.loads(answers[-1].stdout)["spec"]["copies"] == 2  # kept, not pruned
         too_many = kubectl(
-            "create", "--dry-run=server", "-f", "-", input=editjob("nine", variants=9), check=False
+            "create", "--dry-run=server", "-f", "-", input=editjob("nine", copies=9), check=False
         )
-        assert too_many.returncode != 0 and "spec.variants" in too_many.stderr, too_many.stderr
+        assert too_many.returncode != 0 and "spec.copies" in too_many.stderr, too_many.stderr
         kubectl("-n", NAMESPACE, "get", "editjob", "kept-across-upgrade")
 
         helm_k("uninstall", RELEASE, "--wait")
         kept = crd_object(kubectl)
-        assert "variants" in spec_properties(kept)
+        assert "copies" in spec_properties(kept)
         assert helm_k("status", RELEASE, check=False).returncode != 0
         kubectl("-n", NAMESPACE, "get", "editjob", "kept-across-upgrade")
     finally:

@@ -33,6 +33,8 @@ from editflow.events.models import (
     Callback,
     Generation,
     Person,
+    ProgressEvent,
+    SelectionEvent,
     Template,
     WithdrawEvent,
     approval_event_id,
@@ -275,6 +277,9 @@ def watch(
         False, "--all", help="start from the oldest stored completion instead of new ones"
     ),
     reviews: bool = typer.Option(False, help="also print manual-review events"),
+    progress: bool = typer.Option(
+        False, help="also print progress (queued, running) and selection events"
+    ),
     count: int | None = typer.Option(None, help="exit after this many events"),
     timeout: float | None = typer.Option(None, help="exit after this many idle seconds"),
     nats_url: str | None = NATS_URL,
@@ -318,6 +323,8 @@ def watch(
                 except EventRejected as exc:
                     console.print(f"[red]invalid event on {msg.subject}:[/red] {exc.message}")
                     continue
+                if not progress and isinstance(event, ProgressEvent | SelectionEvent):
+                    continue  # the same stream; only completions (and reviews) unless asked
                 _print_json(event.model_dump(mode="json", exclude_none=True))
                 sys.stdout.flush()
                 seen += 1

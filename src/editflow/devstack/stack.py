@@ -97,11 +97,23 @@ class LocalStack:
                     ),
                 )
             )
-        self.kubelet = self.kubelets[0] if self.kubelets else None
         self.nats = Nats(self.workdir) if nats else None
         self.minio = MinIO(self.workdir, bucket) if minio else None
         self.started: list[Component] = []
         self.timings: dict[str, float] = {}
+
+    @property
+    def kubelet(self) -> ProcessKubeletServer | None:
+        """The first node's kubelet (the only one unless ``nodes`` > 1)."""
+        return self.kubelets[0] if self.kubelets else None
+
+    @kubelet.setter
+    def kubelet(self, kubelet: ProcessKubeletServer) -> None:
+        """Swap the first node's kubelet before start (a benchmark brings its own config)."""
+        if self.kubelets:
+            self.kubelets[0] = kubelet
+        else:
+            self.kubelets.append(kubelet)
 
     # -- lifecycle ---------------------------------------------------------
     def components(self) -> Iterator[Component]:
