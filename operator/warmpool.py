@@ -86,6 +86,12 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 PoolKey = tuple[str, str]  # (namespace, model)
 
+#: What a warm worker's exit code says (editflow.core.errors.ExitCode).
+EXIT_MEANINGS = {
+    70: "NATS or another upstream unreachable: check the NATS URL and credentials",
+    71: "the model did not load",
+    72: "an unexpected error",
+}
 #: Failed worker starts in a row (no worker up meanwhile) after which waiting attempts fail.
 LOAD_FAILURES_TO_GIVE_UP = 2
 TICK_SECONDS = 0.5
@@ -454,8 +460,21 @@ class WarmDispatcher:
         self._failures_counted.add(key)
         model = (new["metadata"].get("labels") or {}).get(LABEL_POOL)
         if model:
-            self._load_failed(self._pool(key[0], model), f"worker Job {key[1]} failed")
+            self._load_failed(self._pool(key[0], model), self._why_failed(key))
         self._kick.set()
+
+    def _why_failed(self, job: Key) -> str:
+        """A worker Job that failed before its worker was up, in words (its exit code)."""
+        for (ns, _), pod in self.cache.warm_pods.items.items():
+            if ns != job[0] or (pod["metadata"].get("labels") or {}).get("job-name") != job[1]:
+                continue
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                ended = (status.get("state") or {}).get("terminated") or {}
+                if "exitCode" in ended:
+                    code = int(ended["exitCode"])
+                    meaning = EXIT_MEANINGS.get(code, "see the Pod's log")
+                    return f"worker Job {job[1]} exited {code} before it was up ({meaning})"
+        return f"worker Job {job[1]} failed before it was up"
 
     def _job_of_pod(self, namespace: str, pod: str) -> str | None:
         found = self.cache.warm_pods.get((namespace, pod))
@@ -629,7 +648,7 @@ class WarmDispatcher:
                 continue
             attempt.failed = {
                 "reason": "ModelLoadFailed",
-                "message": f"{MODEL_LOAD_FAILED_CODE}: no warm worker could load {pool.model} "
+                "message": f"{MODEL_LOAD_FAILED_CODE}: no warm worker of {pool.model} came up "
                 f"({pool.failures_in_a_row} tries): {pool.last_error}"[:900],
             }
             self._leave_waiting(pool, attempt)

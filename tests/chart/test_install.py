@@ -480,6 +480,7 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
             env[item["name"]] = item["value"].replace("/etc/editflow/s3", str(keys))
     env["EDITFLOW_NAMESPACE"] = namespace  # the Pod's fieldRef
     env["EDITFLOW_NATS__URL"] = stack.nats_url
+    env["EDITFLOW_OPERATOR__WARM_NATS_URL"] = stack.nats_url  # what the warm workers dial
     sa = f"{release}-editflow-operator"
     token = kubectl("-n", namespace, "create", "token", sa, "--duration=1h").stdout.strip()
     env["KUBECONFIG"] = str(token_kubeconfig(stack, tmp_path / "kubeconfig", token))
