@@ -400,6 +400,10 @@ def local_values(stack, tag: str, nats_url: str) -> dict[str, Any]:
             "device": "cpu",
             "allowCidrs": ["127.0.0.0/8"],
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {}},
+            # A warm worker outlives its release (the operator made it, not Helm) until it has
+            # been idle this long, holding the platform's one GPU: short, so the next test's
+            # worker is not left waiting for it.
+            "idleSeconds": 5,
         },
         "models": {"pvc": {"enabled": True}},
         "gateway": {"enabled": False},
