@@ -141,7 +141,11 @@ def test_the_job_reads_its_keys_from_the_attempt_secret_when_given() -> None:
     env = job_manifest(ej, 1, SETTINGS, credentials_secret="applied-a1-s3")["spec"]["template"][
         "spec"
     ]["containers"][0]["env"]
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert refs["EDITFLOW_S3__SESSION_TOKEN"] == {"name": "applied-a1-s3", "key": "session-token"}
     assert {r["name"] for r in refs.values()} == {"applied-a1-s3"}
     plain = job_manifest(ej, 1, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -152,7 +156,11 @@ def test_workers_get_the_weights_secret_when_one_is_set() -> None:
     ej = new_editjob("uploads/team-a/ab/x.png")
     settings = OperatorSettings(weights_secret="editflow-weights")
     env = job_manifest(ej, 1, settings)["spec"]["template"]["spec"]["containers"][0]["env"]
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert refs["EDITFLOW_WORKER__WEIGHTS_ACCESS_KEY"] == {
         "name": "editflow-weights",
         "key": "access-key",
