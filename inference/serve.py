@@ -599,8 +599,11 @@ class WarmWorker:
         await nc.flush()
 
     async def _keep_in_progress(self, message: Any) -> None:
+        # Well inside the consumer's ack wait (a short one, say 6 s, would otherwise hand a
+        # running edit to a second worker before the first said it is still on it).
+        every = min(PROGRESS_EVERY_SECONDS, self.settings.worker.ack_wait_seconds / 3)
         while True:
-            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+            await asyncio.sleep(every)
             with contextlib.suppress(Exception):
                 await message.in_progress()
 
