@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -756,21 +755,3 @@ def _unschedulable(pod: JSON) -> bool:
         c.get("type") == "PodScheduled" and c.get("status") == "False"
         for c in status.get("conditions") or []
     )
-
-
-def describe(dispatcher: WarmDispatcher) -> dict[str, Any]:
-    """The pools as the operator sees them (the probe and `editflow` diagnostics)."""
-    return {
-        f"{ns}/{model}": {
-            "waiting": len(pool.waiting),
-            "workers": json.loads(
-                json.dumps(
-                    [
-                        {"pod": w.pod, "state": w.state, "edit": w.edit_id}
-                        for w in dispatcher.registry.of_pool(ns, model)
-                    ]
-                )
-            ),
-        }
-        for (ns, model), pool in dispatcher.pools.items()
-    }
