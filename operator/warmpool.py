@@ -217,6 +217,10 @@ class WarmDispatcher:
         #: Worker Jobs whose worker was up (idle or busy) once: a later death is a crash, not
         #: a model that does not load, and does not hold the pool back.
         self._were_up: set[Key] = set()
+        #: When this process began: a worker Job that had failed before is an earlier
+        #: process's news (counted then), and an empty registry right after a start only
+        #: means no heartbeat was heard yet.
+        self.started = clock()
         cache.warm_jobs.listeners.append(self._warm_job_changed)
 
     # -- the Dispatcher seam -------------------------------------------------------
@@ -450,11 +454,21 @@ class WarmDispatcher:
             self._failures_counted.discard(key)
             self._were_up.discard(key)
             return
-        failed = any(
-            c.get("type") == "Failed" and c.get("status") == "True"
-            for c in (new.get("status") or {}).get("conditions") or []
+        failed_at = next(
+            (
+                c.get("lastTransitionTime") or ""
+                for c in (new.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Failed" and c.get("status") == "True"
+            ),
+            None,
         )
-        if not failed or key in self._failures_counted or key in self._were_up:
+        if failed_at is None or key in self._failures_counted or key in self._were_up:
+            return
+        if old is None and _before(failed_at, self.started - 2.0):
+            # Failed before this process started (the cache's first list after a restart,
+            # within the Job's TTL): counting it again would fail edits that a live worker
+            # of the pool is about to be heard running.
+            self._failures_counted.add(key)
             return
         self._failures_counted.add(key)
         model = (new["metadata"].get("labels") or {}).get(LABEL_POOL)
@@ -637,6 +651,8 @@ class WarmDispatcher:
     def _give_up_if_no_worker_can_load(self, pool: Pool) -> None:
         if pool.failures_in_a_row < LOAD_FAILURES_TO_GIVE_UP:
             return
+        if self.clock() - self.started < HEARTBEAT_EXPIRY_SECONDS:
+            return  # every live worker is heard within this; until then none is not news
         if any(
             w.state in ("idle", "busy") for w in self.registry.of_pool(pool.namespace, pool.model)
         ):
@@ -746,6 +762,15 @@ class WarmDispatcher:
         for state in ("loading", "idle", "busy", "draining"):
             metrics.WARM_WORKERS.labels(state).set(states.get(state, 0))
         metrics.WARM_WAITING.set(sum(len(p.waiting) for p in self.pools.values()))
+
+
+def _before(stamp: str, moment: float) -> bool:
+    """Whether the Kubernetes timestamp ``stamp`` (1 s resolution) is before ``moment``."""
+    try:
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return False
+    return when < moment
 
 
 def _unschedulable(pod: JSON) -> bool:

@@ -201,3 +201,72 @@ def test_an_idle_worker_yields_its_gpu_to_a_pool_whose_worker_cannot_be_schedule
     asyncio.run(dispatcher._yield_idle_gpus())
     assert [s for s, _ in sent] == ["editflow.worker.control.edits.turbo-1"]
     assert b'"retire"' in sent[0][1]
+
+
+def _failed_worker_job(name: str, failed_at: str) -> dict:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "edits",
+            "resourceVersion": "7",
+            "labels": {LABEL_POOL: "longcat-image-edit"},
+        },
+        "status": {
+            "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": failed_at}],
+        },
+    }
+
+
+def test_worker_jobs_that_failed_before_a_restart_do_not_fail_the_adopted_edit() -> None:
+    """After an operator restart the cache's first list holds the worker Jobs an earlier
+    test or crash left failed (kept for their TTL). They were counted by the process that
+    saw them fail; counting them again gave up on the pool and failed an edit a live worker
+    was running (the CI failure of stop 18)."""
+    clock = [1_800_000_000.0]
+    dispatcher = WarmDispatcher(
+        None,  # type: ignore[arg-type]
+        ClusterCache(None, ["edits"]),  # type: ignore[arg-type]
+        WARM,
+        nats=None,
+        clock=lambda: clock[0],
+    )
+    ej = editjob("Running", attempts=1, jobName="adopted-a1")
+    ej["metadata"].update(name="adopted", namespace="edits")
+    asyncio.run(dispatcher.start(ej, 1))
+    earlier = "2027-01-15T07:59:00Z"  # a minute before the dispatcher started
+    for name in ("w-old-1", "w-old-2"):
+        dispatcher.cache.warm_jobs.upsert(_failed_worker_job(name, earlier))
+    clock[0] += 30
+    dispatcher._give_up_if_no_worker_can_load(dispatcher._pool("edits", "longcat-image-edit"))
+    assert dispatcher.attempts[("edits", "adopted-a1")].failed is None
+
+    # Two worker Jobs failing while this process runs are news: the pool gives up.
+    now = "2027-01-15T08:00:30Z"
+    for name in ("w-new-1", "w-new-2"):
+        dispatcher.cache.warm_jobs.upsert(_failed_worker_job(name, now))
+    dispatcher._give_up_if_no_worker_can_load(dispatcher._pool("edits", "longcat-image-edit"))
+    failed = dispatcher.attempts[("edits", "adopted-a1")].failed
+    assert failed is not None and failed["reason"] == "ModelLoadFailed", failed
+
+
+def test_an_empty_registry_right_after_a_start_is_not_evidence_that_no_worker_loads() -> None:
+    clock = [1_800_000_000.0]
+    dispatcher = WarmDispatcher(
+        None,  # type: ignore[arg-type]
+        ClusterCache(None, ["edits"]),  # type: ignore[arg-type]
+        WARM,
+        nats=None,
+        clock=lambda: clock[0],
+    )
+    ej = editjob("Running", attempts=1, jobName="fresh-a1")
+    ej["metadata"].update(name="fresh", namespace="edits")
+    asyncio.run(dispatcher.start(ej, 1))
+    pool = dispatcher._pool("edits", "longcat-image-edit")
+    dispatcher._load_failed(pool, "weights missing")
+    dispatcher._load_failed(pool, "weights missing")
+    dispatcher._give_up_if_no_worker_can_load(pool)
+    assert dispatcher.attempts[("edits", "fresh-a1")].failed is None, "no heartbeat window yet"
+    clock[0] += 60
+    dispatcher._give_up_if_no_worker_can_load(pool)
+    assert dispatcher.attempts[("edits", "fresh-a1")].failed is not None
