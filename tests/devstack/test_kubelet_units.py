@@ -111,3 +111,50 @@ def test_pod_phase_from_container_states() -> None:
     assert st.pod_phase([ok, bad]) == "Failed"
     assert st.pod_phase([ok, run]) == "Running"
     assert st.pod_phase([st.ContainerState("d", "i", st.waiting("ContainerCreating"))]) == "Pending"
+
+
+def test_several_workers_never_reconcile_one_pod_at_once_and_miss_no_change(tmp_path) -> None:
+    """A benchmark node runs several workers (``workers``): like controller-runtime's work
+    queue, a Pod that changes while a worker reconciles it waits for that worker, then is
+    looked at once more, never by two workers at the same time."""
+    import threading
+    import time
+
+    from editflow.devstack.kubelet.agent import ProcessKubelet
+
+    config = KubeletConfig(root=tmp_path / "kubelet", workers=4, image_store=tmp_path / "img")
+    agent = ProcessKubelet(None, config, api_port=None, kubelet_port=0)  # type: ignore[arg-type]
+    running: dict[str, int] = {}
+    overlaps: list[str] = []
+    done: list[str] = []
+    guard = threading.Lock()
+
+    def reconcile(uid: str) -> None:
+        with guard:
+            running[uid] = running.get(uid, 0) + 1
+            if running[uid] > 1:
+                overlaps.append(uid)
+        time.sleep(0.05)
+        with guard:
+            running[uid] -= 1
+            done.append(uid)
+
+    agent.reconcile = reconcile  # type: ignore[method-assign]
+    threads = [threading.Thread(target=agent._worker_loop, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        agent.enqueue("a")
+        time.sleep(0.01)  # a worker holds "a" now
+        agent.enqueue("a")  # changed meanwhile: must be seen again, after the first look
+        agent.enqueue("b")
+        deadline = time.monotonic() + 5
+        while done.count("a") < 2 or "b" not in done:
+            assert time.monotonic() < deadline, done
+            time.sleep(0.01)
+    finally:
+        agent.stop_event.set()
+        for thread in threads:
+            thread.join(timeout=2)
+    assert overlaps == []
+    assert done.count("a") == 2

@@ -257,6 +257,14 @@ class KubeControllerManager(Component):
                 "--use-service-account-credentials=true",
                 "--leader-elect=false",
                 f"--controllers={','.join(CONTROLLERS)}",
+                # The client-side limit (20 requests/s per controller by default) throttled
+                # the Job controller at 10 Jobs/s (Pod create, status, tracking finalizers:
+                # about five requests a Job), so Jobs whose Pods had succeeded stayed
+                # unfinished for many seconds. One local apiserver needs no protection
+                # from its own controllers; large clusters raise these too.
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--concurrent-job-syncs=10",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--v=1",
             ]

@@ -122,6 +122,12 @@ class ProcessKubelet:
         self.probe_lock = threading.Lock()
         self.queue: queue.Queue[str] = queue.Queue()
         self.queued: set[str] = set()
+        #: Pods a worker reconciles now, and those that changed meanwhile: a Pod is never
+        #: reconciled by two workers at once (controller-runtime's work queue rule).
+        self.active: set[str] = set()
+        self.dirty: set[str] = set()
+        #: Binding decides on the node's free GPUs and Pod slots: one decision at a time.
+        self.schedule_lock = threading.Lock()
         self.stop_event = threading.Event()
         self.shims: list[Any] = []
         self.node: dict[str, Any] | None = None
@@ -139,11 +145,12 @@ class ProcessKubelet:
             netbridge.publish_host_ports(self.config.root, [self.api_port])
         self.register_node()
         self.relist()
+        workers = max(1, self.config.workers)
         for name, target in (
             ("node", self._node_loop),
             ("watch", self._watch_loop),
             ("monitor", self._monitor_loop),
-            ("worker", self._worker_loop),
+            *((f"worker-{i}" if i else "worker", self._worker_loop) for i in range(workers)),
             ("prober", self._probe_loop),
         ):
             thread = threading.Thread(target=target, name=f"kubelet-{name}", daemon=True)
@@ -250,7 +257,8 @@ class ProcessKubelet:
     def _monitor_loop(self) -> None:
         last_resync = 0.0
         while not self.stop_event.wait(0.2):
-            self.shims = [s for s in self.shims if s.poll() is None]  # reap finished shims
+            with self.lock:  # workers append while this reaps
+                self.shims = [s for s in self.shims if s.poll() is None]  # reap finished shims
             for uid in list(self.local):
                 self.enqueue(uid)
             now = time.monotonic()
@@ -277,10 +285,21 @@ class ProcessKubelet:
                 continue
             with self.lock:
                 self.queued.discard(uid)
+                if uid in self.active:  # another worker has it: look again after it
+                    self.dirty.add(uid)
+                    continue
+                self.active.add(uid)
             try:
                 self.reconcile(uid)
             except Exception:
                 log.exception("reconciling pod %s failed; will retry", uid)
+            finally:
+                with self.lock:
+                    self.active.discard(uid)
+                    again = uid in self.dirty
+                    self.dirty.discard(uid)
+                if again:
+                    self.enqueue(uid)
 
     # -- reconcile -------------------------------------------------------------
     def reconcile(self, uid: str) -> None:
@@ -291,7 +310,8 @@ class ProcessKubelet:
             return
         node_name = pod["spec"].get("nodeName")
         if not node_name:
-            self._schedule(pod)
+            with self.schedule_lock:
+                self._schedule(pod)
         elif node_name == self.config.node_name:
             self._sync_pod(pod)
 
@@ -482,7 +502,8 @@ class ProcessKubelet:
             )
             started = netbridge.ensure_bridge(pod_dir, self.config.root, published)
             if started is not None:
-                self.shims.append(started)  # reaped by the monitor loop
+                with self.lock:
+                    self.shims.append(started)  # reaped by the monitor loop
 
         def plans(containers: list[dict[str, Any]]) -> list[ContainerPlan]:
             common = {
@@ -619,7 +640,9 @@ class ProcessKubelet:
 
     def _start(self, pod: Pod, local: LocalPod, plan: ContainerPlan) -> None:
         try:
-            self.shims.append(runtime.start(plan, local.pod_dir))
+            started = runtime.start(plan, local.pod_dir)
+            with self.lock:
+                self.shims.append(started)
         except OSError as exc:
             # The shim records a start error like a failed exec; the status shows it.
             sdir = runtime.state_dir(local.pod_dir, plan.name)

@@ -9,7 +9,9 @@ that group (its id is in ``started.json``), and the shim records 137.
 
 Usage (by :mod:`.runtime`, not by people)::
 
-    python -m editflow.devstack.kubelet.shim STATE_DIR
+    python -S -E .../editflow/devstack/kubelet/shim.py STATE_DIR
+
+Standard library only: it runs without site-packages.
 """
 
 from __future__ import annotations
