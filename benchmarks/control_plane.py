@@ -59,6 +59,7 @@ from typing import Any
 import httpx
 from controlplane import keda, report
 from controlplane.background import create_finished
+from controlplane.floor import FloorDriver, admit_steady
 from controlplane.load import PublishReport, publish_steady
 from controlplane.localplatform import (
     NAMESPACE,
@@ -67,7 +68,7 @@ from controlplane.localplatform import (
     start_operator,
     start_platform,
 )
-from controlplane.procstats import CpuBreakdown, ProcessMeter, wait_idle
+from controlplane.procstats import CpuBreakdown, ProcessMeter, wait_idle, wait_machine_idle
 from controlplane.rss import run_rss
 from controlplane.stats import deltas, ordered_deltas, summarize
 from controlplane.timeline import Timeline
@@ -102,6 +103,7 @@ class Plan:
     keep_logs: Path | None
     rss_only: bool = False
     rss_hold_seconds: float = 10.0
+    floor: bool = False
 
 
 def _numbers(text: str, kind: Callable[[str], Any]) -> tuple[Any, ...]:
@@ -179,6 +181,13 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         default=10.0,
         help="with --rss-only: seconds RSS is sampled once the operator is idle",
     )
+    parser.add_argument(
+        "--platform-floor",
+        dest="floor",
+        action="store_true",
+        help="no operator: this process asks the least any operator could (4 apiserver "
+        "requests per event) on the same schedule; the platform's lower bound",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     quick = args.quick
     plan = Plan(
@@ -198,6 +207,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         keep_logs=args.keep_logs,
         rss_only=args.rss_only,
         rss_hold_seconds=args.rss_hold,
+        floor=args.floor,
     )
     for name, values in (("--background", plan.backgrounds), ("--rates", plan.rates)):
         if not values or min(values) < 0 or (name == "--rates" and min(values) <= 0):
@@ -539,6 +549,135 @@ async def run_peer_trial(
     }
 
 
+# -- the platform's floor (no operator) --------------------------------------------------------
+async def run_floor_level(background: int, plan: Plan) -> dict[str, Any]:
+    """The ladder with :class:`~controlplane.floor.FloorDriver` in place of the operator."""
+    console.rule(f"platform floor, {background:,} finished EditJobs present")
+    level: dict[str, Any] = {"background": background, "loadavg_start": loadavg(), "steps": []}
+    with console.status("starting the local platform"):
+        platform = await asyncio.to_thread(start_platform)
+    http = http_client(platform)
+    try:
+        if background:
+            with progress() as bar:
+                task = bar.add_task(f"creating {background:,} finished EditJobs", total=background)
+                await create_finished(
+                    http, NAMESPACE, background,
+                    bucket=platform.stack.s3_settings().bucket,
+                    on_created=lambda n: bar.advance(task, n),
+                )  # fmt: skip
+        settings = floor_settings(operator_env(platform))
+        with console.status("waiting for the platform to settle"):
+            level["settle"] = await wait_machine_idle()
+        client = await OAClient.connect(
+            Settings(nats=NatsSettings(url=platform.stack.nats_url)), source="/bench/oa"
+        )
+        timeline = Timeline()
+        watches = ClusterWatches(http, timeline, NAMESPACE)
+        await watches.start()
+        prefix = client.settings.events.completion_subject_prefix
+        sub = await subscribe_completions(client.nc, prefix, timeline)
+        pids = {
+            comp.name: comp.process.pid
+            for comp in platform.stack.started
+            if comp.process is not None and comp.process.pid is not None
+        }
+        pids["benchmark_client"] = os.getpid()
+        driver = FloorDriver(
+            http, client.nc, timeline, settings.operator,
+            namespace=NAMESPACE, bucket=platform.stack.s3_settings().bucket,
+            completion_prefix=prefix,
+        )  # fmt: skip
+        try:
+            async with driver:
+                for rate in plan.rates:
+                    step = await run_floor_step(driver, pids, plan, background, rate)
+                    level["steps"].append(step)
+                    console.print(report.floor_table([{"steps": [step]}]))
+        finally:
+            await sub.unsubscribe()
+            await watches.stop()
+            await client.close()
+    finally:
+        await http.aclose()
+        await asyncio.to_thread(platform.api.close)
+        await asyncio.to_thread(platform.stack.stop)
+    level["loadavg_end"] = loadavg()
+    return level
+
+
+def floor_settings(env: dict[str, Any]) -> Settings:
+    """The operator's settings from its environment, as ``editflow operator run`` reads them."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update({k: str(v) for k, v in env.items() if k.startswith("EDITFLOW_")})
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+async def run_floor_step(
+    driver: FloorDriver, pids: dict[str, int], plan: Plan, background: int, rate: float
+) -> dict[str, Any]:
+    seconds = plan.goal_seconds if rate == plan.goal_rate else plan.step_seconds
+    present = background + len(driver.timeline.editjob)
+    load_start = loadavg()
+    cpu = CpuBreakdown(pids)
+    cpu.start()
+    with progress() as bar:
+        total = max(1, round(rate * seconds))
+        sent = bar.add_task(f"floor: {rate:g}/s for {seconds:g} s", total=total)
+        admitted = await admit_steady(
+            driver, rate=rate, duration=seconds, label=f"f{background}-{rate:g}",
+            on_admitted=lambda n: bar.advance(sent, n),
+        )  # fmt: skip
+        done = bar.add_task("  completions", total=admitted.events)
+        drained = await drain(
+            driver.timeline, admitted.event_ids, timeout=plan.drain_seconds,
+            on_done=lambda n: bar.update(done, completed=n),
+        )  # fmt: skip
+    by_process = cpu.stop()
+    stages = stage_summaries(driver.timeline, admitted.event_ids)
+    lost = sum(stages["lost"].values())
+    platform_cpu = by_process["machine_busy"] - by_process.get("benchmark_client", 0.0)
+    step = {
+        "background": background,
+        "present_at_start": present,
+        "rate": rate,
+        "seconds": seconds,
+        "publish": {k: v for k, v in asdict(admitted).items() if k != "event_ids"},
+        **stages,
+        "drain_seconds": drained,
+        "sustained": lost == 0 and admitted.errors == 0 and admitted.achieved_rate >= 0.95 * rate,
+        "errors": driver.errors[-5:],
+        "platform_cpu_ms_per_event": round(1000 * platform_cpu / admitted.events, 1),
+        "cpu_seconds_by_process": by_process,
+        "loadavg": [load_start, loadavg()],
+    }
+    await asyncio.sleep(3)  # late Pod and Job status writes of this step
+    return step
+
+
+async def run_floor(plan: Plan) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "benchmark": "control_plane_floor",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": asdict(plan),
+        "levels": [],
+    }
+    with timed(result):
+        for background in plan.backgrounds:
+            try:
+                result["levels"].append(await run_floor_level(background, plan))
+            except Exception as exc:
+                console.print_exception()
+                result.setdefault("errors", []).append(f"level {background}: {exc!r}")
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
 # -- the run as a whole ----------------------------------------------------------------------
 def _git(*args: str) -> str:
     out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
@@ -647,12 +786,17 @@ def main(argv: list[str] | None = None) -> int:
     plan = parse_plan(argv)
     if plan.rss_only:
         return main_rss(plan)
-    result = asyncio.run(run(plan))
-    report.print_all(console, result)
+    if plan.floor:
+        result = asyncio.run(run_floor(plan))
+        console.print(report.floor_table(result["levels"]))
+    else:
+        result = asyncio.run(run(plan))
+        report.print_all(console, result)
     for error in result.get("errors", []):
         console.print(f"[red]not measured:[/red] {error}")
     plan.out.mkdir(parents=True, exist_ok=True)
-    path = plan.out / f"control_plane-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    kind = "control_plane-floor" if plan.floor else "control_plane"
+    path = plan.out / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
     console.print(f"wall {result['wall_seconds']:.0f} s; wrote {path}")
     return 1 if result.get("errors") else 0

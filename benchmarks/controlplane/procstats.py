@@ -101,6 +101,25 @@ async def wait_idle(
             return round(loop.time() - began, 1), False, cores
 
 
+async def wait_machine_idle(
+    *, below: float = 0.4, window: float = 3.0, timeout: float = 60.0
+) -> tuple[float, float]:
+    """Until the whole machine is busy less than ``below`` cores over ``window`` seconds.
+
+    A platform just started still syncs (the controller manager's informers, the
+    kubelet's node status): events sent then would time the start-up, not the load.
+    Returns (seconds waited, busy cores in the last window).
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while True:
+        busy0 = _busy_seconds()
+        await asyncio.sleep(window)
+        cores = (_busy_seconds() - busy0) / window
+        if cores < below or loop.time() - began > timeout:
+            return round(loop.time() - began, 1), round(cores, 2)
+
+
 def _busy_seconds() -> float:
     """CPU-seconds the whole machine spent not idle, since boot (all cores)."""
     t = psutil.cpu_times()

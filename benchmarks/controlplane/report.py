@@ -51,6 +51,33 @@ def steps_table(levels: list[dict[str, Any]]) -> Table:
     return table
 
 
+def floor_table(levels: list[dict[str, Any]]) -> Table:
+    """``--platform-floor``: the same stages with no operator, and what the platform burnt."""
+    table = Table(title="platform floor, no operator (latencies in ms: p50 / p99 / max)")
+    for col in (
+        "EditJobs", "rate/s", "sent/s", "event→EditJob", "event→Job",
+        "Job done→completion", "lost EJ/Job/compl", "ok", "platform CPU ms/event",
+        "busy cores",
+    ):  # fmt: skip
+        table.add_column(col, justify="right")
+    for level in levels:
+        for step in level["steps"]:
+            lost = step["lost"]
+            table.add_row(
+                f"{step['present_at_start']:,}",
+                f"{step['rate']:g}",
+                f"{step['publish']['achieved_rate']:.1f}",
+                _triple(step["event_to_editjob"]),
+                _triple(step["event_to_job"]),
+                _triple(step["job_finished_to_completion"]),
+                f"{lost['editjob']}/{lost['job']}/{lost['completion']}",
+                "yes" if step["sustained"] else "[red]no[/red]",
+                f"{step['platform_cpu_ms_per_event']:.1f}",
+                f"{step['cpu_seconds_by_process']['machine_busy_cores']:.2f}",
+            )
+    return table
+
+
 def levels_table(levels: list[dict[str, Any]]) -> Table:
     table = Table(title="per background level")
     for col in (

@@ -95,3 +95,24 @@ def test_a_tiny_run_accounts_for_every_event(tmp_path):
         assert step[stage]["p50"] <= step[stage]["p99"] <= step[stage]["max"]
     assert 0 < step["event_to_editjob"]["p50"] <= step["event_to_job"]["p50"]
     assert step["operator"]["cpu_seconds"] > 0 and step["operator"]["rss_peak_mb"] > 0
+
+
+def test_the_platform_floor_runs_every_event_to_a_completion_without_an_operator(tmp_path):
+    """``--platform-floor``: no operator; the benchmark's minimal one creates each EditJob,
+    its status and its Job, and publishes the completion once the Job finished."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "control_plane.py"), "--platform-floor",
+         "--background", "0", "--rates", "2", "--goal-rate", "2", "--duration", "3",
+         "--drain", "120", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = tmp_path.glob("control_plane-floor-*.json")
+    result = json.loads(path.read_text())
+    (level,) = result["levels"]
+    (step,) = level["steps"]
+    assert step["publish"]["events"] == 6 and step["publish"]["errors"] == 0, step
+    assert step["lost"] == {"editjob": 0, "job": 0, "completion": 0}, step
+    assert step["completion_status"] == {"success": 6}
+    assert step["platform_cpu_ms_per_event"] > 0
+    assert step["cpu_seconds_by_process"]["kube-apiserver"] > 0
