@@ -273,6 +273,30 @@ def stage_summaries(timeline: Timeline, ids: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+async def add_background(http: httpx.AsyncClient, platform: BenchPlatform, count: int) -> float:
+    """``count`` finished EditJobs, with a progress bar; returns the seconds it took."""
+    began = time.monotonic()
+    if count:
+        with progress() as bar:
+            task = bar.add_task(f"creating {count:,} finished EditJobs", total=count)
+            await create_finished(
+                http, NAMESPACE, count,
+                bucket=platform.stack.s3_settings().bucket,
+                on_created=lambda n: bar.advance(task, n),
+            )  # fmt: skip
+    return round(time.monotonic() - began, 1)
+
+
+def platform_pids(platform: BenchPlatform, **more: int) -> dict[str, int]:
+    """The processes a step's CPU is split by: the platform's servers, this client, ``more``."""
+    pids = {
+        comp.name: comp.process.pid
+        for comp in platform.stack.started
+        if comp.process is not None and comp.process.pid is not None
+    }
+    return {**pids, **more, "benchmark_client": os.getpid()}
+
+
 @dataclass
 class Session:
     """One operator on one platform, watched from this process."""
@@ -297,16 +321,7 @@ async def session(background: int, plan: Plan, level: dict[str, Any]) -> Any:
     http = http_client(platform)
     logs = platform.stack.workdir / "logs"
     try:
-        began = time.monotonic()
-        if background:
-            with progress() as bar:
-                task = bar.add_task(f"creating {background:,} finished EditJobs", total=background)
-                await create_finished(
-                    http, NAMESPACE, background,
-                    bucket=platform.stack.s3_settings().bucket,
-                    on_created=lambda n: bar.advance(task, n),
-                )  # fmt: skip
-        level["background_seconds"] = round(time.monotonic() - began, 1)
+        level["background_seconds"] = await add_background(http, platform, background)
         with console.status("starting the operator"):
             operator = await asyncio.to_thread(start_operator, platform, operator_env(platform))
         try:
@@ -332,12 +347,7 @@ async def session(background: int, plan: Plan, level: dict[str, Any]) -> Any:
                     client.nc, client.settings.events.completion_subject_prefix, timeline
                 )
                 try:
-                    pids = {
-                        comp.name: comp.process.pid
-                        for comp in platform.stack.started
-                        if comp.process is not None and comp.process.pid is not None
-                    }
-                    pids.update(operator=meter.process.pid, benchmark_client=os.getpid())
+                    pids = platform_pids(platform, operator=meter.process.pid)
                     yield Session(
                         platform, http, meter.process.pid, client, timeline, watches, pids, idle
                     )
@@ -558,14 +568,7 @@ async def run_floor_level(background: int, plan: Plan) -> dict[str, Any]:
         platform = await asyncio.to_thread(start_platform)
     http = http_client(platform)
     try:
-        if background:
-            with progress() as bar:
-                task = bar.add_task(f"creating {background:,} finished EditJobs", total=background)
-                await create_finished(
-                    http, NAMESPACE, background,
-                    bucket=platform.stack.s3_settings().bucket,
-                    on_created=lambda n: bar.advance(task, n),
-                )  # fmt: skip
+        level["background_seconds"] = await add_background(http, platform, background)
         settings = floor_settings(operator_env(platform))
         with console.status("waiting for the platform to settle"):
             level["settle"] = await wait_machine_idle()
@@ -577,12 +580,7 @@ async def run_floor_level(background: int, plan: Plan) -> dict[str, Any]:
         await watches.start()
         prefix = client.settings.events.completion_subject_prefix
         sub = await subscribe_completions(client.nc, prefix, timeline)
-        pids = {
-            comp.name: comp.process.pid
-            for comp in platform.stack.started
-            if comp.process is not None and comp.process.pid is not None
-        }
-        pids["benchmark_client"] = os.getpid()
+        pids = platform_pids(platform)
         driver = FloorDriver(
             http, client.nc, timeline, settings.operator,
             namespace=NAMESPACE, bucket=platform.stack.s3_settings().bucket,

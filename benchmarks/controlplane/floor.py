@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,8 +27,7 @@ from typing import Any
 import httpx
 
 from controlplane.background import OPERATOR_FINALIZER
-from controlplane.load import APPLICANT, SOURCE_URL, PublishReport
-from controlplane.stats import summarize
+from controlplane.load import APPLICANT, SOURCE_URL, PublishReport, on_schedule
 from controlplane.timeline import Timeline
 from editflow.core.settings import OperatorSettings
 from editflow.events.binding import encode
@@ -47,8 +45,6 @@ from editflow.operator.mapping import editjob_from_approval
 from editflow.operator.names import job_name
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
-#: At most this many events between their EditJob's POST and their Job's (as the load's).
-MAX_IN_FLIGHT = 256
 
 
 def _now() -> str:
@@ -137,8 +133,9 @@ class FloorDriver:
             )
             resp.raise_for_status()
             self.open[event_id] = created
-        except Exception as exc:  # counted: the event is then lost at a stage
+        except Exception as exc:  # kept for the report, and counted by the schedule
             self.errors.append(repr(exc)[:300])
+            raise
 
     async def _close_finished(self) -> None:
         """Each Job that finished: one status write and the completion, as the operator's."""
@@ -191,47 +188,11 @@ async def admit_steady(
     label: str,
     on_admitted: Callable[[int], None] | None = None,
 ) -> PublishReport:
-    """``rate * duration`` approvals on the load's schedule, each its own task."""
-    timeline = driver.timeline
-    count = max(1, round(rate * duration))
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    for event_id in ids:
-        timeline.register(event_id)
-    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-    calls: list[float] = []
-    tasks: list[asyncio.Task[None]] = []
-    errors_before = len(driver.errors)
-    behind = 0.0
+    """``rate * duration`` approvals on the load's schedule (``load.on_schedule``)."""
 
-    async def one(index: int, event_id: str, began: float) -> None:
-        try:
-            await driver.admit(index, event_id, label)
-            calls.append(time.monotonic() - began)
-        finally:
-            gate.release()
-            if on_admitted:
-                on_admitted(1)
+    async def admit(index: int, event_id: str) -> None:
+        await driver.admit(index, event_id, label)
 
-    start = time.monotonic() + 0.05
-    for index, event_id in enumerate(ids):
-        due = start + index / rate
-        wait = due - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await gate.acquire()
-        began = time.monotonic()
-        behind = max(behind, began - due)
-        timeline.published[event_id] = began
-        tasks.append(asyncio.create_task(one(index, event_id, began)))
-    await asyncio.gather(*tasks)
-    stamps = sorted(timeline.published[e] for e in ids)
-    span = stamps[-1] - stamps[0]
-    return PublishReport(
-        offered_rate=rate,
-        events=count,
-        errors=len(driver.errors) - errors_before,
-        achieved_rate=round((count - 1) / span if span > 0 else float(count), 2),
-        behind_max=round(behind, 4),
-        sdk_call=summarize(calls),
-        event_ids=tuple(ids),
+    return await on_schedule(
+        driver.timeline, admit, rate=rate, duration=duration, on_sent=on_admitted
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controlplane.stats import Summary, summarize
@@ -39,16 +39,19 @@ class PublishReport:
     event_ids: tuple[str, ...]
 
 
-async def publish_steady(
-    client: OAClient,
+async def on_schedule(
     timeline: Timeline,
+    call: Callable[[int, str], Awaitable[None]],
     *,
     rate: float,
     duration: float,
-    label: str,
-    on_published: Callable[[int], None] | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> PublishReport:
-    """Publish ``rate * duration`` approvals, one every ``1 / rate`` seconds."""
+    """``call(index, event_id)`` for ``rate * duration`` new events, one every ``1 / rate`` s.
+
+    Each call is its own task (at most :data:`MAX_IN_FLIGHT` at once) and is stamped as
+    the event's start before it is awaited. A call that raises counts as an error.
+    """
     count = max(1, round(rate * duration))
     ids = [str(uuid.uuid4()) for _ in range(count)]
     for event_id in ids:
@@ -61,22 +64,14 @@ async def publish_steady(
 
     async def one(index: int, event_id: str, began: float) -> None:
         try:
-            await client.submit_approval(
-                form_id=f"bench-{label}",
-                approval_id=f"{label}-{index}",
-                applicant=APPLICANT,
-                image_url=SOURCE_URL,
-                instruction="把背景换成纯蓝色 (benchmark)",
-                usage="bench",
-                event_id=event_id,
-            )
+            await call(index, event_id)
             calls.append(time.monotonic() - began)
         except Exception as exc:  # counted and reported: a failed publish is a lost event
             errors.append(exc)
         finally:
             gate.release()
-            if on_published:
-                on_published(1)
+            if on_sent:
+                on_sent(1)
 
     start = time.monotonic() + 0.05
     for index, event_id in enumerate(ids):
@@ -102,3 +97,28 @@ async def publish_steady(
         sdk_call=summarize(calls),
         event_ids=tuple(ids),
     )
+
+
+async def publish_steady(
+    client: OAClient,
+    timeline: Timeline,
+    *,
+    rate: float,
+    duration: float,
+    label: str,
+    on_published: Callable[[int], None] | None = None,
+) -> PublishReport:
+    """Publish ``rate * duration`` approvals through the SDK, one every ``1 / rate`` seconds."""
+
+    async def submit(index: int, event_id: str) -> None:
+        await client.submit_approval(
+            form_id=f"bench-{label}",
+            approval_id=f"{label}-{index}",
+            applicant=APPLICANT,
+            image_url=SOURCE_URL,
+            instruction="把背景换成纯蓝色 (benchmark)",
+            usage="bench",
+            event_id=event_id,
+        )
+
+    return await on_schedule(timeline, submit, rate=rate, duration=duration, on_sent=on_published)

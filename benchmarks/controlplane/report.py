@@ -24,58 +24,64 @@ def _triple(summary: dict[str, Any]) -> str:
     return f"{ms(summary['p50'])} / {ms(summary['p99'])} / {ms(summary['max'])}"
 
 
-def steps_table(levels: list[dict[str, Any]]) -> Table:
-    table = Table(title="editflow control plane (latencies in ms: p50 / p99 / max)")
-    for col in (
-        "EditJobs", "rate/s", "sent/s", "event→EditJob", "event→Job",
-        "Job done→completion", "lost EJ/Job/compl", "ok", "CPU ms/event", "RSS MB",
-        "busy cores",
-    ):  # fmt: skip
+#: The columns every table of steps shares, then what each adds.
+STAGE_COLUMNS = (
+    "EditJobs", "rate/s", "sent/s", "event→EditJob", "event→Job",
+    "Job done→completion", "lost EJ/Job/compl", "ok",
+)  # fmt: skip
+
+
+def _stage_cells(step: dict[str, Any]) -> list[str]:
+    lost = step["lost"]
+    return [
+        f"{step['present_at_start']:,}",
+        f"{step['rate']:g}",
+        f"{step['publish']['achieved_rate']:.1f}",
+        _triple(step["event_to_editjob"]),
+        _triple(step["event_to_job"]),
+        _triple(step["job_finished_to_completion"]),
+        f"{lost['editjob']}/{lost['job']}/{lost['completion']}",
+        "yes" if step["sustained"] else "[red]no[/red]",
+    ]
+
+
+def _steps(title: str, levels: list[dict[str, Any]], extra: dict[str, Any]) -> Table:
+    """One row per step: the shared stage columns, then ``extra`` (column -> cell maker)."""
+    table = Table(title=title)
+    for col in (*STAGE_COLUMNS, *extra):
         table.add_column(col, justify="right")
     for level in levels:
         for step in level["steps"]:
-            lost = step["lost"]
-            table.add_row(
-                f"{step['present_at_start']:,}",
-                f"{step['rate']:g}",
-                f"{step['publish']['achieved_rate']:.1f}",
-                _triple(step["event_to_editjob"]),
-                _triple(step["event_to_job"]),
-                _triple(step["job_finished_to_completion"]),
-                f"{lost['editjob']}/{lost['job']}/{lost['completion']}",
-                "yes" if step["sustained"] else "[red]no[/red]",
-                f"{step['operator']['cpu_ms_per_event']:.1f}",
-                f"{step['operator']['rss_peak_mb']:.0f}",
-                f"{step['cpu_seconds_by_process']['machine_busy_cores']:.2f}",
-            )
+            table.add_row(*_stage_cells(step), *(cell(step) for cell in extra.values()))
     return table
+
+
+def _busy(step: dict[str, Any]) -> str:
+    return f"{step['cpu_seconds_by_process']['machine_busy_cores']:.2f}"
+
+
+def steps_table(levels: list[dict[str, Any]]) -> Table:
+    return _steps(
+        "editflow control plane (latencies in ms: p50 / p99 / max)",
+        levels,
+        {
+            "CPU ms/event": lambda st: f"{st['operator']['cpu_ms_per_event']:.1f}",
+            "RSS MB": lambda st: f"{st['operator']['rss_peak_mb']:.0f}",
+            "busy cores": _busy,
+        },
+    )
 
 
 def floor_table(levels: list[dict[str, Any]]) -> Table:
     """``--platform-floor``: the same stages with no operator, and what the platform burnt."""
-    table = Table(title="platform floor, no operator (latencies in ms: p50 / p99 / max)")
-    for col in (
-        "EditJobs", "rate/s", "sent/s", "event→EditJob", "event→Job",
-        "Job done→completion", "lost EJ/Job/compl", "ok", "platform CPU ms/event",
-        "busy cores",
-    ):  # fmt: skip
-        table.add_column(col, justify="right")
-    for level in levels:
-        for step in level["steps"]:
-            lost = step["lost"]
-            table.add_row(
-                f"{step['present_at_start']:,}",
-                f"{step['rate']:g}",
-                f"{step['publish']['achieved_rate']:.1f}",
-                _triple(step["event_to_editjob"]),
-                _triple(step["event_to_job"]),
-                _triple(step["job_finished_to_completion"]),
-                f"{lost['editjob']}/{lost['job']}/{lost['completion']}",
-                "yes" if step["sustained"] else "[red]no[/red]",
-                f"{step['platform_cpu_ms_per_event']:.1f}",
-                f"{step['cpu_seconds_by_process']['machine_busy_cores']:.2f}",
-            )
-    return table
+    return _steps(
+        "platform floor, no operator (latencies in ms: p50 / p99 / max)",
+        levels,
+        {
+            "platform CPU ms/event": lambda st: f"{st['platform_cpu_ms_per_event']:.1f}",
+            "busy cores": _busy,
+        },
+    )
 
 
 def levels_table(levels: list[dict[str, Any]]) -> Table:

@@ -203,6 +203,17 @@ def test_an_idle_worker_yields_its_gpu_to_a_pool_whose_worker_cannot_be_schedule
     assert b'"retire"' in sent[0][1]
 
 
+def _dispatcher_at(clock: list[float]) -> WarmDispatcher:
+    """A dispatcher of namespace ``edits`` whose clock reads ``clock[0]``."""
+    return WarmDispatcher(
+        None,  # type: ignore[arg-type]
+        ClusterCache(None, ["edits"]),  # type: ignore[arg-type]
+        WARM,
+        nats=None,
+        clock=lambda: clock[0],
+    )
+
+
 def _failed_worker_job(name: str, failed_at: str) -> dict:
     return {
         "metadata": {
@@ -224,13 +235,7 @@ def test_worker_jobs_that_failed_before_a_restart_do_not_fail_the_adopted_edit()
     saw them fail; counting them again gave up on the pool and failed an edit a live worker
     was running (the CI failure of stop 18)."""
     clock = [1_800_000_000.0]
-    dispatcher = WarmDispatcher(
-        None,  # type: ignore[arg-type]
-        ClusterCache(None, ["edits"]),  # type: ignore[arg-type]
-        WARM,
-        nats=None,
-        clock=lambda: clock[0],
-    )
+    dispatcher = _dispatcher_at(clock)
     ej = editjob("Running", attempts=1, jobName="adopted-a1")
     ej["metadata"].update(name="adopted", namespace="edits")
     asyncio.run(dispatcher.start(ej, 1))
@@ -252,13 +257,7 @@ def test_worker_jobs_that_failed_before_a_restart_do_not_fail_the_adopted_edit()
 
 def test_an_empty_registry_right_after_a_start_is_not_evidence_that_no_worker_loads() -> None:
     clock = [1_800_000_000.0]
-    dispatcher = WarmDispatcher(
-        None,  # type: ignore[arg-type]
-        ClusterCache(None, ["edits"]),  # type: ignore[arg-type]
-        WARM,
-        nats=None,
-        clock=lambda: clock[0],
-    )
+    dispatcher = _dispatcher_at(clock)
     ej = editjob("Running", attempts=1, jobName="fresh-a1")
     ej["metadata"].update(name="fresh", namespace="edits")
     asyncio.run(dispatcher.start(ej, 1))
