@@ -73,6 +73,7 @@ from editflow.events.worker_contract import (
 from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, job_path
+from editflow.operator.decide import parse_time
 from editflow.operator.dispatch import AttemptView
 from editflow.operator.jobspec import worker_request
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
@@ -313,11 +314,9 @@ class WarmDispatcher:
         if number < 1 or status.get("jobName") != name:
             return None
         attempt = self._new_attempt(editjob, number)
-        started = status.get("startedAt")
-        with contextlib.suppress(ValueError, TypeError):
-            attempt.created = (
-                datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-            )
+        with contextlib.suppress(ValueError):
+            if started := parse_time(status.get("startedAt")):
+                attempt.created = started.timestamp()
         attempt.check_result = True
         self._enqueue(attempt)
         log.info("adopted a warm attempt", extra={"editjob": editjob["metadata"]["name"]})
@@ -464,13 +463,12 @@ class WarmDispatcher:
         )
         if failed_at is None or key in self._failures_counted or key in self._were_up:
             return
+        self._failures_counted.add(key)
         if old is None and _before(failed_at, self.started - 2.0):
             # Failed before this process started (the cache's first list after a restart,
             # within the Job's TTL): counting it again would fail edits that a live worker
             # of the pool is about to be heard running.
-            self._failures_counted.add(key)
             return
-        self._failures_counted.add(key)
         model = (new["metadata"].get("labels") or {}).get(LABEL_POOL)
         if model:
             self._load_failed(self._pool(key[0], model), self._why_failed(key))
@@ -767,10 +765,10 @@ class WarmDispatcher:
 def _before(stamp: str, moment: float) -> bool:
     """Whether the Kubernetes timestamp ``stamp`` (1 s resolution) is before ``moment``."""
     try:
-        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        when = parse_time(stamp)
     except ValueError:
         return False
-    return when < moment
+    return when is not None and when.timestamp() < moment
 
 
 def _unschedulable(pod: JSON) -> bool:
