@@ -657,25 +657,6 @@ async def run_floor_step(
     return step
 
 
-async def run_floor(plan: Plan) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "benchmark": "control_plane_floor",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "plan": asdict(plan),
-        "levels": [],
-    }
-    with timed(result):
-        for background in plan.backgrounds:
-            try:
-                result["levels"].append(await run_floor_level(background, plan))
-            except Exception as exc:
-                console.print_exception()
-                result.setdefault("errors", []).append(f"level {background}: {exc!r}")
-    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return result
-
-
 # -- the run as a whole ----------------------------------------------------------------------
 def _git(*args: str) -> str:
     out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
@@ -707,29 +688,33 @@ def timed(result: dict[str, Any]) -> Iterator[None]:
 
 
 async def run(plan: Plan) -> dict[str, Any]:
+    """Every background level with the operator (and the peer), or the platform's floor."""
     result: dict[str, Any] = {
-        "benchmark": "control_plane",
+        "benchmark": "control_plane_floor" if plan.floor else "control_plane",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "plan": asdict(plan),
         "levels": [],
-        "peer": [],
     }
+    if not plan.floor:
+        result["peer"] = []
+    run_one = run_floor_level if plan.floor else run_level
     with timed(result):
         for background in plan.backgrounds:
             try:
-                result["levels"].append(await run_level(background, plan))
+                result["levels"].append(await run_one(background, plan))
             except Exception as exc:  # keep what was measured; say what broke
                 console.print_exception()
                 result.setdefault("errors", []).append(f"level {background}: {exc!r}")
-        if plan.keda:
+        if plan.keda and not plan.floor:
             try:
                 result["peer"] = await run_peer(plan)
             except Exception as exc:
                 console.print_exception()
                 result.setdefault("errors", []).append(f"KEDA peer: {exc!r}")
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["goals"] = report.goals(result["levels"], plan.goal_rate, plan.goal_background)
+    if not plan.floor:  # the goals are the operator's
+        result["goals"] = report.goals(result["levels"], plan.goal_rate, plan.goal_background)
     return result
 
 
@@ -784,11 +769,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = parse_plan(argv)
     if plan.rss_only:
         return main_rss(plan)
+    result = asyncio.run(run(plan))
     if plan.floor:
-        result = asyncio.run(run_floor(plan))
         console.print(report.floor_table(result["levels"]))
     else:
-        result = asyncio.run(run(plan))
         report.print_all(console, result)
     for error in result.get("errors", []):
         console.print(f"[red]not measured:[/red] {error}")

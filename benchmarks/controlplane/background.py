@@ -22,11 +22,9 @@ from typing import Any
 import httpx
 
 from editflow.events.models import ApprovalData, ApprovalEvent, Person, completion_event_id
-from editflow.operator.crd import GROUP, editjob_path
+from editflow.operator.crd import editjob_path
 from editflow.operator.mapping import editjob_from_approval
 
-#: The operator's kopf finalizer (operator/app.py: ``{GROUP}/cleanup``).
-OPERATOR_FINALIZER = f"{GROUP}/cleanup"
 LABEL_BACKGROUND = "bench.editflow.io/background"
 
 
@@ -48,7 +46,6 @@ def finished_editjob(index: int, namespace: str, bucket: str) -> dict[str, Any]:
         event, namespace=namespace, bucket=bucket, default_model="longcat-image-edit"
     )
     body["metadata"]["labels"][LABEL_BACKGROUND] = "true"
-    body["metadata"]["finalizers"] = [OPERATOR_FINALIZER]
     return body
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 
-from controlplane.background import OPERATOR_FINALIZER
 from controlplane.load import APPLICANT, SOURCE_URL, PublishReport, on_schedule
 from controlplane.timeline import Timeline
 from editflow.core.settings import OperatorSettings
@@ -108,7 +107,6 @@ class FloorDriver:
             bucket=self.bucket,
             default_model=self.settings.default_model,
         )
-        body["metadata"]["finalizers"] = [OPERATOR_FINALIZER]
         path = editjob_path(self.namespace)
         try:
             resp = await self.http.post(path, json=body)

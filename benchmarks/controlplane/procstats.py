@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -80,6 +81,26 @@ class ProcessMeter:
         )
 
 
+async def _wait_below(
+    cpu: Callable[[], float], *, below: float, window: float, timeout: float
+) -> tuple[float, bool, float]:
+    """Until ``cpu()`` (CPU-seconds so far) grows by less than ``below`` cores over ``window``.
+
+    Returns (seconds waited, settled, cores used in the last window); gives up after
+    ``timeout`` seconds, unsettled.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while True:
+        cpu0 = cpu()
+        await asyncio.sleep(window)
+        cores = (cpu() - cpu0) / window
+        if cores < below:
+            return round(loop.time() - began, 1), True, cores
+        if loop.time() - began > timeout:
+            return round(loop.time() - began, 1), False, cores
+
+
 async def wait_idle(
     meter: ProcessMeter, *, below: float = 0.15, window: float = 3.0, timeout: float = 120.0
 ) -> tuple[float, bool, float]:
@@ -89,16 +110,7 @@ async def wait_idle(
     operator that never settles (one that re-reads every EditJob on a timer)
     is reported as such, not waited for forever.
     """
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    while True:
-        cpu0 = meter.cpu()
-        await asyncio.sleep(window)
-        cores = (meter.cpu() - cpu0) / window
-        if cores < below:
-            return round(loop.time() - began, 1), True, cores
-        if loop.time() - began > timeout:
-            return round(loop.time() - began, 1), False, cores
+    return await _wait_below(meter.cpu, below=below, window=window, timeout=timeout)
 
 
 async def wait_machine_idle(
@@ -110,14 +122,8 @@ async def wait_machine_idle(
     kubelet's node status): events sent then would time the start-up, not the load.
     Returns (seconds waited, busy cores in the last window).
     """
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    while True:
-        busy0 = _busy_seconds()
-        await asyncio.sleep(window)
-        cores = (_busy_seconds() - busy0) / window
-        if cores < below or loop.time() - began > timeout:
-            return round(loop.time() - began, 1), round(cores, 2)
+    waited, _, cores = await _wait_below(_busy_seconds, below=below, window=window, timeout=timeout)
+    return waited, round(cores, 2)
 
 
 def _busy_seconds() -> float:

@@ -73,19 +73,26 @@ def test_interchangeable_jobs_answer_events_in_time_order():
 
 
 @pytest.mark.slow
-@pytest.mark.platform
-def test_a_tiny_run_accounts_for_every_event(tmp_path):
+def _one_level_run(tmp_path: Path, *args: str, timeout: int) -> tuple[dict, dict]:
+    """Run control_plane.py with ``args``; its one level and that level's one step."""
     out = subprocess.run(
-        [sys.executable, str(BENCH / "control_plane.py"), "--background", "20",
-         "--rates", "2", "--goal-rate", "2", "--duration", "3", "--drain", "180",
-         "--no-keda", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=540,
+        [sys.executable, str(BENCH / "control_plane.py"), *args, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    (path,) = tmp_path.glob("control_plane-*.json")
-    result = json.loads(path.read_text())
-    (level,) = result["levels"]
+    (path,) = tmp_path.glob("control_plane*.json")
+    (level,) = json.loads(path.read_text())["levels"]
     (step,) = level["steps"]
+    return level, step
+
+
+@pytest.mark.platform
+def test_a_tiny_run_accounts_for_every_event(tmp_path):
+    level, step = _one_level_run(
+        tmp_path, "--background", "20", "--rates", "2", "--goal-rate", "2", "--duration", "3",
+        "--drain", "180", "--no-keda", timeout=540,
+    )  # fmt: skip
+    assert list(tmp_path.glob("control_plane-2*.json"))
     assert level["background"] == 20 and step["present_at_start"] == 20
     assert step["publish"]["events"] == 6 and step["publish"]["errors"] == 0
     assert step["lost"] == {"editjob": 0, "job": 0, "completion": 0}
@@ -97,20 +104,15 @@ def test_a_tiny_run_accounts_for_every_event(tmp_path):
     assert step["operator"]["cpu_seconds"] > 0 and step["operator"]["rss_peak_mb"] > 0
 
 
+@pytest.mark.platform
 def test_the_platform_floor_runs_every_event_to_a_completion_without_an_operator(tmp_path):
     """``--platform-floor``: no operator; the benchmark's minimal one creates each EditJob,
     its status and its Job, and publishes the completion once the Job finished."""
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "control_plane.py"), "--platform-floor",
-         "--background", "0", "--rates", "2", "--goal-rate", "2", "--duration", "3",
-         "--drain", "120", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=400,
+    _, step = _one_level_run(
+        tmp_path, "--platform-floor", "--background", "0", "--rates", "2", "--goal-rate", "2",
+        "--duration", "3", "--drain", "120", timeout=400,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    (path,) = tmp_path.glob("control_plane-floor-*.json")
-    result = json.loads(path.read_text())
-    (level,) = result["levels"]
-    (step,) = level["steps"]
+    assert list(tmp_path.glob("control_plane-floor-*.json"))
     assert step["publish"]["events"] == 6 and step["publish"]["errors"] == 0, step
     assert step["lost"] == {"editjob": 0, "job": 0, "completion": 0}, step
     assert step["completion_status"] == {"success": 6}
