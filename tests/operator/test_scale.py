@@ -277,23 +277,33 @@ def test_the_namespace_cap_holds_through_a_burst(stack: LocalStack, scale_ns) ->
     stop = threading.Event()
 
     def watch_jobs() -> None:
+        # One unbroken history of the namespace's Jobs: each watch resumes from the last
+        # event it saw. (Re-listing between watches without forgetting the old set counted a
+        # Job that finished in that gap as still running: a false "cap exceeded".)
         running: set[str] = set()
         seen_version = ""
         while not stop.is_set():
-            items = ns.api.get(f"/apis/batch/v1/namespaces/{ns.namespace}/jobs")
-            seen_version = items["metadata"]["resourceVersion"]
-            for job in items.get("items") or []:
-                if not _finished(job):
-                    running.add(job["metadata"]["name"])
-            peak[0] = max(peak[0], len(running))
+            if not seen_version:
+                items = ns.api.get(f"/apis/batch/v1/namespaces/{ns.namespace}/jobs")
+                seen_version = items["metadata"]["resourceVersion"]
+                running = {
+                    job["metadata"]["name"]
+                    for job in items.get("items") or []
+                    if not _finished(job)
+                }
+                peak[0] = max(peak[0], len(running))
             for event in ns.api.watch(
                 f"/apis/batch/v1/namespaces/{ns.namespace}/jobs",
                 resource_version=seen_version,
                 timeout_seconds=5,
             ):
+                job = event["object"]
+                if event["type"] == "ERROR":  # e.g. 410 Gone: start again from a list
+                    seen_version = ""
+                    break
+                seen_version = job["metadata"].get("resourceVersion") or seen_version
                 if event["type"] == "BOOKMARK":
                     continue
-                job = event["object"]
                 name = job["metadata"]["name"]
                 if event["type"] == "DELETED" or _finished(job):
                     running.discard(name)
