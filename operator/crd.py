@@ -214,6 +214,10 @@ STATUS = _obj(
         "resultKey": _s("Object key of the result image."),
         "resultUrl": _s("Presigned URL of the result image."),
         "costSeconds": {"type": "number", "description": "Total edit time in seconds."},
+        "gpuSeconds": {
+            "type": "number",
+            "description": "GPU-seconds of every attempt (failed and cancelled ones too).",
+        },
         "errorCode": _s("Stable error code of the last failure."),
         "completionEventId": _s(
             "Id of the outcome's completion event, recorded once it is in the outbox."

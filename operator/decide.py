@@ -180,6 +180,13 @@ def quality_status(quality: QualityReport | None) -> dict[str, Any] | None:
     }
 
 
+def gpu_seconds(status: dict[str, Any]) -> float:
+    """What an EditJob cost in GPU-seconds, all attempts (``costSeconds`` before gpuSeconds)."""
+    if status.get("gpuSeconds") is not None:
+        return float(status["gpuSeconds"])
+    return float(status.get("costSeconds") or 0.0)
+
+
 def is_sampled(uid: str, rate: float) -> bool:
     """Deterministic quality-review sampling: the same EditJob is always in or out."""
     bucket = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -247,12 +254,27 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     attempts = int(status.get("attempts") or 0)
     job_name = status.get("jobName")
 
+    def gpu_seconds(error: ErrorInfo | None = None) -> float:
+        """GPU-seconds of every attempt, the one ending now included (cost attribution).
+
+        An attempt with a result costs what its worker measured; one that ended without a
+        result (killed, timed out, cancelled) held its GPU from its start until now; one
+        that never got a GPU or never started its container cost nothing.
+        """
+        spent = 0.0
+        if obs.result is not None and obs.result.attempt == attempts:
+            spent = float(obs.result.cost.total or 0.0)
+        elif job_name and not (error and error.code in ("no_gpu", "pod_stuck")):
+            started = parse_time(status.get("startedAt"))
+            spent = max(0.0, (now - started).total_seconds()) if started else 0.0
+        return round(float(status.get("gpuSeconds") or 0.0) + spent, 3)
+
     # -- cancellation (withdraw event, `editflow edits cancel`, deletion) -----------
     if annotations.get(ANNOTATION_CANCEL) is not None:
         if job_name:
             out.delete_job = job_name
         reason = annotations.get(ANNOTATION_CANCEL) or "cancelled"
-        return finish("Cancelled", f"cancelled: {reason}")
+        return finish("Cancelled", f"cancelled: {reason}", gpuSeconds=gpu_seconds())
 
     # -- a spec that must not run (kubectl-applied: the bridge screens approvals) -------
     if phase == "" and obs.refusal is not None:
@@ -328,15 +350,17 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     def attempt_failed(error: ErrorInfo, *, delete: bool = False) -> Decision:
         if delete:
             out.delete_job = job_name
+        spent = gpu_seconds(error)
         if error.code == POISON_EDIT_CODE:
             # Every worker that took it died: running it again would only take down more.
-            return finish("NeedsReview", f"{error.message}; a designer will take over", error=error)
+            message = f"{error.message}; a designer will take over"
+            return finish("NeedsReview", message, error=error, gpuSeconds=spent)
         if not error.retriable:
-            return finish("Failed", error.message, error=error)
+            return finish("Failed", error.message, error=error, gpuSeconds=spent)
         limit = max_attempts(settings, spec)
         if attempts >= limit:
             message = f"{error.message} (after {attempts} attempts; a designer will take over)"
-            return finish("NeedsReview", message, error=error)
+            return finish("NeedsReview", message, error=error, gpuSeconds=spent)
         wait = backoff(settings, spec, attempts)
         message = f"attempt {attempts} failed: {error.message}; retrying in {wait:.0f}s"
         set_status(
@@ -345,6 +369,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             retryAfter=_ts(now + timedelta(seconds=wait)),
             message=message,
             errorCode=error.code,
+            gpuSeconds=spent,
         )
         out.events.append(("Warning", "AttemptFailed", message))
         out.requeue_after = wait
@@ -358,6 +383,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             "resultKey": result.result_key,
             "resultUrl": result.result_url,
             "costSeconds": round(cost, 3) if cost else None,
+            "gpuSeconds": gpu_seconds(),
             "quality": quality_status(quality),
             # Advisory mode steers the quality sampling: every flagged edit is sampled.
             "sampledForReview": flagged

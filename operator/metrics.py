@@ -45,7 +45,7 @@ OUTBOX_DELIVERIES = Counter(
 # usage: one of the worker's output profiles, else "other"; model: the registry's names.
 GPU_SECONDS = Counter(
     "editflow_gpu_seconds_total",
-    "GPU-seconds of finished edits (the worker's seconds of the attempt that decided them)",
+    "GPU-seconds of finished edits, every attempt counted (failed and cancelled ones too)",
     ["department", "usage", "model"],
 )
 EDITS_FINISHED = Counter(

@@ -64,7 +64,7 @@ from editflow.operator.crd import (
     editjob_path,
     editoutcome_path,
 )
-from editflow.operator.decide import OUTCOMES, Decision, parse_time
+from editflow.operator.decide import OUTCOMES, Decision, gpu_seconds, parse_time
 from editflow.operator.informer import Key, Store
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
@@ -164,7 +164,7 @@ def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
         prompt=spec["prompt"],
         source=source.get("url") or source.get("s3Key") or "",
         result_key=status.get("resultKey"),
-        gpu_seconds=float(status.get("costSeconds") or 0.0),
+        gpu_seconds=gpu_seconds(status),
         attempts=int(status.get("attempts") or 0),
         applicant=oa.get("applicant"),
         approvers=list(oa.get("approvers") or []),

@@ -52,6 +52,7 @@ from editflow.operator.decide import (
     Decision,
     Observed,
     decide,
+    gpu_seconds,
     parse_time,
 )
 from editflow.operator.dispatch import Dispatcher
@@ -299,8 +300,8 @@ class Reconciler:
         spec, status = editjob["spec"], editjob.get("status") or {}
         labels = cost_labels(spec, self.op)
         metrics.EDITS_FINISHED.labels(*labels, phase).inc()
-        if status.get("costSeconds"):
-            metrics.GPU_SECONDS.labels(*labels).inc(float(status["costSeconds"]))
+        if spent := gpu_seconds(status):
+            metrics.GPU_SECONDS.labels(*labels).inc(spent)
         verdict = (status.get("quality") or {}).get("verdict")
         if verdict in ("ok", "no_visible_change", "global_change"):
             metrics.QUALITY_VERDICTS.labels(verdict).inc()

@@ -26,7 +26,10 @@ def test_the_audit_record_says_who_asked_who_pays_and_what_it_cost() -> None:
     record = audit_for(ej, completion_for(ej))
     assert record.status == "success" and record.attempts == 2
     assert (record.department, record.cost_center) == ("市场部", "CC-1001")
-    assert record.gpu_seconds == 93.5 and record.quality == "ok"
+    assert record.gpu_seconds == 93.5 and record.quality == "ok"  # no gpuSeconds: costSeconds
+    retried = finished(department="市场部")
+    retried["status"]["gpuSeconds"] = 140.25  # the failed attempt before it, too
+    assert audit_for(retried, completion_for(retried)).gpu_seconds == 140.25
     assert record.applicant == "u-1" and record.approvers == ["m-1", "m-2"]
     assert record.prompt == approval().data.instruction
     assert record.source == "https://cdn.example.com/poster.jpg"

@@ -183,6 +183,36 @@ def test_success_records_result_and_publishes() -> None:
     assert d.status["resultKey"].endswith("result.png") and d.publish_completion
 
 
+def test_gpu_seconds_count_every_attempt_not_only_the_one_that_decided() -> None:
+    """Cost attribution: a retried edit cost its failed attempts' GPU time too."""
+    started = (NOW - timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed = result(False)
+    failed.cost = CostBreakdown(total=7.0)
+    first = editjob("Running", attempts=1, jobName="j", startedAt=started)
+    retry = decide(Observed(first, NOW, job=job(("Failed", "x")), result=failed), SETTINGS)
+    assert retry.status["phase"] == "Queued" and retry.status["gpuSeconds"] == 7.0
+    # A worker killed without a result held its GPU from the attempt's start until now.
+    killed = editjob("Running", attempts=2, jobName="j", startedAt=started, gpuSeconds=7.0)
+    crash = decide(
+        Observed(killed, NOW, job=job(("Failed", "x")), pods=(pod("Failed", 137),)), SETTINGS
+    )
+    assert crash.status["gpuSeconds"] == 47.0
+    last = editjob("Running", attempts=3, jobName="j", startedAt=started, gpuSeconds=47.0)
+    done = decide(Observed(last, NOW, job=job(("Complete", "")), result=result(attempt=3)), SETTINGS)
+    assert done.status["costSeconds"] == 12.5 and done.status["gpuSeconds"] == 59.5
+    # An attempt that never got a GPU cost nothing; a cancelled one held its GPU until now.
+    msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    pending = editjob("Running", attempts=1, jobName="j", startedAt=started)
+    expired = decide(
+        Observed(pending, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=601),)),
+        SETTINGS,
+    )
+    assert expired.status["gpuSeconds"] == 0.0
+    cancelled = editjob("Running", attempts=1, jobName="j", startedAt=started, gpuSeconds=3.0)
+    cancelled["metadata"]["annotations"][ANNOTATION_CANCEL] = "withdrawn"
+    assert decide(Observed(cancelled, NOW, job=job()), SETTINGS).status["gpuSeconds"] == 43.0
+
+
 def test_a_permanent_worker_error_fails_without_retry() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
     observed = Observed(
