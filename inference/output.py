@@ -10,12 +10,21 @@ multipart upload, which S3 and MinIO publish only on
 object: a reader sees either no object or the whole one. The image is written
 before ``result.json``, so a reader who finds the result JSON always finds
 the image it names.
+
+Upload patience: an edit is the expensive part (95 s of GPU for LongCat), an S3 write
+the cheap one. A write that fails because S3 is unreachable or answers 5xx (a MinIO
+restart, a load balancer moving) is retried with backoff for ``retry_seconds``
+(``EDITFLOW_WORKER__UPLOAD_RETRY_SECONDS``, 60 by default) instead of throwing the
+edited image away; only then does the attempt fail, retriable. A refusal (4xx: access
+denied, no such bucket) fails at once: waiting would not change it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,7 +36,12 @@ from editflow.core.errors import UpstreamError
 from editflow.core.settings import S3Settings
 from editflow.inference.profiles import OutputProfile
 
+log = logging.getLogger(__name__)
+
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+#: Backoff between retried S3 writes: first and longest wait, in seconds.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 8.0
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
 
@@ -113,23 +127,49 @@ def _client(s3: S3Settings) -> Any:
     return _CLIENTS[key]
 
 
+def _transient(exc: Exception) -> bool:
+    """Worth retrying: S3 unreachable or failing (5xx, throttling), not refusing (4xx)."""
+    from minio.error import S3Error, ServerError
+
+    if isinstance(exc, ServerError):
+        return True
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", 0) or 0
+        return status >= 500 or exc.code in ("SlowDown", "RequestTimeout", "ServiceUnavailable")
+    return True  # connection refused or reset, a timeout: S3 is away, not saying no
+
+
 def put_bytes(
     s3: S3Settings,
     key: str,
     data: bytes,
     content_type: str,
     metadata: dict[str, str] | None = None,
+    *,
+    retry_seconds: float = 0.0,
 ) -> None:
-    from minio.error import S3Error
+    """One atomic PutObject, retried for ``retry_seconds`` while S3 is away (module docs)."""
+    from minio.error import MinioException
     from urllib3.exceptions import HTTPError as Urllib3Error
 
-    try:
-        _client(s3).put_object(
-            s3.bucket, key, io.BytesIO(data), len(data),
-            content_type=content_type, metadata=metadata or None,
-        )  # fmt: skip
-    except (S3Error, OSError, Urllib3Error) as exc:
-        raise UpstreamError(f"could not write s3://{s3.bucket}/{key}: {exc}") from exc
+    deadline = time.monotonic() + retry_seconds
+    delay = RETRY_FIRST_SECONDS
+    while True:
+        try:
+            _client(s3).put_object(
+                s3.bucket, key, io.BytesIO(data), len(data),
+                content_type=content_type, metadata=metadata or None,
+            )  # fmt: skip
+            return
+        except (MinioException, OSError, Urllib3Error) as exc:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                raise UpstreamError(f"could not write s3://{s3.bucket}/{key}: {exc}") from exc
+            log.warning(
+                "S3 write failed; retrying",
+                extra={"key": key, "error": str(exc)[:300], "retry_in": delay},
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 def presign(s3: S3Settings, key: str) -> str:

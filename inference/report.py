@@ -66,11 +66,14 @@ def write_termination_message(path: str | None, result: WorkerResult) -> bool:
         return False
 
 
-def upload_result(result: WorkerResult, s3: S3Settings, key_prefix: str) -> str | None:
+def upload_result(
+    result: WorkerResult, s3: S3Settings, key_prefix: str, *, retry_seconds: float = 0.0
+) -> str | None:
     """Store ``result`` next to the image; best effort on the failure path."""
     key = result_json_key(key_prefix, result.edit_id, result.attempt)
     try:
-        put_bytes(s3, key, result_json(result).encode(), "application/json")
+        data = result_json(result).encode()
+        put_bytes(s3, key, data, "application/json", retry_seconds=retry_seconds)
     except EditflowError as exc:
         log.warning("result JSON not stored in S3", extra={"key": key, "error": str(exc)})
         return None

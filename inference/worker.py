@@ -208,7 +208,10 @@ def process(
                 prompt=prompt, model=spec.name, seed=(seed + index - 1) % 2**32,
                 usage=request.usage,
             )  # fmt: skip
-            output.put_bytes(settings.s3, key, encoded.data, encoded.content_type, metadata)
+            output.put_bytes(
+                settings.s3, key, encoded.data, encoded.content_type, metadata,
+                retry_seconds=settings.worker.upload_retry_seconds,
+            )  # fmt: skip
             variant = VariantResult(
                 index=index, seed=(seed + index - 1) % 2**32, result_key=key,
                 result_url=output.presign(settings.s3, key), width=encoded.width,
@@ -271,7 +274,10 @@ def store_result(result: WorkerResult, request: WorkerRequest | None, settings: 
     """Write ``result`` to S3 at its result JSON key (skipped when no valid edit id is known)."""
     key_prefix = request.output.key_prefix if request is not None else "results"
     if result.edit_id != "unknown":
-        report.upload_result(result, settings.s3, key_prefix)
+        # A success's JSON is what an adopting operator reads: as patient as the image was.
+        # A failure's is best effort (S3 being away is often why the attempt failed).
+        patience = settings.worker.upload_retry_seconds if result.status == "success" else 0.0
+        report.upload_result(result, settings.s3, key_prefix, retry_seconds=patience)
 
 
 def refuse(

@@ -1,12 +1,19 @@
-"""Output profiles, metadata and the termination message's size limit."""
+"""Output profiles, metadata, the termination message's size limit and upload patience."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+import uuid
 
-from editflow.core.errors import ErrorInfo
+import pytest
+
+from editflow.core.errors import ErrorInfo, UpstreamError
+from editflow.core.s3 import s3_client
+from editflow.devstack.stack import LocalStack
 from editflow.events.worker_contract import TERMINATION_MESSAGE_LIMIT, WorkerRequest, WorkerResult
-from editflow.inference.output import final_size, object_metadata
+from editflow.inference.output import final_size, object_metadata, put_bytes
 from editflow.inference.profiles import OutputProfile, output_profile
 from editflow.inference.report import termination_message
 
@@ -67,3 +74,47 @@ def test_presigned_url_uses_the_public_endpoint_and_the_expiry() -> None:
     url = presign(s3, "results/e/attempt-1/result.png")
     assert url.startswith("https://files.example.com/editflow/results/e/attempt-1/result.png?")
     assert "X-Amz-Expires=3600" in url
+
+
+# -- upload patience, against the platform's real MinIO ---------------------------------------
+@pytest.mark.slow
+def test_a_write_waits_out_an_s3_outage_instead_of_losing_the_edit(stack: LocalStack) -> None:
+    """MinIO stopped before the write and back 12 s later: the write lands, once, whole.
+
+    12 s is past what the MinIO client's own connection retries (about 6 s) cover.
+    """
+    s3 = stack.s3_settings()
+    assert stack.minio is not None
+    key = f"tests/patience/{uuid.uuid4().hex}.bin"
+    body = b"edited image" * 1000
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            put_bytes(s3, key, body, "application/octet-stream", retry_seconds=60)
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    stack.minio.stop()
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(12)
+    # From this thread: the platform's processes die with the thread that started them.
+    stack.minio.restart()
+    writer.join(90)
+    assert not writer.is_alive() and not failures, failures
+    response = s3_client(s3).get_object(s3.bucket, key)
+    try:
+        assert response.read() == body
+    finally:
+        response.close()
+        response.release_conn()
+
+
+@pytest.mark.slow
+def test_a_refused_write_fails_at_once_and_says_where(stack: LocalStack, caplog) -> None:
+    """A 4xx (here: no such bucket) is an answer, not an outage: no retry, the key named."""
+    s3 = stack.s3_settings().model_copy(update={"bucket": "no-such-bucket-here"})
+    with pytest.raises(UpstreamError, match=r"s3://no-such-bucket-here/tests/refused\.bin"):
+        put_bytes(s3, "tests/refused.bin", b"x", "application/octet-stream", retry_seconds=60)
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]

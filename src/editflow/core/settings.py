@@ -122,6 +122,12 @@ class WorkerSettings(BaseModel):
     termination_log: str = "/dev/termination-log"
     http_port: int = Field(8080, ge=0, le=65535, description="warm mode /healthz /readyz /metrics")
     drain_seconds: float = Field(300.0, ge=0, description="SIGTERM grace for the edit in flight")
+    upload_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="how long a result write is retried while S3 is unreachable or failing "
+        "(the edited image is kept meanwhile); 0: fail at once",
+    )
     # Warm mode (editflow worker serve); the operator sets these on the warm worker's Pod.
     idle_seconds: float = Field(
         300.0, ge=0, description="warm mode: exit 0 after this long without work (0: never)"
