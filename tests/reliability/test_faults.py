@@ -12,14 +12,21 @@ large run) are published at a steady rate while, in this order:
 Then every event must end in exactly one EditJob in a final phase and exactly one
 completion id on the completions stream; each EditJob has at most one Job per attempt;
 every result object in S3 is whole; nothing is left running. The suite prints what it
-did as a table. It runs on a platform of its own (its faults would disturb other tests)
-in Job mode, the only dispatch mode so far. Workers are ``uploading_worker.py``: the
-worker's contract and its S3 writes, without the model.
+did as a table. It runs on a platform of its own (its faults would disturb other tests),
+once per dispatch mode:
+
+* **Job mode**: one Job per attempt; workers are ``uploading_worker.py``, the worker's
+  contract and its S3 writes without the model. At most one Job per attempt.
+* **warm mode**: a pool of warm workers (``editflow worker serve`` with the tiny model,
+  wrapped by ``marking_warm_worker.py`` only to mark what it does) takes the attempts
+  from the JetStream work queue. No attempt runs to two results, and the pool scales to
+  zero at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -33,22 +40,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from editflow.core.settings import EventsSettings, NatsSettings, Settings
 from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
-from editflow.events.models import Person
+from editflow.events.models import Generation, Person
 from editflow.events.sdk import OAClient
 from editflow.operator.crd import editjob_path
-from editflow.operator.names import LABEL_EDITJOB, editjob_name
+from editflow.operator.names import LABEL_EDITJOB, LABEL_POOL, editjob_name
 from tests.harness import stored_completions, worker_command
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.platform]
-
 WORKER = Path(__file__).with_name("uploading_worker.py")
+WARM_WORKER = Path(__file__).with_name("marking_warm_worker.py")
 EVENTS = int(os.environ.get("EDITFLOW_RELIABILITY_EVENTS", "100"))
+# A warm run drains about 2.5 s per event on two cores: the large run needs more than the
+# suite's default 600 s per test.
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.slow,
+    pytest.mark.platform,
+    pytest.mark.timeout(max(600, 300 + 5 * EVENTS)),
+]
 NAMESPACE = "faults"
 FINAL = {"Succeeded", "Failed", "NeedsReview", "Cancelled"}
 
@@ -59,12 +74,31 @@ def platform(tmp_path_factory) -> Iterator[LocalStack]:
         yield stack
 
 
+#: The operator's settings of each dispatch mode (beside those both share).
+MODE_SETTINGS = {
+    "job": {"max_running_per_namespace": "10"},
+    "warm": {
+        "worker_mode": "warm",
+        # Three workers, each edit a second or two of the tiny model on two shared cores.
+        "max_warm_workers": "3",
+        "max_running_per_namespace": "3",
+        "warm_idle_seconds": "15",
+        "warm_ack_wait_seconds": "8",
+        "warm_max_deliveries": "3",
+        "warm_stuck_grace_seconds": "5",
+    },
+}
+
+
 class Run:
     """The platform, editflow installed on it, and a record of the faults injected."""
 
-    def __init__(self, stack: LocalStack, workdir: Path) -> None:
+    def __init__(self, stack: LocalStack, workdir: Path, mode: str) -> None:
         self.stack = stack
         self.workdir = workdir
+        self.mode = mode
+        self.namespace = NAMESPACE if mode == "job" else f"{NAMESPACE}-{mode}"
+        self.worker_script = WORKER if mode == "job" else WARM_WORKER
         # Not under /tmp: the worker Pod's /tmp is its own emptyDir, also in host mode.
         self.marks = Path.home() / ".cache" / "editflow" / "test-marks" / uuid.uuid4().hex[:8]
         self.marks.mkdir(parents=True)
@@ -73,19 +107,22 @@ class Run:
         localmode.install_namespace(
             self.api,
             stack,
-            NAMESPACE,
+            self.namespace,
             worker_env={
                 "STUB_MARK_DIR": str(self.marks),
                 "STUB_WORKER_SECONDS": "1.5",
                 "STUB_UPLOAD_SECONDS": "1",
             },
         )
+        command = worker_command(self.worker_script)
+        if mode == "warm":
+            localmode.build_tiny_model(localmode.models_dir(stack, self.namespace))
         self.env = localmode.operator_env(
             stack,
-            NAMESPACE,
-            worker_command=worker_command(WORKER),
+            self.namespace,
+            **{"worker_command" if mode == "job" else "warm_worker_command": command},
+            **MODE_SETTINGS[mode],
             gpus_per_job="0",
-            max_running_per_namespace="10",
             resync_seconds="2",
             backoff_seconds="1",
             max_attempts="4",
@@ -108,7 +145,7 @@ class Run:
         self.start_operator()
 
     def editjobs(self) -> list[dict]:
-        return self.api.get(editjob_path(NAMESPACE))["items"]
+        return self.api.get(editjob_path(self.namespace))["items"]
 
     def wait_editjobs(self, count: int) -> None:
         self.wait(lambda: len(self.editjobs()) >= count, what=f"{count} EditJobs")
@@ -128,8 +165,19 @@ class Run:
     def marked(self, suffix: str) -> list[Path]:
         return sorted(self.marks.glob(f"*.{suffix}"))
 
+    def jobs(self) -> list[dict]:
+        return self.api.get(f"/apis/batch/v1/namespaces/{self.namespace}/jobs")["items"]
 
-def publish_steadily(settings: Settings, ids: list[str], rate: float) -> threading.Thread:
+    def worker_processes(self) -> list[str]:
+        """This mode's worker processes still alive on this machine (Pods run as processes)."""
+        pattern = f"test-workers/{self.worker_script.name}"
+        out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def publish_steadily(
+    settings: Settings, ids: list[str], rate: float, image_url: str
+) -> threading.Thread:
     async def publish() -> None:
         async with await OAClient.connect(settings, source="/oa/faults") as client:
             for event_id in ids:
@@ -137,8 +185,10 @@ def publish_steadily(settings: Settings, ids: list[str], rate: float) -> threadi
                     form_id=f"F-{event_id[:8]}",
                     approval_id=f"A-{event_id[:8]}",
                     applicant=Person(id="u-1"),
-                    image_url="https://93.184.215.14/poster.png",  # literal: no DNS here
+                    image_url=image_url,
                     instruction="把背景换成海边日落",
+                    # Two steps of the tiny model: the suite is about faults, not the GPU.
+                    generation=Generation(steps=2),
                     event_id=event_id,
                 )
                 await asyncio.sleep(1 / rate)
@@ -148,20 +198,22 @@ def publish_steadily(settings: Settings, ids: list[str], rate: float) -> threadi
     return thread
 
 
-def stub_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", str(WORKER)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+def _median(values) -> float:
+    """The median of the known values (0 when none is), rounded for the table."""
+    known = sorted(float(v) for v in values if v is not None)
+    return round(known[len(known) // 2], 2) if known else 0.0
 
 
+@pytest.mark.parametrize("mode", ["job", "warm"])
 def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_faults(
-    platform: LocalStack, tmp_path: Path
+    platform: LocalStack, tmp_path: Path, image_host, mode: str
 ) -> None:
-    run = Run(platform, tmp_path)
+    run = Run(platform, tmp_path, mode)
     settings = Settings(nats=NatsSettings(url=platform.nats_url))
     ids = [str(uuid.uuid4()) for _ in range(EVENTS)]
     started = time.monotonic()
     run.start_operator()
-    publisher = publish_steadily(settings, ids, rate=10.0)
+    publisher = publish_steadily(settings, ids, rate=10.0, image_url=image_host.url("red.png"))
     assert platform.minio is not None and platform.nats is not None
     assert platform.apiserver is not None
     try:
@@ -214,12 +266,22 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
             }
             return expected <= done
 
-        run.wait(drained, timeout=900, interval=3, what="every event to end and be reported")
+        drain_limit = max(900, 4 * EVENTS)
+        run.wait(
+            drained, timeout=drain_limit, interval=3, what="every event to end and be reported"
+        )
         drain_seconds = time.monotonic() - started
         editjobs = run.editjobs()
-        completions = stored_completions(platform.nats_url, EventsSettings())
-        jobs = run.api.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")["items"]
+        ours = set(ids)
+        completions = [
+            c
+            for c in stored_completions(platform.nats_url, EventsSettings())
+            if c["data"]["approval_event_id"] in ours
+        ]
+        jobs = run.jobs()
         s3 = platform.s3_settings()
+        results_log = run.marks / "results.log"
+        results = results_log.read_text().split() if results_log.exists() else []
     finally:
         if run.operator is not None:
             run.operator.stop()
@@ -230,10 +292,13 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
     per_event = Counter(c["data"]["approval_event_id"] for c in completions)
     lost = [i for i in ids if per_event[i] == 0]
     doubled = [i for i in ids if per_event[i] > 1]
+    attempt_jobs = [j for j in jobs if LABEL_EDITJOB in j["metadata"].get("labels", {})]
     jobs_per_attempt = Counter(
         (j["metadata"]["labels"][LABEL_EDITJOB], j["metadata"]["labels"]["editflow.io/attempt"])
-        for j in jobs
+        for j in attempt_jobs
     )
+    warm_jobs = [j for j in jobs if LABEL_POOL in j["metadata"].get("labels", {})]
+    results_per_attempt = Counter(results)
     attempts = {e["metadata"]["name"]: int(e["status"].get("attempts") or 0) for e in editjobs}
 
     from minio import Minio
@@ -245,12 +310,16 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
         secure=False,
     )
     partial = []
-    for obj in client.list_objects(s3.bucket, prefix=f"results/{NAMESPACE}/", recursive=True):
+    prefix = f"results/{run.namespace}/"
+    for obj in client.list_objects(s3.bucket, prefix=prefix, recursive=True):
         data = client.get_object(s3.bucket, obj.object_name).read()
-        if obj.object_name.endswith(".png") and not data.endswith(b"IEND\xaeB`\x82"):
-            partial.append(obj.object_name)
         if obj.object_name.endswith(".json"):
             json.loads(data)  # a truncated result JSON would not parse
+            continue
+        try:
+            Image.open(io.BytesIO(data)).load()  # a truncated image does not decode
+        except OSError:
+            partial.append(obj.object_name)
 
     rows = [
         ("events", EVENTS),
@@ -261,6 +330,9 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
         ("lost", len(lost)),
         ("duplicated", len(doubled)),
         ("Jobs", len(jobs)),
+        *([("warm worker Jobs", len(warm_jobs))] if mode == "warm" else []),
+        *([("attempts run to a result", len(results))] if mode == "warm" else []),
+        ("median edit time (s)", _median(e["status"].get("costSeconds") for e in editjobs)),
         ("time to drain (s)", round(drain_seconds, 1)),
     ]
     width = max(len(k) for k, _ in rows)
@@ -268,7 +340,13 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
 
     assert run.faults["operator SIGKILL"] == 3 and run.faults["NATS restart"] == 1
     assert run.faults["worker SIGKILL mid-edit"] == 1 and run.faults["apiserver restart"] == 1
-    assert len(jobs) > EVENTS, "the killed worker's attempt was retried as a new Job"
+    if mode == "job":
+        assert len(attempt_jobs) > EVENTS, "the killed worker's attempt was retried as a new Job"
+    else:
+        assert not attempt_jobs and warm_jobs, "warm mode runs attempts in pool workers"
+        assert len(warm_jobs) > 1, "the SIGKILLed worker was replaced"
+        twice = [a for a, n in results_per_attempt.items() if n > 1]
+        assert not twice, f"attempts run to two results: {twice[:3]}"
     assert len(names) == len(set(names)) == EVENTS and set(names) == {
         editjob_name(i) for i in ids
     }, "exactly one EditJob per event"
@@ -276,4 +354,5 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
     assert all(n == 1 for n in jobs_per_attempt.values()), "at most one Job per attempt"
     assert all(int(a) <= attempts[ej] for ej, a in jobs_per_attempt), "no Job beyond attempts"
     assert partial == [], f"partially written objects: {partial[:3]}"
-    wait_until(lambda: not stub_processes(), timeout=60, what="no worker left running")
+    # Warm workers leave by themselves after warm_idle_seconds: the pool scales to zero.
+    wait_until(lambda: not run.worker_processes(), timeout=120, what="no worker left running")

@@ -20,14 +20,20 @@ import time
 from pathlib import Path
 
 from minio import Minio
+from PIL import Image
 
 from editflow.core.s3 import s3_client
 from editflow.core.settings import Settings
 
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a0e7d1c60000000049454e44ae426082"
-)
+
+def _png() -> bytes:
+    """A real (decodable) PNG: the suite decodes every stored image to find partial ones."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (30, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+PNG = _png()
 
 
 def put_with_patience(client: Minio, bucket: str, key: str, data: bytes, ctype: str) -> None:
