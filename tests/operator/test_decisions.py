@@ -198,7 +198,8 @@ def test_gpu_seconds_count_every_attempt_not_only_the_one_that_decided() -> None
     )
     assert crash.status["gpuSeconds"] == 47.0
     last = editjob("Running", attempts=3, jobName="j", startedAt=started, gpuSeconds=47.0)
-    done = decide(Observed(last, NOW, job=job(("Complete", "")), result=result(attempt=3)), SETTINGS)
+    finished = Observed(last, NOW, job=job(("Complete", "")), result=result(attempt=3))
+    done = decide(finished, SETTINGS)
     assert done.status["costSeconds"] == 12.5 and done.status["gpuSeconds"] == 59.5
     # An attempt that never got a GPU cost nothing; a cancelled one held its GPU until now.
     msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
