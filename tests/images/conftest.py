@@ -31,6 +31,19 @@ def worker_image_wanted() -> bool:
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: The first test that asks for an image pays for its build: cold, the worker image takes
+#: about 8 minutes to build and 3 to push (charts/editflow/README.md, "Images"), past the
+#: suite's 600 s per test, which counts fixture setup. Those tests get this limit instead.
+BUILD_TIMEOUT_SECONDS = 1800
+_BUILDING_FIXTURES = {"control_plane", "worker", "published"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _BUILDING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_SECONDS))
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("building and running images needs root (buildah overlay storage, runc)")

@@ -111,7 +111,8 @@ class Run:
             worker_env={
                 "STUB_MARK_DIR": str(self.marks),
                 "STUB_WORKER_SECONDS": "1.5",
-                "STUB_UPLOAD_SECONDS": "1",
+                # Long enough for the suite to catch an upload in flight (it looks every 50 ms).
+                "STUB_UPLOAD_SECONDS": "1" if mode == "job" else "0.5",
             },
         )
         command = worker_command(self.worker_script)
