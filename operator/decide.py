@@ -254,7 +254,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     attempts = int(status.get("attempts") or 0)
     job_name = status.get("jobName")
 
-    def gpu_seconds(error: ErrorInfo | None = None) -> float:
+    def gpu_seconds_so_far(error: ErrorInfo | None = None) -> float:
         """GPU-seconds of every attempt, the one ending now included (cost attribution).
 
         An attempt with a result costs what its worker measured; one that ended without a
@@ -274,7 +274,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         if job_name:
             out.delete_job = job_name
         reason = annotations.get(ANNOTATION_CANCEL) or "cancelled"
-        return finish("Cancelled", f"cancelled: {reason}", gpuSeconds=gpu_seconds())
+        return finish("Cancelled", f"cancelled: {reason}", gpuSeconds=gpu_seconds_so_far())
 
     # -- a spec that must not run (kubectl-applied: the bridge screens approvals) -------
     if phase == "" and obs.refusal is not None:
@@ -350,7 +350,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     def attempt_failed(error: ErrorInfo, *, delete: bool = False) -> Decision:
         if delete:
             out.delete_job = job_name
-        spent = gpu_seconds(error)
+        spent = gpu_seconds_so_far(error)
         if error.code == POISON_EDIT_CODE:
             # Every worker that took it died: running it again would only take down more.
             message = f"{error.message}; a designer will take over"
@@ -383,7 +383,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             "resultKey": result.result_key,
             "resultUrl": result.result_url,
             "costSeconds": round(cost, 3) if cost else None,
-            "gpuSeconds": gpu_seconds(),
+            "gpuSeconds": gpu_seconds_so_far(),
             "quality": quality_status(quality),
             # Advisory mode steers the quality sampling: every flagged edit is sampled.
             "sampledForReview": flagged

@@ -27,10 +27,10 @@ import bisect
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from editflow.operator.decide import FINAL_PHASES, job_outcome
+from editflow.operator.decide import FINAL_PHASES, job_outcome, parse_time
 from editflow.operator.names import LABEL_EDITJOB
 
 Key = tuple[str, str]
@@ -39,10 +39,9 @@ WAITING = ("", "Pending", "Queued")
 
 
 def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
+    """:func:`parse_time`, with a malformed stamp read as none (a queue entry without backoff)."""
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return parse_time(value)
     except ValueError:
         return None
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from editflow.core.s3 import s3_client
 from editflow.core.settings import EventsSettings, NatsSettings, Settings
 from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
@@ -302,14 +303,7 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
     results_per_attempt = Counter(results)
     attempts = {e["metadata"]["name"]: int(e["status"].get("attempts") or 0) for e in editjobs}
 
-    from minio import Minio
-
-    client = Minio(
-        s3.endpoint,
-        access_key=s3.access_key.get_secret_value(),
-        secret_key=s3.secret_key.get_secret_value(),
-        secure=False,
-    )
+    client = s3_client(s3)
     partial = []
     prefix = f"results/{run.namespace}/"
     for obj in client.list_objects(s3.bucket, prefix=prefix, recursive=True):

@@ -5,9 +5,9 @@ MinIO (so MinIO can be stopped while an upload is in flight) and can be
 SIGKILLed mid-edit. It reads ``--request`` like the real worker, marks its
 progress in ``STUB_MARK_DIR`` (``<edit>-a<n>.started`` holds its pid,
 ``.uploading`` while it writes, ``.done`` once finished), puts the image and then
-the result JSON (S3 puts are atomic: a reader sees a whole object or none), retrying while S3 is
-away, and writes the result as its termination message. A worker that cannot
-upload within ``STUB_UPLOAD_PATIENCE`` exits 75 (retriable), as the real one does.
+the result JSON (S3 puts are atomic: a reader sees a whole object or none) with the real
+worker's write, retried while S3 is away, and writes the result as its termination message.
+A worker that cannot upload within ``STUB_UPLOAD_PATIENCE`` exits 75 (retriable).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import os
 import time
 from pathlib import Path
 
-from minio import Minio
 from PIL import Image
 
-from editflow.core.s3 import s3_client
-from editflow.core.settings import Settings
+from editflow.core.errors import UpstreamError
+from editflow.core.settings import S3Settings, Settings
+from editflow.inference.output import put_bytes
 
 
 def _png() -> bytes:
@@ -36,18 +36,13 @@ def _png() -> bytes:
 PNG = _png()
 
 
-def put_with_patience(client: Minio, bucket: str, key: str, data: bytes, ctype: str) -> None:
-    deadline = time.monotonic() + float(os.environ.get("STUB_UPLOAD_PATIENCE", "60"))
-    delay = 0.5
-    while True:
-        try:
-            client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=ctype)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise SystemExit(75) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 4)
+def put_with_patience(settings: S3Settings, key: str, data: bytes, ctype: str) -> None:
+    """The real worker's write (retried while S3 is away), and its exit code when it gives up."""
+    patience = float(os.environ.get("STUB_UPLOAD_PATIENCE", "60"))
+    try:
+        put_bytes(settings, key, data, ctype, retry_seconds=patience)
+    except UpstreamError:
+        raise SystemExit(75) from None
 
 
 def main() -> None:
@@ -62,13 +57,12 @@ def main() -> None:
     time.sleep(float(os.environ.get("STUB_WORKER_SECONDS", "1")))
     # The product's own S3 client factory and settings: the attempt's session keys, the region.
     settings = Settings().s3
-    client = s3_client(settings)
     bucket = settings.bucket
     prefix = f"{request.get('output', {}).get('key_prefix', 'results')}/{edit}/attempt-{attempt}"
     uploading = marks / f"{edit}-a{attempt}.uploading"
     uploading.write_text(str(os.getpid()))
     time.sleep(float(os.environ.get("STUB_UPLOAD_SECONDS", "0")))  # a large image's upload
-    put_with_patience(client, bucket, f"{prefix}/result.png", PNG, "image/png")
+    put_with_patience(settings, f"{prefix}/result.png", PNG, "image/png")
     result = {
         "status": "success",
         "edit_id": edit,
@@ -79,7 +73,7 @@ def main() -> None:
         "cost": {"total": 0.01},
     }
     body = json.dumps(result).encode()
-    put_with_patience(client, bucket, f"{prefix}/result.json", body, "application/json")
+    put_with_patience(settings, f"{prefix}/result.json", body, "application/json")
     uploading.unlink(missing_ok=True)
     (marks / f"{edit}-a{attempt}.started").rename(marks / f"{edit}-a{attempt}.done")
     Path(args.termination_log).write_text(json.dumps(result))
