@@ -16,19 +16,25 @@ import pytest
 
 from editflow.devstack import installer
 from editflow.devstack.stack import LocalStack
+from tests import hygiene
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The operator harness (image host, tiny model on the models PVC, `editflow operator run`)
-# is shared by the operator, gateway and demo tests.
-pytest_plugins = ["tests.harness"]
+# is shared by the operator, gateway and demo tests; the hygiene plugin fails a module that
+# leaves operators, workers or running Pods behind on the shared platform.
+pytest_plugins = ["tests.harness", "tests.hygiene"]
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     # The host-command image mapping: editflow's images run as the installed `editflow`.
     with LocalStack(host_images=True) as running:
-        yield running
+        hygiene.SESSION.stack = running
+        try:
+            yield running
+        finally:
+            hygiene.SESSION.stack = None
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
 from editflow.operator.crd import editjob_path
+from tests import hygiene
 
 NAMESPACE = localmode.NAMESPACE
 
@@ -157,7 +158,9 @@ def operator(
     env["EDITFLOW_EVENTS__ACK_WAIT_SECONDS"] = "10"
     harness = OperatorHarness(stack, api, env, tmp_path_factory.mktemp("operator"))
     harness.start()
+    hygiene.SESSION.owned.append(harness)  # the session's operator: it may outlive modules
     yield harness
+    hygiene.SESSION.owned.remove(harness)
     harness.stop()
     api.close()
 
