@@ -36,7 +36,7 @@ from editflow.core.errors import (
     UpstreamError,
 )
 from editflow.core.settings import S3Settings, WorkerSettings
-from editflow.core.urlguard import IPAddress, address_problem, unwrap
+from editflow.core.urlguard import IPAddress, address_problem, redacted, unwrap
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -195,7 +195,9 @@ def fetch_url(url: str, limits: FetchLimits) -> Fetched:
         target = check_url(current, limits)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise UpstreamError(f"fetching {url} took longer than {limits.timeout_seconds:g}s")
+            raise UpstreamError(
+                f"fetching {redacted(url)} took longer than {limits.timeout_seconds:g}s"
+            )
         conn = _connection(target, remaining, limits)
         try:
             conn.request(
@@ -207,17 +209,19 @@ def fetch_url(url: str, limits: FetchLimits) -> Fetched:
             if response.status in _REDIRECTS:
                 location = response.getheader("Location")
                 if not location:
-                    raise UpstreamError(f"{current} answered {response.status} without Location")
+                    raise UpstreamError(
+                        f"{redacted(current)} answered {response.status} without Location"
+                    )
                 current = urljoin(current, location)
                 continue
             _raise_for_status(current, response.status)
-            data = _read_capped(response, limits, deadline)
+            data = _read_capped(response, limits, deadline, conn.sock)
             return Fetched(
                 data=data, source=current, content_type=response.getheader("Content-Type")
             )
         except TimeoutError as exc:
             raise UpstreamError(
-                f"fetching {url} took longer than {limits.timeout_seconds:g}s"
+                f"fetching {redacted(url)} took longer than {limits.timeout_seconds:g}s"
             ) from exc
         except ssl.SSLCertVerificationError as exc:
             raise UnsafeSourceError(
@@ -225,15 +229,15 @@ def fetch_url(url: str, limits: FetchLimits) -> Fetched:
                 field="source.url",
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise UpstreamError(f"could not fetch {current}: {exc}") from exc
+            raise UpstreamError(f"could not fetch {redacted(current)}: {exc}") from exc
         except ValueError as exc:  # http.client.InvalidURL, control characters, bad IDNA
             raise InvalidInputError(
-                f"malformed URL {current!r}: {exc}", field="source.url"
+                f"malformed URL {redacted(current)!r}: {exc}", field="source.url"
             ) from exc
         finally:
             conn.close()
     raise InvalidInputError(
-        f"{url} redirected more than {limits.max_redirects} times", field="source.url"
+        f"{redacted(url)} redirected more than {limits.max_redirects} times", field="source.url"
     )
 
 
@@ -241,9 +245,9 @@ def _raise_for_status(url: str, status: int) -> None:
     if 200 <= status < 300:
         return
     if status in (408, 425, 429) or status >= 500:
-        raise UpstreamError(f"{url} answered HTTP {status}; the source may recover")
+        raise UpstreamError(f"{redacted(url)} answered HTTP {status}; the source may recover")
     raise InvalidInputError(
-        f"{url} answered HTTP {status}: check that the image URL is correct and public",
+        f"{redacted(url)} answered HTTP {status}: check that the image URL is correct and public",
         field="source.url",
     )
 
@@ -255,16 +259,30 @@ def _too_large(limits: FetchLimits) -> ImageRejectedError:
     )
 
 
-def _read_capped(response: http.client.HTTPResponse, limits: FetchLimits, deadline: float) -> bytes:
+def _read_capped(
+    response: http.client.HTTPResponse,
+    limits: FetchLimits,
+    deadline: float,
+    sock: socket.socket | None,
+) -> bytes:
+    """Read the body within the byte cap and the whole-fetch deadline.
+
+    The deadline holds however slowly bytes arrive: ``read1`` returns what one receive
+    brings (``read(n)`` would wait for all ``n`` bytes, 64 KiB at one byte every few seconds
+    is days), and before each receive the socket's timeout is cut to the time left.
+    """
     length = response.getheader("Content-Length")
     if length is not None and length.isdigit() and int(length) > limits.max_bytes:
         raise _too_large(limits)
     chunks: list[bytes] = []
     total = 0
     while True:
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise TimeoutError("fetch deadline")
-        chunk = response.read(_CHUNK)
+        if sock is not None:
+            sock.settimeout(remaining)
+        chunk = response.read1(_CHUNK)
         if not chunk:
             break
         total += len(chunk)

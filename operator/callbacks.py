@@ -37,6 +37,7 @@ from editflow.core.urlguard import (
     Resolve,
     Target,
     UrlGuard,
+    redacted,
 )
 from editflow.operator import metrics
 
@@ -127,9 +128,15 @@ async def deliver_callback(
                 if target is None:  # resolved once; every later attempt dials the same IP
                     target = await guard.check(url, field=field)
                 pinned_url, host, extensions = target.pinned()
-                resp = await client.post(
-                    pinned_url, content=body, headers={**headers, **host}, extensions=extensions
-                )
+                # httpx's timeout is per read: a receiver answering a byte at a time would hold
+                # the delivery forever, so the whole request gets one deadline.
+                async with asyncio.timeout(settings.callback_timeout_seconds):
+                    resp = await client.post(
+                        pinned_url,
+                        content=body,
+                        headers={**headers, **host},
+                        extensions=extensions,
+                    )
                 if 200 <= resp.status_code < 300:
                     metrics.CALLBACKS.labels("delivered").inc()
                     return True
@@ -140,20 +147,22 @@ async def deliver_callback(
                 metrics.CALLBACKS.labels("refused").inc()
                 log.warning(
                     "webhook %s refused, not delivered: %s",
-                    url,
+                    redacted(url),
                     exc,
                     extra={"event_id": event_id, "field": field, "code": exc.code},
                 )
                 return False
             except LookupFailed as exc:
                 problem = exc.message
+            except TimeoutError:
+                problem = f"no whole answer within {settings.callback_timeout_seconds:g}s"
             except httpx.HTTPError as exc:
-                problem = repr(exc)
+                problem = type(exc).__name__  # its text repeats the URL, token and all
             metrics.CALLBACKS.labels("retry").inc()
             log.warning(
                 "callback attempt %d to %s failed: %s",
                 attempt,
-                url,
+                redacted(url),
                 problem,
                 extra={"event_id": event_id},
             )
@@ -161,7 +170,7 @@ async def deliver_callback(
                 await asyncio.sleep(delay)
                 delay *= 2
     metrics.CALLBACKS.labels("gave_up").inc()
-    log.error("callback to %s gave up", url, extra={"event_id": event_id})
+    log.error("callback to %s gave up", redacted(url), extra={"event_id": event_id})
     return False
 
 

@@ -388,7 +388,9 @@ OUTCOME_SPEC = _obj(
         "review": _s("The manual-review CloudEvent (JSON), for NeedsReview outcomes."),
         "natsSubject": _s("The OA system's NATS callback subject, if any."),
         "webhookUrl": _s("The OA system's HTTPS callback, if any."),
-        "alertUrl": _s("An alert webhook to page (timeouts, no GPU, NeedsReview)."),
+        "alertUrl": _s(
+            "Ignored: outcomes no longer copy the alert URL (the operator reads its setting)."
+        ),
         "alert": _s("The alert body (JSON)."),
         "audit": _s("The audit record (JSON) for the long-kept audit stream."),
         "expiresAt": _s("Deliveries stop being retried after this.", format="date-time"),

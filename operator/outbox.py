@@ -319,7 +319,9 @@ class Outbox:
         obj = outcome_object(
             editjob,
             outcome_name(key),
-            {"alertUrl": url, "alert": body.decode()},
+            # The URL carries the robot's token and lives in a Secret: the outcome names no
+            # URL, the deliverer reads the configured one (a rotated URL takes effect).
+            {"alert": body.decode()},
             expires=expires,
         )
         task = asyncio.create_task(self._write_alert(obj))
@@ -440,7 +442,7 @@ class Deliverer:
             ("audit", bool(spec.get("audit"))),
             ("subject", bool(spec.get("natsSubject") and spec.get("completion"))),
             ("webhook", bool(spec.get("webhookUrl") and spec.get("completion"))),
-            ("alert", bool(spec.get("alertUrl"))),
+            ("alert", bool(spec.get("alert"))),
         ]
 
     async def _send_nats_parts(
@@ -488,10 +490,13 @@ class Deliverer:
             (part, url, body)
             for part, url, body in (
                 ("webhook", spec.get("webhookUrl"), spec.get("completion")),
-                ("alert", spec.get("alertUrl"), spec.get("alert")),
+                ("alert", self.op.alert_webhook_url, spec.get("alert")),
             )
-            if url and body and part not in done and part not in gave_up
+            if body and part not in done and part not in gave_up
         ]
+        if unconfigured := [p for p, url, _ in pending if not url]:
+            gave_up.extend(unconfigured)  # the alert webhook was unset since: nowhere to page
+            pending = [entry for entry in pending if entry[1]]
         if not pending:
             return None
         due = status.get("nextAttemptAt")

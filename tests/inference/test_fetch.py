@@ -291,3 +291,45 @@ def test_non_ascii_paths_are_percent_encoded(image_server: ImageServer) -> None:
 def test_already_encoded_paths_are_not_encoded_twice(image_server: ImageServer) -> None:
     image_server.routes["/a%20b.png"] = Route(png_bytes())
     assert fetch_url(image_server.url("/a%20b.png"), LOOPBACK_ALLOWED).data == png_bytes()
+
+
+def test_a_trickling_source_ends_within_the_whole_fetch_deadline() -> None:
+    """200 at once, then one byte every 0.4 s: the deadline holds between bytes too (a
+    hostile source must not pin a GPU worker by never quite going silent)."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+            )
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+                time.sleep(0.4)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    limits = FetchLimits(max_bytes=1 << 20, timeout_seconds=1.5, max_redirects=0,
+                         allow_networks=LOOPBACK_ALLOWED.allow_networks)  # fmt: skip
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamError, match=r"took longer than 1\.5s") as caught:
+            port = listener.getsockname()[1]
+            fetch_url(f"http://u:pw@127.0.0.1:{port}/img.png?X-Amz-Signature=s3cr3t", limits)
+    finally:
+        stop.set()
+        listener.close()
+    assert caught.value.retriable
+    # The message goes into status and Events: no user info, no query (a signature).
+    assert "s3cr3t" not in str(caught.value) and "pw@" not in str(caught.value)
+    assert f"http://127.0.0.1:{port}/img.png?…" in str(caught.value)
+    # Generous: the point is seconds, not the 100000 * 0.4 s the body would take.
+    assert time.monotonic() - started < 10

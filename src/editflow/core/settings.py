@@ -396,6 +396,11 @@ class OperatorSettings(BaseModel):
         24 * 3600, ge=60, description="an undelivered webhook is retried at most this long"
     )
     callback_backoff_seconds: float = Field(10, ge=0)
+    callback_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        description="wall-clock deadline of one webhook delivery, however slowly it answers",
+    )
     alert_webhook_url: str | None = Field(
         None, description="chat-robot style webhook told about timeouts and NeedsReview edits"
     )

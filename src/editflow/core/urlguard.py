@@ -344,3 +344,21 @@ class UrlGuard:
         for ip in addresses:
             check_address(parsed.host, ip, self.allow, field=field)
         return Target(url, parsed.scheme, parsed.host, parsed.port, addresses[0])
+
+
+def redacted(url: str) -> str:
+    """``url`` without user info, query or fragment: what may go into a log, a status or an
+    Event. Webhook URLs carry tokens there (a chat robot's ``?key=``), and a presigned URL
+    its signature; scheme, host, port and path are enough to tell which endpoint it was."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal goes back into brackets
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "(malformed URL)"
+    hidden = "?…" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + hidden
