@@ -30,6 +30,7 @@ from editflow.operator.names import (
     LABEL_LANE,
     LANE_PREVIEW,
     MANAGED_BY,
+    WORKER_LABELS,
     job_name,
     label_value,
 )
@@ -106,6 +107,7 @@ def labels_for(editjob: dict[str, Any], attempt: int) -> dict[str, str]:
     labels = {
         **MANAGED_BY,
         "app.kubernetes.io/name": "editflow-worker",
+        **WORKER_LABELS,
         LABEL_EDITJOB: editjob["metadata"]["name"],
         LABEL_ATTEMPT: str(attempt),
     }

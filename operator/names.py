@@ -21,6 +21,10 @@ LABEL_LANE = f"{GROUP}/lane"
 LANE_PREVIEW = "preview"
 #: Warm worker Jobs and Pods: the model of the pool they belong to.
 LABEL_POOL = f"{GROUP}/warm-pool"
+#: Every worker Pod, in every dispatch mode, carries ``LABEL_WORKER: "true"``: the chart's
+#: worker NetworkPolicy selects it, so no mode's Pods escape the policy (issue 20 item 4).
+LABEL_WORKER = f"{GROUP}/worker"
+WORKER_LABELS = {LABEL_WORKER: "true"}
 #: The hash of the configuration a warm worker's Pod was created from.
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 ANNOTATION_EVENT_ID = f"{GROUP}/event-id"

@@ -16,7 +16,7 @@ from typing import Any
 
 from editflow.core.settings import OperatorSettings
 from editflow.operator.jobspec import worker_pod_spec
-from editflow.operator.names import ANNOTATION_CONFIG_HASH, LABEL_POOL, MANAGED_BY
+from editflow.operator.names import ANNOTATION_CONFIG_HASH, LABEL_POOL, MANAGED_BY, WORKER_LABELS
 
 
 def _nats_env(settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -79,7 +79,12 @@ def warm_job_manifest(settings: OperatorSettings, namespace: str, model: str) ->
     digest = config_hash(settings, namespace, model)
     spec = _pod_spec(settings, namespace, model)
     spec["containers"][0]["env"].append({"name": "EDITFLOW_WORKER__CONFIG_HASH", "value": digest})
-    labels = {**MANAGED_BY, "app.kubernetes.io/name": "editflow-warm-worker", LABEL_POOL: model}
+    labels = {
+        **MANAGED_BY,
+        **WORKER_LABELS,
+        "app.kubernetes.io/name": "editflow-warm-worker",
+        LABEL_POOL: model,
+    }
     annotations = {ANNOTATION_CONFIG_HASH: digest}
     return {
         "apiVersion": "batch/v1",

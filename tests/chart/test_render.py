@@ -19,6 +19,7 @@ from editflow.core.settings import Settings
 from editflow.operator.crd import editjob_crd
 from editflow.operator.jobspec import job_manifest
 from editflow.operator.leader import lease_config
+from editflow.operator.warmjobs import warm_job_manifest
 from tests.chart.chartkit import (
     CHART,
     EDGE_VALUES,
@@ -281,6 +282,46 @@ def test_every_object_a_worker_job_references_is_rendered(case: str, render, mon
         pod = job["spec"]["template"]["spec"]
         if values.get("priorityClass", {}).get("create"):
             find(objs, "PriorityClass", pod["priorityClassName"])
+
+
+def _selects(policy: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert not selector.get("matchExpressions"), "extend _selects for matchExpressions"
+    return all(pod_labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_worker_pod_of_either_mode_is_under_a_network_policy(
+    case: str, render, monkeypatch
+) -> None:
+    """The operator's own Pod builders (a Job-mode attempt and a warm worker), with the chart's
+    operator settings: each Pod they make in a watched namespace is selected by a policy
+    there (warm workers once carried a label no policy selected: issue 20 item 4)."""
+    values = EDGE_VALUES[case]
+    objs = render(values)
+    if not values.get("networkPolicy", {}).get("enabled", True):
+        pytest.skip("networkPolicy.enabled: false renders no policy on purpose")
+    settings = operator_settings(objs, monkeypatch).operator
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    for namespace in settings.namespaces:
+        for mode, job in (
+            ("job", job_manifest(an_editjob(namespace), 1, settings)),
+            ("warm", warm_job_manifest(settings, namespace, "longcat-image-edit")),
+        ):
+            labels = job["spec"]["template"]["metadata"]["labels"]
+            covering = [
+                p["metadata"]["name"]
+                for p in policies
+                if p["metadata"]["namespace"] == namespace and _selects(p, labels)
+            ]
+            assert covering, f"{case}: a {mode}-mode worker Pod in {namespace} has no policy"
+
+
+def test_a_pod_outside_the_worker_label_is_not_covered(render) -> None:
+    """The check above can fail: a Pod without the worker label is selected by nothing."""
+    policies = [o for o in render({}) if o["kind"] == "NetworkPolicy"]
+    stray = {"app.kubernetes.io/name": "editflow-warm-worker"}
+    assert policies and not [p for p in policies if _selects(p, stray)]
 
 
 @pytest.mark.parametrize("case", CASES)
