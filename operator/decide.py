@@ -27,7 +27,11 @@ from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import POISON_EDIT_CODE, QualityReport, WorkerResult
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
 from editflow.operator.names import job_name as job_name_for
-from editflow.operator.tenancy import source_key_refusal
+from editflow.operator.tenancy import (
+    output_prefix_refusal,
+    resolve_key_refusal,
+    source_key_refusal,
+)
 
 FINAL_PHASES = ("Succeeded", "Failed", "NeedsReview", "Cancelled")
 OUTCOMES: dict[str, Literal["success", "failed", "needs_review", "cancelled"]] = {
@@ -235,9 +239,22 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     if phase in FINAL_PHASES:
         if phase == "NeedsReview" and annotations.get(ANNOTATION_RESOLVE):
             key = annotations[ANNOTATION_RESOLVE]
-            return finish(
-                "Succeeded", f"resolved by a designer with {key}", resultKey=key, resultUrl=None
+            refused = resolve_key_refusal(
+                ej,
+                key,
+                result_prefix=settings.result_prefix,
+                field=f"metadata.annotations[{ANNOTATION_RESOLVE}]",
             )
+            if refused is None:
+                return finish(
+                    "Succeeded",
+                    f"resolved by a designer with {key}",
+                    resultKey=key,
+                    resultUrl=None,
+                )
+            if status.get("message") != refused:  # said once: the edit stays NeedsReview
+                set_status(message=refused)
+                out.events.append(("Warning", "ResolveRefused", refused))
         if obs.completion_id and status.get("completionEventId") != obs.completion_id:
             out.publish_completion = True
             out.publish_review = phase == "NeedsReview"
@@ -284,6 +301,10 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         outside := source_key_refusal(ej, upload_prefix=settings.upload_prefix)
     ):  # another namespace's object (issue 14 §5): the message names spec.source.s3Key
         return finish("Failed", outside.message, error=outside)
+    if phase == "" and (
+        elsewhere := output_prefix_refusal(ej, result_prefix=settings.result_prefix)
+    ):  # another namespace's results (issue 20 §3): the message names spec.output.prefix
+        return finish("Failed", elsewhere.message, error=elsewhere)
 
     # -- new -> Pending ------------------------------------------------------------
     if phase == "":

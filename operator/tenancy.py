@@ -72,6 +72,55 @@ def source_key_refusal(editjob: dict[str, Any], *, upload_prefix: str) -> ErrorI
     return None
 
 
+#: The errorCode of an EditJob whose ``spec.output.prefix`` lies outside its namespace.
+OUTPUT_PREFIX_OUTSIDE_NAMESPACE = "output_prefix_outside_namespace"
+
+
+def _climbs(key: str) -> bool:
+    return any(s in ("", ".", "..") for s in key.strip("/").split("/"))
+
+
+def output_prefix_refusal(editjob: dict[str, Any], *, result_prefix: str) -> ErrorInfo | None:
+    """Why ``spec.output.prefix`` must not be written (``None``: unset, or inside its own
+    ``<result_prefix>/<namespace>/``). Otherwise a tenant could have a worker write into
+    another namespace's results (issue 20 item 3)."""
+    prefix = ((editjob.get("spec") or {}).get("output") or {}).get("prefix")
+    if not isinstance(prefix, str):
+        return None
+    allowed = namespace_prefix(result_prefix, editjob["metadata"]["namespace"])
+    if (prefix.strip("/") + "/").startswith(allowed) and not _climbs(prefix):
+        return None
+    return ErrorInfo(
+        code=OUTPUT_PREFIX_OUTSIDE_NAMESPACE,
+        message=(
+            f"spec.output.prefix {prefix!r} is outside this namespace's results: "
+            f"it must lie under {allowed} (or be left out)"
+        ),
+        retriable=False,
+        field="spec.output.prefix",
+    )
+
+
+def edit_result_prefix(editjob: dict[str, Any], *, result_prefix: str) -> str:
+    """``<output prefix>/<edit>/``: where this EditJob's results (and a designer's) live."""
+    meta = editjob["metadata"]
+    output = ((editjob.get("spec") or {}).get("output") or {}).get("prefix")
+    base = output or f"{result_prefix.strip('/')}/{meta['namespace']}"
+    return f"{base.strip('/')}/{meta['name']}/"
+
+
+def resolve_key_refusal(
+    editjob: dict[str, Any], key: str, *, result_prefix: str, field: str
+) -> str | None:
+    """Why a designer's result key must not be taken (``None``: under the edit's own
+    result prefix). The gateway presigns a result key for the caller: a key of another
+    tenant would hand out its object."""
+    allowed = edit_result_prefix(editjob, result_prefix=result_prefix)
+    if key.startswith(allowed) and len(key) > len(allowed) and not _climbs(key):
+        return None
+    return f"{field} {key!r} is not a result of this edit: it must lie under {allowed}"
+
+
 def attempt_policy(*, bucket: str, input_key: str | None, output_prefix: str) -> dict[str, Any]:
     """The IAM session policy of one attempt: its input object and its output prefix only.
 

@@ -288,9 +288,11 @@ def test_cancel_and_resolve_annotations() -> None:
     d = decide(Observed(ej, NOW, job=job()), SETTINGS)
     assert d.status["phase"] == "Cancelled" and d.delete_job == "j" and d.publish_completion
     review = editjob("NeedsReview", finishedAt="2026-11-25T11:00:00Z")
-    review["metadata"]["annotations"][ANNOTATION_RESOLVE] = "designer/fixed.png"
+    # A designer's image lies under the edit's own result prefix (issue 20 §3).
+    fixed = f"results/edits/{review['metadata']['name']}/designer/fixed.png"
+    review["metadata"]["annotations"][ANNOTATION_RESOLVE] = fixed
     d = decide(Observed(review, NOW), SETTINGS)
-    assert d.status["phase"] == "Succeeded" and d.status["resultKey"] == "designer/fixed.png"
+    assert d.status["phase"] == "Succeeded" and d.status["resultKey"] == fixed
 
 
 def test_final_phases_republish_until_recorded_then_expire() -> None:

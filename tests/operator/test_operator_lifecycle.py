@@ -185,16 +185,29 @@ async def test_retriable_failures_end_in_review_then_a_designer_resolves(
         assert b"make the red square blue" in msg.data  # the designer sees the instruction
     finally:
         await client.close()
+    # Another tenant's key is refused, naming the annotation and the allowed prefix: the
+    # gateway would presign whatever resultKey says (issue 20 §3).
+    own = f"results/{NAMESPACE}/{name}/"
     kubectl(
-        "-n",
-        NAMESPACE,
-        "annotate",
-        "editjob",
-        name,
-        "editflow.io/resolve-result-key=designer/fixed.png",
+        "-n", NAMESPACE, "annotate", "editjob", name,
+        "editflow.io/resolve-result-key=uploads/other-team/secret.png",
+    )  # fmt: skip
+    await asyncio.to_thread(
+        wait_until,
+        lambda: own in (operator.editjob(name).get("status") or {}).get("message", ""),
+        timeout=60,
+        what="the refused resolve key to be reported",
     )
+    refused = operator.editjob(name)["status"]
+    assert refused["phase"] == "NeedsReview" and "resultKey" not in refused, refused
+    assert "editflow.io/resolve-result-key" in refused["message"]
+    fixed = f"{own}designer/fixed.png"
+    kubectl(
+        "-n", NAMESPACE, "annotate", "--overwrite", "editjob", name,
+        f"editflow.io/resolve-result-key={fixed}",
+    )  # fmt: skip
     status = operator.wait_phase(name, "Succeeded")["status"]
-    assert status["resultKey"] == "designer/fixed.png"
+    assert status["resultKey"] == fixed
     approval = f"editjob:{NAMESPACE}/{name}"
     for _ in range(100):  # the success completion follows the phase change
         if await completions_for(stack, approval) == 2:

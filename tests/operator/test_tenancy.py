@@ -18,7 +18,9 @@ from editflow.events.models import ApprovalEvent
 from editflow.operator.decide import Observed, decide
 from editflow.operator.jobspec import job_manifest
 from editflow.operator.mapping import editjob_from_approval
+from editflow.operator.names import ANNOTATION_RESOLVE
 from editflow.operator.tenancy import (
+    OUTPUT_PREFIX_OUTSIDE_NAMESPACE,
     S3_KEY_OUTSIDE_NAMESPACE,
     S3KeyOutsideNamespaceError,
     attempt_policy,
@@ -168,3 +170,77 @@ def test_workers_get_the_weights_secret_when_one_is_set() -> None:
     assert refs["EDITFLOW_WORKER__WEIGHTS_SECRET_KEY"]["name"] == "editflow-weights"
     plain = job_manifest(ej, 1, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert not any(e["name"].startswith("EDITFLOW_WORKER__WEIGHTS") for e in plain)
+
+
+def with_output(prefix: str) -> dict:
+    ej = new_editjob("uploads/team-a/ab/x.png")
+    ej["spec"]["output"] = {"prefix": prefix}
+    return ej
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "results/team-b/stolen",  # another namespace's results
+        "results/team-a/../team-b",  # climbs out
+        "results/team-ab/x",  # a namespace whose name starts the same
+        "uploads/team-a/x",  # not results at all
+        "results",
+    ],
+)
+def test_an_output_prefix_outside_the_namespace_results_ends_failed_naming_the_field(
+    prefix: str,
+) -> None:
+    out = decide(Observed(editjob=with_output(prefix), now=NOW), SETTINGS)
+    assert out.status["phase"] == "Failed", out.status
+    assert out.status["errorCode"] == OUTPUT_PREFIX_OUTSIDE_NAMESPACE
+    assert "spec.output.prefix" in out.status["message"]
+    assert "results/team-a/" in out.status["message"]
+    assert out.create_job is None
+
+
+@pytest.mark.parametrize(
+    "prefix", ["results/team-a", "results/team-a/posters/", "/results/team-a/x"]
+)
+def test_an_output_prefix_inside_the_namespace_results_is_accepted(prefix: str) -> None:
+    out = decide(Observed(editjob=with_output(prefix), now=NOW), SETTINGS)
+    assert out.status["phase"] == "Running" and out.create_job == 1
+
+
+def needs_review(resolve_key: str) -> dict:
+    ej = new_editjob("uploads/team-a/ab/x.png")
+    ej["metadata"]["annotations"] = {ANNOTATION_RESOLVE: resolve_key}
+    ej["status"] = {
+        "phase": "NeedsReview",
+        "message": "failed after all retries",
+        "finishedAt": "2026-12-01T11:00:00Z",
+        "completionEventId": "c-1",
+    }
+    return ej
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "uploads/team-b/ab/secret.png",  # another tenant's upload: the gateway would presign it
+        "results/team-b/their-edit/attempt-1/result.png",
+        "results/team-a/another-edit/attempt-1/result.png",  # another edit, same namespace
+        "results/team-a/applied/../other/x.png",
+        "results/team-a/applied/",
+    ],
+)
+def test_a_resolve_key_outside_the_edit_result_prefix_is_refused_and_it_stays_in_review(
+    key: str,
+) -> None:
+    out = decide(Observed(editjob=needs_review(key), now=NOW), SETTINGS)
+    assert out.status.get("phase") in (None, "NeedsReview"), out.status
+    assert "resultKey" not in out.status and not out.publish_completion
+    assert ANNOTATION_RESOLVE in out.status["message"]
+    assert "results/team-a/applied/" in out.status["message"]
+    assert [e[1] for e in out.events] == ["ResolveRefused"]
+
+
+def test_a_resolve_key_under_the_edit_result_prefix_succeeds() -> None:
+    key = "results/team-a/applied/designer/fixed.png"
+    out = decide(Observed(editjob=needs_review(key), now=NOW), SETTINGS)
+    assert out.status["phase"] == "Succeeded" and out.status["resultKey"] == key
