@@ -12,8 +12,8 @@ large run) are published at a steady rate while, in this order:
 Then every event must end in exactly one EditJob in a final phase and exactly one
 completion id on the completions stream; each EditJob has at most one Job per attempt;
 every result object in S3 is whole; nothing is left running. The suite prints what it
-did as a table. It runs on a platform of its own (its faults would disturb other tests),
-once per dispatch mode:
+did as a table. Each run has a platform of its own (its faults would disturb other tests,
+and the other mode's objects would slow it down), once per dispatch mode:
 
 * **Job mode**: one Job per attempt; workers are ``uploading_worker.py``, the worker's
   contract and its S3 writes without the model. At most one Job per attempt.
@@ -80,8 +80,11 @@ REPORT_DIR.mkdir(parents=True, exist_ok=True)
 FINAL = {"Succeeded", "Failed", "NeedsReview", "Cancelled"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def platform(tmp_path_factory) -> Iterator[LocalStack]:
+    """A platform per run: the warm run used to inherit the Job-mode run's 100 EditJobs and
+    101 finished Jobs and Pods, which the kubelet and the controllers kept walking while the
+    warm workers competed for the same two cores (issue 19). A fresh one costs seconds."""
     with LocalStack(tmp_path_factory.mktemp("faults-stack"), host_images=True) as stack:
         yield stack
 
