@@ -37,6 +37,7 @@ from nats.aio.client import Client as NATS
 
 from editflow.core.errors import ErrorInfo
 from editflow.core.settings import OperatorSettings
+from editflow.core.urlguard import redacted
 from editflow.events.audit import AuditRecord, publish_audit
 from editflow.events.binding import encode
 from editflow.events.callback_subjects import CallbackSubjects
@@ -293,7 +294,9 @@ class Outbox:
                 extra={
                     "editjob": f"{meta['namespace']}/{meta['name']}",
                     "prompt": spec["prompt"],
-                    "image": spec["source"],
+                    "image": redacted(spec["source"]["url"])
+                    if spec["source"].get("url")
+                    else spec["source"].get("s3Key"),
                 },
             )
         expires = self.now() + timedelta(seconds=self.op.outbox_expiry_seconds)

@@ -535,6 +535,15 @@ class Reconciler:
                 # RuntimeError: the client was closed under an Event still in flight (shutdown).
                 log.warning("could not post event: %s", exc)
 
+    async def _deliver_final(self, editjob: dict[str, Any]) -> None:
+        try:
+            await self.outbox.publish_outcome(
+                editjob, review=editjob["status"]["phase"] == "NeedsReview"
+            )
+        except KubeAPIError as exc:
+            if exc.status != 404:  # recording the id on a vanishing object may 404
+                raise
+
     async def on_deleted(self, editjob: dict[str, Any]) -> None:
         """Deleting an EditJob that had not finished cancels it and tells the OA side.
 
@@ -543,6 +552,10 @@ class Reconciler:
         """
         status = editjob.get("status") or {}
         if status.get("phase") in FINAL_PHASES:
+            if not status.get("completionEventId"):
+                # Final, but its outcome was never recorded (the operator stopped between the
+                # phase and the outcome): deleting it must not drop the completion (#20 §7).
+                await self._deliver_final(editjob)
             return
         meta = editjob["metadata"]
         if status.get("jobName"):

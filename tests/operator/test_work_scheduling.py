@@ -157,3 +157,40 @@ async def test_a_settled_editjob_seen_again_after_a_restart_reconciles_without_i
     cache.editjobs.upsert(done)
     assert "spec" not in cache.editjobs.get(("edits", "done"))
     assert await reconciler.reconcile("edits", "done") is None
+
+
+class RecordingOutbox:
+    """Stands in for the outbox's apiserver writes: records which outcomes were made durable
+    (the real writer is exercised on the platform by the lifecycle and fault suites)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, bool]] = []
+
+    async def publish_outcome(self, editjob: dict, *, review: bool) -> None:
+        self.published.append((editjob["metadata"]["name"], editjob["status"]["phase"], review))
+
+
+async def test_deleting_a_final_editjob_whose_outcome_was_never_recorded_still_delivers_it() -> (
+    None
+):
+    """Status NeedsReview written, the operator stopped before the outcome: deleting the
+    EditJob then must not drop its completion (issue 20 §7). A recorded one is left alone."""
+    from editflow.core.settings import Settings
+    from editflow.operator.reconciler import Reconciler
+
+    from editflow.operator.caches import ClusterCache
+
+    outbox = RecordingOutbox()
+    reconciler = Reconciler(
+        Settings(),
+        None,
+        cache=ClusterCache(None, ["edits"]),  # type: ignore[arg-type]  # no request is made
+        dispatcher=None,
+        outbox=outbox,  # type: ignore[arg-type]
+        s3=None,  # type: ignore[arg-type]
+    )
+    unrecorded = editjob("lost", phase="NeedsReview", finishedAt=ts(NOW))
+    recorded = editjob("kept", phase="Succeeded", completionEventId="c-1", finishedAt=ts(NOW))
+    await reconciler.on_deleted(unrecorded)
+    await reconciler.on_deleted(recorded)
+    assert outbox.published == [("lost", "NeedsReview", True)]
