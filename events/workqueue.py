@@ -14,23 +14,39 @@ from typing import Any
 
 from editflow.events.worker_contract import WORK_STREAM, WORK_SUBJECT_PREFIX, work_consumer
 
+#: The duplicate window a worker creates the stream with when it comes first; the operator
+#: sets its own (``duplicate_window``) on every start, upgrades included.
+DEFAULT_DUPLICATE_WINDOW = 600.0
 
-async def ensure_work_stream(js: Any) -> None:
-    """Create the work-queue stream if it is missing (idempotent)."""
+
+async def ensure_work_stream(js: Any, *, duplicate_window: float | None = None) -> None:
+    """Create the work-queue stream if it is missing (idempotent).
+
+    ``duplicate_window`` (the operator's): a hand-out is published with its attempt as
+    ``Nats-Msg-Id``, and JetStream drops a second publish of it only within this window. A
+    new leader re-publishes running attempts, so the window must cover an attempt's whole
+    life (deadline plus pending timeout, issue 20 §7); an existing stream with another
+    window is updated to it.
+    """
     from nats.js.api import RetentionPolicy, StreamConfig
     from nats.js.errors import NotFoundError
 
     try:
-        await js.stream_info(WORK_STREAM)
+        info = await js.stream_info(WORK_STREAM)
     except NotFoundError:
         await js.add_stream(
             StreamConfig(
                 name=WORK_STREAM,
                 subjects=[f"{WORK_SUBJECT_PREFIX}.>"],
                 retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=600,
+                duplicate_window=duplicate_window or DEFAULT_DUPLICATE_WINDOW,
             )
         )
+        return
+    current = info.config.duplicate_window or 0
+    if duplicate_window is not None and abs(current - duplicate_window) > 0.001:
+        info.config.duplicate_window = duplicate_window
+        await js.update_stream(info.config)
 
 
 def work_consumer_config(
@@ -52,12 +68,18 @@ def work_consumer_config(
 
 
 async def ensure_work_consumer(
-    js: Any, namespace: str, model: str, *, ack_wait: float, max_deliveries: int
+    js: Any,
+    namespace: str,
+    model: str,
+    *,
+    ack_wait: float,
+    max_deliveries: int,
+    duplicate_window: float | None = None,
 ) -> None:
     """The pool's durable consumer, created with these bounds when it does not exist."""
     from nats.js.errors import NotFoundError
 
-    await ensure_work_stream(js)
+    await ensure_work_stream(js, duplicate_window=duplicate_window)
     try:
         await js.consumer_info(WORK_STREAM, work_consumer(namespace, model))
     except NotFoundError:

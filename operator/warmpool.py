@@ -523,6 +523,7 @@ class WarmDispatcher:
                 pool.model,
                 ack_wait=self.op.warm_ack_wait_seconds,
                 max_deliveries=self.op.warm_max_deliveries,
+                duplicate_window=self.op.work_duplicate_window,
             )
             pool.consumer_ready = True
         for _, name in list(pool.waiting[:free]):

@@ -285,6 +285,18 @@ class OperatorSettings(BaseModel):
     warm_stuck_grace_seconds: float = Field(
         60, ge=0, description="a worker still busy this long past the edit's deadline is deleted"
     )
+    warm_duplicate_window_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="the work stream's duplicate window; unset: deadline + pending timeout, "
+        "so a hand-out re-published after a failover is dropped for the attempt's whole life",
+    )
+
+    @property
+    def work_duplicate_window(self) -> float:
+        if self.warm_duplicate_window_seconds is not None:
+            return self.warm_duplicate_window_seconds
+        return float(self.deadline_seconds + self.pending_timeout_seconds)
 
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     gpus_per_job: int = Field(1, ge=0, le=8)
