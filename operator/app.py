@@ -45,6 +45,7 @@ from editflow.operator.dispatch import JobDispatcher
 from editflow.operator.health import serve_standby_health
 from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
 from editflow.operator.leader import LeaderElector, LeadershipLost, lease_config
+from editflow.operator.lifecycle import ensure_expiry
 from editflow.operator.names import FINALIZER
 from editflow.operator.outbox import Deliverer, Outbox
 from editflow.operator.progress import ProgressPublisher
@@ -205,13 +206,15 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
             op,
             minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
         )
+    s3 = s3_client(settings.s3)
+    await asyncio.to_thread(ensure_expiry, settings, s3)
     reconciler = Reconciler(
         settings,
         kube,
         cache=cache,
         dispatcher=dispatcher,
         outbox=outbox,
-        s3=s3_client(settings.s3),
+        s3=s3,
         progress=ProgressPublisher(nc.jetstream(), topo),
     )
     state.update(kube=kube, nats=nc, topology=topo, cache=cache, reconciler=reconciler)

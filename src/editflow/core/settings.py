@@ -344,6 +344,15 @@ class OperatorSettings(BaseModel):
     models_mount_path: str = "/models"
     default_model: str = "longcat-image-edit"
     result_prefix: str = "results"
+    record_prefix: str = Field(
+        "gateway/edits", description="the gateway's request records (gateway.record_prefix)"
+    )
+    s3_expiry_days: int = Field(
+        30,
+        ge=0,
+        description="uploads, results and records expire after this many days (S3 lifecycle "
+        "rules the operator sets at start; never the weights prefix); 0: no rules",
+    )
     deadline_seconds: int = Field(1800, ge=30)
     pending_timeout_seconds: int = Field(600, ge=10)
     stuck_pod_seconds: float = Field(
