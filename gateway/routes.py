@@ -172,7 +172,12 @@ async def _submit(
     fp = service.fingerprint(endpoint, body.model_dump(mode="json"))
     deterministic = idempotency_key is not None or bool(body.form_id and body.approval_id)
     if deterministic and (record := await gw.store.get_record(edit_id)) is not None:
-        service.check_replay(record, client_identity=client.identity, fingerprint=fp)
+        service.check_replay(
+            record,
+            client_identity=client.identity,
+            fingerprint=fp,
+            ledger_seconds=gw.settings.events.max_age_seconds,
+        )
         gw.metrics.replayed.inc()
         # The first POST may have died between storing the record and publishing:
         # publish again unless the edit already finished (JetStream drops a duplicate).
@@ -243,6 +248,7 @@ def _view(
     status_code=202,
     summary="Start an edit; returns its id at once",
     response_description="the edit, status pending (or the existing edit for a replayed key)",
+    responses={409: {"description": "a replayed key older than the approval ledger's retention"}},
 )
 async def create_edit(
     request: Request, response: Response, body: EditRequest, idempotency_key: IdempotencyKey = None

@@ -225,8 +225,21 @@ def record_of(
     }
 
 
-def check_replay(record: dict[str, Any], *, client_identity: str, fingerprint: str) -> None:
-    """A stored edit may be returned for this POST only if it is the same request."""
+def check_replay(
+    record: dict[str, Any],
+    *,
+    client_identity: str,
+    fingerprint: str,
+    ledger_seconds: float | None = None,
+    now: datetime | None = None,
+) -> None:
+    """A stored edit may be returned for this POST only if it is the same request, and only
+    while the approval ledger still remembers it.
+
+    A replay republishes the approval when its edit has not finished; past the ledger's
+    retention (the approvals stream's max age) nothing would recognise the event id any more,
+    and it would run as a second GPU edit (issue 20 §7). So it is refused instead, saying why.
+    """
     if record.get("client") != client_identity or record.get("fingerprint") != fingerprint:
         raise ProblemError(
             422,
@@ -235,6 +248,31 @@ def check_replay(record: dict[str, Any], *, client_identity: str, fingerprint: s
             "request; send a new key for a new edit",
             edit_id=str(record.get("id")),
         )
+    created = _parse_created(record.get("created_at"))
+    if ledger_seconds is None or created is None:
+        return
+    age = ((now or datetime.now(UTC)) - created).total_seconds()
+    if age > ledger_seconds:
+        days = ledger_seconds / 86400
+        raise ProblemError(
+            409,
+            "replay_expired",
+            f"this Idempotency-Key (or form_id/approval_id) was first used on "
+            f"{created.date().isoformat()}, more than {days:g} days ago: the approval ledger no "
+            "longer remembers it, so replaying it could run the edit a second time; send a new "
+            "key for a new edit",
+            edit_id=str(record.get("id")),
+        )
+
+
+def _parse_created(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        created = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
 def links(edit_id: str) -> EditLinks:

@@ -88,6 +88,20 @@ def test_reusing_a_key_for_a_different_request_is_refused(api) -> None:
     assert body["edit_id"] and len(gw.bus.events) == 1
 
 
+def test_a_replay_older_than_the_approval_ledger_is_refused_and_never_republished(api) -> None:
+    """Past the ledger's retention nothing recognises the event id: a republish would run a
+    second GPU edit, so the replay is refused saying why (issue 20 §7)."""
+    store = MemoryStore()
+    gw = api(store=store)
+    edit = gw.post_edit(EDIT, **{"Idempotency-Key": "k"}).json()
+    store.records[edit["id"]]["created_at"] = "2026-01-01T00:00:00+00:00"
+    before = gw.bus.publishes
+    resp = gw.post_edit(EDIT, **{"Idempotency-Key": "k"})
+    body = assert_problem(resp, 409, "replay_expired")
+    assert "2026-01-01" in body["detail"] and "new key" in body["detail"]
+    assert gw.bus.publishes == before
+
+
 def test_keys_are_scoped_to_the_client(api) -> None:
     store, bus = MemoryStore(), MemoryBus()
     a = api(token=None, client_ip="198.51.100.1", bus=bus, store=store)
