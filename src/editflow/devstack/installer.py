@@ -298,6 +298,28 @@ def build_recipe(
     env = go_env()
     total = _count_packages(recipe, env)
     staging = bin_dir / f".build-{recipe.step}"
+    # Twice at most: a fresh machine's first minio build once died without a compiler error
+    # (rc only, the link step's memory); the retry reuses Go's build cache, so it costs
+    # seconds, and a real compile error fails the same way again with its message.
+    for attempt in (1, 2):
+        failure = _go_build(recipe, env, staging, total, progress)
+        if failure is None:
+            break
+        if attempt == 2:
+            raise InstallError(f"building {recipe.step} failed {failure}")
+        first = failure.splitlines()[0]
+        print(f"building {recipe.step} failed {first}; retrying once", file=sys.stderr)
+    return _install_built(recipe, records, names, staging, digest, started)
+
+
+def _go_build(
+    recipe: GoRecipe,
+    env: dict[str, str],
+    staging: Path,
+    total: int,
+    progress: Progress | None,
+) -> str | None:
+    """One ``go build`` of ``recipe`` into ``staging``; None, or why it failed."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     cmd = [
@@ -328,10 +350,23 @@ def build_recipe(
             done += 1
             if progress:
                 progress(recipe.step, min(done, total), total)
-    if proc.wait() != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise InstallError(f"building {recipe.step} failed:\n" + "\n".join(tail))
+    rc = proc.wait()
+    if rc == 0:
+        return None
+    shutil.rmtree(staging, ignore_errors=True)
+    how = f"(killed by signal {-rc})" if rc < 0 else f"(exit status {rc})"
+    return f"{how}:\n" + "\n".join(tail)
 
+
+def _install_built(
+    recipe: GoRecipe,
+    records: dict[str, BinaryRecord],
+    names: list[str],
+    staging: Path,
+    digest: str,
+    started: float,
+) -> StepResult:
+    bin_dir = staging.parent
     seconds = round(time.monotonic() - started, 1)
     built: list[BinaryRecord] = []
     for produced, name in zip(recipe.binaries, names, strict=True):
