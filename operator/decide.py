@@ -28,6 +28,7 @@ from editflow.events.worker_contract import POISON_EDIT_CODE, QualityReport, Wor
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.tenancy import (
+    event_id_refusal,
     output_prefix_refusal,
     resolve_key_refusal,
     source_key_refusal,
@@ -305,6 +306,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         elsewhere := output_prefix_refusal(ej, result_prefix=settings.result_prefix)
     ):  # another namespace's results (issue 20 §3): the message names spec.output.prefix
         return finish("Failed", elsewhere.message, error=elsewhere)
+    if phase == "" and (claimed := event_id_refusal(ej)):
+        # Failed as itself: completion_for never answers the approval with it.
+        return finish("Failed", claimed.message, error=claimed)
 
     # -- new -> Pending ------------------------------------------------------------
     if phase == "":

@@ -69,6 +69,7 @@ from editflow.operator.decide import OUTCOMES, Decision, gpu_seconds, parse_time
 from editflow.operator.informer import Key, Store
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
+from editflow.operator.tenancy import event_id_refusal
 
 log = logging.getLogger("editflow.operator.outbox")
 
@@ -96,6 +97,10 @@ def completion_for(editjob: JSON) -> CompletionEvent:
     status = editjob.get("status") or {}
     outcome = OUTCOMES[status["phase"]]
     oa = spec.get("oa") or {}
+    if event_id_refusal(editjob) is not None:
+        # It claimed an approval it was not made for: it answers as itself, never for the
+        # approval, whose own EditJob must still run and report (issue 20 §3).
+        oa = {}
     fallback = f"{meta['namespace']}/{meta['name']}"
     error = None
     if outcome in ("failed", "needs_review"):

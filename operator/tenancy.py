@@ -121,6 +121,41 @@ def resolve_key_refusal(
     return f"{field} {key!r} is not a result of this edit: it must lie under {allowed}"
 
 
+#: The errorCode of an EditJob that claims an approval it was not made for.
+EVENT_ID_CLAIMED = "event_id_claimed"
+
+
+def event_id_refusal(editjob: dict[str, Any]) -> ErrorInfo | None:
+    """Why ``spec.oa.eventId`` must not be taken as this EditJob's approval (``None``: unset,
+    or the EditJob carries the name the bridge derives from that id).
+
+    The bridge names an approval's EditJob ``editjob_name(event id)`` (re-runs add
+    ``-r<n>``). An EditJob under another name that claims the id would have its outcome
+    published as the approval's and the id recorded as finished, swallowing the real approval
+    (issue 20 §3). Without the chart's admission policy, which checks the requesting user,
+    this is the check that remains; a tenant who also takes the exact name is stopped only by
+    the policy (its ``ej-`` rule).
+    """
+    from editflow.operator.names import editjob_name
+
+    event_id = ((editjob.get("spec") or {}).get("oa") or {}).get("eventId")
+    if not isinstance(event_id, str) or not event_id:
+        return None
+    name = editjob["metadata"]["name"]
+    own = editjob_name(event_id)
+    if name == own or (name.startswith(f"{own}-r") and name[len(own) + 2 :].isdigit()):
+        return None
+    return ErrorInfo(
+        code=EVENT_ID_CLAIMED,
+        message=(
+            "spec.oa.eventId is set by the approval bridge only (an approval id can be claimed "
+            "by its approval alone): leave it out, and the EditJob gets an id of its own"
+        ),
+        retriable=False,
+        field="spec.oa.eventId",
+    )
+
+
 def attempt_policy(*, bucket: str, input_key: str | None, output_prefix: str) -> dict[str, Any]:
     """The IAM session policy of one attempt: its input object and its output prefix only.
 

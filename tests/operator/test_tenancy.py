@@ -244,3 +244,26 @@ def test_a_resolve_key_under_the_edit_result_prefix_succeeds() -> None:
     key = "results/team-a/applied/designer/fixed.png"
     out = decide(Observed(editjob=needs_review(key), now=NOW), SETTINGS)
     assert out.status["phase"] == "Succeeded" and out.status["resultKey"] == key
+
+
+def test_a_kubectl_editjob_claiming_an_approval_id_fails_as_itself_and_never_answers_it() -> None:
+    """Issue 20 §3: a tenant's EditJob with a guessed ``spec.oa.eventId`` and a source that
+    fails at once. Its failure must not go out as that approval's completion (and so into the
+    approval ledger as finished); it fails naming the field, under an id of its own."""
+    from editflow.operator.names import editjob_name
+    from editflow.operator.outbox import completion_for
+
+    ej = new_editjob("uploads/team-a/ab/x.png")
+    ej["spec"]["oa"] = {"formId": "F-9", "approvalId": "A-9", "eventId": "3f2a-guessed"}
+    out = decide(Observed(editjob=ej, now=NOW), SETTINGS)
+    assert out.status["phase"] == "Failed" and out.status["errorCode"] == "event_id_claimed"
+    assert "spec.oa.eventId" in out.status["message"] and out.create_job is None
+    ej["status"] = out.status
+    assert completion_for(ej).data.approval_event_id == "editjob:team-a/applied"
+
+    # The bridge's own EditJob (its name derived from the id, or a re-run of it) is trusted.
+    for name in (editjob_name("3f2a-guessed"), f"{editjob_name('3f2a-guessed')}-r2"):
+        mine = new_editjob("uploads/team-a/ab/x.png")
+        mine["metadata"]["name"] = name
+        mine["spec"]["oa"] = {"formId": "F-9", "approvalId": "A-9", "eventId": "3f2a-guessed"}
+        assert decide(Observed(editjob=mine, now=NOW), SETTINGS).status["phase"] == "Running"

@@ -147,6 +147,14 @@ Usage: {{- range (include "editflow.namespaces" . | fromJsonArray) }} ... {{- en
 {{- prepend .Values.watchNamespaces .Release.Namespace | uniq | toJson }}
 {{- end }}
 
+{{/* A namespaceSelector of exactly the namespaces the operator watches. */}}
+{{- define "editflow.watchedNamespaceSelector" -}}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: In
+    values: {{ include "editflow.namespaces" . }}
+{{- end }}
+
 {{/*
 Names of the objects the chart creates, shared by the templates that create them and the
 operator settings that point at them (one definition, so they cannot drift apart).
