@@ -89,6 +89,9 @@ class WorkerRequest(_Strict):
     variants: int = Field(1, ge=1, le=4)
     #: An approver's preview: the image is brought to the reduced preview size.
     preview: bool = False
+    #: Warm mode: this attempt's STS credentials (its input object, its output prefix),
+    #: sealed with the namespace's pool key (editflow.core.sealing). Never logged.
+    credentials: str | None = Field(None, max_length=16384, repr=False)
 
 
 class LoadDetail(BaseModel):
@@ -284,10 +287,15 @@ class WorkerHeartbeat(BaseModel):
 
 
 class WorkerControl(BaseModel):
+    """A request to one warm worker: ``retire`` after the edit in flight, or ``cancel`` the
+    edit in flight (``edit_id`` and ``attempt`` name it; another edit is left alone)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["retire"]
+    action: Literal["retire", "cancel"]
     reason: str = Field("", max_length=300)
+    edit_id: str | None = Field(None, max_length=253)
+    attempt: int | None = Field(None, ge=1, le=100)
 
 
 def worker_status_subject(namespace: str, model: str) -> str:

@@ -25,6 +25,7 @@ import hashlib
 import io
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -110,20 +111,35 @@ def object_metadata(
     return meta
 
 
-_CLIENTS: dict[str, Any] = {}
+#: Most recent clients kept; a warm worker's attempts each bring their own key (issue 20).
+_MAX_CLIENTS = 8
+_CLIENTS: OrderedDict[tuple[str, ...], Any] = OrderedDict()
 
 
 def _client(s3: S3Settings) -> Any:
-    """One MinIO client (and so one connection pool) per S3 configuration and process.
+    """One MinIO client (and so one connection pool) per S3 key and process.
 
-    A warm worker uploads many results; reusing the pool saves a TCP (and TLS)
-    handshake per object.
+    A warm worker uploads many results; reusing the pool saves a TCP (and TLS) handshake per
+    object. The key is part of what identifies a client (``model_dump_json`` masks secrets,
+    so it cannot: every key once shared the first client), and the cache is bounded, since
+    with per-attempt credentials every attempt brings a new key.
     """
     from editflow.core.s3 import s3_client
 
-    key = s3.model_dump_json()
-    if key not in _CLIENTS:
+    key = (
+        s3.endpoint,
+        str(s3.secure),
+        s3.region,
+        s3.access_key.get_secret_value(),
+        s3.secret_key.get_secret_value(),
+        s3.session_token.get_secret_value() if s3.session_token else "",
+    )
+    if key in _CLIENTS:
+        _CLIENTS.move_to_end(key)
+    else:
         _CLIENTS[key] = s3_client(s3)
+        while len(_CLIENTS) > _MAX_CLIENTS:
+            _CLIENTS.popitem(last=False)
     return _CLIENTS[key]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from editflow.core.errors import ModelError
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.events.worker_contract import LoadDetail
+from editflow.inference import cancel
 from editflow.inference.prompts import patch_diffusers_quote_splitter
 from editflow.inference.registry import ModelSpec
 from editflow.inference.weights import model_dir_defaults, resolve_model_dir
@@ -263,13 +264,22 @@ def run_edit(
         kwargs["negative_prompt"] = negative_prompt
     if spec.accepts_size:
         kwargs["width"], kwargs["height"] = image.size
+    token = cancel.CURRENT.get()
     with model.lock:
+        if token is not None:
+            token.check()
+            token.attach(model.pipe)
         try:
             output = model.pipe(**kwargs)
         except torch.OutOfMemoryError as exc:
             raise ModelError(f"{spec.name} ran out of accelerator memory: {exc}") from exc
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ModelError(f"{spec.name} failed during the edit: {exc}") from exc
+        finally:
+            if token is not None:
+                token.detach()
+    if token is not None:
+        token.check()  # interrupted: the images are half-denoised, never a result
     images = list(output.images)
     if len(images) != variants:
         raise ModelError(f"{spec.name} returned {len(images)} images for {variants} variants")

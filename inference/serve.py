@@ -90,6 +90,7 @@ from pydantic import ValidationError
 
 from editflow.core.errors import EditflowError, ExitCode, PermanentError
 from editflow.core.logging import log_context
+from editflow.core.sealing import SealError
 from editflow.core.settings import Settings
 from editflow.events.connection import connect
 from editflow.events.worker_contract import (
@@ -108,7 +109,7 @@ from editflow.events.worker_contract import (
     worker_status_subject,
 )
 from editflow.events.workqueue import ensure_work_consumer
-from editflow.inference import metrics
+from editflow.inference import cancel, metrics
 from editflow.inference.pipeline import ModelCache
 from editflow.inference.registry import get_spec
 from editflow.inference.report import result_json
@@ -237,6 +238,8 @@ class WarmWorker:
         self.since = self.started_at
         self.error: str | None = None
         self._edit: _Edit | None = None
+        #: The edit in flight's cancel request (a ``cancel`` control message sets it).
+        self._cancellation: cancel.Cancellation | None = None
         #: Why the worker leaves after the edit in flight (retire request, maximum age).
         self.retiring: str | None = None
         self._beats_failing = False
@@ -421,6 +424,24 @@ class WarmWorker:
             return
         if control.action == "retire":
             self.retire(control.reason or "asked to retire")
+        elif control.action == "cancel":
+            self._cancel_edit(control)
+
+    def _cancel_edit(self, control: WorkerControl) -> None:
+        """Stop the edit in flight if it is the one named; the worker stays up (issue 20 §6)."""
+        edit, token = self._edit, self._cancellation
+        named = (control.edit_id, control.attempt)
+        if edit is None or token is None or (edit.edit_id, edit.attempt) != named:
+            log.info(
+                "cancel for an edit not in flight ignored",
+                extra={"edit_id": control.edit_id, "attempt": control.attempt},
+            )
+            return
+        token.cancel(control.reason or "cancelled")
+        log.info(
+            "edit cancelled in flight",
+            extra={"edit_id": control.edit_id, "attempt": control.attempt, "why": control.reason},
+        )
 
     def _soon(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` on the loop from synchronous code (signal handlers, timers)."""
@@ -530,6 +551,8 @@ class WarmWorker:
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         progress = asyncio.create_task(self._keep_in_progress(message))
+        token = self._cancellation = cancel.Cancellation()
+        reset = cancel.CURRENT.set(token)  # copied into the edit's thread with the context
         try:
             raw = message.data.decode("utf-8", errors="replace")
             self._current = message
@@ -540,6 +563,10 @@ class WarmWorker:
                 )
             )
             self._observe(result)
+            if result.error is not None and result.error.code == SealError.code:
+                # Its mounted pool key is older than the pool's (rotated since it started):
+                # a fresh worker reads the current Secret; this one leaves after this edit.
+                self.retire("the pool key was rotated since this worker started")
             try:
                 await self._publish_result(nc, message, result)
                 await message.ack()
@@ -557,6 +584,8 @@ class WarmWorker:
                 extra={"edit_id": result.edit_id, "status": result.status, "exit_code": code},
             )
         finally:
+            cancel.CURRENT.reset(reset)
+            self._cancellation = None
             await _cancel(progress)
             self._current = None
             self.in_flight -= 1

@@ -49,11 +49,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from editflow.core.errors import EditflowError, InvalidInputError
 from editflow.core.logging import log_context
+from editflow.core.sealing import MAX_SEALED_SECONDS, SealError, parse_keys, unseal
 from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     CostBreakdown,
@@ -63,7 +65,7 @@ from editflow.events.worker_contract import (
     WorkerResult,
     attempt_prefix,
 )
-from editflow.inference import output, report
+from editflow.inference import cancel, output, report
 from editflow.inference.fetch import Fetched, FetchLimits, fetch_s3, fetch_url
 from editflow.inference.pipeline import ModelCache, run_edit
 from editflow.inference.preprocess import PreparedImage, preprocess
@@ -180,6 +182,7 @@ def process(
             multiple=spec.multiple,
             preview=request.preview,
         )
+    cancel.check()  # withdrawn while the image came in: the model never runs
     model, load_seconds = loading.result()
     timer.add("load", load_seconds)
     if load_seconds:  # this attempt loaded the model: say where the time went
@@ -190,6 +193,7 @@ def process(
             guidance_scale=guidance, negative_prompt=negative, seed=seed,
             variants=request.variants,
         )  # fmt: skip
+    cancel.check()
     with step("gate"):
         # Against the image the model saw: same framing, before the usage profile resizes it.
         thresholds = thresholds_from_settings(settings.worker.gate_thresholds)
@@ -270,6 +274,30 @@ def failure(
     )
 
 
+def with_attempt_credentials(settings: Settings, request: WorkerRequest) -> Settings:
+    """``settings`` with the attempt's sealed STS key as its S3 key (unchanged without one).
+
+    The sealed token expires with the attempt's longest life (its STS duration): a message
+    read back from the stream later than that cannot be used, even with the key.
+    """
+    if request.credentials is None:
+        return settings
+    path = settings.worker.pool_key_file
+    keys = parse_keys(Path(path).read_text()) if path and Path(path).exists() else []
+    opened = unseal(request.credentials, keys, ttl=MAX_SEALED_SECONDS)
+    try:
+        s3 = settings.s3.model_copy(
+            update={
+                "access_key": SecretStr(opened["access_key"]),
+                "secret_key": SecretStr(opened["secret_key"]),
+                "session_token": SecretStr(opened["session_token"]),
+            }
+        )
+    except KeyError as exc:
+        raise SealError(f"the attempt's sealed credentials lack {exc}") from exc
+    return settings.model_copy(update={"s3": s3})
+
+
 def store_result(result: WorkerResult, request: WorkerRequest | None, settings: Settings) -> None:
     """Write ``result`` to S3 at its result JSON key (skipped when no valid edit id is known)."""
     key_prefix = request.output.key_prefix if request is not None else "results"
@@ -315,6 +343,8 @@ def execute(
     timer = Timer()
     try:
         request = parse_request(raw)
+        # Warm mode: this attempt's own S3 key, sealed for this namespace's pool (issue 20).
+        settings = with_attempt_credentials(settings, request)
         # Every line of this edit names it, whoever logs it (fetch, pipeline, S3 client...).
         with log_context(edit_id=request.edit_id, attempt=request.attempt):
             log.info("edit started", extra={"model": request.model})

@@ -48,6 +48,7 @@ from editflow.operator.leader import LeaderElector, LeadershipLost, lease_config
 from editflow.operator.lifecycle import ensure_expiry
 from editflow.operator.names import FINALIZER
 from editflow.operator.outbox import Deliverer, Outbox
+from editflow.operator.poolkeys import PoolKeys
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.reconciler import Reconciler
 from editflow.operator.warmpool import WarmDispatcher
@@ -197,8 +198,16 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
     if warm:
         if not op.warm_nats_url:
             op.warm_nats_url = settings.nats.url
-        # Warm workers serve many attempts, so they read S3 with the bucket-wide key.
-        dispatcher = WarmDispatcher(kube, cache, op, nats=nc)
+        # Each attempt's STS credentials travel sealed in its work message (issue 20 §1);
+        # without attempt_credentials (an S3 without STS) warm workers use the shared key.
+        dispatcher = WarmDispatcher(
+            kube,
+            cache,
+            op,
+            nats=nc,
+            minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
+            pool_keys=PoolKeys(kube, op) if op.attempt_credentials else None,
+        )
     else:
         dispatcher = JobDispatcher(
             kube,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from editflow.core.errors import PERMANENT_EXIT_CODES
+from editflow.core.sealing import POOL_KEY_FIELD, POOL_KEY_SECRET
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import (
     GenerationParameters,
@@ -120,6 +121,10 @@ def labels_for(editjob: dict[str, Any], attempt: int) -> dict[str, str]:
     return labels
 
 
+#: Where a warm worker mounts its namespace's pool key (editflow.core.sealing).
+POOL_KEY_DIR = "/var/run/editflow/pool-key"
+
+
 def s3_env(secret: str, *, session_token: bool) -> list[dict[str, Any]]:
     """The worker's S3 key from a Secret (``access-key``, ``secret-key``, ``session-token``)."""
     keys = [("EDITFLOW_S3__ACCESS_KEY", "access-key"), ("EDITFLOW_S3__SECRET_KEY", "secret-key")]
@@ -138,6 +143,7 @@ def worker_pod_spec(
     args: list[str],
     env: list[dict[str, Any]],
     credentials_secret: str | None = None,
+    pool_key: bool = False,
 ) -> dict[str, Any]:
     """The worker Pod both dispatch modes run: non-root, read-only root, GPU, weights.
 
@@ -149,10 +155,16 @@ def worker_pod_spec(
     }
     if settings.gpus_per_job:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(settings.gpus_per_job)
+    # A warm worker with sealed per-attempt credentials (``pool_key``) holds no S3 key at all:
+    # each attempt's key comes inside its work message (issue 20 §1).
     all_env: list[dict[str, Any]] = [
-        *s3_env(
-            credentials_secret or settings.s3_secret,
-            session_token=credentials_secret is not None,
+        *(
+            []
+            if pool_key
+            else s3_env(
+                credentials_secret or settings.s3_secret,
+                session_token=credentials_secret is not None,
+            )
         ),
         *(
             {
@@ -171,6 +183,17 @@ def worker_pod_spec(
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    if pool_key:
+        volumes.append(
+            {"name": "pool-key", "secret": {"secretName": POOL_KEY_SECRET, "defaultMode": 0o440}}
+        )
+        mounts.append({"name": "pool-key", "mountPath": POOL_KEY_DIR, "readOnly": True})
+        all_env.append(
+            {
+                "name": "EDITFLOW_WORKER__POOL_KEY_FILE",
+                "value": f"{POOL_KEY_DIR}/{POOL_KEY_FIELD}",
+            }
+        )
     if settings.models_pvc:
         volumes.append(
             {

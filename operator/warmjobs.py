@@ -60,6 +60,9 @@ def _pod_spec(settings: OperatorSettings, namespace: str, model: str) -> dict[st
         command=list(settings.warm_worker_command),
         args=["--model", model],
         env=_env(settings, namespace),
+        # attempt_credentials: false is the documented insecure opt-in (an S3 without STS):
+        # then, and only then, a warm worker reads S3 with the namespace's shared key.
+        pool_key=settings.attempt_credentials,
     )
 
 

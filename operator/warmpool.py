@@ -47,8 +47,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +58,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from editflow.core.sealing import seal
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import (
     HEARTBEAT_EXPIRY_SECONDS,
@@ -73,11 +76,13 @@ from editflow.events.worker_contract import (
 from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, job_path
+from editflow.operator.credentials import AttemptCredentialMinter
 from editflow.operator.decide import parse_time
 from editflow.operator.dispatch import AttemptView
 from editflow.operator.jobspec import worker_request
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_POOL, job_name
+from editflow.operator.poolkeys import PoolKeys
 from editflow.operator.warmjobs import config_hash, warm_job_manifest
 from editflow.operator.workindex import SortKey, job_finished, sort_key
 
@@ -122,6 +127,8 @@ class WarmAttempt:
     payload: bytes
     msg_id: str
     deadline: float
+    #: The EditJob as dispatched: its credentials are minted at hand-out, not before.
+    editjob: JSON | None = None
     created: float = field(default_factory=time.time)
     published_at: float | None = None
     seq: int | None = None
@@ -141,6 +148,12 @@ class Pool:
     failures_in_a_row: int = 0
     next_start: float = 0.0
     last_error: str = ""
+
+
+#: Unclaimed results kept at most (oldest dropped first), and for at most this long: one
+#: claimed after a restart is claimed within a resync, seconds.
+UNCLAIMED_LIMIT = 1000
+UNCLAIMED_SECONDS = 600.0
 
 
 class WorkerRegistry:
@@ -196,6 +209,8 @@ class WarmDispatcher:
         nats: Any,
         wake: Callable[[Key], None] = lambda key: None,
         clock: Callable[[], float] = time.time,
+        minter: AttemptCredentialMinter | None = None,
+        pool_keys: PoolKeys | None = None,
     ) -> None:
         self.kube = kube
         self.cache = cache
@@ -204,11 +219,17 @@ class WarmDispatcher:
         self.js = nats.jetstream() if nats is not None else None
         self.wake = wake
         self.clock = clock
+        #: Per-attempt credentials (operator.attempt_credentials): minted and sealed at
+        #: hand-out. Without them warm workers read S3 with the namespace's shared key.
+        self.minter = minter
+        self.pool_keys = pool_keys
         self.registry = WorkerRegistry()
         self.attempts: dict[Key, WarmAttempt] = {}
         self.pools: dict[PoolKey, Pool] = {}
         #: Results heard for attempts this process does not (yet) own: an operator restart.
-        self.unclaimed_results: dict[Key, WorkerResult] = {}
+        #: Bounded and expiring (UNCLAIMED_LIMIT, UNCLAIMED_SECONDS): a cancelled attempt's
+        #: late result, or a result of an EditJob gone meanwhile, is never claimed.
+        self.unclaimed_results: OrderedDict[Key, tuple[WorkerResult, float]] = OrderedDict()
         self._retired: dict[Key, float] = {}
         self._deleting: set[Key] = set()
         self._kick = asyncio.Event()
@@ -233,7 +254,7 @@ class WarmDispatcher:
         if attempt is None:
             return AttemptView(job=None, pods=())
         if attempt.result is None and key in self.unclaimed_results:
-            attempt.result = self.unclaimed_results.pop(key)
+            attempt.result = self.unclaimed_results.pop(key)[0]
         if attempt.result is not None:
             return AttemptView(
                 job=_record(name, attempt.created, {"type": "Complete", "reason": "Completed"}),
@@ -270,6 +291,18 @@ class WarmDispatcher:
         self.unclaimed_results.pop((namespace, name), None)
         if attempt is None:
             return False
+        worker = self.registry.running(namespace, attempt.edit_id, attempt.attempt)
+        if worker is not None:  # running: the worker stops it and frees the GPU (#20 §6)
+            await self._control(
+                namespace,
+                worker.pod,
+                WorkerControl(
+                    action="cancel",
+                    reason="the edit was cancelled",
+                    edit_id=attempt.edit_id,
+                    attempt=attempt.attempt,
+                ),
+            )
         pool = self.pools.get((namespace, attempt.model))
         if pool is not None:
             self._leave_waiting(pool, attempt)
@@ -300,6 +333,7 @@ class WarmDispatcher:
             msg_id=work_msg_id(meta["namespace"], request),
             deadline=float(spec.get("deadlineSeconds") or self.op.deadline_seconds),
             created=self.clock(),
+            editjob=editjob if self.minter is not None else None,
         )
 
     def _adopt(self, editjob: JSON, name: str) -> WarmAttempt | None:
@@ -442,9 +476,19 @@ class WarmDispatcher:
         if attempt is not None and attempt.attempt == result.attempt:
             attempt.result = result
         elif namespace in self.cache.namespaces:
-            self.unclaimed_results[key] = result
+            self._keep_unclaimed(key, result)
         self.wake((namespace, result.edit_id))
         self._kick.set()
+
+    def _keep_unclaimed(self, key: Key, result: WorkerResult) -> None:
+        now = time.monotonic()
+        self.unclaimed_results[key] = (result, now)
+        self.unclaimed_results.move_to_end(key)
+        while self.unclaimed_results:
+            oldest, (_, at) = next(iter(self.unclaimed_results.items()))
+            if len(self.unclaimed_results) <= UNCLAIMED_LIMIT and now - at <= UNCLAIMED_SECONDS:
+                break
+            del self.unclaimed_results[oldest]
 
     def _warm_job_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
         """A worker Job that failed without saying why (a crash before its first heartbeat)
@@ -533,7 +577,7 @@ class WarmDispatcher:
                 continue
             ack = await self.js.publish(
                 work_subject(pool.namespace, pool.model),
-                attempt.payload,
+                await self._sealed_payload(attempt),
                 headers={"Nats-Msg-Id": attempt.msg_id},
             )
             self._leave_waiting(pool, attempt)
@@ -545,6 +589,29 @@ class WarmDispatcher:
                 extra={"editjob": attempt.edit_id, "attempt": attempt.attempt, "seq": ack.seq},
             )
             self.wake((attempt.namespace, attempt.edit_id))
+
+    async def _sealed_payload(self, attempt: WarmAttempt) -> bytes:
+        """The work message, with the attempt's own STS credentials sealed for its pool.
+
+        Minted at hand-out (not when queued) so that waiting does not eat their life; the
+        same session policy as Job mode: the input object and the attempt's output prefix.
+        """
+        if self.minter is None or self.pool_keys is None or attempt.editjob is None:
+            return attempt.payload
+        creds = await self.minter.mint(attempt.editjob, attempt.attempt)
+        key = await self.pool_keys.sealing_key(attempt.namespace)
+        sealed = seal(
+            {
+                "access_key": creds.access_key,
+                "secret_key": creds.secret_key,
+                "session_token": creds.session_token,
+                "expires_at": creds.expires_at.isoformat(),
+            },
+            key,
+        )
+        body = json.loads(attempt.payload)
+        body["credentials"] = sealed
+        return json.dumps(body).encode()
 
     async def _delete_message(self, attempt: WarmAttempt) -> None:
         """Take an attempt that nobody may run any more off the work queue (if still there)."""
@@ -607,6 +674,8 @@ class WarmDispatcher:
         for _ in range(missing):
             manifest = warm_job_manifest(self.op, pool.namespace, pool.model)
             try:
+                if self.pool_keys is not None:  # the key a worker mounts exists before it
+                    await self.pool_keys.sealing_key(pool.namespace)
                 job = await self.kube.create(job_path(pool.namespace), manifest)
             except KubeAPIError as exc:
                 log.warning("warm worker not created", extra={"error": str(exc)})
@@ -747,12 +816,19 @@ class WarmDispatcher:
         if now - self._retired.get((namespace, pod), -1e9) < 10:
             return
         self._retired[(namespace, pod)] = now
-        control = WorkerControl(action="retire", reason=reason[:300])
+        await self._control(namespace, pod, WorkerControl(action="retire", reason=reason[:300]))
+
+    async def _control(self, namespace: str, pod: str, control: WorkerControl) -> None:
+        """Best effort: a retire is asked again later, a missed cancel ends at the deadline."""
         with contextlib.suppress(Exception):
             await self.nc.publish(
                 worker_control_subject(namespace, pod), control.model_dump_json().encode()
             )
-            log.info("asked a warm worker to retire", extra={"pod": pod, "why": reason})
+            log.info(
+                "asked a warm worker to %s",
+                control.action,
+                extra={"pod": pod, "why": control.reason, "edit_id": control.edit_id},
+            )
 
     def _export_metrics(self) -> None:
         states: dict[str, int] = {}

@@ -202,11 +202,21 @@ def test_operator_rbac_is_least_privilege(render) -> None:
         role = find(objs, "Role", "editflow-operator", namespace)
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert "configmaps" not in resources
-        # Secrets: create only (each attempt's short-lived S3 keys); never read one back.
-        secret_verbs = {
-            v for rule in role["rules"] if "secrets" in rule["resources"] for v in rule["verbs"]
+        # Secrets: create (each attempt's short-lived S3 keys, the warm-pool key); read and
+        # rotate only the warm-pool key, by name: never another Secret of the namespace.
+        secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
+        assert {v for r in secret_rules if not r.get("resourceNames") for v in r["verbs"]} == {
+            "create"
         }
-        assert secret_verbs == {"create"}
+        named = [r for r in secret_rules if r.get("resourceNames")]
+        assert named == [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["editflow-warm-key"],
+                "verbs": ["get", "patch"],
+            }
+        ]
         assert all("*" not in rule["verbs"] for rule in role["rules"])
         binding = find(objs, "RoleBinding", "editflow-operator", namespace)
         assert binding["subjects"] == [
@@ -258,10 +268,21 @@ def test_gateway_settings_follow_values(render, monkeypatch) -> None:
     assert not gateway.provision_streams  # the operator owns the streams
 
 
-def test_generated_s3_keys_are_the_same_in_every_namespace(render) -> None:
+def test_the_operator_s3_key_stays_in_the_release_namespace(render) -> None:
+    """Workers get per-attempt keys, so no watched namespace holds the operator's key (issue
+    20 §1); only the insecure opt-in copies it (the same keys) where the workers run."""
     values = EDGE_VALUES["extra-namespaces"]
     objs = render(values)
-    secrets = [find(objs, "Secret", "editflow-s3", ns) for ns in namespaces_of(values)]
+    holders = {
+        o["metadata"]["namespace"]
+        for o in objs
+        if o["kind"] == "Secret" and o["metadata"]["name"] == "editflow-s3"
+    }
+    assert holders == {NAMESPACE}
+    shared = {**values, "s3": {"attemptCredentials": False, "insecureSharedKey": True}}
+    objs = render(shared)
+    secrets = [find(objs, "Secret", "editflow-s3", ns) for ns in namespaces_of(shared)]
+    assert len(secrets) > 1
     assert len({json.dumps(s["data"], sort_keys=True) for s in secrets}) == 1
     assert set(secrets[0]["data"]) == {"access-key", "secret-key"}
 
@@ -276,8 +297,11 @@ def test_every_object_a_worker_job_references_is_rendered(case: str, render, mon
     assert settings.operator.namespaces == namespaces_of(values)
     brought = USER_OBJECTS.get(case, set())
     for namespace in settings.operator.namespaces:
-        job = job_manifest(an_editjob(namespace), 1, settings.operator)
-        missing = job_references(job) - rendered_keys(objs, namespace) - brought
+        # With attempt credentials the operator makes the attempt's Secret itself.
+        own = "ej-poster-a1-s3" if settings.operator.attempt_credentials else None
+        job = job_manifest(an_editjob(namespace), 1, settings.operator, credentials_secret=own)
+        made = {("Secret", own)} if own else set()
+        missing = job_references(job) - rendered_keys(objs, namespace) - brought - made
         assert not missing, f"{case}: worker Job in {namespace} references missing {missing}"
         pod = job["spec"]["template"]["spec"]
         if values.get("priorityClass", {}).get("create"):

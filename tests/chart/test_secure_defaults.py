@@ -69,6 +69,8 @@ def egress_cidrs(spec: dict[str, Any]) -> list[str]:
         ({"nats": {"tls": {"enabled": True}}}, "at '/nats/tls/existingSecret': minLength"),
         # A role without a user name.
         ({"nats": {"auth": {"users": {"worker": ""}}}}, "/nats/auth/users/worker"),
+        # Workers with the shared S3 key (an S3 without STS), without saying so.
+        ({"s3": {"attemptCredentials": False}}, "at '/s3/insecureSharedKey': value must be true"),
     ],
 )
 def test_insecure_combinations_fail_lint_with_what_to_set(values, message, tmp_path) -> None:

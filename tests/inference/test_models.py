@@ -312,3 +312,37 @@ def test_two_pods_starting_together_share_one_download(
     assert all(p.returncode == 0 for p in procs)
     assert outputs[0] == outputs[1]
     assert len(list((tmp_path / "cache" / "m").iterdir())) == 2  # the version and its stamp
+
+
+def test_a_cancel_while_the_model_runs_skips_the_remaining_steps_and_gives_no_image(
+    cache: ModelCache,
+) -> None:
+    """The warm worker's cancel (issue 20 §6): the first transformer forward cancels the edit;
+    diffusers' loop then skips every later step and run_edit raises instead of returning."""
+    from editflow.core.errors import EditCancelledError
+    from editflow.inference import cancel
+
+    spec = get_spec(DEFAULT_MODEL)
+    model = cache.get(spec)
+    prepared = preprocess(png_bytes((320, 320)), max_pixels=10**7, multiple=spec.multiple)
+    token = cancel.Cancellation()
+    forwards: list[int] = []
+
+    def on_forward(*_: object) -> None:
+        forwards.append(1)
+        token.cancel("withdrawn")
+
+    hook = model.pipe.transformer.register_forward_hook(on_forward)
+    reset = cancel.CURRENT.set(token)
+    try:
+        with pytest.raises(EditCancelledError, match="withdrawn"):
+            run_edit(model, image=prepared.image, prompt="make it blue", steps=20,
+                     guidance_scale=1.0, negative_prompt=None, seed=1)  # fmt: skip
+    finally:
+        cancel.CURRENT.reset(reset)
+        hook.remove()
+    assert len(forwards) == 1, f"{len(forwards)} transformer forwards after the cancel"
+    # The next edit on the same loaded model runs whole: the interrupt does not stick.
+    (image,) = run_edit(model, image=prepared.image, prompt="make it blue", steps=2,
+                        guidance_scale=1.0, negative_prompt=None, seed=1)  # fmt: skip
+    assert image.size[0] > 0

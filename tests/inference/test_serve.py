@@ -19,11 +19,13 @@ from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
     REPLY_TO_HEADER,
     WORK_STREAM,
+    WorkerControl,
     WorkerRequest,
     WorkerResult,
     result_subject,
     work_msg_id,
     work_subject,
+    worker_control_subject,
 )
 
 from .conftest import ImageServer, Route, png_bytes, worker_env
@@ -33,6 +35,7 @@ EDITFLOW = str(Path(sys.executable).with_name("editflow"))
 #: The namespace the warm worker serves; OTHER has EditJobs of the same names.
 NAMESPACE, OTHER = "team-a", "team-b"
 MODEL = "longcat-image-edit"
+POD = "warm-test-pod"
 
 
 def free_port() -> int:
@@ -70,7 +73,10 @@ def warm_worker(
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     env = worker_env(
-        worker_settings, EDITFLOW_NATS__URL=nats_url, EDITFLOW_WORKER__DRAIN_SECONDS=drain_seconds
+        worker_settings,
+        EDITFLOW_NATS__URL=nats_url,
+        EDITFLOW_WORKER__DRAIN_SECONDS=drain_seconds,
+        POD_NAME=POD,
     )
     proc = subprocess.Popen(
         [EDITFLOW, "worker", "serve", "--model", "longcat-image-edit", "--http-port", str(port),
@@ -211,3 +217,43 @@ def test_warm_worker_without_weights_exits_with_model_failed(
     )  # fmt: skip
     assert proc.returncode == 71, proc.stderr[-2000:]
     assert "model did not load" in proc.stderr
+
+
+async def test_a_cancel_stops_the_edit_in_flight_and_the_worker_takes_the_next(
+    warm_worker: tuple[subprocess.Popen, int], image_server: ImageServer, nats_url: str
+) -> None:
+    """A withdrawn edit frees the GPU within seconds, not at its deadline, and the worker
+    stays up (issue 20 §6). A cancel naming another edit is ignored."""
+    proc, port = warm_worker
+    image_server.routes["/cancel.png"] = Route(png_bytes((1000, 800)))
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox)
+    control = worker_control_subject(NAMESPACE, POD)
+    try:
+        # 100 steps (the most the model takes): far longer than the second the cancel waits.
+        slow = request("warm-cancel", image_server.url("/cancel.png"),
+                       parameters={"seed": 1, "steps": 100})  # fmt: skip
+        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode(),
+                         headers={REPLY_TO_HEADER: inbox})  # fmt: skip
+        poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
+             what="the slow edit to start")  # fmt: skip
+        time.sleep(1.0)  # well into the denoising loop
+        other = WorkerControl(action="cancel", edit_id="someone-else", attempt=1)
+        await nc.publish(control, other.model_dump_json().encode())
+        mine = WorkerControl(action="cancel", reason="withdrawn", edit_id="warm-cancel", attempt=1)
+        await nc.publish(control, mine.model_dump_json().encode())
+        cancelled = WorkerResult.model_validate_json((await replies.next_msg(timeout=120)).data)
+        # Had the cancel not reached the running model, the edit would have succeeded.
+        assert cancelled.edit_id == "warm-cancel" and cancelled.status == "failed"
+        assert cancelled.error.code == "cancelled" and "withdrawn" in cancelled.error.message
+        assert proc.poll() is None, "the worker stays up after a cancel"
+        quick = request("warm-after-cancel", image_server.url("/cancel.png"))
+        await js.publish(work_subject(NAMESPACE, MODEL), quick.model_dump_json().encode(),
+                         headers={REPLY_TO_HEADER: inbox})  # fmt: skip
+        after = WorkerResult.model_validate_json((await replies.next_msg(timeout=120)).data)
+        assert after.edit_id == "warm-after-cancel" and after.status == "success"
+    finally:
+        await js.purge_stream(WORK_STREAM)
+        await nc.close()

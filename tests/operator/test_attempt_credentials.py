@@ -194,3 +194,69 @@ def test_the_weights_credential_reads_weights_and_cannot_write(minio_only: S3Set
     denied(lambda: read(weights, bucket, "uploads/team-a/ab/input.png"))
     denied(lambda: list(weights.list_objects(bucket, prefix="uploads/")))
     assert read(admin, bucket, "models/longcat/manifest.json") == b"{}"
+
+
+def test_a_warm_attempt_carries_its_own_sealed_credentials_only_its_pool_can_open(
+    minio_only: S3Settings, tmp_path
+):
+    """Warm mode (issue 20 §1): the dispatcher seals the attempt's STS key into the work
+    message with its namespace's pool key; the worker's own code opens it with the mounted
+    key and gets the same reach as a Job-mode attempt. Another namespace's key opens nothing,
+    and the message holds no key in the clear."""
+    import json
+
+    from editflow.core.sealing import SealError, format_keys, new_pool_key
+    from editflow.core.settings import Settings
+    from editflow.events.worker_contract import WorkerRequest
+    from editflow.inference.worker import with_attempt_credentials
+    from editflow.operator.caches import ClusterCache
+    from editflow.operator.warmpool import WarmDispatcher
+
+    bucket = minio_only.bucket
+    admin = s3_client(minio_only)
+    a_input, b_input = "uploads/team-a/ab/warm.png", "uploads/team-b/ef/warm.png"
+    for key in (a_input, b_input):
+        put(admin, bucket, key, key.encode())
+    team_a, team_b = new_pool_key(0), new_pool_key(0)
+
+    class _Keys:
+        async def sealing_key(self, namespace: str):
+            assert namespace == "team-a"
+            return team_a
+
+    op = OP.model_copy(update={"worker_mode": "warm"})
+    dispatcher = WarmDispatcher(
+        None,  # type: ignore[arg-type]
+        ClusterCache(None, ["team-a"]),  # type: ignore[arg-type]
+        op,
+        nats=None,
+        minter=AttemptCredentialMinter(minio_only, op),
+        pool_keys=_Keys(),  # type: ignore[arg-type]
+    )
+    job = editjob("team-a", "edit-w", a_input)
+    job["metadata"]["uid"] = "uid-w"
+    attempt = dispatcher._new_attempt(job, 1)
+    payload = asyncio.run(dispatcher._sealed_payload(attempt))
+    body = json.loads(payload)
+    assert body["credentials"] and "SecretAccessKey" not in payload.decode()
+    request = WorkerRequest.model_validate(body)
+    assert minio_only.access_key.get_secret_value() not in payload.decode()
+
+    # The warm worker: no S3 key in its environment, its namespace's pool key mounted.
+    mounted = tmp_path / "keys"
+    mounted.write_text(format_keys([team_a]))
+    bare = Settings(
+        s3=minio_only.model_copy(update={"access_key": SecretStr(""), "secret_key": SecretStr("")}),
+        worker=WorkerSettings(pool_key_file=str(mounted)),
+    )
+    opened = with_attempt_credentials(bare, request)
+    worker = s3_client(opened.s3)
+    assert read(worker, bucket, a_input) == a_input.encode()
+    put(worker, bucket, "results/team-a/edit-w/attempt-1/result.png", b"edited")
+    denied(lambda: read(worker, bucket, b_input))
+    denied(lambda: list(worker.list_objects(bucket, recursive=True)))
+
+    # Another namespace's warm worker cannot open it.
+    mounted.write_text(format_keys([team_b]))
+    with pytest.raises(SealError):
+        with_attempt_credentials(bare, request)

@@ -269,3 +269,57 @@ def test_an_empty_registry_right_after_a_start_is_not_evidence_that_no_worker_lo
     clock[0] += 60
     dispatcher._give_up_if_no_worker_can_load(pool)
     assert dispatcher.attempts[("edits", "fresh-a1")].failed is not None
+
+
+def test_stopping_a_running_attempt_tells_its_worker_to_cancel_it() -> None:
+    """A warm cancel reaches the worker (issue 20 §6): the worker busy with the attempt gets
+    a ``cancel`` naming it; nobody else is told."""
+    from editflow.events.worker_contract import WorkerControl, WorkerHeartbeat
+
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    sent: list[tuple[str, bytes]] = []
+
+    class _Nats:
+        async def publish(self, subject: str, payload: bytes) -> None:
+            sent.append((subject, payload))
+
+    dispatcher.nc = _Nats()
+    ej = editjob("Running", attempts=1, jobName="gone-a1")
+    ej["metadata"].update(name="gone", namespace="edits")
+    name = asyncio.run(dispatcher.start(ej, 1))
+    for pod_name, state, edit in (("w-1", "busy", "gone"), ("w-2", "busy", "other")):
+        dispatcher.registry.heard(
+            WorkerHeartbeat(
+                pod=pod_name,
+                namespace="edits",
+                model="longcat-image-edit",
+                state=state,
+                edit_id=edit,
+                attempt=1,
+            )
+        )
+    assert asyncio.run(dispatcher.stop("edits", name))
+    assert [s for s, _ in sent] == ["editflow.worker.control.edits.w-1"]
+    control = WorkerControl.model_validate_json(sent[0][1])
+    assert (control.action, control.edit_id, control.attempt) == ("cancel", "gone", 1)
+
+
+def test_unclaimed_results_are_bounded_and_expire(monkeypatch) -> None:
+    from editflow.events.worker_contract import WorkerResult
+    from editflow.operator import warmpool
+
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(warmpool, "UNCLAIMED_LIMIT", 3)
+    clock = [1000.0]
+    monkeypatch.setattr(warmpool.time, "monotonic", lambda: clock[0])
+
+    def result(i: int) -> WorkerResult:
+        return WorkerResult(status="failed", edit_id=f"e{i}", attempt=1, model="m")
+
+    for i in range(5):
+        dispatcher._keep_unclaimed(("edits", f"e{i}-a1"), result(i))
+    assert [k[1] for k in dispatcher.unclaimed_results] == ["e2-a1", "e3-a1", "e4-a1"]
+    dispatcher._keep_unclaimed(("edits", "old-a1"), result(9))
+    clock[0] += warmpool.UNCLAIMED_SECONDS + 1
+    dispatcher._keep_unclaimed(("edits", "new-a1"), result(10))
+    assert list(dispatcher.unclaimed_results) == [("edits", "new-a1")]

@@ -176,9 +176,8 @@ async def test_deleting_a_final_editjob_whose_outcome_was_never_recorded_still_d
     """Status NeedsReview written, the operator stopped before the outcome: deleting the
     EditJob then must not drop its completion (issue 20 §7). A recorded one is left alone."""
     from editflow.core.settings import Settings
-    from editflow.operator.reconciler import Reconciler
-
     from editflow.operator.caches import ClusterCache
+    from editflow.operator.reconciler import Reconciler
 
     outbox = RecordingOutbox()
     reconciler = Reconciler(

@@ -114,6 +114,13 @@ class PromptRejectedError(PermanentError):
     exit_code = ExitCode.PROMPT_REJECTED
 
 
+class EditCancelledError(PermanentError):
+    """The edit was cancelled while it ran (withdrawn, deleted): its result is not wanted."""
+
+    code = "cancelled"
+    exit_code = ExitCode.UNEXPECTED
+
+
 class RetriableError(EditflowError):
     """Something outside the input failed; another attempt may succeed."""
 

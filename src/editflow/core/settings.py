@@ -88,6 +88,11 @@ class WorkerSettings(BaseModel):
         None, description="read-only key for weights_s3_prefix (default: the s3 key)"
     )
     weights_secret_key: SecretStr | None = None
+    pool_key_file: str | None = Field(
+        None,
+        description="the namespace's warm-pool keys (mounted Secret editflow-warm-key): a warm "
+        "worker opens each attempt's sealed S3 credentials with them",
+    )
     cache_dir: str = Field("/var/cache/editflow/models", description="where S3 weights land")
     cache_max_bytes: int = Field(
         0,
@@ -281,6 +286,12 @@ class OperatorSettings(BaseModel):
         None,
         description="Secret (keys user, password) with the warm workers' NATS credential in "
         "each namespace (the chart's worker role); none: the URL alone",
+    )
+    warm_key_rotation_seconds: float = Field(
+        7 * 24 * 3600,
+        ge=300,
+        description="a namespace's warm-pool key (sealing attempt credentials) is replaced "
+        "after this long; one previous key stays valid",
     )
     warm_stuck_grace_seconds: float = Field(
         60, ge=0, description="a worker still busy this long past the edit's deadline is deleted"
