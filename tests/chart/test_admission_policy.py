@@ -121,12 +121,16 @@ def test_an_output_prefix_in_another_namespace_is_refused_naming_the_field(
 
 def test_an_approval_event_id_or_bridge_name_is_the_operators_alone(kubectl, boundary) -> None:
     a = boundary["a"]
-    claim = editjob("claim", a, oa={"formId": "F-1", "approvalInstanceId": "A-1", "eventId": "e-123"})
+    claim = editjob(
+        "claim", a, oa={"formId": "F-1", "approvalInstanceId": "A-1", "eventId": "e-123"}
+    )
     out = apply(kubectl, boundary, "tenant", claim)
     assert out.returncode != 0 and "spec.oa.eventId" in out.stderr, out.stderr
     named = apply(kubectl, boundary, "tenant", editjob("ej-e-123", a))
     assert named.returncode != 0 and "ej-" in out.stderr + named.stderr, named.stderr
-    bridge = editjob("ej-e-123", a, oa={"formId": "F-1", "approvalInstanceId": "A-1", "eventId": "e-123"})
+    bridge = editjob(
+        "ej-e-123", a, oa={"formId": "F-1", "approvalInstanceId": "A-1", "eventId": "e-123"}
+    )
     by_operator = apply(kubectl, boundary, "operator", bridge)
     assert by_operator.returncode == 0, by_operator.stderr
 

@@ -203,18 +203,15 @@ def test_install_creates_what_worker_jobs_need_in_every_namespace(release, kubec
         for kind, name in (
             ("serviceaccount", "ef-editflow-worker"),
             ("configmap", "ef-editflow-worker"),
-            ("secret", "ef-editflow-s3"),
             ("role", "ef-editflow-operator"),
             ("rolebinding", "ef-editflow-operator"),
         ):
             kubectl("-n", namespace, "get", kind, name)
-        assert set(secret_data(kubectl, namespace, "ef-editflow-s3")) == {
-            "access-key",
-            "secret-key",
-        }
-    assert secret_data(kubectl, RELEASE_NS, "ef-editflow-s3") == secret_data(
-        kubectl, TEAM_NS, "ef-editflow-s3"
-    )
+    # The operator's S3 key stays in the release namespace: workers get per-attempt keys, so
+    # a watched namespace holds no key that reaches past one attempt (issue 20 §1).
+    assert set(secret_data(kubectl, RELEASE_NS, "ef-editflow-s3")) == {"access-key", "secret-key"}
+    missing = kubectl("-n", TEAM_NS, "get", "secret", "ef-editflow-s3", check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr
     kubectl("-n", RELEASE_NS, "get", "secret", "ef-editflow-gateway-token")
     kubectl("get", "clusterrole", f"ef-editflow-operator-{RELEASE_NS}")
     kubectl("get", "clusterrolebinding", f"ef-editflow-operator-{RELEASE_NS}")
@@ -296,6 +293,7 @@ def test_upgrade_keeps_generated_credentials(release, stack, kubectl, tmp_path) 
             "ef-editflow-events",
         )
     }
+    team_nats = secret_data(kubectl, TEAM_NS, "ef-editflow-worker-nats")
     path = values_file(tmp_path, release["values"])
     helm(
         "upgrade",
@@ -310,7 +308,8 @@ def test_upgrade_keeps_generated_credentials(release, stack, kubectl, tmp_path) 
     )
     for name, data in before.items():
         assert secret_data(kubectl, RELEASE_NS, name) == data, name
-    assert secret_data(kubectl, TEAM_NS, "ef-editflow-s3") == before["ef-editflow-s3"]
+    # The worker NATS identity in a watched namespace is kept too.
+    assert secret_data(kubectl, TEAM_NS, "ef-editflow-worker-nats") == team_nats
 
 
 # -- helm uninstall ----------------------------------------------------------------------
@@ -569,6 +568,10 @@ def test_helm_test_round_trip_passes_against_a_running_operator(
             "secretKey": s3.secret_key.get_secret_value(),
         },
         "operator": {"healthPort": free_port(), "metricsPort": free_port()},
+        # The running operator is the session's (an admin login), not this release's
+        # ServiceAccount, which the admission policy would rightly refuse as an outbox writer
+        # (the policy itself: test_admission_policy.py).
+        "admissionPolicy": {"enabled": False},
         # Only the gateway reaches NATS: it publishes nothing without a valid token.
         "gateway": {
             "port": gateway_port,
