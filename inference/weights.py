@@ -28,6 +28,7 @@ Nothing here ever reaches a model hub. :func:`write_manifest` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -94,7 +95,36 @@ def _tree_bytes(path: Path) -> int:
 
 def _touch(version_dir: Path) -> None:
     """Stamp a model's use: the size limit evicts the least recently used first."""
-    (version_dir.parent / LAST_USED).touch()
+    with contextlib.suppress(OSError):  # a read-only cache (one trusted writer) keeps no stamp
+        (version_dir.parent / LAST_USED).touch()
+
+
+def _writable(cache: Path) -> bool:
+    """Whether this worker could have changed the cache (so could any other worker).
+
+    A cache mounted read-only for workers has one trusted writer (the prestage DaemonSet):
+    its files are what that writer verified. A writable one is checked on every load.
+    """
+    return os.access(cache, os.W_OK)
+
+
+def _matches(version_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Every file of ``manifest`` present with its size and sha256, and no file besides."""
+    expected = set(manifest["files"]) | {MANIFEST, COMPLETE_MARKER}
+    present = {
+        str(p.relative_to(version_dir))
+        for p in version_dir.rglob("*")
+        if p.is_file() or p.is_symlink()
+    }
+    if present != expected:
+        return False
+    for rel, meta in manifest["files"].items():
+        path = version_dir / rel
+        if path.is_symlink() or path.stat().st_size != meta["size"]:
+            return False
+        if sha256_file(path) != meta["sha256"]:
+            return False
+    return True
 
 
 def _last_used(model: Path) -> float:
@@ -162,8 +192,16 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
         with exclusive(cache / f".{name}.lock"):
             marker = final / COMPLETE_MARKER
             if marker.exists() and marker.read_text().strip() == manifest_hash:
-                _touch(final)
-                return final
+                if not _writable(cache) or _matches(final, manifest):
+                    _touch(final)
+                    return final
+                # The node cache is shared by every namespace's workers: a marker proves
+                # nothing about the files beside it (issue 20 §8). Fetch them again.
+                log.warning(
+                    "cached weights differ from their manifest; downloading them again",
+                    extra={"model": name, "version": manifest_hash[:16]},
+                )
+                shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
             try:

@@ -95,6 +95,26 @@ def test_weights_from_an_s3_prefix_are_downloaded_once_and_verified(
     assert model.model_dir == local
 
 
+def test_a_tampered_cached_file_is_never_loaded(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    """The node cache is shared read-write by every namespace's workers, so its completion
+    marker proves nothing (issue 20 §8): a cached file whose hash differs from the manifest's
+    (or a file the manifest does not list) sends the worker back to S3 for the real ones."""
+    publish_to_s3(tiny_models_root / DEFAULT_MODEL, s3, f"weights-tamper/{DEFAULT_MODEL}")
+    worker = WorkerSettings(models_root=str(tmp_path / "empty"), weights_s3_prefix="weights-tamper",
+                            cache_dir=str(tmp_path / "cache"), device="cpu")  # fmt: skip
+    local = resolve_model_dir(DEFAULT_MODEL, worker, s3)
+    index = local / "model_index.json"
+    original = index.read_bytes()
+    index.write_bytes(original.replace(b"{", b"{ ", 1))  # same marker, other bytes
+    again = resolve_model_dir(DEFAULT_MODEL, worker, s3)
+    assert (again / "model_index.json").read_bytes() == original
+    (again / "transformer" / "planted.py").write_text("import os")
+    third = resolve_model_dir(DEFAULT_MODEL, worker, s3)
+    assert not (third / "transformer" / "planted.py").exists()
+
+
 def test_a_corrupt_weights_file_is_refused(
     tiny_models_root: Path, s3: S3Settings, tmp_path: Path
 ) -> None:
