@@ -92,6 +92,8 @@ class WorkerRequest(_Strict):
     #: Warm mode: this attempt's STS credentials (its input object, its output prefix),
     #: sealed with the namespace's pool key (editflow.core.sealing). Never logged.
     credentials: str | None = Field(None, max_length=16384, repr=False)
+    #: Warm mode without sealing (s3.insecureSharedKey): the attempt's result token in clear.
+    result_token: str | None = Field(None, max_length=128, repr=False)
 
 
 class LoadDetail(BaseModel):
@@ -174,6 +176,9 @@ class WorkerResult(BaseModel):
     worker: str | None = None
     #: Every result when more than one was asked for (the fields above are variant 1's).
     variants: list[VariantResult] = Field(default_factory=list, max_length=4)
+    #: Warm mode: the attempt's result token from its work message (sealed with the
+    #: credentials); the operator accepts a result over NATS only with the right one.
+    token: str | None = Field(None, max_length=128, repr=False)
 
 
 def attempt_prefix(request: WorkerRequest) -> str:
@@ -200,9 +205,6 @@ WORK_STREAM = "EDITFLOW_WORK"
 WORK_SUBJECT_PREFIX = "editflow.work"
 #: Every outcome is also published to ``editflow.worker.results.<ns>.<edit_id>``.
 RESULT_SUBJECT_PREFIX = "editflow.worker.results"
-#: Request header naming a subject for the WorkerResult (JetStream's own reply
-#: subject is the ack subject, so a requester's inbox travels in this header).
-REPLY_TO_HEADER = "Editflow-Reply-To"
 
 # A namespace is a DNS label and a model a registry slug: one NATS subject token each,
 # without the underscore that joins them in a consumer name.

@@ -8,9 +8,9 @@ model; the namespace is ``EDITFLOW_NAMESPACE``, which the operator sets from the
 Pod's own). For each message it runs exactly the
 same :func:`~editflow.inference.worker.execute` as ``editflow worker run``
 (result JSON in S3 next to the image), publishes the :class:`WorkerResult`
-(``worker``: this Pod's name, ``POD_NAME`` or the host name) to the subject in the
-``Editflow-Reply-To`` header (if any) and to
-``editflow.worker.results.<namespace>.<edit_id>``, and only then acknowledges the
+(``worker``: this Pod's name, ``POD_NAME`` or the host name; ``token``: the attempt's
+result token from its sealed credentials) to
+``editflow.worker.results.<namespace>.<edit_id>`` only, and then acknowledges the
 message. Whether a failed attempt is retried is the requester's decision, as
 it is for Jobs: the result says ``retriable``.
 
@@ -96,7 +96,6 @@ from editflow.events.connection import connect
 from editflow.events.worker_contract import (
     HEARTBEAT_SECONDS,
     POISON_EDIT_CODE,
-    REPLY_TO_HEADER,
     WORK_STREAM,
     WorkerControl,
     WorkerHeartbeat,
@@ -620,9 +619,8 @@ class WarmWorker:
     async def _publish_result(self, nc: Any, message: Any, result: WorkerResult) -> None:
         """Send ``result`` to the requester's reply subject and the edit's results subject."""
         payload = result_json(result).encode()
-        reply_to = (message.headers or {}).get(REPLY_TO_HEADER)
-        if reply_to:
-            await nc.publish(reply_to, payload)
+        # Only ever this namespace's results subject: a requester-chosen reply subject let a
+        # work message send a worker's results (and their tokens) anywhere (issue 20 §2).
         if result.edit_id != "unknown":
             await nc.publish(result_subject(self.namespace, result.edit_id), payload)
         await nc.flush()

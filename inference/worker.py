@@ -275,13 +275,18 @@ def failure(
 
 
 def with_attempt_credentials(settings: Settings, request: WorkerRequest) -> Settings:
-    """``settings`` with the attempt's sealed STS key as its S3 key (unchanged without one).
+    """``settings`` with the attempt's sealed STS key as its S3 key (unchanged without one)."""
+    return open_attempt(settings, request)[0]
+
+
+def open_attempt(settings: Settings, request: WorkerRequest) -> tuple[Settings, str | None]:
+    """The attempt's settings (its sealed STS key as the S3 key) and its result token.
 
     The sealed token expires with the attempt's longest life (its STS duration): a message
     read back from the stream later than that cannot be used, even with the key.
     """
     if request.credentials is None:
-        return settings
+        return settings, request.result_token
     path = settings.worker.pool_key_file
     keys = parse_keys(Path(path).read_text()) if path and Path(path).exists() else []
     opened = unseal(request.credentials, keys, ttl=MAX_SEALED_SECONDS)
@@ -295,7 +300,7 @@ def with_attempt_credentials(settings: Settings, request: WorkerRequest) -> Sett
         )
     except KeyError as exc:
         raise SealError(f"the attempt's sealed credentials lack {exc}") from exc
-    return settings.model_copy(update={"s3": s3})
+    return settings.model_copy(update={"s3": s3}), opened.get("result_token")
 
 
 def store_result(result: WorkerResult, request: WorkerRequest | None, settings: Settings) -> None:
@@ -317,10 +322,15 @@ def refuse(
     where it looks for this attempt's (warm mode: an edit delivered too often).
     """
     request: WorkerRequest | None = None
+    token: str | None = None
     with suppress(InvalidInputError):  # unreadable: the ids are salvaged from the raw JSON
         request = parse_request(raw)
+    if request is not None:
+        with suppress(EditflowError):  # unreadable credentials: the result goes unsigned
+            settings, token = open_attempt(settings, request)
     result = failure(request, raw, error, error)
     result.worker = worker
+    result.token = token
     store_result(result, request, settings)
     return result
 
@@ -339,12 +349,13 @@ def execute(
     """
     models = models or ModelCache(settings.worker, settings.s3)
     request: WorkerRequest | None = None
+    token: str | None = None
     error: EditflowError | None = None
     timer = Timer()
     try:
         request = parse_request(raw)
-        # Warm mode: this attempt's own S3 key, sealed for this namespace's pool (issue 20).
-        settings = with_attempt_credentials(settings, request)
+        # Warm mode: this attempt's own S3 key and result token, sealed for its pool (issue 20).
+        settings, token = open_attempt(settings, request)
         # Every line of this edit names it, whoever logs it (fetch, pipeline, S3 client...).
         with log_context(edit_id=request.edit_id, attempt=request.attempt):
             log.info("edit started", extra={"model": request.model})
@@ -370,6 +381,7 @@ def execute(
     if result.status == "failed":
         result.cost = timer.breakdown()
     result.worker = worker
+    result.token = token
     store_result(result, request, settings)
     report.write_termination_message(
         termination_log if termination_log is not None else settings.worker.termination_log, result

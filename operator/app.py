@@ -207,6 +207,7 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
             nats=nc,
             minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
             pool_keys=PoolKeys(kube, op) if op.attempt_credentials else None,
+            token_secret=settings.s3.secret_key.get_secret_value(),
         )
     else:
         dispatcher = JobDispatcher(

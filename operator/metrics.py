@@ -69,6 +69,10 @@ QUALITY_VERDICTS = Counter(
 WARM_WORKERS = Gauge("editflow_warm_workers", "warm workers heard from, by state", ["state"])
 WARM_WAITING = Gauge("editflow_warm_waiting", "attempts waiting for an idle warm worker")
 WARM_HANDED_OUT = Counter("editflow_warm_handed_out_total", "attempts handed to warm workers")
+WARM_RESULTS_REFUSED = Counter(
+    "editflow_warm_results_refused_total",
+    "worker results refused: their token did not match the attempt (forged, or misrouted)",
+)
 WARM_WORKERS_STARTED = Counter("editflow_warm_workers_started_total", "warm worker Jobs created")
 WARM_WORKERS_REPLACED = Counter(
     "editflow_warm_workers_replaced_total", "warm workers deleted (stuck past a deadline)"

@@ -58,7 +58,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from editflow.core.sealing import seal
+from editflow.core.sealing import attempt_token, seal, token_matches
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import (
     HEARTBEAT_EXPIRY_SECONDS,
@@ -72,6 +72,7 @@ from editflow.events.worker_contract import (
     work_msg_id,
     work_subject,
     worker_control_subject,
+    worker_status_subject,
 )
 from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
@@ -211,6 +212,7 @@ class WarmDispatcher:
         clock: Callable[[], float] = time.time,
         minter: AttemptCredentialMinter | None = None,
         pool_keys: PoolKeys | None = None,
+        token_secret: str = "",
     ) -> None:
         self.kube = kube
         self.cache = cache
@@ -223,6 +225,8 @@ class WarmDispatcher:
         #: hand-out. Without them warm workers read S3 with the namespace's shared key.
         self.minter = minter
         self.pool_keys = pool_keys
+        #: Keys the per-attempt result tokens (sealing.attempt_token): the operator's S3 secret.
+        self.token_secret = token_secret
         self.registry = WorkerRegistry()
         self.attempts: dict[Key, WarmAttempt] = {}
         self.pools: dict[PoolKey, Pool] = {}
@@ -428,6 +432,13 @@ class WarmDispatcher:
             return
         if beat.namespace not in self.cache.namespaces:
             return
+        if msg.subject != worker_status_subject(beat.namespace, beat.model):
+            # A beat about one namespace's pool published on another's subject: forged.
+            log.warning(
+                "worker heartbeat refused: its subject and body disagree",
+                extra={"subject": msg.subject, "namespace": beat.namespace, "pod": beat.pod},
+            )
+            return
         previous = self.registry.heard(beat)
         pool = self._pool(beat.namespace, beat.model)
         if beat.state == "failed":
@@ -470,6 +481,19 @@ class WarmDispatcher:
             result = WorkerResult.model_validate_json(msg.data)
         except ValidationError:
             log.warning("unreadable worker result", extra={"subject": msg.subject})
+            return
+        # The subject names the namespace, the payload the attempt, and only the worker the
+        # attempt was handed to holds its token: all three must agree (issue 20 §2).
+        if not token_matches(self._token(namespace, result.edit_id, result.attempt), result.token):
+            metrics.WARM_RESULTS_REFUSED.inc()
+            log.warning(
+                "worker result refused: its token does not match the attempt",
+                extra={
+                    "subject": msg.subject,
+                    "edit_id": result.edit_id,
+                    "attempt": result.attempt,
+                },
+            )
             return
         key = (namespace, job_name(result.edit_id, result.attempt))
         attempt = self.attempts.get(key)
@@ -596,22 +620,27 @@ class WarmDispatcher:
         Minted at hand-out (not when queued) so that waiting does not eat their life; the
         same session policy as Job mode: the input object and the attempt's output prefix.
         """
+        body = json.loads(attempt.payload)
+        token = self._token(attempt.namespace, attempt.edit_id, attempt.attempt)
         if self.minter is None or self.pool_keys is None or attempt.editjob is None:
-            return attempt.payload
+            body["result_token"] = token  # the insecure shared-key mode: nothing to seal with
+            return json.dumps(body, separators=(",", ":")).encode()
         creds = await self.minter.mint(attempt.editjob, attempt.attempt)
         key = await self.pool_keys.sealing_key(attempt.namespace)
-        sealed = seal(
+        body["credentials"] = seal(
             {
                 "access_key": creds.access_key,
                 "secret_key": creds.secret_key,
                 "session_token": creds.session_token,
                 "expires_at": creds.expires_at.isoformat(),
+                "result_token": token,
             },
             key,
         )
-        body = json.loads(attempt.payload)
-        body["credentials"] = sealed
-        return json.dumps(body).encode()
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _token(self, namespace: str, edit_id: str, attempt: int) -> str:
+        return attempt_token(self.token_secret, namespace, edit_id, attempt)
 
     async def _delete_message(self, attempt: WarmAttempt) -> None:
         """Take an attempt that nobody may run any more off the work queue (if still there)."""

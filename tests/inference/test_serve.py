@@ -17,7 +17,7 @@ import pytest
 
 from editflow.core.settings import Settings
 from editflow.events.worker_contract import (
-    REPLY_TO_HEADER,
+    RESULT_SUBJECT_PREFIX,
     WORK_STREAM,
     WorkerControl,
     WorkerRequest,
@@ -110,7 +110,7 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
     image_server.routes["/warm.png"] = Route(png_bytes((1000, 800)))
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    inbox = nc.new_inbox()
+    inbox = f"{RESULT_SUBJECT_PREFIX}.{NAMESPACE}.*"  # the results of this namespace's workers
     replies = await nc.subscribe(inbox)
     broadcast = await nc.subscribe(result_subject(NAMESPACE, "warm-2"))
     try:
@@ -121,7 +121,7 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
             body = json.loads(req.model_dump_json())
             await js.publish(
                 work_subject(NAMESPACE, MODEL), json.dumps(body).encode(),
-                headers={REPLY_TO_HEADER: inbox, "Nats-Msg-Id": work_msg_id(NAMESPACE, req)},
+                headers={"Nats-Msg-Id": work_msg_id(NAMESPACE, req)},
             )  # fmt: skip
         # The same EditJob name in another namespace: its own subject and message id, so it
         # is neither dropped as a duplicate nor taken by this namespace's worker.
@@ -155,8 +155,7 @@ async def test_warm_worker_edits_from_the_queue_and_drains_on_sigterm(
         slow = request(
             "warm-drain", image_server.url("/warm.png"), parameters={"seed": 1, "steps": 24}
         )
-        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode(),
-                         headers={REPLY_TO_HEADER: inbox})  # fmt: skip
+        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode())
         poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
              what="the slow edit to start")  # fmt: skip
         proc.send_signal(signal.SIGTERM)
@@ -228,15 +227,14 @@ async def test_a_cancel_stops_the_edit_in_flight_and_the_worker_takes_the_next(
     image_server.routes["/cancel.png"] = Route(png_bytes((1000, 800)))
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    inbox = nc.new_inbox()
+    inbox = f"{RESULT_SUBJECT_PREFIX}.{NAMESPACE}.*"  # the results of this namespace's workers
     replies = await nc.subscribe(inbox)
     control = worker_control_subject(NAMESPACE, POD)
     try:
         # 100 steps (the most the model takes): far longer than the second the cancel waits.
         slow = request("warm-cancel", image_server.url("/cancel.png"),
                        parameters={"seed": 1, "steps": 100})  # fmt: skip
-        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode(),
-                         headers={REPLY_TO_HEADER: inbox})  # fmt: skip
+        await js.publish(work_subject(NAMESPACE, MODEL), slow.model_dump_json().encode())
         poll(lambda: "editflow_worker_in_flight 1.0" in getattr(get(port, "/metrics"), "text", ""),
              what="the slow edit to start")  # fmt: skip
         time.sleep(1.0)  # well into the denoising loop
@@ -250,8 +248,7 @@ async def test_a_cancel_stops_the_edit_in_flight_and_the_worker_takes_the_next(
         assert cancelled.error.code == "cancelled" and "withdrawn" in cancelled.error.message
         assert proc.poll() is None, "the worker stays up after a cancel"
         quick = request("warm-after-cancel", image_server.url("/cancel.png"))
-        await js.publish(work_subject(NAMESPACE, MODEL), quick.model_dump_json().encode(),
-                         headers={REPLY_TO_HEADER: inbox})  # fmt: skip
+        await js.publish(work_subject(NAMESPACE, MODEL), quick.model_dump_json().encode())
         after = WorkerResult.model_validate_json((await replies.next_msg(timeout=120)).data)
         assert after.edit_id == "warm-after-cancel" and after.status == "success"
     finally:

@@ -25,7 +25,7 @@ from editflow.core.s3 import s3_client
 from editflow.core.settings import NatsSettings, Settings
 from editflow.events.worker_contract import (
     POISON_EDIT_CODE,
-    REPLY_TO_HEADER,
+    RESULT_SUBJECT_PREFIX,
     WORK_STREAM,
     WorkerHeartbeat,
     WorkerRequest,
@@ -133,17 +133,16 @@ async def listen(nc: Any, namespace: str) -> Beats:
     return beats
 
 
-async def publish(
-    nc: Any, namespace: str, edit_id: str, url: str, reply_to: str, **extra: Any
-) -> WorkerRequest:
+def results_of(namespace: str) -> str:
+    """Every result of ``namespace``'s workers (they publish nowhere else: issue 20 §2)."""
+    return f"{RESULT_SUBJECT_PREFIX}.{namespace}.*"
+
+
+async def publish(nc: Any, namespace: str, edit_id: str, url: str, **extra: Any) -> WorkerRequest:
     body = {"edit_id": edit_id, "source": {"url": url}, "prompt": "turn the sky pink",
             "parameters": {"seed": 3}, **extra}  # fmt: skip
     request = WorkerRequest.model_validate(body)
-    await nc.jetstream().publish(
-        work_subject(namespace, MODEL),
-        request.model_dump_json().encode(),
-        headers={REPLY_TO_HEADER: reply_to},
-    )
+    await nc.jetstream().publish(work_subject(namespace, MODEL), request.model_dump_json().encode())
     return request
 
 
@@ -161,10 +160,10 @@ async def test_heartbeats_follow_the_edit_and_an_idle_worker_exits(
     namespace = "proto-idle"
     image_server.routes["/idle.png"] = Route(png_bytes((256, 256)))
     beats = await listen(nc, namespace)
-    inbox = nc.new_inbox()
+    inbox = results_of(namespace)
     replies = await nc.subscribe(inbox)
     # Waiting before the worker starts: it is ready (idle) before it takes it.
-    await publish(nc, namespace, "idle-1", image_server.url("/idle.png"), inbox)
+    await publish(nc, namespace, "idle-1", image_server.url("/idle.png"))
     began = time.time()
     worker = start_worker(namespace, "--idle-seconds", "2", EDITFLOW_WORKER__CONFIG_HASH="c0ffee")
 
@@ -193,7 +192,7 @@ async def test_retire_finishes_the_edit_in_flight_then_exits(
     # The source takes a while, so the retire request arrives while the edit runs.
     image_server.routes["/retire.png"] = Route(png_bytes((256, 256)), delay=3.0)
     beats = await listen(nc, namespace)
-    inbox = nc.new_inbox()
+    inbox = results_of(namespace)
     replies = await nc.subscribe(inbox)
     worker = start_worker(namespace, "--idle-seconds", "0")
     await beats.wait_for("idle")
@@ -201,7 +200,7 @@ async def test_retire_finishes_the_edit_in_flight_then_exits(
     for unreadable in (b"{not json", json.dumps({"action": "explode"}).encode()):
         await nc.publish(control, unreadable)
     await nc.flush()
-    await publish(nc, namespace, "retire-1", image_server.url("/retire.png"), inbox)
+    await publish(nc, namespace, "retire-1", image_server.url("/retire.png"))
     await beats.wait_for("busy")
     await nc.publish(control, json.dumps({"action": "retire", "reason": "outdated"}).encode())
 
@@ -225,10 +224,10 @@ async def test_an_edit_past_its_deliveries_is_reported_as_poison_and_not_run(
     await ensure_work_consumer(js, namespace, MODEL, ack_wait=60, max_deliveries=1)
     info = await js.consumer_info(WORK_STREAM, work_consumer(namespace, MODEL))
     assert info.config.max_deliver == 2  # one more than the deliveries an edit may use
-    inbox = nc.new_inbox()
+    inbox = results_of(namespace)
     replies = await nc.subscribe(inbox)
     broadcast = await nc.subscribe(result_subject(namespace, "poison-1"))
-    await publish(nc, namespace, "poison-1", image_server.url("/poison.png"), inbox, attempt=2)
+    await publish(nc, namespace, "poison-1", image_server.url("/poison.png"), attempt=2)
     # The first delivery goes to a "worker" that gives it back: the next one is past the bound.
     taker = await js.pull_subscribe_bind(
         durable=work_consumer(namespace, MODEL), stream=WORK_STREAM
@@ -281,7 +280,7 @@ async def test_a_worker_past_its_max_age_takes_no_new_edit(
     namespace = "proto-age"
     image_server.routes["/age.png"] = Route(png_bytes((256, 256)))
     beats = await listen(nc, namespace)
-    await publish(nc, namespace, "age-1", image_server.url("/age.png"), nc.new_inbox())
+    await publish(nc, namespace, "age-1", image_server.url("/age.png"))
     # Loading alone takes longer than a second: the worker is too old before its first edit.
     worker = start_worker(namespace, "--idle-seconds", "0", EDITFLOW_WORKER__MAX_AGE_SECONDS="1")
 

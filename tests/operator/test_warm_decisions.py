@@ -323,3 +323,64 @@ def test_unclaimed_results_are_bounded_and_expire(monkeypatch) -> None:
     clock[0] += warmpool.UNCLAIMED_SECONDS + 1
     dispatcher._keep_unclaimed(("edits", "new-a1"), result(10))
     assert list(dispatcher.unclaimed_results) == [("edits", "new-a1")]
+
+
+class _Msg:
+    def __init__(self, subject: str, data: bytes) -> None:
+        self.subject, self.data = subject, data
+
+
+def test_a_result_counts_only_with_its_attempts_token_on_its_namespaces_subject() -> None:
+    """Issue 20 §2: a worker of another namespace (or anyone who may publish results) cannot
+    answer for an attempt: the token is an HMAC of namespace, edit and attempt under the
+    operator's key, and only the pool the attempt was handed to received it (sealed)."""
+    from editflow.events.worker_contract import WorkerResult
+
+    dispatcher = WarmDispatcher(
+        None,  # type: ignore[arg-type]
+        ClusterCache(None, ["edits", "other"]),  # type: ignore[arg-type]
+        WARM,
+        nats=None,
+        token_secret="operator-s3-secret",
+    )
+    ej = editjob("Running", attempts=1, jobName="mine-a1")
+    ej["metadata"].update(name="mine", namespace="edits")
+    name = asyncio.run(dispatcher.start(ej, 1))
+    good = dispatcher._token("edits", "mine", 1)
+
+    def result(token: str | None) -> bytes:
+        return (
+            WorkerResult(
+                status="success", edit_id="mine", attempt=1, model="m", result_key="k", token=token
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    for subject, token in (
+        ("editflow.worker.results.edits.mine", None),  # no token
+        ("editflow.worker.results.edits.mine", "0" * 40),  # a guessed one
+        ("editflow.worker.results.other.mine", dispatcher._token("other", "mine", 1)),
+        ("editflow.worker.results.other.mine", good),  # the right token, another namespace
+    ):
+        asyncio.run(dispatcher._on_result(_Msg(subject, result(token))))
+        assert dispatcher.attempts[("edits", name)].result is None, (subject, token)
+    asyncio.run(dispatcher._on_result(_Msg("editflow.worker.results.edits.mine", result(good))))
+    assert dispatcher.attempts[("edits", name)].result is not None
+
+
+def test_a_heartbeat_on_another_namespaces_subject_is_refused() -> None:
+    from editflow.events.worker_contract import WorkerHeartbeat
+
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    beat = WorkerHeartbeat(
+        pod="w-1", namespace="edits", model="longcat-image-edit", state="busy", edit_id="x"
+    )
+    forged = _Msg(
+        "editflow.worker.status.other.longcat-image-edit", beat.model_dump_json().encode()
+    )
+    asyncio.run(dispatcher._on_heartbeat(forged))
+    assert not dispatcher.registry.workers
+    real = _Msg("editflow.worker.status.edits.longcat-image-edit", beat.model_dump_json().encode())
+    asyncio.run(dispatcher._on_heartbeat(real))
+    assert ("edits", "w-1") in dispatcher.registry.workers

@@ -24,6 +24,8 @@ after its attempt's life is refused even with a valid key.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from dataclasses import dataclass
@@ -105,3 +107,20 @@ def unseal(token: str, keys: list[PoolKey], *, ttl: float) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise SealError("the attempt's sealed credentials are not an object")
     return payload
+
+
+def attempt_token(secret: str, namespace: str, edit_id: str, attempt: int) -> str:
+    """The result token of one warm attempt: an HMAC only the operator can compute.
+
+    Derived, not stored: any operator process (a new leader, a restart) can check a result
+    of an attempt an earlier one handed out. The key is the operator's own S3 secret, which
+    no worker holds; the token reaches the attempt's worker inside its sealed credentials,
+    so only the pool the attempt was handed to can answer for it (issue 20 §2).
+    """
+    key = hashlib.sha256(b"editflow-result-token\0" + secret.encode()).digest()
+    message = f"{namespace}\0{edit_id}\0{attempt}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:40]
+
+
+def token_matches(expected: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
