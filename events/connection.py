@@ -60,6 +60,8 @@ def connect_options(
         "connect_timeout": 5,
         "ping_interval": 20,
         "max_outstanding_pings": 3,
+        # Each user's replies under its own prefix (the chart's permissions allow only that).
+        "inbox_prefix": settings.effective_inbox_prefix,
     }
     if settings.user:
         options["user"] = settings.user

@@ -47,6 +47,12 @@ class SessionState:
     #: Objects with a ``process`` (a ManagedProcess) that live for the whole session.
     owned: list[Any] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    #: The work directories of every LocalStack this session started: a container shim runs
+    #: in a session of its own (ppid 1), and its command line names its stack's directory.
+    workdirs: set[str] = field(default_factory=set)
+    #: Leftovers already blamed on the module that left them: later modules neither wait
+    #: for them nor fail for them (one leak, one failure, not a cascade).
+    reported: set[str] = field(default_factory=set)
 
     def owned_pids(self) -> set[int]:
         pids = set()
@@ -109,13 +115,6 @@ def _descendants(procs: dict[int, Proc], root: int) -> set[int]:
     return seen
 
 
-def _boot_time() -> float:
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def role(cmdline: str) -> str | None:
     """What a process is to this check: ``operator``, ``worker`` or ``None`` (a server)."""
     if "editflow.cli.main operator run" in cmdline or "editflow operator run" in cmdline:
@@ -131,18 +130,29 @@ def role(cmdline: str) -> str | None:
 
 
 def session_processes(procs: dict[int, Proc] | None = None) -> list[Proc]:
-    """This session's processes: our descendants, and orphans (a shim whose kubelet was
-    stopped) started after the session began."""
+    """This session's processes: our descendants, and detached ones (container shims) that
+    belong to a platform this session started (never another pytest's, say a CI run)."""
     procs = procs if procs is not None else processes()
     ours = _descendants(procs, os.getpid())
-    hertz = os.sysconf("SC_CLK_TCK")
-    boot = _boot_time()
     out = []
     for proc in procs.values():
-        orphan_of_ours = proc.ppid == 1 and boot + proc.start_ticks / hertz >= SESSION.started
-        if proc.pid in ours or orphan_of_ours:
+        detached = proc.ppid == 1 and any(w in proc.cmdline for w in SESSION.workdirs)
+        if proc.pid in ours or detached:
             out.append(proc)
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Record every LocalStack's work directory as it starts (see SessionState.workdirs)."""
+    from editflow.devstack.stack import LocalStack
+
+    original = LocalStack.start
+
+    def start(self: LocalStack) -> LocalStack:
+        SESSION.workdirs.add(str(self.workdir))
+        return original(self)
+
+    LocalStack.start = start  # type: ignore[method-assign]
 
 
 def leftover_processes() -> list[str]:
@@ -198,11 +208,12 @@ def leftovers() -> list[str]:
     return found
 
 
-def wait_for_no_leftovers(grace: float = GRACE_SECONDS) -> list[str]:
-    """What is still there after ``grace`` seconds (empty when everything went)."""
+def wait_for_no_leftovers(grace: float = GRACE_SECONDS, *, strict: bool = False) -> list[str]:
+    """What is still there after ``grace`` seconds (empty when everything went), leaving out
+    what an earlier module was already failed for unless ``strict``."""
     deadline = time.monotonic() + grace
     while True:
-        found = leftovers()
+        found = [f for f in leftovers() if strict or f not in SESSION.reported]
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
@@ -241,7 +252,7 @@ def node_report(stack: LocalStack | None = None) -> str:
 
 def assert_idle_node() -> None:
     """Fail unless nothing of an earlier test is still running (the fault suite's start)."""
-    found = wait_for_no_leftovers()
+    found = wait_for_no_leftovers(strict=True)
     assert not found, "the node is not idle at the start:\n  " + "\n  ".join(found)
 
 
@@ -253,6 +264,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return result
     found = wait_for_no_leftovers()
     if found:
+        SESSION.reported.update(found)
         raise AssertionError(
             f"{item.module.__name__} left these running after its fixtures were finalised "
             f"(a test that starts something stops it):\n  " + "\n  ".join(found)

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from tests.chart.chartkit import (
     render_text,
     values_file,
 )
+from tests.hygiene import FINISHED_PODS
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
@@ -73,6 +75,26 @@ def ensure_crd(stack) -> None:
             if exc.status != 404:
                 raise
             localmode.install_crd(api)
+    finally:
+        api.close()
+
+
+def uninstall(stack, release: str, namespace: str) -> None:
+    """`helm uninstall`, then wait until the release's Pods are gone: its operator and gateway
+    would otherwise run on, polling, for the rest of the session (tests/hygiene.py). The CRD
+    stays (its keep policy), so no other test's EditJobs go with it."""
+    helm("uninstall", release, "-n", namespace, kubeconfig=stack.kubeconfig, check=False)
+    api = KubeClient(stack.kubeconfig)
+    try:
+
+        def gone() -> bool:
+            pods = api.get(
+                f"/api/v1/namespaces/{namespace}/pods",
+                labelSelector=f"app.kubernetes.io/instance={release}",
+            )["items"]
+            return not [p for p in pods if p["status"].get("phase") not in FINISHED_PODS]
+
+        wait_until(gone, timeout=90, what=f"the Pods of release {release} to stop")
     finally:
         api.close()
 
@@ -178,7 +200,7 @@ WORKER_SA = f"system:serviceaccount:{RELEASE_NS}:ef-editflow-worker"
 
 
 @pytest.fixture(scope="module")
-def release(stack, kubectl, tmp_path_factory) -> dict[str, Any]:
+def release(stack, kubectl, tmp_path_factory) -> Iterator[dict[str, Any]]:
     ensure_namespaces(kubectl, RELEASE_NS, TEAM_NS)
     values = {
         "watchNamespaces": [TEAM_NS],
@@ -189,7 +211,8 @@ def release(stack, kubectl, tmp_path_factory) -> dict[str, Any]:
     result = install(
         stack, tmp_path_factory.mktemp("release"), RELEASE, RELEASE_NS, values, own_crd=True
     )
-    return {"values": values, "stdout": result.stdout}
+    yield {"values": values, "stdout": result.stdout}
+    uninstall(stack, RELEASE, RELEASE_NS)
 
 
 def test_install_establishes_the_crd(release, kubectl) -> None:
@@ -540,7 +563,7 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
     finally:
         kubectl("-n", team, "delete", "editjob", name, "--wait=false", check=False)
         process.stop()
-        helm("uninstall", release, "-n", namespace, kubeconfig=stack.kubeconfig, check=False)
+        uninstall(stack, release, namespace)
 
 
 # -- helm test ---------------------------------------------------------------------------
@@ -606,4 +629,4 @@ def test_helm_test_round_trip_passes_against_a_running_operator(
         kubectl(
             "-n", EDITS, "delete", "pod", f"{release}-editflow-test", "--wait=false", check=False
         )
-        helm("uninstall", release, "-n", EDITS, kubeconfig=stack.kubeconfig, check=False)
+        uninstall(stack, release, EDITS)

@@ -24,7 +24,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from editflow.core.settings import EventsSettings
+from editflow.core.settings import EventsSettings, NatsSettings
 from editflow.devstack import installer
 from editflow.devstack.procs import ManagedProcess, free_port, port_is_open, wait_until
 from editflow.events.kvlimits import LimitsBucket, hit, provision_bucket
@@ -140,6 +140,9 @@ async def roles(server: Server) -> AsyncIterator[dict[str, Role]]:
                 password=server.passwords[role],
                 error_cb=on_error,
                 allow_reconnect=False,
+                # As editflow connects (events/connection.py): replies under the user's own
+                # prefix, the only inboxes the chart lets it subscribe to.
+                inbox_prefix=NatsSettings(user=server.users[role]).effective_inbox_prefix,
             )
             connected[role] = Role(nc, errors)
         yield connected
@@ -204,6 +207,21 @@ async def test_each_role_does_its_work_and_nothing_else(roles: dict[str, Role]) 
     await worker.nc.subscribe(TOPOLOGY.approval_subject)
     assert await worker.refused("Subscription")
     assert (await ledger.get("e-1")).value == b'{"state": "created"}'
+
+
+async def test_no_role_reads_another_roles_replies(server: Server, roles: dict[str, Role]) -> None:
+    """Issue 20 §2: every role had `_INBOX.>`, so a worker received every pull delivery, KV
+    read and JetStream API reply in the account. Now each subscribes to its own prefix only."""
+    worker, publisher = roles["worker"], roles["publisher"]
+    for theirs in ("_INBOX.>", f"_INBOX_{server.users['operator']}.>", "_INBOX_x.>"):
+        worker.errors.clear()
+        await worker.nc.subscribe(theirs)
+        assert await worker.refused("Subscription"), theirs
+    publisher.errors.clear()
+    await publisher.nc.subscribe(f"_INBOX_{server.users['gateway']}.>")
+    assert await publisher.refused("Subscription")
+    # Its own inbox works: a JetStream API call gets its answer.
+    assert (await publisher.js.account_info()) is not None
 
 
 async def test_a_warm_worker_takes_work_and_answers(roles: dict[str, Role]) -> None:

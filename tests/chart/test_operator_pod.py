@@ -13,7 +13,7 @@ from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.operator.crd import editjob_path
-from tests.chart.test_install import ensure_namespaces, install, local_values
+from tests.chart.test_install import ensure_namespaces, install, local_values, uninstall
 
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
@@ -69,3 +69,4 @@ def test_the_charts_operator_pod_runs_an_edit(stack, kubectl, image_host) -> Non
         assert lease["spec"]["holderIdentity"] == pod["metadata"]["name"]
     finally:
         api.close()
+        uninstall(stack, release, namespace)

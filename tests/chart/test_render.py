@@ -130,6 +130,8 @@ def test_renders_every_object_labelled_and_in_a_watched_namespace(case: str, ren
         "ClusterRoleBinding",
         "PriorityClass",
         "CustomResourceDefinition",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     for obj in objs:
         meta = obj["metadata"]

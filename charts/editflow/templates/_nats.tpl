@@ -132,27 +132,34 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
     (printf "%s.>" $n.workPrefix)
     (printf "%s.>" $n.workerControlPrefix)
     (printf "$JS.API.STREAM.MSG.DELETE.%s" $n.work)) }}
-{{- $operatorSub := list "_INBOX.>" (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) }}
+{{- /* Replies (JetStream API, pulls, KV reads) go to each user's own inbox prefix
+(editflow.core.settings.NatsSettings.effective_inbox_prefix): no role reads another's. */}}
+{{- $users := .Values.nats.auth.users }}
+{{- $inbox := dict }}
+{{- range $role := list "operator" "gateway" "worker" "publisher" }}
+{{- $_ := set $inbox $role (printf "_INBOX_%s.>" (index $users $role)) }}
+{{- end }}
+{{- $operatorSub := list $inbox.operator (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) }}
 {{- $gatewayPub := concat $info
   (list $n.approvalSubject $n.withdrawSubject $n.selectSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
   (include "editflow.jsRead" $n.completions | fromJsonArray)
   (include "editflow.jsRead" $n.dlq | fromJsonArray)
   (include "editflow.kvOwn" $n.rateBucket | fromJsonArray) }}
-{{- $outcomes := list "_INBOX.>" (printf "%s.>" $n.completionPrefix) (printf "%s.>" $n.reviewPrefix) }}
+{{- $outcomes := list (printf "%s.>" $n.completionPrefix) (printf "%s.>" $n.reviewPrefix) }}
 {{- $workerPub := concat $info
   (include "editflow.jsOwn" $n.work | fromJsonArray)
   (include "editflow.jsConsume" $n.work | fromJsonArray)
-  (list (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) "_INBOX.>") }}
+  (list (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix)) }}
 {{- $publisherPub := concat $info
   (list $n.approvalSubject $n.withdrawSubject $n.selectSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
   (include "editflow.jsRead" $n.completions | fromJsonArray) }}
 {{- toJson (dict
   "operator" (dict "publish" (dict "allow" $operatorPub) "subscribe" (dict "allow" $operatorSub))
-  "gateway" (dict "publish" (dict "allow" $gatewayPub) "subscribe" (dict "allow" $outcomes))
-  "worker" (dict "publish" (dict "allow" $workerPub) "subscribe" (dict "allow" (list "_INBOX.>" (printf "%s.>" $n.workerControlPrefix))))
-  "publisher" (dict "publish" (dict "allow" $publisherPub) "subscribe" (dict "allow" (append $outcomes (printf "%s.>" $n.callbackPrefix))))) }}
+  "gateway" (dict "publish" (dict "allow" $gatewayPub) "subscribe" (dict "allow" (prepend $outcomes $inbox.gateway)))
+  "worker" (dict "publish" (dict "allow" $workerPub) "subscribe" (dict "allow" (list $inbox.worker (printf "%s.>" $n.workerControlPrefix))))
+  "publisher" (dict "publish" (dict "allow" $publisherPub) "subscribe" (dict "allow" (append (prepend $outcomes $inbox.publisher) (printf "%s.>" $n.callbackPrefix))))) }}
 {{- end }}
 
 {{/*

@@ -61,6 +61,19 @@ class NatsSettings(BaseModel):
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    inbox_prefix: str | None = Field(
+        None,
+        description="prefix of this client's reply inboxes; default _INBOX_<user> with a user "
+        "(the chart lets each user subscribe to its own inboxes only), else _INBOX",
+    )
+
+    @property
+    def effective_inbox_prefix(self) -> str:
+        """Replies to a user's JetStream API calls, pulls and KV reads land under a prefix no
+        other user may subscribe to (``_INBOX.>`` for all let any role read every reply)."""
+        if self.inbox_prefix:
+            return self.inbox_prefix
+        return f"_INBOX_{self.user}" if self.user else "_INBOX"
 
 
 #: The quality gate's kinds of edit and threshold fields (editflow.inference.quality).
