@@ -173,17 +173,27 @@ def test_a_warm_workers_log_is_cut_down_to_one_attempts_lines() -> None:
     ]
 
 
+class _RecordingNats:
+    """Core NATS publishes (the control subject), recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.sent.append((subject, payload))
+
+
+def _dispatcher_with_control() -> tuple[WarmDispatcher, list[tuple[str, bytes]]]:
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    nats = _RecordingNats()
+    dispatcher.nc = nats
+    return dispatcher, nats.sent
+
+
 def test_an_idle_worker_yields_its_gpu_to_a_pool_whose_worker_cannot_be_scheduled() -> None:
     from editflow.events.worker_contract import WorkerHeartbeat
 
-    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
-    sent: list[tuple[str, bytes]] = []
-
-    class _Nats:
-        async def publish(self, subject: str, payload: bytes) -> None:
-            sent.append((subject, payload))
-
-    dispatcher.nc = _Nats()
+    dispatcher, sent = _dispatcher_with_control()
     ej = editjob("Running", attempts=1, jobName="full-a1")
     ej["metadata"].update(name="full", namespace="edits")
     asyncio.run(dispatcher.start(ej, 1))  # waits in the longcat-image-edit pool
@@ -276,14 +286,7 @@ def test_stopping_a_running_attempt_tells_its_worker_to_cancel_it() -> None:
     a ``cancel`` naming it; nobody else is told."""
     from editflow.events.worker_contract import WorkerControl, WorkerHeartbeat
 
-    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
-    sent: list[tuple[str, bytes]] = []
-
-    class _Nats:
-        async def publish(self, subject: str, payload: bytes) -> None:
-            sent.append((subject, payload))
-
-    dispatcher.nc = _Nats()
+    dispatcher, sent = _dispatcher_with_control()
     ej = editjob("Running", attempts=1, jobName="gone-a1")
     ej["metadata"].update(name="gone", namespace="edits")
     name = asyncio.run(dispatcher.start(ej, 1))
