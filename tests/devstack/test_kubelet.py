@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
 
 @pytest.fixture
-def ns(kubectl) -> str:
+def ns(kubectl) -> Iterator[str]:
+    """A namespace per test, deleted afterwards: a Pod a test leaves (one kept Pending by a
+    missing Secret, say) would otherwise hold a slot on the shared node for the session."""
     name = f"kl-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     wait_until(
@@ -30,7 +33,8 @@ def ns(kubectl) -> str:
         timeout=30,
         what="the default service account",
     )
-    return name
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,14 @@ def scale_ns(stack: LocalStack, tmp_path: Path) -> Iterator[ScaleNamespace]:
     yield make  # type: ignore[misc]
     for ns in holder:
         ns.stop()
+    # A burst leaves a hundred Pods waiting for the node; the namespace's deletion takes them,
+    # but not at once: wait, so that the next module starts on an idle node (tests/hygiene.py).
+    for ns in holder:
+        wait_until(
+            lambda ns=ns: not api.get(f"/api/v1/namespaces/{ns.namespace}/pods")["items"],
+            timeout=180,
+            what=f"the Pods of {ns.namespace} to be deleted",
+        )
     api.close()
 
 
