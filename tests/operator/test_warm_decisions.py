@@ -94,6 +94,28 @@ def test_the_warm_worker_job_is_locked_down_and_carries_its_configuration_hash()
     assert config_hash(newer, "edits", "longcat-image-edit") != digest
 
 
+def test_a_warm_worker_holds_no_s3_key_only_its_namespaces_pool_key() -> None:
+    """Issue 20 §1: with attempt credentials (the default) a warm worker's environment has no
+    S3 key at all; it mounts its namespace's pool key read-only. Only the documented insecure
+    opt-in (attempt_credentials off) gives it the shared key."""
+    manifest = warm_job_manifest(WARM, "edits", "longcat-image-edit")
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    names = {e["name"] for e in container["env"]}
+    assert not {n for n in names if n.startswith("EDITFLOW_S3__")}, names
+    assert {
+        "name": "pool-key",
+        "secret": {"secretName": "editflow-warm-key", "defaultMode": 0o440},
+    } in pod["volumes"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "pool-key")
+    assert mount["readOnly"] is True
+    shared = warm_job_manifest(
+        WARM.model_copy(update={"attempt_credentials": False}), "edits", "longcat-image-edit"
+    )
+    (container,) = shared["spec"]["template"]["spec"]["containers"]
+    assert "EDITFLOW_S3__ACCESS_KEY" in {e["name"] for e in container["env"]}
+
+
 def test_a_reservation_ends_when_the_status_stops_naming_the_attempt() -> None:
     index = WorkIndex()
     assert index.reserve("ns", "ej-a1", 1)
