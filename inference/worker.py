@@ -57,6 +57,7 @@ from editflow.core.errors import EditflowError, InvalidInputError
 from editflow.core.logging import log_context
 from editflow.core.sealing import MAX_SEALED_SECONDS, SealError, parse_keys, unseal
 from editflow.core.settings import Settings
+from editflow.core.urlguard import redacted
 from editflow.events.worker_contract import (
     CostBreakdown,
     LoadDetail,
@@ -303,6 +304,13 @@ def open_attempt(settings: Settings, request: WorkerRequest) -> tuple[Settings, 
     return settings.model_copy(update={"s3": s3}), opened.get("result_token")
 
 
+def _source_for_log(request: WorkerRequest) -> dict[str, str]:
+    source = request.source
+    if source.url:
+        return {"url": redacted(source.url)}
+    return {"s3_key": source.s3_key or ""}
+
+
 def store_result(result: WorkerResult, request: WorkerRequest | None, settings: Settings) -> None:
     """Write ``result`` to S3 at its result JSON key (skipped when no valid edit id is known)."""
     key_prefix = request.output.key_prefix if request is not None else "results"
@@ -369,7 +377,9 @@ def execute(
             extra={
                 "edit_id": result.edit_id, "attempt": result.attempt, "error": str(exc),
                 "retriable": exc.retriable,
-                "source": request.source.model_dump(exclude_none=True) if request else None,
+                # The URL without its query (a presigned URL's signature); the whole one is
+                # in the EditJob's spec for the designer who picks the edit up.
+                "source": _source_for_log(request) if request else None,
                 "prompt": request.prompt if request else None,
             },
         )  # fmt: skip
