@@ -34,6 +34,10 @@ def ns(kubectl) -> Iterator[str]:
         what="the default service account",
     )
     yield name
+    # Jobs first (so none makes a new Pod), then the Pods at once: one that never started has
+    # nothing to stop, and waiting for the namespace controller took longer than a module.
+    kubectl("-n", name, "delete", "jobs", "--all", "--wait=false", check=False)
+    kubectl("-n", name, "delete", "pods", "--all", "--grace-period=0", "--force", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
