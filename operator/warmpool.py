@@ -77,7 +77,7 @@ from editflow.events.worker_contract import (
 from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, job_path
-from editflow.operator.credentials import AttemptCredentialMinter
+from editflow.operator.credentials import AttemptCredentialMinter, CredentialMintError
 from editflow.operator.decide import parse_time
 from editflow.operator.dispatch import AttemptView
 from editflow.operator.jobspec import worker_request
@@ -599,9 +599,19 @@ class WarmDispatcher:
             if attempt is None:
                 pool.waiting.remove(next(e for e in pool.waiting if e[1] == name))
                 continue
+            try:
+                payload = await self._sealed_payload(attempt)
+            except CredentialMintError as exc:
+                # S3's STS away (an outage, a restart): the attempt keeps its place and the
+                # next tick tries again; other pools and the deadlines go on meanwhile.
+                log.warning(
+                    "hand-out waits: attempt credentials could not be minted",
+                    extra={"editjob": attempt.edit_id, "error": str(exc)[:300]},
+                )
+                return
             ack = await self.js.publish(
                 work_subject(pool.namespace, pool.model),
-                await self._sealed_payload(attempt),
+                payload,
                 headers={"Nats-Msg-Id": attempt.msg_id},
             )
             self._leave_waiting(pool, attempt)

@@ -409,3 +409,34 @@ def test_a_heartbeat_on_another_namespaces_subject_is_refused() -> None:
     real = _Msg("editflow.worker.status.edits.longcat-image-edit", beat.model_dump_json().encode())
     asyncio.run(dispatcher._on_heartbeat(real))
     assert ("edits", "w-1") in dispatcher.registry.workers
+
+
+def test_a_failed_credential_mint_leaves_the_attempt_waiting_and_the_tick_going() -> None:
+    """S3's STS away (the fault suite stops MinIO for 20 s): the hand-out waits for the next
+    tick instead of failing the whole tick (other pools, deadlines)."""
+    from editflow.events.worker_contract import WorkerHeartbeat
+    from editflow.operator.credentials import CredentialMintError
+
+    class _DownMinter:
+        async def mint(self, editjob: dict, attempt: int):
+            raise CredentialMintError("STS at http://127.0.0.1:9/ unreachable")
+
+    dispatcher = WarmDispatcher(
+        None,  # type: ignore[arg-type]
+        ClusterCache(None, ["edits"]),  # type: ignore[arg-type]
+        WARM,
+        nats=None,
+        minter=_DownMinter(),  # type: ignore[arg-type]
+        pool_keys=object(),  # type: ignore[arg-type]
+    )
+    js = dispatcher.js = _RecordingJetStream()
+    ej = editjob("Running", attempts=1, jobName="later-a1")
+    ej["metadata"].update(name="later", namespace="edits")
+    name = asyncio.run(dispatcher.start(ej, 1))
+    pool = dispatcher.pools[("edits", "longcat-image-edit")]
+    pool.consumer_ready = True
+    dispatcher.registry.heard(
+        WorkerHeartbeat(pod="w-1", namespace="edits", model="longcat-image-edit", state="idle")
+    )
+    asyncio.run(dispatcher._hand_out(pool))
+    assert js.published == [] and [n for _, n in pool.waiting] == [name]
