@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from editflow.core.settings import NatsSettings, Settings
+from editflow.devstack.kubeapi import KubeError
 from editflow.devstack.procs import wait_until
 from editflow.events.audit import read_audit
 from editflow.events.models import Person
@@ -342,9 +343,21 @@ async def test_an_operator_killed_mid_edit_finishes_it_with_exactly_one_completi
     name = f"crash-{uuid.uuid4().hex[:6]}"
     kubectl("apply", "-f", "-", input=editjob_yaml(name, url))
     await asyncio.to_thread(wait_until, lambda: jobs_of(operator, name), timeout=60, what="the Job")
+    job = jobs_of(operator, name)[0]["metadata"]["name"]
+
+    def credentials_made() -> bool:
+        """The attempt's S3 Secret, made right after its Job: killed before it, the operator
+        leaves a Pod that cannot start until its next reconcile (repaired then, by design),
+        which is not the mid-edit crash this test is about (a CI run lost that race)."""
+        try:
+            operator.api.get(f"/api/v1/namespaces/{NAMESPACE}/secrets/{job}-s3")
+        except KubeError:
+            return False
+        return True
+
+    await asyncio.to_thread(wait_until, credentials_made, timeout=60, what="the attempt's keys")
     operator.kill()
     gate.released.set()  # the edit finishes while no operator runs
-    job = jobs_of(operator, name)[0]["metadata"]["name"]
 
     def job_done() -> bool:
         conds = operator.api.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}")["status"]
