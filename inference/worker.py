@@ -275,11 +275,6 @@ def failure(
     )
 
 
-def with_attempt_credentials(settings: Settings, request: WorkerRequest) -> Settings:
-    """``settings`` with the attempt's sealed STS key as its S3 key (unchanged without one)."""
-    return open_attempt(settings, request)[0]
-
-
 def open_attempt(settings: Settings, request: WorkerRequest) -> tuple[Settings, str | None]:
     """The attempt's settings (its sealed STS key as the S3 key) and its result token.
 

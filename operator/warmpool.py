@@ -58,7 +58,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from editflow.core.sealing import attempt_token, seal, token_matches
+from editflow.core.sealing import attempt_token, seal, token_key, token_matches
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import (
     HEARTBEAT_EXPIRY_SECONDS,
@@ -225,8 +225,9 @@ class WarmDispatcher:
         #: hand-out. Without them warm workers read S3 with the namespace's shared key.
         self.minter = minter
         self.pool_keys = pool_keys
-        #: Keys the per-attempt result tokens (sealing.attempt_token): the operator's S3 secret.
-        self.token_secret = token_secret
+        #: Keys the per-attempt result tokens (sealing.attempt_token), from the operator's S3
+        #: secret: derived once, not per hand-out and per result.
+        self.token_key = token_key(token_secret)
         self.registry = WorkerRegistry()
         self.attempts: dict[Key, WarmAttempt] = {}
         self.pools: dict[PoolKey, Pool] = {}
@@ -650,7 +651,7 @@ class WarmDispatcher:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def _token(self, namespace: str, edit_id: str, attempt: int) -> str:
-        return attempt_token(self.token_secret, namespace, edit_id, attempt)
+        return attempt_token(self.token_key, namespace, edit_id, attempt)
 
     async def _delete_message(self, attempt: WarmAttempt) -> None:
         """Take an attempt that nobody may run any more off the work queue (if still there)."""

@@ -208,7 +208,7 @@ def test_a_warm_attempt_carries_its_own_sealed_credentials_only_its_pool_can_ope
     from editflow.core.sealing import SealError, format_keys, new_pool_key
     from editflow.core.settings import Settings
     from editflow.events.worker_contract import WorkerRequest
-    from editflow.inference.worker import with_attempt_credentials
+    from editflow.inference.worker import open_attempt
     from editflow.operator.caches import ClusterCache
     from editflow.operator.warmpool import WarmDispatcher
 
@@ -249,7 +249,7 @@ def test_a_warm_attempt_carries_its_own_sealed_credentials_only_its_pool_can_ope
         s3=minio_only.model_copy(update={"access_key": SecretStr(""), "secret_key": SecretStr("")}),
         worker=WorkerSettings(pool_key_file=str(mounted)),
     )
-    opened = with_attempt_credentials(bare, request)
+    opened, _token = open_attempt(bare, request)
     worker = s3_client(opened.s3)
     assert read(worker, bucket, a_input) == a_input.encode()
     put(worker, bucket, "results/team-a/edit-w/attempt-1/result.png", b"edited")
@@ -259,4 +259,4 @@ def test_a_warm_attempt_carries_its_own_sealed_credentials_only_its_pool_can_ope
     # Another namespace's warm worker cannot open it.
     mounted.write_text(format_keys([team_b]))
     with pytest.raises(SealError):
-        with_attempt_credentials(bare, request)
+        open_attempt(bare, request)

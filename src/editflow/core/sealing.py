@@ -109,15 +109,20 @@ def unseal(token: str, keys: list[PoolKey], *, ttl: float) -> dict[str, Any]:
     return payload
 
 
-def attempt_token(secret: str, namespace: str, edit_id: str, attempt: int) -> str:
+def token_key(secret: str) -> bytes:
+    """The HMAC key of :func:`attempt_token`, derived once from the operator's S3 secret."""
+    return hashlib.sha256(b"editflow-result-token\0" + secret.encode()).digest()
+
+
+def attempt_token(key: bytes, namespace: str, edit_id: str, attempt: int) -> str:
     """The result token of one warm attempt: an HMAC only the operator can compute.
 
     Derived, not stored: any operator process (a new leader, a restart) can check a result
-    of an attempt an earlier one handed out. The key is the operator's own S3 secret, which
-    no worker holds; the token reaches the attempt's worker inside its sealed credentials,
-    so only the pool the attempt was handed to can answer for it (issue 20 §2).
+    of an attempt an earlier one handed out. The key (:func:`token_key`) comes from the
+    operator's S3 secret, which no worker holds; the token reaches the attempt's worker inside
+    its sealed credentials, so only the pool the attempt was handed to can answer for it
+    (issue 20 §2).
     """
-    key = hashlib.sha256(b"editflow-result-token\0" + secret.encode()).digest()
     message = f"{namespace}\0{edit_id}\0{attempt}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:40]
 
