@@ -51,7 +51,7 @@ does not redeliver it; a worker killed mid-edit never acks, and the message goes
 another worker after ``ack_wait`` (``EDITFLOW_WORKER__ACK_WAIT_SECONDS``). An edit that
 kills every worker it reaches would otherwise take the pool down one worker at a time,
 forever. The consumer (:func:`~editflow.events.workqueue.ensure_work_consumer`, made by
-the operator or the first worker, whichever comes first) allows
+the operator alone, before a pool's first worker; a worker waits for it) allows
 ``max_deliver = EDITFLOW_WORKER__MAX_DELIVERIES + 1``: a delivery whose
 ``num_delivered`` exceeds ``MAX_DELIVERIES`` is not run but answered with a failed
 result, code ``poison_edit``, not retriable, stored in S3 and published like any result,
@@ -107,7 +107,6 @@ from editflow.events.worker_contract import (
     worker_control_subject,
     worker_status_subject,
 )
-from editflow.events.workqueue import ensure_work_consumer
 from editflow.inference import cancel, metrics
 from editflow.inference.pipeline import ModelCache
 from editflow.inference.registry import get_spec
@@ -124,6 +123,8 @@ LIVENESS_STALE_SECONDS = 60.0
 FETCH_SECONDS = 1.0
 #: How long the first connection to NATS is retried before the worker exits 70.
 NATS_START_SECONDS = 30.0
+#: How often a worker that started before its pool's consumer existed looks again.
+CONSUMER_POLL_SECONDS = 0.5
 #: The heartbeat's ``error`` field holds at most this many characters.
 _ERROR_LIMIT = 1000
 
@@ -453,27 +454,37 @@ class WarmWorker:
         task.add_done_callback(self._background.discard)
 
     # -- the work queue --------------------------------------------------------
-    async def _subscribe(self, js: Any) -> Any:
-        """Bind to the pool's durable consumer, created with the configured bounds if missing."""
-        worker = self.settings.worker
-        durable = work_consumer(self.namespace, self.spec.name)
-        await ensure_work_consumer(
-            js,
-            self.namespace,
-            self.spec.name,
-            ack_wait=worker.ack_wait_seconds,
-            max_deliveries=worker.max_deliveries,
-        )
-        await self._check_bounds(js, durable)
-        return await js.pull_subscribe_bind(durable=durable, stream=WORK_STREAM)
+    async def _subscribe(self, js: Any) -> Any | None:
+        """Bind to the pool's durable consumer once the operator has made it.
 
-    async def _check_bounds(self, js: Any, durable: str) -> None:
+        Only the operator creates streams and consumers (issue 20 §2): a worker's NATS
+        identity may pull and acknowledge its namespace's consumers and nothing else, so a
+        worker that starts first waits here (``None``: it was told to leave meanwhile). The
+        operator makes the consumer before it starts a pool's first worker, so the wait is
+        short unless NATS or the operator is away.
+        """
+        from nats.js.errors import NotFoundError
+
+        durable = work_consumer(self.namespace, self.spec.name)
+        waiting_since: float | None = None
+        while not self._leaving():
+            try:
+                info = await js.consumer_info(WORK_STREAM, durable)
+            except NotFoundError:
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.info(
+                        "waiting for the operator to create the work consumer",
+                        extra={"consumer": durable},
+                    )
+                await asyncio.sleep(CONSUMER_POLL_SECONDS)
+                continue
+            self._check_bounds(info)
+            return await js.pull_subscribe_bind(durable=durable, stream=WORK_STREAM)
+        return None
+
+    def _check_bounds(self, info: Any) -> None:
         """Warn when the consumer's ``max_deliver`` does not leave room for the poison report."""
-        try:
-            info = await js.consumer_info(WORK_STREAM, durable)
-        except Exception as exc:
-            log.warning("work consumer not inspected", extra={"error": repr(exc)})
-            return
         expected = self.settings.worker.max_deliveries + 1
         if info.config.max_deliver != expected:
             log.warning(
@@ -490,6 +501,8 @@ class WarmWorker:
 
     async def _consume(self, nc: Any) -> None:
         subscription = await self._subscribe(nc.jetstream())
+        if subscription is None:
+            return
         try:
             await self._pull(nc, subscription)
         finally:

@@ -51,6 +51,7 @@ from editflow.operator.outbox import Deliverer, Outbox
 from editflow.operator.poolkeys import PoolKeys
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.reconciler import Reconciler
+from editflow.operator.s3users import provision_weights_reader
 from editflow.operator.warmpool import WarmDispatcher
 
 log = logging.getLogger("editflow.operator")
@@ -218,6 +219,7 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         )
     s3 = s3_client(settings.s3)
     await asyncio.to_thread(ensure_expiry, settings, s3)
+    await _provision_weights_reader(settings)
     reconciler = Reconciler(
         settings,
         kube,
@@ -243,6 +245,24 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         start_http_server(op.metrics_port)
         state["metrics_started"] = True
     log.info("operator started", extra={"namespaces": namespaces})
+
+
+async def _provision_weights_reader(settings: Settings) -> None:
+    """The chart's read-only weights user (issue 20 §1). A failure is logged, not fatal: edits
+    whose weights are already on a PVC or in a node cache still run, and workers that must
+    download say AccessDenied naming the weights prefix."""
+    try:
+        if await asyncio.to_thread(provision_weights_reader, settings):
+            log.info(
+                "weights reader ready",
+                extra={"prefix": settings.worker.weights_s3_prefix},
+            )
+    except Exception as exc:
+        log.error(
+            "weights reader not created: workers cannot download weights from S3 (MinIO's "
+            "admin API is needed; on another S3 set models.s3ReaderSecret)",
+            extra={"error": str(exc)[:500]},
+        )
 
 
 async def stop_work(state: dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ from editflow.operator.outbox import Outbox
 from editflow.operator.presign import ResultPresigner, signed_by_operator
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.refusals import spec_refusal
+from editflow.operator.tenancy import edit_result_prefix
 from editflow.operator.workindex import WorkIndex, job_finished
 from editflow.operator.workqueue import WorkQueue
 
@@ -379,7 +380,11 @@ class Reconciler:
             job, pods = view.job, view.pods
             if job is None or job_finished(job):
                 result = view.result or result_from_pods(pods) or await self.result_from_s3(editjob)
-                result = result and signed_by_operator(result, self.presigner)
+                result = result and signed_by_operator(
+                    result,
+                    self.presigner,
+                    within=edit_result_prefix(editjob, result_prefix=self.op.result_prefix),
+                )
         elif phase in ("", "Pending", "Queued"):
             lane = lanes.lane(namespace, editjob, self.op)
             in_flight = self.index.in_flight(lane)

@@ -16,6 +16,10 @@ policy). The equivalent by hand, for any MinIO::
 
 then ``kubectl create secret generic editflow-weights --from-literal=access-key=...
 --from-literal=secret-key=...`` in each EditJob namespace.
+
+The chart does all of it by default when weights come from S3 (``models.s3Prefix`` without
+``models.s3ReaderSecret``): it generates the key into ``<fullname>-weights`` in every worker
+namespace, and the operator creates the user at start (:func:`provision_weights_reader`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from minio import MinioAdmin
 from minio.credentials import StaticProvider
 from minio.error import MinioAdminException
 
-from editflow.core.settings import S3Settings
+from editflow.core.errors import InvalidInputError
+from editflow.core.settings import S3Settings, Settings
 from editflow.operator.tenancy import read_only_policy
 
 WEIGHTS_POLICY = "editflow-weights-read"
@@ -59,6 +64,39 @@ def ensure_weights_reader(
         # Attaching a policy that is already attached is refused; the state is what we want.
         if "already" not in str(exc).lower():
             raise
+
+
+def provision_weights_reader(settings: Settings) -> bool:
+    """Create the chart's read-only weights user when ``operator.weights_reader_create`` says
+    so (issue 20 §1: the chart creates the reader it documents). Returns whether it did.
+
+    The key is the worker's (``worker.weights_access_key`` / ``_secret_key``, the Secret the
+    chart puts in every worker namespace); the operator's admin key makes the user. Called at
+    every start, so a changed ``models.s3Prefix`` re-scopes the policy on upgrade.
+    """
+    op, worker = settings.operator, settings.worker
+    if not op.weights_reader_create:
+        return False
+    if not worker.weights_s3_prefix:
+        raise InvalidInputError(
+            "operator.weights_reader_create needs worker.weights_s3_prefix: the prefix the "
+            "reader may read",
+            field="worker.weights_s3_prefix",
+        )
+    if worker.weights_access_key is None or worker.weights_secret_key is None:
+        raise InvalidInputError(
+            "operator.weights_reader_create needs worker.weights_access_key and "
+            "worker.weights_secret_key (the chart sets them from its weights Secret)",
+            field="worker.weights_access_key",
+        )
+    ensure_weights_reader(
+        settings.s3,
+        access_key=worker.weights_access_key.get_secret_value(),
+        secret_key=worker.weights_secret_key.get_secret_value(),
+        prefix=worker.weights_s3_prefix,
+        bucket=worker.weights_s3_bucket,
+    )
+    return True
 
 
 def policy_document(prefix: str, bucket: str) -> str:

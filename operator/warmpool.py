@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from editflow.core.sealing import attempt_token, seal, token_key, token_matches
@@ -585,16 +586,7 @@ class WarmDispatcher:
         free = idle - untaken
         if free <= 0:
             return
-        if not pool.consumer_ready:
-            await ensure_work_consumer(
-                self.js,
-                pool.namespace,
-                pool.model,
-                ack_wait=self.op.warm_ack_wait_seconds,
-                max_deliveries=self.op.warm_max_deliveries,
-                duplicate_window=self.op.work_duplicate_window,
-            )
-            pool.consumer_ready = True
+        await self._ensure_consumer(pool)
         for _, name in list(pool.waiting[:free]):
             attempt = self.attempts.get((pool.namespace, name))
             if attempt is None:
@@ -624,6 +616,21 @@ class WarmDispatcher:
                 extra={"editjob": attempt.edit_id, "attempt": attempt.attempt, "seq": ack.seq},
             )
             self.wake((attempt.namespace, attempt.edit_id))
+
+    async def _ensure_consumer(self, pool: Pool) -> None:
+        """The pool's work consumer, made by the operator alone (issue 20 §2): a worker's NATS
+        identity may only pull from it, so it must exist before the pool's first worker."""
+        if pool.consumer_ready:
+            return
+        await ensure_work_consumer(
+            self.js,
+            pool.namespace,
+            pool.model,
+            ack_wait=self.op.warm_ack_wait_seconds,
+            max_deliveries=self.op.warm_max_deliveries,
+            duplicate_window=self.op.work_duplicate_window,
+        )
+        pool.consumer_ready = True
 
     async def _sealed_payload(self, attempt: WarmAttempt) -> bytes:
         """The work message, with the attempt's own STS credentials sealed for its pool.
@@ -714,10 +721,13 @@ class WarmDispatcher:
         for _ in range(missing):
             manifest = warm_job_manifest(self.op, pool.namespace, pool.model)
             try:
-                if self.pool_keys is not None:  # the key a worker mounts exists before it
+                # What a worker needs exists before it: the pool key it mounts, the consumer
+                # it pulls from.
+                if self.pool_keys is not None:
                     await self.pool_keys.sealing_key(pool.namespace)
+                await self._ensure_consumer(pool)
                 job = await self.kube.create(job_path(pool.namespace), manifest)
-            except KubeAPIError as exc:
+            except (KubeAPIError, NatsError) as exc:
                 log.warning("warm worker not created", extra={"error": str(exc)})
                 pool.next_start = now + 5
                 return

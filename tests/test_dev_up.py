@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ def test_dev_up_runs_the_platform_and_editflow_and_dev_down_stops_everything(tmp
         assert endpoints["mode"] == expected, endpoints
         if expected == "images":
             _assert_pods_run_in_their_images(kubeconfig, endpoints)
+            asyncio.run(_assert_nats_has_the_charts_users(endpoints))
         gateway = endpoints["gateway"]
         with urllib.request.urlopen(f"{gateway['url']}/readyz", timeout=10) as resp:  # noqa: S310
             assert resp.status == 200
@@ -55,6 +57,33 @@ def test_dev_up_runs_the_platform_and_editflow_and_dev_down_stops_everything(tmp
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.strip() == ""
     assert not (tmp_path / "dev" / "endpoints.json").exists()
+
+
+async def _assert_nats_has_the_charts_users(endpoints: dict) -> None:
+    """Issue 20 §2: the platform's NATS runs the chart's per-role users, as in production:
+    no anonymous connection; the OA system's user publishes and nothing else."""
+    import nats
+
+    with pytest.raises(Exception, match=r"(?i)authorization"):
+        await nats.connect(endpoints["nats_url"], allow_reconnect=False, max_reconnect_attempts=0)
+    creds = endpoints["nats"]
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(
+        creds["url"], user=creds["user"], password=creds["password"], error_cb=on_error,
+        inbox_prefix=f"_INBOX_{creds['user']}", allow_reconnect=False,
+    )  # fmt: skip
+    try:
+        assert (await nc.jetstream().account_info()) is not None
+        await nc.publish("editflow.completions.forged", b"{}")  # the operator's alone
+        await nc.flush()
+        await asyncio.sleep(0.5)
+        assert any("permissions violation" in e.lower() for e in errors), errors
+    finally:
+        await nc.close()
 
 
 def _assert_pods_run_in_their_images(kubeconfig: Path, endpoints: dict) -> None:

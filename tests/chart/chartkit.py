@@ -101,6 +101,8 @@ EDGE_VALUES: dict[str, dict[str, Any]] = {
         "nats": {"auth": {"method": "token", "token": "s3cr3t"}},
         "alerts": {"webhook": {"url": "https://chat.example/robot?key=abc"}},
         "worker": {
+            # A shared token cannot give warm workers an identity per namespace: Job mode.
+            "mode": "job",
             "gpusPerJob": 2,
             "resources": {"requests": {"cpu": 4, "memory": "24Gi"}},
             "allowCidrs": ["10.0.0.0/8"],

@@ -593,7 +593,7 @@ def test_helm_test_round_trip_passes_against_a_running_operator(
         "operator": {"healthPort": free_port(), "metricsPort": free_port()},
         # The running operator is the session's (an admin login), not this release's
         # ServiceAccount, which the admission policy would rightly refuse as an outbox writer
-        # (the policy itself: test_admission_policy.py).
+        # (the policy itself: tests/security/test_api_boundary.py).
         "admissionPolicy": {"enabled": False},
         # Only the gateway reaches NATS: it publishes nothing without a valid token.
         "gateway": {

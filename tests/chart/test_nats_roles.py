@@ -12,116 +12,59 @@ gateway cannot write the operator's ledger.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
-from nats.aio.client import Client as NATS
-from nats.js.api import RetentionPolicy, StreamConfig
 
-from editflow.core.settings import EventsSettings, NatsSettings
-from editflow.devstack import installer
-from editflow.devstack.procs import ManagedProcess, free_port, port_is_open, wait_until
+from editflow.core.settings import EventsSettings
 from editflow.events.kvlimits import LimitsBucket, hit, provision_bucket
 from editflow.events.topology import Topology, provision
-from editflow.events.worker_contract import (
-    WORK_STREAM,
-    WORK_SUBJECT_PREFIX,
-    result_subject,
-    work_consumer,
-    work_subject,
-)
-from tests.chart.chartkit import NAMESPACE, documents, find, render_text
+from editflow.events.worker_contract import WORK_STREAM, result_subject, work_consumer, work_subject
+from editflow.events.workqueue import ensure_work_consumer
+from tests.chart.chartkit import NAMESPACE, documents, render_text
+from tests.chart.natskit import Role, bundled_server, connect_as, secret_value, start_nats
 
 ROLES = ("operator", "gateway", "worker", "publisher")
 TOPOLOGY = Topology(EventsSettings())
 RATE_BUCKET = "editflow_gateway_rate_limits"
+MODEL = "longcat-image-edit"
 
 
 @dataclass
 class Server:
     url: str
-    users: dict[str, str]  # role -> user name
+    users: dict[str, str]  # role -> user name (the worker: the release namespace's)
     passwords: dict[str, str]  # role -> password
 
 
-@dataclass
-class Role:
-    """A connection as one role, with the errors the server sent it."""
-
-    nc: NATS
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def js(self) -> Any:
-        return self.nc.jetstream(timeout=3)
-
-    async def refused(self, what: str) -> bool:
-        """Whether the server answered a permissions violation naming ``what``."""
-        await self.nc.flush()
-        for _ in range(50):
-            # nats-py lower-cases the server's -ERR line.
-            if any(
-                "permissions violation" in e.lower() and what.lower() in e.lower()
-                for e in self.errors
-            ):
-                return True
-            await asyncio.sleep(0.1)
-        return False
-
-
-def _secret(objs: list[dict[str, Any]], key: str) -> str:
-    return base64.b64decode(find(objs, "Secret", "editflow-nats", NAMESPACE)["data"][key]).decode()
-
-
-def _start(tmp_path: Path, config: str, env: dict[str, str]) -> Iterator[str]:
-    port, monitor = free_port(), free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(config.replace("port: 4222", f"listen: 127.0.0.1:{port}", 1).replace(
-        "http_port: 8222", f"http: 127.0.0.1:{monitor}", 1
-    ))  # fmt: skip
-    proc = ManagedProcess(
-        "nats-roles", [str(installer.binary("nats-server")), "-c", str(conf)],
-        log_path=tmp_path / "nats.log", env=env,
-    )  # fmt: skip
-    proc.start()
-    try:
-        wait_until(
-            lambda: proc.ensure_running() or port_is_open(port), timeout=15, what="nats-server"
-        )
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.stop()
+def _password_key(role: str) -> str:
+    return f"worker-{NAMESPACE}-password" if role == "worker" else f"{role}-password"
 
 
 @pytest.fixture(params=["bundled", "own-nats"])
 def server(request, tmp_path: Path) -> Iterator[Server]:
     """A nats-server the chart configured: the bundled one, or one including authorization.conf."""
-    store = tmp_path / "jetstream"
     users = {role: f"editflow-{role}" for role in ROLES}
+    users["worker"] = f"editflow-worker-{NAMESPACE}"  # one worker user per namespace
     if request.param == "bundled":
-        objs = documents(render_text(tmp_path, {"nats": {"bundled": {"enabled": True}}}).stdout)
-        config = find(objs, "ConfigMap", "editflow-nats-config", NAMESPACE)["data"]["nats.conf"]
-        config = config.replace("store_dir: /data", f"store_dir: {store}")
-        passwords = {role: _secret(objs, f"{role}-password") for role in ROLES}
-        env = {f"{role.upper()}_PASSWORD": passwords[role] for role in ROLES}
-        env["POD_NAME"] = "editflow-nats-0"
-    else:
-        objs = documents(render_text(tmp_path, {}).stdout)
-        (tmp_path / "authorization.conf").write_text(_secret(objs, "authorization.conf"))
-        config = (
-            f"port: 4222\nhttp_port: 8222\njetstream {{\n  store_dir: {store}\n}}\n"
-            "include ./authorization.conf\n"
-        )
-        passwords = {role: _secret(objs, f"{role}-password") for role in ROLES}
-        env = {}
-    assert len(set(passwords.values())) == len(ROLES)  # one password each
-    yield from (Server(url, users, passwords) for url in _start(tmp_path, config, env))
+        for url, objs in bundled_server(tmp_path, {}):
+            passwords = {r: secret_value(objs, "editflow-nats", _password_key(r)) for r in ROLES}
+            assert len(set(passwords.values())) == len(ROLES)  # one password each
+            yield Server(url, users, passwords)
+        return
+    objs = documents(render_text(tmp_path, {}).stdout)
+    config = (
+        f"port: 4222\nhttp_port: 8222\njetstream {{\n  store_dir: {tmp_path / 'js'}\n}}\n"
+        "include ./authorization.conf\n"
+    )
+    files = {"authorization.conf": secret_value(objs, "editflow-nats", "authorization.conf")}
+    passwords = {r: secret_value(objs, "editflow-nats", _password_key(r)) for r in ROLES}
+    assert len(set(passwords.values())) == len(ROLES)
+    for url in start_nats(tmp_path, config, {}, files):
+        yield Server(url, users, passwords)
 
 
 @pytest.fixture
@@ -129,22 +72,9 @@ async def roles(server: Server) -> AsyncIterator[dict[str, Role]]:
     connected: dict[str, Role] = {}
     try:
         for role in ROLES:
-            errors: list[str] = []
-
-            async def on_error(exc: Exception, errors: list[str] = errors) -> None:
-                errors.append(str(exc))
-
-            nc = await nats.connect(
-                server.url,
-                user=server.users[role],
-                password=server.passwords[role],
-                error_cb=on_error,
-                allow_reconnect=False,
-                # As editflow connects (events/connection.py): replies under the user's own
-                # prefix, the only inboxes the chart lets it subscribe to.
-                inbox_prefix=NatsSettings(user=server.users[role]).effective_inbox_prefix,
+            connected[role] = await connect_as(
+                server.url, server.users[role], server.passwords[role]
             )
-            connected[role] = Role(nc, errors)
         yield connected
     finally:
         for role in connected.values():
@@ -225,21 +155,16 @@ async def test_no_role_reads_another_roles_replies(server: Server, roles: dict[s
 
 
 async def test_a_warm_worker_takes_work_and_answers(roles: dict[str, Role]) -> None:
-    """The warm path: the operator publishes work, a worker pulls it and publishes the result."""
+    """The warm path: the operator makes the work stream and the pool's consumer (a worker
+    may not), publishes work; the worker pulls it and publishes the result."""
     operator, worker = roles["operator"], roles["worker"]
-    await worker.js.add_stream(
-        StreamConfig(
-            name=WORK_STREAM,
-            subjects=[f"{WORK_SUBJECT_PREFIX}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-        )
-    )
-    results = await operator.nc.subscribe(result_subject("edits", "edit-1"))
-    await operator.js.publish(work_subject("edits", "tiny"), b'{"edit_id": "edit-1"}')
-    pull = await worker.js.pull_subscribe(
-        work_subject("edits", "tiny"), work_consumer("edits", "tiny"), stream=WORK_STREAM
-    )
+    await ensure_work_consumer(operator.js, NAMESPACE, MODEL, ack_wait=30, max_deliveries=2)
+    results = await operator.nc.subscribe(result_subject(NAMESPACE, "edit-1"))
+    await operator.js.publish(work_subject(NAMESPACE, MODEL), b'{"edit_id": "edit-1"}')
+    pull = await worker.js.pull_subscribe_bind(work_consumer(NAMESPACE, MODEL), stream=WORK_STREAM)
     (work,) = await pull.fetch(1, timeout=5)
-    await worker.nc.publish(result_subject("edits", "edit-1"), b'{"status": "succeeded"}')
+    await worker.nc.publish(result_subject(NAMESPACE, "edit-1"), b'{"status": "succeeded"}')
     await work.ack()
     assert (await results.next_msg(timeout=5)).data == b'{"status": "succeeded"}'
+    info = await operator.js.consumer_info(WORK_STREAM, work_consumer(NAMESPACE, MODEL))
+    assert info.num_pending == 0 and info.num_ack_pending == 0  # the ack was accepted

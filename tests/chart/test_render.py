@@ -405,8 +405,16 @@ def test_bundled_servers_use_the_chart_credentials(render, monkeypatch) -> None:
         if "secretKeyRef" in e.get("valueFrom", {})
     }
     assert passwords["OPERATOR_PASSWORD"] == {"name": "editflow-nats", "key": "operator-password"}
+    # One worker identity per namespace the workers run in.
+    workers = {
+        f"WORKER_{ns.upper().replace('-', '_')}" for ns in namespaces_of(EDGE_VALUES["bundled"])
+    }
     assert set(passwords) == {
-        f"{r}_PASSWORD" for r in ("OPERATOR", "GATEWAY", "WORKER", "PUBLISHER")
+        f"{r}_PASSWORD" for r in ("OPERATOR", "GATEWAY", "PUBLISHER", *workers)
+    }
+    assert passwords["WORKER_TEAM_A_PASSWORD"] == {
+        "name": "editflow-nats",
+        "key": "worker-team-a-password",
     }
     find(objs, "Secret", "editflow-nats", NAMESPACE)
     minio = find(objs, "StatefulSet", "editflow-minio", NAMESPACE)["spec"]["template"]["spec"]
@@ -796,29 +804,47 @@ def test_images_default_to_the_app_version_without_a_registry(render) -> None:
 
 
 def test_attempt_credentials_are_on_and_s3_weights_need_a_read_only_key(render, tmp_path) -> None:
-    objs = render({})
+    env = _operator_env(render({}))
+    assert env["EDITFLOW_OPERATOR__ATTEMPT_CREDENTIALS"] == "true"
+    assert "EDITFLOW_OPERATOR__WEIGHTS_SECRET" not in env
+    # Your own reader: referenced, nothing generated, the operator creates no user.
+    values = {"models": {"s3Prefix": "models", "s3ReaderSecret": "weights-reader"}}
+    objs = render(values)
+    env = _operator_env(objs)
+    assert env["EDITFLOW_OPERATOR__WEIGHTS_SECRET"] == "weights-reader"
+    assert "EDITFLOW_OPERATOR__WEIGHTS_READER_CREATE" not in env
+    assert not [o for o in objs if o["metadata"]["name"] == "editflow-weights"]
+
+
+def test_the_chart_creates_the_read_only_weights_reader_it_documents(render) -> None:
+    """Issue 20 §1: with weights on S3 and no reader of yours, the chart generates the key into
+    every worker namespace (the only S3 key a watched namespace holds) and the operator makes
+    the MinIO user, allowed to read the weights prefix only."""
+    objs = render({"models": {"s3Prefix": "models"}, "watchNamespaces": ["team-a"]})
+    readers = [
+        o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "editflow-weights"
+    ]
+    assert {o["metadata"]["namespace"] for o in readers} == {"editflow", "team-a"}
+    assert len({(o["data"]["access-key"], o["data"]["secret-key"]) for o in readers}) == 1
+    env = _operator_env(objs)
+    assert env["EDITFLOW_OPERATOR__WEIGHTS_SECRET"] == "editflow-weights"
+    assert env["EDITFLOW_OPERATOR__WEIGHTS_READER_CREATE"] == "true"
+    assert env["EDITFLOW_WORKER__WEIGHTS_S3_PREFIX"] == "models"
     operator = next(
         o for o in objs if o["kind"] == "Deployment" and "operator" in o["metadata"]["name"]
     )
-    env = {
-        e["name"]: e.get("value")
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
     }
-    assert env["EDITFLOW_OPERATOR__ATTEMPT_CREDENTIALS"] == "true"
-    assert "EDITFLOW_OPERATOR__WEIGHTS_SECRET" not in env
-    refused = render_text(tmp_path, {"models": {"s3Prefix": "models"}}, check=False)
-    assert refused.returncode != 0 and "models.s3ReaderSecret" in refused.stderr, refused.stderr
-    values = {"models": {"s3Prefix": "models", "s3ReaderSecret": "weights-reader"}}
-    operator = next(
-        o
-        for o in render(values)
-        if o["kind"] == "Deployment" and "operator" in o["metadata"]["name"]
-    )
-    env = {
-        e["name"]: e.get("value")
-        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert refs["EDITFLOW_WORKER__WEIGHTS_ACCESS_KEY"] == {
+        "name": "editflow-weights",
+        "key": "access-key",
     }
-    assert env["EDITFLOW_OPERATOR__WEIGHTS_SECRET"] == "weights-reader"
+    # The operator's own key stays in the release namespace.
+    s3 = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "editflow-s3"]
+    assert {o["metadata"]["namespace"] for o in s3} == {"editflow"}
 
 
 def _operator_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:

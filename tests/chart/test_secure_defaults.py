@@ -67,6 +67,15 @@ def egress_cidrs(spec: dict[str, Any]) -> list[str]:
         ),
         ({"nats": {"auth": {"method": "nkey"}}}, "at '/nats/auth/existingSecret': minLength"),
         ({"nats": {"tls": {"enabled": True}}}, "at '/nats/tls/existingSecret': minLength"),
+        # One identity shared by every namespace's warm workers (issue 20 §2).
+        (
+            {"nats": {"auth": {"method": "token", "token": "t"}}},
+            "at '/worker/mode': value must be 'job'",
+        ),
+        (
+            {"nats": {"auth": {"method": "creds", "existingSecret": "c"}}},
+            "at '/worker/mode': value must be 'job'",
+        ),
         # A role without a user name.
         ({"nats": {"auth": {"users": {"worker": ""}}}}, "/nats/auth/users/worker"),
         # Workers with the shared S3 key (an S3 without STS), without saying so.
@@ -113,7 +122,7 @@ def test_each_deployment_connects_as_its_own_user_from_a_secret(case, render, mo
 @pytest.mark.parametrize("case", ["defaults", "bundled"])
 def test_generated_passwords_are_distinct_and_in_no_plain_value(case, render) -> None:
     objs = render(EDGE_VALUES[case])
-    passwords = [secret_value(objs, "editflow-nats", f"{role}-password") for role in ROLES]
+    passwords = [secret_value(objs, "editflow-nats", _password_key(role)) for role in ROLES]
     assert len(set(passwords)) == len(ROLES) and min(map(len, passwords)) >= 32
     plain = [e.get("value", "") for c in containers(objs) for e in c.get("env", [])]
     configs = [v for o in objs if o["kind"] == "ConfigMap" for v in o.get("data", {}).values()]
@@ -125,13 +134,23 @@ def test_your_own_nats_gets_the_users_and_permissions_to_include(render) -> None
     objs = render({})
     conf = secret_value(objs, "editflow-nats", "authorization.conf")
     for role in ROLES:
-        assert f'user: "editflow-{role}"' in conf
-        assert f'password: "{secret_value(objs, "editflow-nats", f"{role}-password")}"' in conf
+        user = f"editflow-worker-{NAMESPACE}" if role == "worker" else f"editflow-{role}"
+        assert f'user: "{user}"' in conf
+        password = secret_value(objs, "editflow-nats", _password_key(role))
+        assert f'password: "{password}"' in conf
+    assert 'user: "editflow-worker"' not in conf  # no identity shared by every namespace
     # The bundled server reads the same permissions; its passwords come from its environment.
     bundled = render(EDGE_VALUES["bundled"])
-    nats_conf = find(bundled, "ConfigMap", "editflow-nats-config", NAMESPACE)["data"]["nats.conf"]
-    assert "password: $WORKER_PASSWORD" in nats_conf
+    data = find(bundled, "ConfigMap", "editflow-nats-config", NAMESPACE)["data"]
+    assert "include ./authorization.conf" in data["nats.conf"]
+    assert f"password: ${NAMESPACE.upper()}_PASSWORD" not in data["authorization.conf"]
+    assert f"password: $WORKER_{NAMESPACE.upper()}_PASSWORD" in data["authorization.conf"]
     assert "authorization.conf" not in find(bundled, "Secret", "editflow-nats", NAMESPACE)["data"]
+
+
+def _password_key(role: str) -> str:
+    """The worker's password is its namespace's (one worker identity per namespace)."""
+    return f"worker-{NAMESPACE}-password" if role == "worker" else f"{role}-password"
 
 
 def test_user_names_follow_values(render, monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -27,6 +28,7 @@ from editflow.events.worker_contract import (
     work_subject,
     worker_control_subject,
 )
+from editflow.events.workqueue import ensure_work_consumer
 
 from .conftest import ImageServer, Route, png_bytes, worker_env
 
@@ -61,6 +63,17 @@ def get(port: int, path: str) -> httpx.Response | None:
         return None
 
 
+async def make_pool_consumer(nats_url: str, namespace: str) -> None:
+    """The pool's work consumer, made as the operator makes it before the pool's first worker
+    (a worker's NATS identity may not: issue 20 §2)."""
+    nc = await nats.connect(nats_url)
+    try:
+        model = "longcat-image-edit"
+        await ensure_work_consumer(nc.jetstream(), namespace, model, ack_wait=60, max_deliveries=3)
+    finally:
+        await nc.close()
+
+
 @pytest.fixture
 def drain_seconds() -> str:
     return "300"
@@ -71,6 +84,7 @@ def warm_worker(
     worker_settings: Settings, nats_url: str, tmp_path: Path, drain_seconds: str
 ) -> Iterator[tuple[subprocess.Popen, int]]:
     port = free_port()
+    asyncio.run(make_pool_consumer(nats_url, NAMESPACE))
     log = (tmp_path / "serve.log").open("w")
     env = worker_env(
         worker_settings,

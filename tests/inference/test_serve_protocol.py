@@ -133,6 +133,12 @@ async def listen(nc: Any, namespace: str) -> Beats:
     return beats
 
 
+async def as_operator(nc: Any, namespace: str) -> None:
+    """Make the pool's work consumer, as the operator does before a pool's first worker (a
+    worker's NATS identity may not: issue 20 §2)."""
+    await ensure_work_consumer(nc.jetstream(), namespace, MODEL, ack_wait=60, max_deliveries=3)
+
+
 def results_of(namespace: str) -> str:
     """Every result of ``namespace``'s workers (they publish nowhere else: issue 20 §2)."""
     return f"{RESULT_SUBJECT_PREFIX}.{namespace}.*"
@@ -166,6 +172,14 @@ async def test_heartbeats_follow_the_edit_and_an_idle_worker_exits(
     await publish(nc, namespace, "idle-1", image_server.url("/idle.png"))
     began = time.time()
     worker = start_worker(namespace, "--idle-seconds", "2", EDITFLOW_WORKER__CONFIG_HASH="c0ffee")
+    # Started before the operator made its consumer: it waits for it, then takes the edit.
+    for _ in range(600):
+        if "waiting for the operator to create the work consumer" in worker.log.read_text():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the worker did not wait for its consumer:\n{worker.log.read_text()}")
+    await as_operator(nc, namespace)
 
     assert await worker.exit_code() == 0
     assert beats.states() == ["loading", "idle", "busy", "idle", "stopped"]
@@ -194,6 +208,7 @@ async def test_retire_finishes_the_edit_in_flight_then_exits(
     beats = await listen(nc, namespace)
     inbox = results_of(namespace)
     replies = await nc.subscribe(inbox)
+    await as_operator(nc, namespace)
     worker = start_worker(namespace, "--idle-seconds", "0")
     await beats.wait_for("idle")
     control = worker_control_subject(namespace, worker.pod)
@@ -281,6 +296,7 @@ async def test_a_worker_past_its_max_age_takes_no_new_edit(
     image_server.routes["/age.png"] = Route(png_bytes((256, 256)))
     beats = await listen(nc, namespace)
     await publish(nc, namespace, "age-1", image_server.url("/age.png"))
+    await as_operator(nc, namespace)
     # Loading alone takes longer than a second: the worker is too old before its first edit.
     worker = start_worker(namespace, "--idle-seconds", "0", EDITFLOW_WORKER__MAX_AGE_SECONDS="1")
 

@@ -3,7 +3,7 @@
 The bridge refuses such an approval naming the field (dead letter, no EditJob);
 a kubectl-applied EditJob ends Failed with ``s3_key_outside_namespace`` before
 any Job. The session policy of an attempt is checked against a real MinIO in
-``test_attempt_credentials.py``; here only its shape.
+``tests/security/test_attempt_keys.py``; here only its shape.
 """
 
 from __future__ import annotations

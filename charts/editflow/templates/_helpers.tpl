@@ -523,15 +523,32 @@ Usage: {{ include "editflow.egressPeers" (dict "ctx" . "addresses" $url "default
 {{- end }}
 
 {{/*
-The Secret (keys user, password) with the warm workers' NATS credential, created in every
-worker namespace: only for generated user/password auth (a Secret of yours lives in the
-release namespace only; create `<fullname>-worker-nats` in each namespace yourself then).
+The Secret (keys user, password) with a namespace's warm-worker NATS identity, which the
+operator puts on every warm worker Pod. The chart creates it in every worker namespace for
+generated passwords; with nats.auth.existingSecret (which lives in the release namespace
+only) create `<fullname>-worker-nats` in each namespace yourself, with that namespace's user.
 Usage: {{ include "editflow.workerNatsSecret" . }} -> name, or empty
 */}}
 {{- define "editflow.workerNatsSecret" -}}
 {{- $auth := .Values.nats.auth }}
-{{- if and (eq .Values.worker.mode "warm") (eq $auth.method "userPassword") (not $auth.existingSecret) (not $auth.insecure) }}
+{{- if and (eq .Values.worker.mode "warm") (eq $auth.method "userPassword") (not $auth.insecure) }}
 {{- printf "%s-worker-nats" (include "editflow.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret (keys access-key, secret-key) of the read-only weights key that workers read
+models.s3Prefix with: models.s3ReaderSecret, or `<fullname>-weights`, which the chart
+creates (in every worker namespace) when weights come from S3 under per-attempt keys, and
+whose MinIO user the operator creates at start (editflow.operator.s3users). Empty when
+workers need none.
+Usage: {{ include "editflow.weightsSecret" . }} -> name, or empty
+*/}}
+{{- define "editflow.weightsSecret" -}}
+{{- if .Values.models.s3ReaderSecret }}
+{{- .Values.models.s3ReaderSecret }}
+{{- else if and .Values.models.s3Prefix .Values.s3.attemptCredentials }}
+{{- printf "%s-weights" (include "editflow.fullname" .) }}
 {{- end }}
 {{- end }}
 

@@ -14,6 +14,59 @@ Usage: {{- range (include "editflow.natsRoles" . | fromJsonArray) }}
 {{- end }}
 
 {{/*
+The warm workers' NATS users: one per namespace (issue 20 §2), so a worker's identity reaches
+only its own namespace's work, results, status and control subjects. Each entry has the
+namespace, the user (`<nats.auth.users.worker>-<namespace>`), the key of its password in the
+chart's NATS Secret and the bundled server's environment variable holding it.
+Usage: {{- range (include "editflow.natsWorkers" . | fromJsonArray) }}
+*/}}
+{{- define "editflow.natsWorkers" -}}
+{{- $out := list }}
+{{- range $ns := include "editflow.namespaces" . | fromJsonArray }}
+{{- $out = append $out (dict
+  "namespace" $ns
+  "user" (printf "%s-%s" $.Values.nats.auth.users.worker $ns)
+  "key" (printf "worker-%s-password" $ns)
+  "var" (printf "WORKER_%s_PASSWORD" ($ns | upper | replace "-" "_"))) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The NATS users of the chart, in a fixed order: the operator, the gateway, one warm-worker user
+per namespace, the OA publisher. Each has its role, user name, password key in the chart's NATS
+Secret and the bundled server's environment variable for it (and, for a worker, its namespace).
+Usage: {{- range (include "editflow.natsUsers" . | fromJsonArray) }}
+*/}}
+{{- define "editflow.natsUsers" -}}
+{{- $users := .Values.nats.auth.users }}
+{{- $out := list }}
+{{- range $role := include "editflow.natsRoles" . | fromJsonArray }}
+{{- if eq $role "worker" }}
+{{- range $w := include "editflow.natsWorkers" $ | fromJsonArray }}
+{{- $out = append $out (merge (dict "role" "worker") $w) }}
+{{- end }}
+{{- else }}
+{{- $out = append $out (dict "role" $role "user" (index $users $role) "key" (printf "%s-password" $role) "var" (include "editflow.natsPasswordVar" $role)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The model registry's names, read from the EditJob CRD's enum (one list: the CRD is generated
+from editflow.events.worker_contract.MODEL_NAMES). A warm worker's permissions name each of its
+namespace's consumers, `worker_<namespace>_<model>`: NATS wildcards match whole subject tokens,
+and a consumer name is one token.
+Usage: {{- range (include "editflow.modelNames" . | fromJsonArray) }}
+*/}}
+{{- define "editflow.modelNames" -}}
+{{- $crd := .Files.Get "files/crds/editjob.yaml" | fromYaml }}
+{{- $version := first $crd.spec.versions }}
+{{- toJson $version.schema.openAPIV3Schema.properties.spec.properties.model.enum }}
+{{- end }}
+
+{{/*
 Refuse a NATS without authentication unless nats.auth.insecure says it is on purpose, and
 the combinations the bundled server cannot serve. Included by every template that connects.
 Usage: {{- include "editflow.natsAuthGuard" . }}
@@ -22,6 +75,9 @@ Usage: {{- include "editflow.natsAuthGuard" . }}
 {{- $auth := .Values.nats.auth }}
 {{- if and (eq $auth.method "none") (not $auth.insecure) }}
 {{- fail "nats.auth.method=none leaves NATS open: anyone who reaches it can publish approvals and spend GPUs. Set nats.auth.method=userPassword (one user per role; with your own NATS also nats.auth.existingSecret or the generated authorization.conf, see the chart README), token, creds or nkey with nats.auth.existingSecret, or nats.auth.insecure=true to accept an open NATS on purpose" }}
+{{- end }}
+{{- if and (eq .Values.worker.mode "warm") (has $auth.method (list "token" "creds" "nkey")) }}
+{{- fail (printf "nats.auth.method=%s gives every role and every namespace one shared NATS identity, so a warm worker could pull another namespace's edits and answer for them. Warm workers (worker.mode=warm, the default) need one identity per namespace: set nats.auth.method=userPassword (the chart makes one user per namespace; with your own NATS include the authorization.conf it writes), or worker.mode=job (Job-mode workers do not use NATS)" $auth.method) }}
 {{- end }}
 {{- if and .Values.nats.bundled.enabled (not (has $auth.method (list "userPassword" "none"))) }}
 {{- fail (printf "nats.bundled.enabled takes nats.auth.method userPassword (one user per role with its own permissions) or none with nats.auth.insecure=true, not %s (a shared %s cannot keep a worker from publishing approvals)" $auth.method $auth.method) }}
@@ -103,10 +159,12 @@ Usage: {{ include "editflow.kvOwn" "editflow_gateway_rate_limits" }} -> JSON lis
 {{- end }}
 
 {{/*
-Each role's NATS permissions, as {role: {publish: {allow: [...]}, subscribe: {allow: [...]}}}.
+Each user's NATS permissions, as {user: {publish: {allow: [...]}, subscribe: {allow: [...]}}}.
 Nothing outside the allow lists: the worker, gateway and publisher cannot touch the operator's
 ledger, the publisher and worker cannot publish completions, only the publisher and the gateway
-(which turns HTTP requests into approvals) may publish approvals.
+(which turns HTTP requests into approvals) may publish approvals. Only the operator creates
+streams and consumers. A namespace's warm worker may only pull and acknowledge its namespace's
+consumers and publish its namespace's results and heartbeats (issue 20 §2).
 Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
 */}}
 {{- define "editflow.natsPermissions" -}}
@@ -124,6 +182,9 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
   (include "editflow.jsOwn" $n.audit | fromJsonArray)
   (include "editflow.kvOwn" $n.ledgerBucket | fromJsonArray)
   (list
+    (printf "$JS.API.CONSUMER.CREATE.%s.>" $n.work)
+    (printf "$JS.API.CONSUMER.DURABLE.CREATE.%s.>" $n.work)
+    (printf "$JS.API.CONSUMER.INFO.%s.>" $n.work)
     (printf "%s.>" $n.auditPrefix)
     (printf "%s.>" $n.completionPrefix)
     (printf "%s.>" $n.reviewPrefix)
@@ -133,10 +194,10 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
     (printf "%s.>" $n.workerControlPrefix)
     (printf "$JS.API.STREAM.MSG.DELETE.%s" $n.work)) }}
 {{- /* Replies (JetStream API, pulls, KV reads) go to each user's own inbox prefix
-(editflow.core.settings.NatsSettings.effective_inbox_prefix): no role reads another's. */}}
+(editflow.core.settings.NatsSettings.effective_inbox_prefix): no user reads another's. */}}
 {{- $users := .Values.nats.auth.users }}
 {{- $inbox := dict }}
-{{- range $role := list "operator" "gateway" "worker" "publisher" }}
+{{- range $role := list "operator" "gateway" "publisher" }}
 {{- $_ := set $inbox $role (printf "_INBOX_%s.>" (index $users $role)) }}
 {{- end }}
 {{- $operatorSub := list $inbox.operator (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix) }}
@@ -147,38 +208,47 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
   (include "editflow.jsRead" $n.dlq | fromJsonArray)
   (include "editflow.kvOwn" $n.rateBucket | fromJsonArray) }}
 {{- $outcomes := list (printf "%s.>" $n.completionPrefix) (printf "%s.>" $n.reviewPrefix) }}
-{{- $workerPub := concat $info
-  (include "editflow.jsOwn" $n.work | fromJsonArray)
-  (include "editflow.jsConsume" $n.work | fromJsonArray)
-  (list (printf "%s.>" $n.resultPrefix) (printf "%s.>" $n.workerStatusPrefix)) }}
 {{- $publisherPub := concat $info
   (list $n.approvalSubject $n.withdrawSubject $n.selectSubject)
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
   (include "editflow.jsRead" $n.completions | fromJsonArray) }}
-{{- toJson (dict
-  "operator" (dict "publish" (dict "allow" $operatorPub) "subscribe" (dict "allow" $operatorSub))
-  "gateway" (dict "publish" (dict "allow" $gatewayPub) "subscribe" (dict "allow" (prepend $outcomes $inbox.gateway)))
-  "worker" (dict "publish" (dict "allow" $workerPub) "subscribe" (dict "allow" (list $inbox.worker (printf "%s.>" $n.workerControlPrefix))))
-  "publisher" (dict "publish" (dict "allow" $publisherPub) "subscribe" (dict "allow" (append (prepend $outcomes $inbox.publisher) (printf "%s.>" $n.callbackPrefix))))) }}
+{{- $out := dict
+  $users.operator (dict "publish" (dict "allow" $operatorPub) "subscribe" (dict "allow" $operatorSub))
+  $users.gateway (dict "publish" (dict "allow" $gatewayPub) "subscribe" (dict "allow" (prepend $outcomes $inbox.gateway)))
+  $users.publisher (dict "publish" (dict "allow" $publisherPub) "subscribe" (dict "allow" (append (prepend $outcomes $inbox.publisher) (printf "%s.>" $n.callbackPrefix)))) }}
+{{- $models := include "editflow.modelNames" . | fromJsonArray }}
+{{- range $w := include "editflow.natsWorkers" . | fromJsonArray }}
+{{- $pub := list (printf "%s.%s.>" $n.resultPrefix $w.namespace) (printf "%s.%s.>" $n.workerStatusPrefix $w.namespace) }}
+{{- range $model := $models }}
+{{- $consumer := printf "worker_%s_%s" $w.namespace $model }}
+{{- $pub = concat $pub (list
+  (printf "$JS.API.CONSUMER.INFO.%s.%s" $n.work $consumer)
+  (printf "$JS.API.CONSUMER.MSG.NEXT.%s.%s" $n.work $consumer)
+  (printf "$JS.ACK.%s.%s.>" $n.work $consumer)) }}
+{{- end }}
+{{- $sub := list (printf "_INBOX_%s.>" $w.user) (printf "%s.%s.>" $n.workerControlPrefix $w.namespace) }}
+{{- $_ := set $out $w.user (dict "publish" (dict "allow" $pub) "subscribe" (dict "allow" $sub)) }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
 
 {{/*
-A nats-server `authorization` block with every role's user and permissions. "passwords" maps
-a role to its password as written in the config: `$VAR` (an environment variable of the
-server: the bundled one) or a quoted literal (authorization.conf for your own server).
+A nats-server `authorization` block with every user and its permissions. "passwords" maps a
+password key (`operator-password`, `worker-<namespace>-password`, ...) to the password as
+written in the config: `$VAR` (an environment variable of the server: the bundled one) or a
+quoted literal (authorization.conf for your own server).
 Usage: {{ include "editflow.natsAuthorization" (dict "ctx" . "passwords" $passwords) }}
 */}}
 {{- define "editflow.natsAuthorization" -}}
 {{- $permissions := include "editflow.natsPermissions" .ctx | fromJson }}
-{{- $users := .ctx.Values.nats.auth.users }}
 authorization {
   users = [
-{{- range $role := include "editflow.natsRoles" .ctx | fromJsonArray }}
-{{- $allowed := index $permissions $role }}
-    # {{ $role }}
+{{- range $u := include "editflow.natsUsers" .ctx | fromJsonArray }}
+{{- $allowed := index $permissions $u.user }}
+    # {{ $u.role }}{{ with $u.namespace }} of namespace {{ . }}{{ end }}
     {
-      user: {{ index $users $role | quote }}
-      password: {{ index $.passwords $role }}
+      user: {{ $u.user | quote }}
+      password: {{ index $.passwords $u.key }}
       permissions: {
 {{- range $direction := list "publish" "subscribe" }}
         {{ $direction }}: {

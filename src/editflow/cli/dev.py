@@ -189,6 +189,15 @@ def serve(
                 gateway = {"url": chart.gateway.url, "token": chart.gateway.token}
                 endpoints["release"] = chart.release.name
                 endpoints["mode"] = "images"
+                # The platform's NATS now has the chart's users: the host is the OA system.
+                publisher = chart.release.nats_settings("publisher")
+                endpoints["nats"] = {
+                    "url": publisher.url,
+                    "user": publisher.user,
+                    "password": publisher.password.get_secret_value()
+                    if publisher.password
+                    else None,
+                }
             else:
                 local = localmode.start_editflow(stack, models_dir_override=models)
                 running = local
@@ -279,6 +288,11 @@ def up(
         console.print(f"editflow: {how}")
         console.print(f"try-it page: {data['gateway']['url']}/  (token in {_state_file()})")
         console.print(f"EditJobs live in namespace {data['namespace']}")
+    if "nats" in data:
+        console.print(
+            f"NATS has the chart's per-role users: publish approvals as {data['nats']['user']} "
+            f"(EDITFLOW_NATS__USER / EDITFLOW_NATS__PASSWORD; the password is in {_state_file()})"
+        )
     console.print(f"endpoints: {_state_file()}")
 
 

@@ -352,6 +352,12 @@ class OperatorSettings(BaseModel):
         description="Secret (access-key / secret-key) of a read-only key for the weights prefix, "
         "given to workers as EDITFLOW_WORKER__WEIGHTS_ACCESS_KEY / _SECRET_KEY",
     )
+    weights_reader_create: bool = Field(
+        False,
+        description="create the MinIO user of the read-only weights key (worker.weights_access_"
+        "key / _secret_key, the Secret weights_secret) at start, allowed only to read "
+        "worker.weights_s3_prefix (the chart's default with models.s3Prefix)",
+    )
     models_pvc: str | None = Field(None, description="PVC holding the model directories")
     weights_cache_pvc: str | None = Field(
         None,

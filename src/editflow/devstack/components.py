@@ -286,17 +286,43 @@ class KubeControllerManager(Component):
 class Nats(Component):
     name = "nats-server"
 
+    #: The configuration file with users (:meth:`require_users`); None: an open server.
+    config: Path | None = None
+    #: The users' passwords, as the environment variables the configuration names.
+    config_env: dict[str, str] | None = None
+
     def start(self) -> None:
         self.port, self.monitor_port = free_port(), free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.store_dir = self.workdir / "jetstream"
         self.start_process()
 
+    def require_users(self, authorization: str, passwords: dict[str, str]) -> None:
+        """Restart with ``authorization`` (a nats-server ``authorization {...}`` block, the
+        chart's, with ``$VAR`` passwords) and ``passwords`` (``VAR`` -> password): from then
+        on the server has the chart's per-role users, as a production NATS does.
+
+        The platform starts its NATS before helm generates any password, so ``editflow dev
+        up`` and ``make demo`` call this between rendering the chart and installing it (see
+        :func:`editflow.devstack.release.install`). Same ports and store.
+        """
+        conf_dir = self.workdir / "nats-auth"
+        conf_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (conf_dir / "authorization.conf").write_text(authorization)
+        self.config = conf_dir / "nats.conf"
+        self.config.write_text("include ./authorization.conf\n")
+        self.config_env = dict(passwords)
+        self.stop()
+        self.start_process()
+
     def start_process(self) -> None:
         """(Re)start on the same ports and store: tests restart NATS mid-stream."""
+        config = ["-c", str(self.config)] if self.config else []
+        env = {**os.environ, **self.config_env} if self.config_env else None
         self._spawn(
             [
                 str(installer.binary("nats-server")),
+                *config,
                 "-a",
                 "127.0.0.1",
                 "-p",
@@ -308,7 +334,8 @@ class Nats(Component):
                 str(self.store_dir),
                 "--server_name",
                 "editflow-local",
-            ]
+            ],
+            env,
         )
         self._wait(
             lambda: (

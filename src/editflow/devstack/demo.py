@@ -90,6 +90,8 @@ class _HostEditflow:
         localmode.install_editflow(stack, real)
         env = localmode.operator_env(stack, localmode.NAMESPACE, resync_seconds="2")
         self.operator = localmode.OperatorProcess(env, stack.workdir).start()
+        # Host processes on an open NATS: the --host-images fallback only (no root, no images).
+        self.nats = NatsSettings(url=stack.nats_url)
 
     def log_tail(self) -> str:
         return self.operator.log_tail()
@@ -106,6 +108,8 @@ class _ChartEditflow:
     ) -> None:
         self.release = release.install(stack, built, models_dir=real)
         self.stack = stack
+        # The OA system's NATS user, as the chart configured the platform's NATS.
+        self.nats = self.release.nats_settings("publisher")
 
     def log_tail(self) -> str:
         pods = self.release.pods("operator")
@@ -124,9 +128,9 @@ class _ChartEditflow:
 
 
 async def _submit_and_follow(
-    stack: LocalStack, api: KubeClient, image_key: str, real: bool, console: Console
+    nats: NatsSettings, api: KubeClient, image_key: str, real: bool, console: Console
 ) -> DemoResult:
-    settings = Settings(nats=NatsSettings(url=stack.nats_url))
+    settings = Settings(nats=nats)
     client = await OAClient.connect(settings, source="/oa/demo")
     started = time.monotonic()
     try:
@@ -232,7 +236,7 @@ def run_demo(
                 f"in {time.monotonic() - t0:.1f}s"
             )
         try:
-            result = _edit_once(stack, api, real is not None, output_dir, console)
+            result = _edit_once(stack, installed.nats, api, real is not None, output_dir, console)
             if result.status != "success" or not result.result_url:
                 console.print(f"[red]edit ended with {result.status}[/red]\n{installed.log_tail()}")
                 raise RuntimeError(f"the demo edit ended with status {result.status}")
@@ -249,7 +253,12 @@ def run_demo(
 
 
 def _edit_once(
-    stack: LocalStack, api: KubeClient, real: bool, output_dir: Path, console: Console
+    stack: LocalStack,
+    nats: NatsSettings,
+    api: KubeClient,
+    real: bool,
+    output_dir: Path,
+    console: Console,
 ) -> DemoResult:
     """Upload the poster, publish the approval, follow it, download and report the result."""
     s3 = stack.s3_settings()
@@ -259,7 +268,7 @@ def _edit_once(
     client.put_object(s3.bucket, key, io.BytesIO(png), len(png), content_type="image/png")
     input_path = output_dir / "input.png"
     input_path.write_bytes(png)
-    result = asyncio.run(_submit_and_follow(stack, api, key, real, console))
+    result = asyncio.run(_submit_and_follow(nats, api, key, real, console))
     result.input_path = input_path
     if result.status != "success" or not result.result_url:
         return result

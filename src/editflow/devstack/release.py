@@ -10,10 +10,14 @@ capabilities), each Pod in its own network namespace (see
 virtualenv; the host only builds the images and drives the platform.
 
 What differs from a real cluster is only what the local platform lacks, and it is set
-in :func:`local_values`: the platform's NATS has no users (open, on purpose), MinIO's
-root keys are handed to the chart, workers run on the CPU, the source allow-list
-admits loopback (the demo serves images from there), and a models PVC points at a
-directory on this machine (the tiny model, or ``EDITFLOW_DEMO_MODELS_DIR``).
+in :func:`local_values`: MinIO's root keys are handed to the chart, workers run on the
+CPU, the source allow-list admits loopback (the demo serves images from there), and a
+models PVC points at a directory on this machine (the tiny model, or
+``EDITFLOW_DEMO_MODELS_DIR``).
+
+NATS is not one of those differences (issue 20 §2): the platform's NATS gets the chart's
+per-role users and permissions before the install (:func:`require_nats_users`), so what a
+newcomer runs is what production runs, and the host publishes as the OA system's user.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from editflow.core.settings import NatsSettings
 from editflow.devstack import images, installer, localmode
 from editflow.devstack.images import BuiltImage, chart_values, repo_root
 from editflow.devstack.kubeapi import KubeClient, KubeError
@@ -128,7 +133,8 @@ def local_values(stack: LocalStack, built: Sequence[BuiltImage]) -> dict[str, An
     values: dict[str, Any] = chart_values(stack.registry.address, built)
     values.update(
         {
-            "nats": {"url": stack.nats_url, "auth": {"method": "none", "insecure": True}},
+            # The chart's per-role users, loaded into the platform's NATS before the install.
+            "nats": {"url": stack.nats_url, "auth": {"method": "userPassword"}},
             "s3": {
                 "endpoint": s3.endpoint,
                 "bucket": s3.bucket,
@@ -172,9 +178,22 @@ class Release:
         """The chart's ``editflow.fullname``: the release name when it contains "editflow"."""
         return self.name if "editflow" in self.name else f"{self.name}-editflow"
 
+    #: The chart's NATS passwords by Secret key (``publisher-password``, ...).
+    nats_passwords: dict[str, str] | None = None
+
     @property
     def models_claim(self) -> str:
         return f"{self.fullname}-models"
+
+    def nats_settings(self, role: str = "publisher") -> NatsSettings:
+        """How the host connects as ``role`` (the OA system by default): the chart's user."""
+        if not self.nats_passwords:
+            raise RuntimeError("this release's NATS has no users (require_nats_users not run)")
+        return NatsSettings(
+            url=self.stack.nats_url,
+            user=f"editflow-{role}",
+            password=self.nats_passwords[f"{role}-password"],
+        )
 
     def api(self) -> KubeClient:
         return KubeClient(self.stack.kubeconfig)
@@ -253,8 +272,63 @@ def install(
     values_path = stack.workdir / f"{name}-values.yaml"
     values_path.write_text(yaml.safe_dump(values, sort_keys=False))
     values_path.chmod(0o600)  # it holds MinIO's keys
+    if values["nats"]["auth"]["method"] == "userPassword":
+        release.nats_passwords = require_nats_users(release, values_path)
     helm(stack, "install", name, str(chart_dir()), "-n", namespace, "-f", str(values_path))
     return release
+
+
+def require_nats_users(release: Release, values_path: Path) -> dict[str, str]:
+    """Give the platform's NATS the chart's users before ``helm install`` (issue 20 §2).
+
+    The platform's NATS runs before helm generates any password. So the chart is rendered as
+    for its bundled NATS (its ``authorization.conf``, passwords as ``$VAR``, and the Secret
+    that holds them), the Secret is created with helm's ownership marks (the install adopts
+    it, and the chart's ``lookup`` keeps its passwords: the worker Secret of each namespace
+    gets the same), and the platform's NATS restarts with those users. Returns the passwords
+    by Secret key.
+    """
+    stack, name, namespace = release.stack, release.name, release.namespace
+    rendered = helm(
+        stack, "template", name, str(chart_dir()), "-n", namespace, "-f", str(values_path),
+        "--set", "nats.bundled.enabled=true",
+        "--show-only", "templates/bundled-nats.yaml", "--show-only", "templates/secrets.yaml",
+    )  # fmt: skip
+    objs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    secret_name = f"{release.fullname}-nats"
+    (secret,) = (o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == secret_name)
+    (config,) = (o for o in objs if o["kind"] == "ConfigMap")
+    (server,) = (o for o in objs if o["kind"] == "StatefulSet")
+    data = secret["data"]
+    passwords = {key: base64.b64decode(value).decode() for key, value in data.items()}
+    env = {
+        var["name"]: passwords[var["valueFrom"]["secretKeyRef"]["key"]]
+        for var in server["spec"]["template"]["spec"]["containers"][0]["env"]
+        if (var.get("valueFrom") or {}).get("secretKeyRef", {}).get("name") == secret_name
+    }
+    api = KubeClient(stack.kubeconfig)
+    try:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": secret_name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {
+                    "meta.helm.sh/release-name": name,
+                    "meta.helm.sh/release-namespace": namespace,
+                },
+            },
+            "data": data,
+        }
+        api.post(f"/api/v1/namespaces/{namespace}/secrets", body)
+    finally:
+        api.close()
+    assert stack.nats is not None
+    stack.nats.require_users(config["data"]["authorization.conf"], env)
+    return passwords
 
 
 def has_real_model(models_dir: Path | None) -> bool:

@@ -19,8 +19,9 @@ from minio import Minio
 from minio.error import S3Error
 from pydantic import SecretStr
 
+from editflow.core.errors import InvalidInputError
 from editflow.core.s3 import s3_client, weights_s3_settings
-from editflow.core.settings import OperatorSettings, S3Settings, WorkerSettings
+from editflow.core.settings import OperatorSettings, S3Settings, Settings, WorkerSettings
 from editflow.devstack.stack import LocalStack
 from editflow.operator.credentials import (
     MIN_DURATION_SECONDS,
@@ -29,7 +30,7 @@ from editflow.operator.credentials import (
     CredentialMintError,
     attempt_duration_seconds,
 )
-from editflow.operator.s3users import ensure_weights_reader
+from editflow.operator.s3users import provision_weights_reader
 
 OP = OperatorSettings(deadline_seconds=60, pending_timeout_seconds=30)
 
@@ -165,12 +166,22 @@ def test_the_weights_credential_reads_weights_and_cannot_write(minio_only: S3Set
     put(admin, bucket, "models/longcat/manifest.json", b"{}")
     put(admin, bucket, "uploads/team-a/ab/input.png")
     reader_key, reader_secret = "weights-reader", "weights-reader-secret-1"
-    ensure_weights_reader(
-        minio_only, access_key=reader_key, secret_key=reader_secret, prefix="models"
+    # As the operator does at every start with the chart's generated reader (issue 20 §1).
+    reader = WorkerSettings(
+        weights_s3_prefix="models",
+        weights_access_key=SecretStr(reader_key),
+        weights_secret_key=SecretStr(reader_secret),
     )
-    ensure_weights_reader(  # idempotent
-        minio_only, access_key=reader_key, secret_key=reader_secret, prefix="models"
+    at_start = Settings(
+        s3=minio_only, worker=reader, operator=OperatorSettings(weights_reader_create=True)
     )
+    assert provision_weights_reader(at_start)
+    assert provision_weights_reader(at_start)  # every start: idempotent
+    assert not provision_weights_reader(Settings(s3=minio_only, worker=reader))  # not asked
+    with pytest.raises(InvalidInputError, match="weights_s3_prefix"):
+        provision_weights_reader(
+            at_start.model_copy(update={"worker": WorkerSettings(weights_access_key=reader_key)})
+        )
     # What the worker's weights download uses (EDITFLOW_WORKER__WEIGHTS_*), even though its
     # own S3 settings carry an attempt session that cannot read the weights.
     attempt = asyncio.run(
