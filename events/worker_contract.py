@@ -37,6 +37,18 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 
 
+#: The OA usages with an output profile of their own (editflow.inference.profiles); any other
+#: usage gets the default encoding. Metrics label by these, so their values stay bounded.
+USAGE_NAMES: tuple[str, ...] = (
+    "wechat-article",
+    "mini-program",
+    "display-board",
+    "poster",
+    "web-banner",
+    "e-commerce",
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

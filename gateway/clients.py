@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -82,7 +82,3 @@ def identity_for(ip: str, token: str | None) -> str:
     if token:
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return f"ip:{ip}"
-
-
-def scope_headers(scope: Mapping[str, object]) -> list[tuple[bytes, bytes]]:
-    return list(scope.get("headers") or [])  # type: ignore[call-overload]

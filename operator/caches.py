@@ -31,10 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 from editflow.operator.crd import GROUP, editjob_path, editoutcome_path
-from editflow.operator.decide import FINAL_PHASES
 from editflow.operator.informer import JSON, Informer, Key, Store, strip_noise
 from editflow.operator.kube import AsyncKube
 from editflow.operator.names import LABEL_EDITJOB, LABEL_POOL, MANAGED_BY
+from editflow.operator.phases import FINAL_PHASES
 
 SLIM_MARK = f"{GROUP}/slim"
 

@@ -34,6 +34,7 @@ from minio.helpers import sha256_hash
 from minio.signer import sign_v4_sts
 
 from editflow.core.errors import EditflowError
+from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings, S3Settings
 from editflow.events.worker_contract import attempt_prefix
 from editflow.operator.jobspec import worker_request
@@ -206,7 +207,7 @@ def credentials_secret_manifest(job: dict[str, Any], creds: AttemptCredentials) 
                 **{k: labels[k] for k in (LABEL_EDITJOB, LABEL_ATTEMPT) if k in labels},
             },
             "annotations": {
-                "editflow.io/expires-at": creds.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "editflow.io/expires-at": stamp(creds.expires_at),
                 "editflow.io/output-prefix": creds.output_prefix,
             },
             "ownerReferences": [

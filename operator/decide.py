@@ -18,72 +18,26 @@ Phases (brief §3)::
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any
 
 from editflow.core.errors import ErrorInfo, is_retriable_exit_code
+from editflow.core.kubetime import parse_stamp as parse_time
+from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import POISON_EDIT_CODE, QualityReport, WorkerResult
+from editflow.operator.decision import Decision, Observed
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
 from editflow.operator.names import job_name as job_name_for
+from editflow.operator.phases import FINAL_PHASES
+from editflow.operator.podstate import exit_code, job_outcome, unschedulable
+from editflow.operator.podstate import stuck as stuck_in
 from editflow.operator.tenancy import (
     event_id_refusal,
     output_prefix_refusal,
     resolve_key_refusal,
     source_key_refusal,
 )
-
-FINAL_PHASES = ("Succeeded", "Failed", "NeedsReview", "Cancelled")
-OUTCOMES: dict[str, Literal["success", "failed", "needs_review", "cancelled"]] = {
-    "Succeeded": "success",
-    "Failed": "failed",
-    "NeedsReview": "needs_review",
-    "Cancelled": "cancelled",
-}
-
-
-@dataclass(frozen=True)
-class Observed:
-    """Everything :func:`decide` may look at, gathered by the imperative shell."""
-
-    editjob: dict[str, Any]
-    now: datetime
-    job: dict[str, Any] | None = None
-    pods: tuple[dict[str, Any], ...] = ()
-    result: WorkerResult | None = None
-    in_flight: int = 0
-    queued_ahead: int = 0
-    completion_id: str | None = None
-    #: Why the spec must not run at all (a refused URL or callback subject), for new EditJobs.
-    refusal: ErrorInfo | None = None
-    #: The cap of the EditJob's lane (previews have a share of their own); None: the namespace's.
-    cap: int | None = None
-
-
-@dataclass
-class Decision:
-    """What to change: a status patch and the side effects, in the order the shell runs them."""
-
-    status: dict[str, Any] = field(default_factory=dict)
-    create_job: int | None = None
-    delete_job: str | None = None
-    publish_completion: bool = False
-    publish_review: bool = False
-    delete_editjob: bool = False
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    requeue_after: float | None = None
-
-
-def _ts(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """A Kubernetes timestamp (``2026-11-25T12:00:00Z``, as :func:`_ts` writes it), or None."""
-    if not value:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
@@ -92,7 +46,7 @@ def _condition(kind: str, ok: bool, reason: str, message: str, now: datetime) ->
         "status": "True" if ok else "False",
         "reason": reason,
         "message": message,
-        "lastTransitionTime": _ts(now),
+        "lastTransitionTime": stamp(now),
     }
 
 
@@ -108,58 +62,6 @@ def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
             }
         by_type[cond["type"]] = cond
     return list(by_type.values())
-
-
-def job_outcome(job: dict[str, Any]) -> tuple[str, str] | None:
-    """(Complete|Failed, reason) once the Job finished, else None."""
-    for cond in job.get("status", {}).get("conditions") or []:
-        if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
-            return cond["type"], cond.get("reason", "")
-    return None
-
-
-def _unschedulable(pod: dict[str, Any]) -> str | None:
-    if pod.get("status", {}).get("phase") != "Pending" or pod["spec"].get("nodeName"):
-        return None
-    for cond in pod.get("status", {}).get("conditions") or []:
-        if cond["type"] == "PodScheduled" and cond["status"] == "False":
-            return cond.get("message") or "waiting for a node"
-    # Not bound *yet* is not news: only the scheduler's "Unschedulable" verdict is (writing
-    # Running -> Queued -> Running for every Pod a scheduler takes a moment over cost two
-    # status writes per edit at 10 events/s).
-    return None
-
-
-def _exit_code(pods: tuple[dict[str, Any], ...]) -> int | None:
-    for pod in pods:
-        for status in pod.get("status", {}).get("containerStatuses") or []:
-            terminated = status.get("state", {}).get("terminated")
-            if terminated:
-                return int(terminated["exitCode"])
-    return None
-
-
-#: Container waiting reasons that do not go away by waiting: the kubelet says so, and an
-#: attempt that sits in one would otherwise count as Running until its deadline.
-STUCK_REASONS = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "CrashLoopBackOff",
-    }
-)
-
-
-def _stuck(pods: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], str, str] | None:
-    for pod in pods:
-        for cs in pod.get("status", {}).get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in STUCK_REASONS:
-                return pod, str(waiting["reason"]), str(waiting.get("message") or "")
-    return None
 
 
 def backoff(settings: OperatorSettings, spec: dict[str, Any], attempts: int) -> float:
@@ -183,13 +85,6 @@ def quality_status(quality: QualityReport | None) -> dict[str, Any] | None:
         "spread": quality.spread,
         "reason": quality.reason,
     }
-
-
-def gpu_seconds(status: dict[str, Any]) -> float:
-    """What an EditJob cost in GPU-seconds, all attempts (``costSeconds`` before gpuSeconds)."""
-    if status.get("gpuSeconds") is not None:
-        return float(status["gpuSeconds"])
-    return float(status.get("costSeconds") or 0.0)
 
 
 def is_sampled(uid: str, rate: float) -> bool:
@@ -220,7 +115,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         set_status(
             phase=final,
             message=message,
-            finishedAt=_ts(now),
+            finishedAt=stamp(now),
             jobName=None,
             queuePosition=None,
             **extra,
@@ -317,7 +212,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             message="accepted; waiting to be queued",
             attempts=0,
             observedGeneration=meta.get("generation"),
-            queuedAt=_ts(now),
+            queuedAt=stamp(now),
         )
         # The Accepted condition tells the story; a Kubernetes Event would repeat it (one
         # apiserver write per edit at 50 events/s). JobCreated and the outcome are Events.
@@ -356,7 +251,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             jobName=name,
             workerPod=None,
             queuePosition=None,
-            startedAt=_ts(now),
+            startedAt=stamp(now),
             retryAfter=None,
             message=f"attempt {attempt}: "
             + ("waiting for a warm worker" if warm else f"starting Job {name}"),
@@ -391,7 +286,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         set_status(
             phase="Queued",
             jobName=None,
-            retryAfter=_ts(now + timedelta(seconds=wait)),
+            retryAfter=stamp(now + timedelta(seconds=wait)),
             message=message,
             errorCode=error.code,
             gpuSeconds=spent,
@@ -481,7 +376,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             return attempt_failed(
                 ErrorInfo("timeout", f"the edit did not finish within {deadline}s", True)
             )
-        code = _exit_code(obs.pods)
+        code = exit_code(obs.pods)
         if code is not None:
             retriable = is_retriable_exit_code(code) and reason != "PodFailurePolicy"
             return attempt_failed(
@@ -490,7 +385,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         return attempt_failed(ErrorInfo("job_failed", f"Job {job_name} failed ({reason})", True))
 
     # Running or waiting for a GPU.
-    pending = next((m for m in (_unschedulable(p) for p in obs.pods) if m), None)
+    pending = next((m for m in (unschedulable(p) for p in obs.pods) if m), None)
     if pending is not None:
         created = parse_time(obs.pods[0]["metadata"].get("creationTimestamp")) or now
         limit = int(spec.get("pendingTimeoutSeconds") or settings.pending_timeout_seconds)
@@ -506,7 +401,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
             conditions(_condition("Scheduled", False, "NoGPUAvailable", pending, now))
         out.requeue_after = min(settings.resync_seconds, limit - waited)
         return out
-    stuck = _stuck(obs.pods)
+    stuck = stuck_in(obs.pods)
     if stuck is not None:
         pod, reason, detail = stuck
         created = parse_time(pod["metadata"].get("creationTimestamp")) or now

@@ -8,7 +8,6 @@ is re-read through the loader's refresh hook before requests.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
@@ -214,14 +213,3 @@ class AsyncKube:
                 return False
             raise
         return True
-
-
-async def gather_limited(*coros: Any, limit: int = 8) -> list[Any]:
-    """Run coroutines with a concurrency bound (re-lists touch every EditJob)."""
-    sem = asyncio.Semaphore(limit)
-
-    async def one(coro: Any) -> Any:
-        async with sem:
-            return await coro
-
-    return await asyncio.gather(*(one(c) for c in coros))

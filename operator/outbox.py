@@ -36,6 +36,8 @@ from typing import Any, Protocol
 from nats.aio.client import Client as NATS
 
 from editflow.core.errors import ErrorInfo
+from editflow.core.kubetime import parse_stamp as parse_time
+from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings
 from editflow.core.urlguard import redacted
 from editflow.events.audit import AuditRecord, publish_audit
@@ -65,19 +67,16 @@ from editflow.operator.crd import (
     editjob_path,
     editoutcome_path,
 )
-from editflow.operator.decide import OUTCOMES, Decision, gpu_seconds, parse_time
+from editflow.operator.decision import Decision
 from editflow.operator.informer import Key, Store
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
+from editflow.operator.phases import OUTCOMES, gpu_seconds
 from editflow.operator.tenancy import event_id_refusal
 
 log = logging.getLogger("editflow.operator.outbox")
 
 NATS_PARTS = ("completion", "review", "audit", "subject")
-
-
-def _ts(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def outcome_name(key: str) -> str:
@@ -230,7 +229,7 @@ def outcome_object(
         "spec": {
             "editjob": f"{meta['namespace']}/{meta['name']}",
             "editjobUid": meta.get("uid", ""),
-            "expiresAt": _ts(expires),
+            "expiresAt": stamp(expires),
             **{k: v for k, v in spec.items() if v is not None},
         },
     }
@@ -380,7 +379,7 @@ class Deliverer:
     def tick(self) -> int:
         """Start a delivery for every due outcome not already being delivered."""
         started = 0
-        now = _ts(self.now())
+        now = stamp(self.now())
         metrics.OUTBOX_PENDING.set(len(self.store))
         for key, obj in list(self.store.items.items()):
             if key in self._busy or obj["metadata"].get("deletionTimestamp"):
@@ -508,7 +507,7 @@ class Deliverer:
         if not pending:
             return None
         due = status.get("nextAttemptAt")
-        if due and due > _ts(self.now()):
+        if due and due > stamp(self.now()):
             return status.get("lastError")
         error = None
         single = self.op.model_copy(update={"callback_max_attempts": 1})
@@ -537,7 +536,7 @@ class Deliverer:
         attempts = int(status.get("attempts") or 0) + 1
         status["attempts"] = attempts
         remaining = [p for p, _, _ in pending if p not in done and p not in gave_up]
-        expired = spec.get("expiresAt", "9999") <= _ts(self.now())
+        expired = spec.get("expiresAt", "9999") <= stamp(self.now())
         if remaining and (attempts >= self.op.callback_max_attempts or expired):
             gave_up.extend(remaining)
             for part in remaining:
@@ -547,7 +546,7 @@ class Deliverer:
             status.pop("nextAttemptAt", None)
         elif remaining:
             wait = self.op.callback_backoff_seconds * (2 ** (attempts - 1))
-            status["nextAttemptAt"] = _ts(self.now() + timedelta(seconds=wait))
+            status["nextAttemptAt"] = stamp(self.now() + timedelta(seconds=wait))
         return error
 
     async def _finish(self, obj: JSON, done: list[str], gave_up: list[str]) -> None:
@@ -562,7 +561,7 @@ class Deliverer:
                 editjob_path(namespace, name) + "/status",
                 {
                     "status": {
-                        "completionPublishedAt": _ts(self.now()),
+                        "completionPublishedAt": stamp(self.now()),
                         "callbackDelivery": delivery,
                     }
                 },

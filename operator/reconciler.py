@@ -39,22 +39,15 @@ from minio.error import S3Error
 from pydantic import ValidationError
 
 from editflow.core.kube_events import event_body
+from editflow.core.kubetime import parse_stamp as parse_time
+from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings, Settings
 from editflow.events.models import completion_event_id
-from editflow.events.worker_contract import WorkerResult, result_json_key
-from editflow.inference.profiles import USAGE_PROFILES
+from editflow.events.worker_contract import USAGE_NAMES, WorkerResult, result_json_key
 from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
-from editflow.operator.decide import (
-    FINAL_PHASES,
-    OUTCOMES,
-    Decision,
-    Observed,
-    decide,
-    gpu_seconds,
-    parse_time,
-)
+from editflow.operator.decide import Decision, Observed, decide
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
@@ -62,6 +55,8 @@ from editflow.operator.kube import AsyncKube, KubeAPIError
 from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE, LABEL_EDITJOB
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.outbox import Outbox
+from editflow.operator.phases import FINAL_PHASES, OUTCOMES, gpu_seconds
+from editflow.operator.podstate import terminated
 from editflow.operator.presign import ResultPresigner, signed_by_operator
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.refusals import spec_refusal
@@ -78,15 +73,12 @@ QUEUE_DISPLAY_FIELDS = frozenset({"message", "conditions", "queuePosition"})
 
 def result_from_pods(pods: tuple[JSON, ...]) -> WorkerResult | None:
     for pod in pods:
-        for cs in pod.get("status", {}).get("containerStatuses") or []:
-            if cs.get("name") != WORKER_CONTAINER:
-                continue
-            message = (cs.get("state", {}).get("terminated") or {}).get("message")
-            if message:
-                try:
-                    return WorkerResult.model_validate_json(message.strip())
-                except ValidationError:
-                    return None  # a log tail (FallbackToLogsOnError), not a result
+        message = (terminated(pod, WORKER_CONTAINER) or {}).get("message")
+        if message:
+            try:
+                return WorkerResult.model_validate_json(message.strip())
+            except ValidationError:
+                return None  # a log tail (FallbackToLogsOnError), not a result
     return None
 
 
@@ -120,7 +112,7 @@ def cost_labels(spec: JSON, settings: OperatorSettings) -> tuple[str, str, str]:
     model = spec.get("model") or settings.default_model
     return (
         department,
-        usage if usage in USAGE_PROFILES or usage == "default" else "other",
+        usage if usage in USAGE_NAMES or usage == "default" else "other",
         model if model in MODELS else "other",
     )
 
@@ -261,7 +253,7 @@ class Reconciler:
     def _retention_horizon(self) -> str:
         """EditJobs that finished at or before this stamp are past retention."""
         horizon = self.now() - timedelta(seconds=self.op.retention_seconds)
-        return horizon.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return stamp(horizon)
 
     def sweep(self) -> int:
         stamp = self._retention_horizon()

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from editflow.core.errors import InvalidInputError, UpstreamError
+from editflow.core.kubetime import stamp as kube_stamp
 from editflow.events.audit import AuditRecord, publish_audit
 from editflow.events.ledger import ApprovalLedger
 from editflow.events.models import (
@@ -89,7 +90,7 @@ async def record_selection(
         )
     variant = chosen(editjob, data.variant)
     moment = now or datetime.now(UTC)
-    stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = kube_stamp(moment)
     by = data.selected_by.id if data.selected_by else None
     status = editjob.get("status") or {}
     if status.get("selectedVariant") != data.variant or status.get("selectedBy") != by:

@@ -53,12 +53,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
+from editflow.core.kubetime import parse_stamp as parse_time
+from editflow.core.kubetime import stamp as _stamp
 from editflow.core.sealing import attempt_token, seal, token_key, token_matches
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import (
@@ -79,11 +80,11 @@ from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
 from editflow.operator.caches import ClusterCache, job_path
 from editflow.operator.credentials import AttemptCredentialMinter, CredentialMintError
-from editflow.operator.decide import parse_time
 from editflow.operator.dispatch import AttemptView
 from editflow.operator.jobspec import worker_request
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_POOL, job_name
+from editflow.operator.podstate import exit_code, unschedulable
 from editflow.operator.poolkeys import PoolKeys
 from editflow.operator.warmjobs import config_hash, warm_job_manifest
 from editflow.operator.workindex import SortKey, job_finished, sort_key
@@ -102,10 +103,6 @@ EXIT_MEANINGS = {
 #: Failed worker starts in a row (no worker up meanwhile) after which waiting attempts fail.
 LOAD_FAILURES_TO_GIVE_UP = 2
 TICK_SECONDS = 0.5
-
-
-def _stamp(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _record(name: str, created: float, condition: dict[str, str] | None = None) -> JSON:
@@ -549,12 +546,10 @@ class WarmDispatcher:
         for (ns, _), pod in self.cache.warm_pods.items.items():
             if ns != job[0] or (pod["metadata"].get("labels") or {}).get("job-name") != job[1]:
                 continue
-            for status in (pod.get("status") or {}).get("containerStatuses") or []:
-                ended = (status.get("state") or {}).get("terminated") or {}
-                if "exitCode" in ended:
-                    code = int(ended["exitCode"])
-                    meaning = EXIT_MEANINGS.get(code, "see the Pod's log")
-                    return f"worker Job {job[1]} exited {code} before it was up ({meaning})"
+            code = exit_code((pod,))
+            if code is not None:
+                meaning = EXIT_MEANINGS.get(code, "see the Pod's log")
+                return f"worker Job {job[1]} exited {code} before it was up ({meaning})"
         return f"worker Job {job[1]} failed before it was up"
 
     def _job_of_pod(self, namespace: str, pod: str) -> str | None:
@@ -848,7 +843,7 @@ class WarmDispatcher:
         if work for it comes."""
         for (namespace, model), pool in list(self.pools.items()):
             if not pool.waiting or not any(
-                _unschedulable(p) for p in self._pool_pods(namespace, model)
+                unschedulable(p) is not None for p in self._pool_pods(namespace, model)
             ):
                 continue
             for (other_ns, other_model), other in self.pools.items():
@@ -896,12 +891,3 @@ def _before(stamp: str, moment: float) -> bool:
     except ValueError:
         return False
     return when is not None and when.timestamp() < moment
-
-
-def _unschedulable(pod: JSON) -> bool:
-    """A Pod the scheduler said has no node (no free GPU, say)."""
-    status = pod.get("status") or {}
-    return status.get("phase") == "Pending" and any(
-        c.get("type") == "PodScheduled" and c.get("status") == "False"
-        for c in status.get("conditions") or []
-    )

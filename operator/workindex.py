@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from editflow.operator.decide import FINAL_PHASES, job_outcome, parse_time
+from editflow.core.kubetime import parse_stamp as parse_time
 from editflow.operator.names import LABEL_EDITJOB
+from editflow.operator.phases import FINAL_PHASES
+from editflow.operator.podstate import job_outcome
 
 Key = tuple[str, str]
 SortKey = tuple[int, str, str]

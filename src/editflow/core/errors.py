@@ -139,19 +139,6 @@ class ModelError(RetriableError):
     exit_code = ExitCode.MODEL_FAILED
 
 
-_BY_EXIT_CODE: dict[int, type[EditflowError]] = {
-    cls.exit_code.value: cls
-    for cls in (
-        InvalidInputError,
-        UnsafeSourceError,
-        ImageRejectedError,
-        PromptRejectedError,
-        UpstreamError,
-        ModelError,
-    )
-}
-
-
 def is_retriable_exit_code(exit_code: int) -> bool:
     """Whether a worker that exited with ``exit_code`` may be tried again.
 
@@ -162,8 +149,3 @@ def is_retriable_exit_code(exit_code: int) -> bool:
     if exit_code == 0:
         return False
     return exit_code not in PERMANENT_EXIT_CODES
-
-
-def error_class_for_exit_code(exit_code: int) -> type[EditflowError]:
-    """The error class a worker exit code stands for (``EditflowError`` if unknown)."""
-    return _BY_EXIT_CODE.get(exit_code, EditflowError)

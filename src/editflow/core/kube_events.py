@@ -6,8 +6,10 @@ explains Pods; both post the same shape, built here (pure: no client, no I/O).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from editflow.core.kubetime import stamp as kube_stamp
 
 
 def event_body(
@@ -25,7 +27,7 @@ def event_body(
 ) -> dict[str, Any]:
     """An Event about ``obj`` (its metadata names it); messages are cut to 1 KiB."""
     meta = obj["metadata"]
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = kube_stamp(now)
     source: dict[str, str] = {"component": component}
     if host:
         source["host"] = host
