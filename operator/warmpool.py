@@ -1,5 +1,10 @@
 """Warm dispatch (``worker.mode: warm``): attempts go to workers that keep the model loaded.
 
+Three modules, one job each: :mod:`.warmregistry` holds the state (the attempts this
+process owns, each pool's queue, the workers it hears); :mod:`.warmscaler` keeps each
+pool at the workers its attempts need and replaces or retires workers; this module is
+the dispatcher: attempts in, hand-out, results and heartbeats, deadlines.
+
 Per namespace and model the operator keeps 0..N warm worker Jobs
 (:mod:`editflow.operator.warmjobs`, ``editflow worker serve``). N follows the
 attempts waiting and running, bounded by ``max_warm_workers`` and the namespace's
@@ -45,17 +50,14 @@ Guarantees and where they are kept:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from editflow.core.kubetime import parse_stamp as parse_time
@@ -63,8 +65,6 @@ from editflow.core.kubetime import stamp as _stamp
 from editflow.core.sealing import attempt_token, seal, token_key, token_matches
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import (
-    HEARTBEAT_EXPIRY_SECONDS,
-    MODEL_LOAD_FAILED_CODE,
     RESULT_SUBJECT_PREFIX,
     WORK_STREAM,
     WORKER_STATUS_PREFIX,
@@ -78,30 +78,26 @@ from editflow.events.worker_contract import (
 )
 from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
-from editflow.operator.caches import ClusterCache, job_path
+from editflow.operator.caches import ClusterCache
 from editflow.operator.credentials import AttemptCredentialMinter, CredentialMintError
 from editflow.operator.dispatch import AttemptView
 from editflow.operator.jobspec import worker_request
-from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
-from editflow.operator.names import LABEL_POOL, job_name
-from editflow.operator.podstate import exit_code, unschedulable
+from editflow.operator.kube import JSON, AsyncKube
+from editflow.operator.names import job_name
 from editflow.operator.poolkeys import PoolKeys
-from editflow.operator.warmjobs import config_hash, warm_job_manifest
-from editflow.operator.workindex import SortKey, job_finished, sort_key
+from editflow.operator.warmregistry import (
+    UNCLAIMED_LIMIT,
+    UNCLAIMED_SECONDS,
+    Key,
+    Pool,
+    WarmAttempt,
+    WarmState,
+)
+from editflow.operator.warmscaler import PoolScaler
+from editflow.operator.workindex import sort_key
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
-PoolKey = tuple[str, str]  # (namespace, model)
-
-#: What a warm worker's exit code says (editflow.core.errors.ExitCode).
-EXIT_MEANINGS = {
-    70: "NATS or another upstream unreachable: check the NATS URL and credentials",
-    71: "the model did not load",
-    72: "an unexpected error",
-}
-#: Failed worker starts in a row (no worker up meanwhile) after which waiting attempts fail.
-LOAD_FAILURES_TO_GIVE_UP = 2
 TICK_SECONDS = 0.5
 
 
@@ -111,89 +107,6 @@ def _record(name: str, created: float, condition: dict[str, str] | None = None) 
     if condition is not None:
         status["conditions"] = [{"status": "True", **condition}]
     return {"metadata": {"name": name, "creationTimestamp": _stamp(created)}, "status": status}
-
-
-@dataclass
-class WarmAttempt:
-    """One attempt the dispatcher owns, from hand-out queue to result."""
-
-    namespace: str
-    name: str
-    edit_id: str
-    attempt: int
-    model: str
-    order: SortKey
-    payload: bytes
-    msg_id: str
-    deadline: float
-    #: The EditJob as dispatched: its credentials are minted at hand-out, not before.
-    editjob: JSON | None = None
-    created: float = field(default_factory=time.time)
-    published_at: float | None = None
-    seq: int | None = None
-    result: WorkerResult | None = None
-    #: Set when the dispatcher itself gave up on it (deadline, model failure).
-    failed: dict[str, str] | None = None
-    #: After an operator restart: look for a result in S3 once before waiting on.
-    check_result: bool = False
-
-
-@dataclass
-class Pool:
-    namespace: str
-    model: str
-    waiting: list[tuple[SortKey, str]] = field(default_factory=list)  # sorted
-    consumer_ready: bool = False
-    failures_in_a_row: int = 0
-    next_start: float = 0.0
-    last_error: str = ""
-
-
-#: Unclaimed results kept at most (oldest dropped first), and for at most this long: one
-#: claimed after a restart is claimed within a resync, seconds.
-UNCLAIMED_LIMIT = 1000
-UNCLAIMED_SECONDS = 600.0
-
-
-class WorkerRegistry:
-    """Heartbeats by Pod; a worker not heard from for a while is gone."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.workers: dict[Key, tuple[WorkerHeartbeat, float]] = {}
-
-    def heard(self, beat: WorkerHeartbeat) -> WorkerHeartbeat | None:
-        """Record ``beat``; returns the previous one of that Pod."""
-        key = (beat.namespace, beat.pod)
-        previous = self.workers.get(key)
-        self.workers[key] = (beat, self.clock())
-        return previous[0] if previous else None
-
-    def expire(self) -> list[WorkerHeartbeat]:
-        horizon = self.clock() - HEARTBEAT_EXPIRY_SECONDS
-        gone = [k for k, (_, at) in self.workers.items() if at < horizon]
-        return [self.workers.pop(k)[0] for k in gone]
-
-    def forget(self, namespace: str, pod: str) -> None:
-        self.workers.pop((namespace, pod), None)
-
-    def of_pool(self, namespace: str, model: str) -> list[WorkerHeartbeat]:
-        return [
-            beat
-            for (ns, _), (beat, _) in self.workers.items()
-            if ns == namespace and beat.model == model
-        ]
-
-    def running(self, namespace: str, edit_id: str, attempt: int) -> WorkerHeartbeat | None:
-        for (ns, _), (beat, _) in self.workers.items():
-            if (
-                ns == namespace
-                and beat.state in ("busy", "draining")
-                and beat.edit_id == edit_id
-                and beat.attempt == attempt
-            ):
-                return beat
-        return None
 
 
 class WarmDispatcher:
@@ -226,27 +139,29 @@ class WarmDispatcher:
         #: Keys the per-attempt result tokens (sealing.attempt_token), from the operator's S3
         #: secret: derived once, not per hand-out and per result.
         self.token_key = token_key(token_secret)
-        self.registry = WorkerRegistry()
-        self.attempts: dict[Key, WarmAttempt] = {}
-        self.pools: dict[PoolKey, Pool] = {}
+        self.state = WarmState()
+        #: The state's parts, by their old names (the scaler shares the same objects).
+        self.registry = self.state.registry
+        self.attempts = self.state.attempts
+        self.pools = self.state.pools
         #: Results heard for attempts this process does not (yet) own: an operator restart.
         #: Bounded and expiring (UNCLAIMED_LIMIT, UNCLAIMED_SECONDS): a cancelled attempt's
         #: late result, or a result of an EditJob gone meanwhile, is never claimed.
         self.unclaimed_results: OrderedDict[Key, tuple[WorkerResult, float]] = OrderedDict()
-        self._retired: dict[Key, float] = {}
-        self._deleting: set[Key] = set()
         self._kick = asyncio.Event()
         self._subscriptions: list[Any] = []
-        #: Worker Jobs whose failure was already counted (by heartbeat or by the Job).
-        self._failures_counted: set[Key] = set()
-        #: Worker Jobs whose worker was up (idle or busy) once: a later death is a crash, not
-        #: a model that does not load, and does not hold the pool back.
-        self._were_up: set[Key] = set()
-        #: When this process began: a worker Job that had failed before is an earlier
-        #: process's news (counted then), and an empty registry right after a start only
-        #: means no heartbeat was heard yet.
-        self.started = clock()
-        cache.warm_jobs.listeners.append(self._warm_job_changed)
+        self.scaler = PoolScaler(
+            self.state,
+            kube,
+            cache,
+            op,
+            clock=clock,
+            pool_keys=pool_keys,
+            ensure_consumer=self._ensure_consumer,
+            control=self._control,
+            wake=lambda key: self.wake(key),
+            kick=self._kick.set,
+        )
 
     # -- the Dispatcher seam -------------------------------------------------------
     def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
@@ -308,7 +223,7 @@ class WarmDispatcher:
             )
         pool = self.pools.get((namespace, attempt.model))
         if pool is not None:
-            self._leave_waiting(pool, attempt)
+            self.state.leave_waiting(pool, attempt)
         if attempt.seq is not None:
             await self._delete_message(attempt)
         self._kick.set()
@@ -360,24 +275,13 @@ class WarmDispatcher:
         return attempt
 
     def _enqueue(self, attempt: WarmAttempt) -> None:
-        self.attempts[(attempt.namespace, attempt.name)] = attempt
-        pool = self._pool(attempt.namespace, attempt.model)
-        bisect.insort(pool.waiting, (attempt.order, attempt.name))
+        self.state.enqueue(attempt)
         self._kick.set()
-
-    def _leave_waiting(self, pool: Pool, attempt: WarmAttempt) -> None:
-        entry = (attempt.order, attempt.name)
-        i = bisect.bisect_left(pool.waiting, entry)
-        if i < len(pool.waiting) and pool.waiting[i] == entry:
-            pool.waiting.pop(i)
-
-    def _pool(self, namespace: str, model: str) -> Pool:
-        return self.pools.setdefault((namespace, model), Pool(namespace, model))
 
     def _waiting_pods(self, attempt: WarmAttempt) -> tuple[JSON, ...]:
         """While no worker can take it: the pool's Pods that cannot start, for decide()."""
         pods = []
-        for pod in self._pool_pods(attempt.namespace, attempt.model):
+        for pod in self.scaler.pool_pods(attempt.namespace, attempt.model):
             if (pod.get("status") or {}).get("phase") != "Pending":
                 continue
             # The wait counts from the attempt, not from a Pod that was pending before it.
@@ -415,12 +319,10 @@ class WarmDispatcher:
             self._worker_gone(beat)
         for pool in list(self.pools.values()):
             await self._hand_out(pool)
-            await self._scale(pool)
-            self._give_up_if_no_worker_can_load(pool)
+            await self.scaler.scale(pool)
+            self.scaler.give_up_if_no_worker_can_load(pool)
         self._check_deadlines()
-        await self._replace_stuck_workers()
-        await self._retire_outdated()
-        await self._yield_idle_gpus()
+        await self.scaler.tend()
         self._export_metrics()
 
     async def _on_heartbeat(self, msg: Any) -> None:
@@ -439,20 +341,7 @@ class WarmDispatcher:
             )
             return
         previous = self.registry.heard(beat)
-        pool = self._pool(beat.namespace, beat.model)
-        if beat.state == "failed":
-            job = self._job_of_pod(beat.namespace, beat.pod)
-            if job is None or (beat.namespace, job) not in self._failures_counted:
-                if job is not None:
-                    self._failures_counted.add((beat.namespace, job))
-                self._load_failed(pool, beat.error or "the model did not load")
-            else:
-                pool.last_error = beat.error or pool.last_error
-            self.registry.forget(beat.namespace, beat.pod)
-        elif beat.state in ("idle", "busy"):
-            pool.failures_in_a_row = 0
-            if (job := self._job_of_pod(beat.namespace, beat.pod)) is not None:
-                self._were_up.add((beat.namespace, job))
+        self.scaler.heard(beat, self.state.pool(beat.namespace, beat.model))
         if beat.state == "stopped":
             self.registry.forget(beat.namespace, beat.pod)
         changed = previous is None or (previous.state, previous.edit_id, previous.attempt) != (
@@ -470,7 +359,9 @@ class WarmDispatcher:
                     # Taken before this process handed it out: an attempt adopted after a
                     # restart whose first hand-out a worker already runs.
                     attempt.published_at = attempt.published_at or attempt.created
-                    self._leave_waiting(self._pool(beat.namespace, attempt.model), attempt)
+                    self.state.leave_waiting(
+                        self.state.pool(beat.namespace, attempt.model), attempt
+                    )
             self._kick.set()
 
     async def _on_result(self, msg: Any) -> None:
@@ -512,49 +403,6 @@ class WarmDispatcher:
             if len(self.unclaimed_results) <= UNCLAIMED_LIMIT and now - at <= UNCLAIMED_SECONDS:
                 break
             del self.unclaimed_results[oldest]
-
-    def _warm_job_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
-        """A worker Job that failed without saying why (a crash before its first heartbeat)
-        still counts as a failed start: the pool backs off instead of crash-looping."""
-        if new is None:
-            self._failures_counted.discard(key)
-            self._were_up.discard(key)
-            return
-        failed_at = next(
-            (
-                c.get("lastTransitionTime") or ""
-                for c in (new.get("status") or {}).get("conditions") or []
-                if c.get("type") == "Failed" and c.get("status") == "True"
-            ),
-            None,
-        )
-        if failed_at is None or key in self._failures_counted or key in self._were_up:
-            return
-        self._failures_counted.add(key)
-        if old is None and _before(failed_at, self.started - 2.0):
-            # Failed before this process started (the cache's first list after a restart,
-            # within the Job's TTL): counting it again would fail edits that a live worker
-            # of the pool is about to be heard running.
-            return
-        model = (new["metadata"].get("labels") or {}).get(LABEL_POOL)
-        if model:
-            self._load_failed(self._pool(key[0], model), self._why_failed(key))
-        self._kick.set()
-
-    def _why_failed(self, job: Key) -> str:
-        """A worker Job that failed before its worker was up, in words (its exit code)."""
-        for (ns, _), pod in self.cache.warm_pods.items.items():
-            if ns != job[0] or (pod["metadata"].get("labels") or {}).get("job-name") != job[1]:
-                continue
-            code = exit_code((pod,))
-            if code is not None:
-                meaning = EXIT_MEANINGS.get(code, "see the Pod's log")
-                return f"worker Job {job[1]} exited {code} before it was up ({meaning})"
-        return f"worker Job {job[1]} failed before it was up"
-
-    def _job_of_pod(self, namespace: str, pod: str) -> str | None:
-        found = self.cache.warm_pods.get((namespace, pod))
-        return ((found or {}).get("metadata", {}).get("labels") or {}).get("job-name")
 
     def _worker_gone(self, beat: WorkerHeartbeat) -> None:
         log.info("warm worker gone silent", extra={"pod": beat.pod, "state": beat.state})
@@ -602,7 +450,7 @@ class WarmDispatcher:
                 payload,
                 headers={"Nats-Msg-Id": attempt.msg_id},
             )
-            self._leave_waiting(pool, attempt)
+            self.state.leave_waiting(pool, attempt)
             attempt.seq = ack.seq
             attempt.published_at = attempt.published_at or self.clock()
             metrics.WARM_HANDED_OUT.inc()
@@ -660,128 +508,6 @@ class WarmDispatcher:
         with contextlib.suppress(Exception):
             await self.js.delete_msg(WORK_STREAM, attempt.seq)
 
-    # -- pool size ------------------------------------------------------------------------
-    def _pool_jobs(self, namespace: str, model: str) -> list[JSON]:
-        return [
-            job
-            for (ns, _), job in self.cache.warm_jobs.items.items()
-            if ns == namespace
-            and (job["metadata"].get("labels") or {}).get(LABEL_POOL) == model
-            and not job_finished(job)
-            and not job["metadata"].get("deletionTimestamp")
-        ]
-
-    def _pool_pods(self, namespace: str, model: str) -> list[JSON]:
-        return [
-            pod
-            for (ns, _), pod in self.cache.warm_pods.items.items()
-            if ns == namespace
-            and (pod["metadata"].get("labels") or {}).get(LABEL_POOL) == model
-            and not pod["metadata"].get("deletionTimestamp")
-        ]
-
-    def demand(self, pool: Pool) -> int:
-        return sum(
-            1
-            for a in self.attempts.values()
-            if a.namespace == pool.namespace
-            and a.model == pool.model
-            and a.result is None
-            and a.failed is None
-        )
-
-    async def _scale(self, pool: Pool) -> None:
-        target = min(self.op.max_warm_workers, self.op.max_running_per_namespace, self.demand(pool))
-        retiring = {
-            w.pod
-            for w in self.registry.of_pool(pool.namespace, pool.model)
-            if w.state
-            in (
-                "draining",
-                "stopped",
-            )
-        }
-        live = [
-            job
-            for job in self._pool_jobs(pool.namespace, pool.model)
-            if not any(p.startswith(job["metadata"]["name"]) for p in retiring)
-        ]
-        missing = target - len(live)
-        now = self.clock()
-        if missing < 0:
-            await self._drop_unstarted(pool, live, -missing)
-            return
-        if missing == 0 or now < pool.next_start:
-            return
-        for _ in range(missing):
-            manifest = warm_job_manifest(self.op, pool.namespace, pool.model)
-            try:
-                # What a worker needs exists before it: the pool key it mounts, the consumer
-                # it pulls from.
-                if self.pool_keys is not None:
-                    await self.pool_keys.sealing_key(pool.namespace)
-                await self._ensure_consumer(pool)
-                job = await self.kube.create(job_path(pool.namespace), manifest)
-            except (KubeAPIError, NatsError) as exc:
-                log.warning("warm worker not created", extra={"error": str(exc)})
-                pool.next_start = now + 5
-                return
-            self.cache.warm_jobs.upsert(job)  # write-through: the next tick must count it
-            metrics.WARM_WORKERS_STARTED.inc()
-            log.info(
-                "started a warm worker",
-                extra={"job": job["metadata"]["name"], "model": pool.model},
-            )
-
-    async def _drop_unstarted(self, pool: Pool, live: list[JSON], surplus: int) -> None:
-        """Workers no attempt needs any more that have not started (still Pending) go: a Pod
-        waiting for a GPU would take one the moment it frees, to idle on it."""
-        pending = {
-            (p["metadata"].get("labels") or {}).get("job-name")
-            for p in self._pool_pods(pool.namespace, pool.model)
-            if (p.get("status") or {}).get("phase") == "Pending"
-        }
-        for job in live:
-            name = job["metadata"]["name"]
-            if surplus <= 0:
-                return
-            if name in pending:
-                with contextlib.suppress(KubeAPIError):
-                    await self.kube.delete(job_path(pool.namespace, name))
-                surplus -= 1
-                log.info("dropped a warm worker that never started", extra={"job": name})
-
-    def _load_failed(self, pool: Pool, error: str) -> None:
-        pool.failures_in_a_row += 1
-        pool.last_error = error
-        delay = min(300.0, 5.0 * 2 ** (pool.failures_in_a_row - 1))
-        pool.next_start = self.clock() + delay
-        log.warning(
-            "a warm worker's model did not load",
-            extra={"model": pool.model, "in_a_row": pool.failures_in_a_row, "error": error},
-        )
-
-    def _give_up_if_no_worker_can_load(self, pool: Pool) -> None:
-        if pool.failures_in_a_row < LOAD_FAILURES_TO_GIVE_UP:
-            return
-        if self.clock() - self.started < HEARTBEAT_EXPIRY_SECONDS:
-            return  # every live worker is heard within this; until then none is not news
-        if any(
-            w.state in ("idle", "busy") for w in self.registry.of_pool(pool.namespace, pool.model)
-        ):
-            return
-        for _, name in list(pool.waiting):
-            attempt = self.attempts.get((pool.namespace, name))
-            if attempt is None or attempt.failed is not None:
-                continue
-            attempt.failed = {
-                "reason": "ModelLoadFailed",
-                "message": f"{MODEL_LOAD_FAILED_CODE}: no warm worker of {pool.model} came up "
-                f"({pool.failures_in_a_row} tries): {pool.last_error}"[:900],
-            }
-            self._leave_waiting(pool, attempt)
-            self.wake((attempt.namespace, attempt.edit_id))
-
     # -- deadlines and stuck workers ----------------------------------------------------
     def _check_deadlines(self) -> None:
         now = self.clock()
@@ -797,71 +523,6 @@ class WarmDispatcher:
             if attempt.seq is not None:
                 asyncio.get_running_loop().create_task(self._delete_message(attempt))
             self.wake((attempt.namespace, attempt.edit_id))
-
-    async def _replace_stuck_workers(self) -> None:
-        """A worker still busy with an edit long past its deadline is deleted (and replaced)."""
-        now = self.clock()
-        for (namespace, pod), (beat, _) in list(self.registry.workers.items()):
-            if beat.state not in ("busy", "draining") or not beat.edit_id or not beat.attempt:
-                continue
-            attempt = self.attempts.get((namespace, job_name(beat.edit_id, beat.attempt)))
-            deadline = attempt.deadline if attempt else float(self.op.deadline_seconds)
-            if now - beat.since < deadline + self.op.warm_stuck_grace_seconds:
-                continue
-            await self._delete_worker(namespace, pod, "stuck on one edit past its deadline")
-
-    async def _delete_worker(self, namespace: str, pod_name: str, why: str) -> None:
-        key = (namespace, pod_name)
-        if key in self._deleting:
-            return
-        pod = self.cache.warm_pods.get(key) or {"metadata": {"labels": {}}}
-        job = (pod["metadata"].get("labels") or {}).get("job-name")
-        if not job:
-            return
-        self._deleting.add(key)
-        try:
-            await self.kube.delete(job_path(namespace, job))
-            self.registry.forget(namespace, pod_name)
-            metrics.WARM_WORKERS_REPLACED.inc()
-            log.warning("deleted a warm worker", extra={"pod": pod_name, "why": why})
-        finally:
-            self._deleting.discard(key)
-
-    async def _retire_outdated(self) -> None:
-        """Workers from an older configuration finish their edit, then make room for new ones."""
-        for (namespace, pod), (beat, _) in list(self.registry.workers.items()):
-            if beat.state not in ("idle", "busy", "loading"):
-                continue
-            if beat.config_hash == config_hash(self.op, namespace, beat.model):
-                continue
-            await self._retire(namespace, pod, "configuration changed")
-
-    async def _yield_idle_gpus(self) -> None:
-        """An idle worker gives its GPU up when another pool of its namespace has attempts
-        waiting and a worker Pod that cannot be scheduled: no idle preview worker (or any
-        other) holds a GPU that a waiting edit needs. It retires; its pool starts again later
-        if work for it comes."""
-        for (namespace, model), pool in list(self.pools.items()):
-            if not pool.waiting or not any(
-                unschedulable(p) is not None for p in self._pool_pods(namespace, model)
-            ):
-                continue
-            for (other_ns, other_model), other in self.pools.items():
-                if other_ns != namespace or other_model == model or other.waiting:
-                    continue
-                idle = [
-                    w for w in self.registry.of_pool(namespace, other_model) if w.state == "idle"
-                ]
-                if idle:
-                    await self._retire(namespace, idle[0].pod, f"a GPU for the {model} pool")
-                    break
-
-    async def _retire(self, namespace: str, pod: str, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._retired.get((namespace, pod), -1e9) < 10:
-            return
-        self._retired[(namespace, pod)] = now
-        await self._control(namespace, pod, WorkerControl(action="retire", reason=reason[:300]))
 
     async def _control(self, namespace: str, pod: str, control: WorkerControl) -> None:
         """Best effort: a retire is asked again later, a missed cancel ends at the deadline."""
@@ -882,12 +543,3 @@ class WarmDispatcher:
         for state in ("loading", "idle", "busy", "draining"):
             metrics.WARM_WORKERS.labels(state).set(states.get(state, 0))
         metrics.WARM_WAITING.set(sum(len(p.waiting) for p in self.pools.values()))
-
-
-def _before(stamp: str, moment: float) -> bool:
-    """Whether the Kubernetes timestamp ``stamp`` (1 s resolution) is before ``moment``."""
-    try:
-        when = parse_time(stamp)
-    except ValueError:
-        return False
-    return when is not None and when.timestamp() < moment

@@ -12,7 +12,17 @@ import ast
 from pathlib import Path
 
 OPERATOR = Path(__file__).resolve().parents[2] / "operator"
-BELOW_DECIDE = ("caches", "workindex", "warmpool", "outbox", "dispatch", "informer", "podstate")
+BELOW_DECIDE = (
+    "caches",
+    "workindex",
+    "warmpool",
+    "warmregistry",
+    "warmscaler",
+    "outbox",
+    "dispatch",
+    "informer",
+    "podstate",
+)
 
 
 def imports(module: Path) -> set[str]:

@@ -219,7 +219,9 @@ def test_an_idle_worker_yields_its_gpu_to_a_pool_whose_worker_cannot_be_schedule
     ej = editjob("Running", attempts=1, jobName="full-a1")
     ej["metadata"].update(name="full", namespace="edits")
     asyncio.run(dispatcher.start(ej, 1))  # waits in the longcat-image-edit pool
-    dispatcher._pool("edits", "longcat-image-edit-turbo")  # the previews' pool, nothing waiting
+    dispatcher.state.pool(
+        "edits", "longcat-image-edit-turbo"
+    )  # the previews' pool, nothing waiting
     dispatcher.registry.heard(
         WorkerHeartbeat(
             pod="turbo-1", namespace="edits", model="longcat-image-edit-turbo", state="idle"
@@ -230,7 +232,7 @@ def test_an_idle_worker_yields_its_gpu_to_a_pool_whose_worker_cannot_be_schedule
         name="w-full-x", namespace="edits", labels={LABEL_POOL: "longcat-image-edit"}
     )
     dispatcher.cache.warm_pods.upsert(stuck)
-    asyncio.run(dispatcher._yield_idle_gpus())
+    asyncio.run(dispatcher.scaler.yield_idle_gpus())
     assert [s for s, _ in sent] == ["editflow.worker.control.edits.turbo-1"]
     assert b'"retire"' in sent[0][1]
 
@@ -275,14 +277,18 @@ def test_worker_jobs_that_failed_before_a_restart_do_not_fail_the_adopted_edit()
     for name in ("w-old-1", "w-old-2"):
         dispatcher.cache.warm_jobs.upsert(_failed_worker_job(name, earlier))
     clock[0] += 30
-    dispatcher._give_up_if_no_worker_can_load(dispatcher._pool("edits", "longcat-image-edit"))
+    dispatcher.scaler.give_up_if_no_worker_can_load(
+        dispatcher.state.pool("edits", "longcat-image-edit")
+    )
     assert dispatcher.attempts[("edits", "adopted-a1")].failed is None
 
     # Two worker Jobs failing while this process runs are news: the pool gives up.
     now = "2027-01-15T08:00:30Z"
     for name in ("w-new-1", "w-new-2"):
         dispatcher.cache.warm_jobs.upsert(_failed_worker_job(name, now))
-    dispatcher._give_up_if_no_worker_can_load(dispatcher._pool("edits", "longcat-image-edit"))
+    dispatcher.scaler.give_up_if_no_worker_can_load(
+        dispatcher.state.pool("edits", "longcat-image-edit")
+    )
     failed = dispatcher.attempts[("edits", "adopted-a1")].failed
     assert failed is not None and failed["reason"] == "ModelLoadFailed", failed
 
@@ -293,13 +299,13 @@ def test_an_empty_registry_right_after_a_start_is_not_evidence_that_no_worker_lo
     ej = editjob("Running", attempts=1, jobName="fresh-a1")
     ej["metadata"].update(name="fresh", namespace="edits")
     asyncio.run(dispatcher.start(ej, 1))
-    pool = dispatcher._pool("edits", "longcat-image-edit")
-    dispatcher._load_failed(pool, "weights missing")
-    dispatcher._load_failed(pool, "weights missing")
-    dispatcher._give_up_if_no_worker_can_load(pool)
+    pool = dispatcher.state.pool("edits", "longcat-image-edit")
+    dispatcher.scaler.load_failed(pool, "weights missing")
+    dispatcher.scaler.load_failed(pool, "weights missing")
+    dispatcher.scaler.give_up_if_no_worker_can_load(pool)
     assert dispatcher.attempts[("edits", "fresh-a1")].failed is None, "no heartbeat window yet"
     clock[0] += 60
-    dispatcher._give_up_if_no_worker_can_load(pool)
+    dispatcher.scaler.give_up_if_no_worker_can_load(pool)
     assert dispatcher.attempts[("edits", "fresh-a1")].failed is not None
 
 
