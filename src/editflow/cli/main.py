@@ -13,6 +13,7 @@ from editflow.cli import dlq as dlq_cli
 from editflow.cli import edits as edits_cli
 from editflow.cli import events as events_cli
 from editflow.cli import gateway as gateway_cli
+from editflow.cli import models as models_cli
 from editflow.cli import operator as operator_cli
 from editflow.cli import worker as worker_cli
 
@@ -26,6 +27,7 @@ app.add_typer(dev.app, name="dev")
 app.add_typer(events_cli.app, name="events")
 app.add_typer(dlq_cli.app, name="dlq")
 app.add_typer(worker_cli.app, name="worker")
+app.add_typer(models_cli.app, name="models")
 app.add_typer(operator_cli.app, name="operator")
 operator_cli.edits.command()(edits_cli.rerun)  # beside cancel/resolve: one `edits` group
 app.add_typer(operator_cli.edits, name="edits")

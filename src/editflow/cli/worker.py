@@ -137,25 +137,28 @@ def tiny_model(
     typer.echo(json.dumps(hint))
 
 
-@app.command("models")
+@app.command("models", hidden=True)
 def models() -> None:
-    """List the registry's models (those verified end to end with a tiny instance)."""
-    from editflow.inference.registry import REGISTRY
+    """Deprecated alias of ``editflow models list`` (kept for one release)."""
+    from editflow.cli.models import list_
 
-    for spec in REGISTRY.values():
-        typer.echo(
-            f"{spec.name}\t{spec.pipeline_class}\tsteps={spec.steps}\t"
-            f"{spec.guidance_kwarg}={spec.guidance_scale}"
-        )
+    typer.echo("`editflow worker models` is deprecated: use `editflow models list`", err=True)
+    list_(prefix=None, to_dir=None)
 
 
-@app.command("publish-weights")
+@app.command("publish-weights", hidden=True)
 def publish_weights(
     model_dir: Path = typer.Argument(..., help="A saved pipeline directory."),
     prefix: str = typer.Option(..., "--prefix", help="S3 prefix, e.g. models/longcat-image-edit"),
 ) -> None:
-    """Upload a model directory to S3 with the checksum manifest the worker verifies."""
-    from editflow.inference.weights import publish_to_s3
+    """Deprecated alias of ``editflow models push`` (kept for one release): ``--prefix``
+    named the model's own prefix, so its last part is the model's name."""
+    from editflow.cli.models import push
 
-    settings = _settings()
-    typer.echo(publish_to_s3(model_dir, settings.s3, prefix))
+    parent, _, name = prefix.strip("/").rpartition("/")
+    typer.echo(
+        f"`editflow worker publish-weights` is deprecated: use "
+        f"`editflow models push {model_dir} --name {name} --prefix {parent or '.'}`",
+        err=True,
+    )
+    push(directory=model_dir, name=name, prefix=parent or None, to_dir=None, max_rate=0)
