@@ -24,6 +24,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from editflow.core.backoff import Backoff
 from editflow.core.errors import PermanentError, UpstreamError
 from editflow.core.settings import NatsSettings
 
@@ -108,7 +109,7 @@ async def connect(
     options["allow_reconnect"] = False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + connect_for
-    delay = 0.2
+    backoff = Backoff(0.2, 5.0)
     while True:
         try:
             nc = await nats.connect(
@@ -123,14 +124,13 @@ async def connect(
                     f"NATS at {settings.url} refused the credentials or TLS certificate: {exc}; "
                     "check EDITFLOW_NATS__* (user/password, token, nkey/creds file, tls files)"
                 ) from exc
-            if loop.time() + delay > deadline:
+            if loop.time() + backoff.delay > deadline:
                 raise UpstreamError(
                     f"cannot reach NATS at {settings.url}: {exc!r}; check the URL and that "
                     "the server is up"
                 ) from exc
-            log.info("nats not reachable yet (%r); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            log.info("nats not reachable yet (%r); retrying in %.1fs", exc, backoff.delay)
+            await asyncio.sleep(backoff.grow())
             continue
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1

@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
+from editflow.core.backoff import Backoff
 from editflow.core.errors import UpstreamError
 from editflow.events.binding import ContentMode, WireMessage, encode
 from editflow.events.models import CloudEvent
@@ -54,18 +55,22 @@ async def publish_wire(
     """Publish prepared bytes, retrying transient failures; then :class:`UpstreamError`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
-    delay = 0.1
+    backoff = Backoff(0.1, 2.0)
     while True:
         try:
             return await js.publish(
                 subject, message.body, timeout=timeout, headers=dict(message.headers)
             )
         except Exception as exc:
-            if not _transient(exc) or loop.time() + delay > deadline:
+            if not _transient(exc) or loop.time() + backoff.delay > deadline:
                 raise UpstreamError(f"publish to {subject!r} failed: {exc!r}") from exc
-            log.info("publish to %s not acknowledged (%r); retrying in %.1fs", subject, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            log.info(
+                "publish to %s not acknowledged (%r); retrying in %.1fs",
+                subject,
+                exc,
+                backoff.delay,
+            )
+            await asyncio.sleep(backoff.grow())
 
 
 async def publish_event(

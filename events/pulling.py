@@ -20,6 +20,8 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from editflow.core.backoff import Backoff
+
 log = logging.getLogger("editflow.events.pulling")
 
 
@@ -35,7 +37,7 @@ async def pull_batches(
 ) -> AsyncIterator[list[Msg]]:
     """Yield batches from ``consumer`` on ``stream`` until ``stop`` is set."""
     sub = None
-    delay = 0.2
+    backoff = Backoff(0.2, 5.0)
     while not stop.is_set():
         try:
             if sub is None:
@@ -49,11 +51,10 @@ async def pull_batches(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s: fetching failed: %r; retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            log.warning("%s: fetching failed: %r; retrying in %.1fs", what, exc, backoff.delay)
+            await asyncio.sleep(backoff.grow())
             continue
-        delay = 0.2
+        backoff.reset()
         yield msgs
 
 

@@ -34,6 +34,7 @@ from minio.error import S3Error
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from editflow.core.backoff import Backoff
 from editflow.core.errors import UpstreamError
 from editflow.core.s3 import presigning_client, s3_client
 from editflow.core.settings import Settings
@@ -149,7 +150,7 @@ class Bus:
         self._task = asyncio.create_task(self._connect(), name="gateway-nats-connect")
 
     async def _connect(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 10.0)
         while self.client is None:
             try:
                 client = await OAClient.connect(
@@ -165,9 +166,8 @@ class Bus:
                 log.info("connected to NATS at %s", self.settings.nats.url)
             except Exception as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("NATS not reachable yet: %s; retrying in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                log.warning("NATS not reachable yet: %s; retrying in %.0fs", exc, backoff.delay)
+                await asyncio.sleep(backoff.grow())
 
     def jetstream(self) -> JetStreamContext | None:
         """The connected JetStream context, or ``None`` while NATS is unreachable (never waits)."""

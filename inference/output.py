@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from editflow.core.backoff import Backoff
 from editflow.core.errors import UpstreamError
 from editflow.core.settings import S3Settings
 from editflow.inference.profiles import OutputProfile
@@ -169,7 +170,7 @@ def put_bytes(
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     deadline = time.monotonic() + retry_seconds
-    delay = RETRY_FIRST_SECONDS
+    backoff = Backoff(RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS)
     while True:
         try:
             _client(s3).put_object(
@@ -178,14 +179,13 @@ def put_bytes(
             )  # fmt: skip
             return
         except (MinioException, OSError, Urllib3Error) as exc:
-            if not _transient(exc) or time.monotonic() + delay > deadline:
+            if not _transient(exc) or time.monotonic() + backoff.delay > deadline:
                 raise UpstreamError(f"could not write s3://{s3.bucket}/{key}: {exc}") from exc
             log.warning(
                 "S3 write failed; retrying",
-                extra={"key": key, "error": str(exc)[:300], "retry_in": delay},
+                extra={"key": key, "error": str(exc)[:300], "retry_in": backoff.delay},
             )
-        time.sleep(delay)
-        delay = min(delay * 2, RETRY_MAX_SECONDS)
+        time.sleep(backoff.grow())
 
 
 def presign(s3: S3Settings, key: str) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from editflow.core.backoff import Backoff
 from editflow.core.logging import configure_logging
 from editflow.core.s3 import s3_client
 from editflow.core.settings import Settings
@@ -284,7 +285,7 @@ def _utcnow() -> datetime:
 
 async def _supervised(what: str, loop: Any) -> None:
     """Restart a crashed loop with backoff: one bug must not silently stop the operator."""
-    delay = 1.0
+    backoff = Backoff(1.0, 30.0)
     while True:
         try:
             await loop()
@@ -292,9 +293,8 @@ async def _supervised(what: str, loop: Any) -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s stopped; restarting in %.0fs", what, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            log.exception("%s stopped; restarting in %.0fs", what, backoff.delay)
+            await asyncio.sleep(backoff.grow())
 
 
 async def operate(settings: Settings) -> None:

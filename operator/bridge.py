@@ -39,6 +39,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from editflow.core.backoff import Backoff
 from editflow.core.errors import InvalidInputError, UpstreamError
 from editflow.core.keyedlocks import KeyedLocks
 from editflow.core.settings import Settings
@@ -279,7 +280,7 @@ async def run_bridge(
     policy = Policy.from_settings(settings.events, accept=OA_EVENT_TYPES)
     stop = stop or asyncio.Event()
     concurrency = settings.operator.bridge_concurrency
-    delay = 1.0
+    backoff = Backoff(1.0, 30.0)
     while not stop.is_set():
         try:
             # run_consumer sets the event it is given when it ends; a private one per
@@ -293,14 +294,13 @@ async def run_bridge(
                 )  # fmt: skip
             finally:
                 watcher.cancel()
-            delay = 1.0
+            backoff.reset()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("the approval bridge stopped; restarting in %.0fs", delay)
+            log.exception("the approval bridge stopped; restarting in %.0fs", backoff.delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
+                await asyncio.wait_for(stop.wait(), backoff.grow())
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

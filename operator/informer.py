@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from editflow.core.backoff import Backoff
 from editflow.operator import metrics
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 
@@ -190,26 +191,24 @@ class Informer:
 
     async def run(self) -> None:
         """List once, then watch forever; back off on apiserver trouble."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 if not self._version:
                     await self.relist()
                 await self._watch_once()
-                delay = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except KubeAPIError as exc:
                 if exc.status == 410:
                     self._version = ""  # compacted: the next turn re-lists
                     continue
-                log.warning("%s watch failed: %s; retrying in %.1fs", self.kind, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                log.warning("%s watch failed: %s; retrying in %.1fs", self.kind, exc, backoff.delay)
+                await asyncio.sleep(backoff.grow())
             except Exception as exc:
-                log.warning("%s watch failed: %r; retrying in %.1fs", self.kind, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                log.warning("%s watch failed: %r; retrying in %.1fs", self.kind, exc, backoff.delay)
+                await asyncio.sleep(backoff.grow())
 
     async def _watch_once(self) -> None:
         async for event in self.kube.watch(
