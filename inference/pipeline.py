@@ -10,7 +10,9 @@ device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -63,6 +65,29 @@ def pick_device(requested: str) -> str:
     if requested != "auto":
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_limit() -> int:
+    """The cores this process may use: its affinity, capped by a cgroup v2 CPU quota
+    (``cpu.max``, the Pod's CPU limit) when one is set."""
+    cores = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
+
+
+def limit_cpu_threads(device: str, worker: WorkerSettings) -> int | None:
+    """On the CPU, torch's intra-op threads: ``worker.cpu_threads``, else :func:`cpu_limit`.
+    Returns the count set (None on an accelerator, where the CPU only feeds it)."""
+    if not device.startswith("cpu"):
+        return None
+    import torch
+
+    threads = worker.cpu_threads or cpu_limit()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def torch_dtypes(spec: ModelSpec, requested: str, device: str) -> dict[str, Any]:
@@ -121,6 +146,7 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
             "which the worker never contacts: install the kernel and use its local backend"
         )
     device = pick_device(worker.device)
+    limit_cpu_threads(device, worker)
     dtypes = torch_dtypes(spec, worker.dtype, device)
     cls = getattr(diffusers, spec.pipeline_class)
     direct = loads_straight_to_device(device, worker)

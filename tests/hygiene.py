@@ -22,6 +22,7 @@ needed (parent, command line, CPU ticks) are one line each.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -233,6 +234,70 @@ def top_cpu(seconds: float = 1.0, limit: int = 12) -> list[tuple[float, int, str
             rows.append((round(100 * used / hertz / seconds, 1), pid, proc.cmdline[:140]))
     rows.sort(reverse=True)
     return rows[:limit]
+
+
+def _label(cmdline: str) -> str:
+    """A process's kind, not its instance: ``kube-apiserver``, ``editflow worker serve``, ...,
+    so that the CPU of every short-lived worker adds up under one name."""
+    words = cmdline.split()
+    if not words:
+        return "(kernel)"
+    program = Path(words[0]).name
+    if not program.startswith("python") or len(words) < 2:
+        return program[:60]
+    if words[1] == "-c":
+        return "python -c"
+    if words[1] == "-m":  # the module and its subcommand: python -m editflow.cli.main dev kubelet
+        return " ".join(["python -m", *[w for w in words[2:5] if not w.startswith("-")]])[:60]
+    script = Path(words[1]).name  # a script or console entry: python editflow worker serve
+    subcommand = [w for w in words[2:4] if not w.startswith("-") and "/" not in w]
+    return " ".join(["python", script, *subcommand])[:60]
+
+
+class CpuSampler:
+    """CPU seconds by kind of process over a run, sampled from ``/proc`` every ``every`` s:
+    what competed with a fault run (issue 19), short-lived workers included."""
+
+    def __init__(self, every: float = 2.0) -> None:
+        self.every = every
+        self.used: dict[str, float] = {}
+        self._last: dict[tuple[int, int], int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> CpuSampler:
+        self._sample(baseline=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def _sample(self, *, baseline: bool = False) -> None:
+        """Add each process's CPU since the last look; a process first seen now counts from its
+        start (it began during the run), except in the ``baseline`` look."""
+        hertz = os.sysconf("SC_CLK_TCK")
+        for proc in processes().values():
+            key = (proc.pid, proc.start_ticks)
+            before = self._last.get(key, proc.ticks if baseline else 0)
+            if proc.ticks > before:
+                label = _label(proc.cmdline)
+                self.used[label] = self.used.get(label, 0.0) + (proc.ticks - before) / hertz
+            self._last[key] = proc.ticks
+
+    def table(self, limit: int = 12) -> str:
+        wall = time.monotonic() - self.started
+        rows = sorted(self.used.items(), key=lambda kv: -kv[1])[:limit]
+        lines = [f"CPU seconds by process over {wall:.0f} s (all: {sum(self.used.values()):.0f}):"]
+        lines += [f"  {seconds:8.1f}  {label}" for label, seconds in rows]
+        return "\n".join(lines)
 
 
 def node_report(stack: LocalStack | None = None) -> str:

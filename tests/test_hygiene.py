@@ -77,3 +77,13 @@ def test_the_diagnosis_table_says_where_each_unfinished_edit_is(tmp_path: Path) 
     assert "running in pid 4242" in lines["ej-b"] and "editflow-warm-m-x1" in lines["ej-b"]
     assert "handed out, unacked (seq 7)" in lines["ej-c"]
     assert "(no EditJob)" in lines["ej-gone"]
+
+
+def test_the_cpu_sampler_adds_up_short_lived_processes_by_kind() -> None:
+    spin = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"
+    with hygiene.CpuSampler(every=0.2) as sampler:
+        for _ in range(2):  # two processes of one kind, each gone before the run ends
+            subprocess.run([sys.executable, "-c", spin], check=True)
+    spent = sampler.used.get("python -c", 0.0)
+    assert 1.0 <= spent <= 2.0, sampler.table()
+    assert "python -c" in sampler.table()

@@ -128,6 +128,10 @@ class Run:
                 "STUB_WORKER_SECONDS": "1.5",
                 # Long enough for the suite to catch an upload in flight (it looks every 50 ms).
                 "STUB_UPLOAD_SECONDS": "1" if mode == "job" else "0.5",
+                # Three warm workers share two cores with the platform: one torch thread each,
+                # as a CPU limit of 1 would give them (two each made six threads spin on two
+                # cores, and every other process on the node slowed them further).
+                "EDITFLOW_WORKER__CPU_THREADS": "1",
             },
         )
         command = worker_command(self.worker_script)
@@ -242,6 +246,8 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
     report = REPORT_DIR / f"faults-{mode}.txt"
     report.write_text(f"at the start:\n{hygiene.node_report(platform)}\n")
     deadline = request.node.stash[diagnosis.TEST_STARTED] + TEST_TIMEOUT - RESERVE_SECONDS
+    # What competes with the run, by kind of process: the in-suite run beside the alone one.
+    sampler = hygiene.CpuSampler().__enter__()
     run = Run(platform, tmp_path, mode)
     settings = Settings(nats=NatsSettings(url=platform.nats_url))
     ids = [str(uuid.uuid4()) for _ in range(EVENTS)]
@@ -329,6 +335,7 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
         results_log = run.marks / "results.log"
         results = results_log.read_text().split() if results_log.exists() else []
     finally:
+        sampler.__exit__()
         if run.operator is not None:
             run.operator.stop()
         shutil.rmtree(run.marks, ignore_errors=True)
@@ -379,7 +386,7 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
     print("\n" + table)
     with report.open("a") as out:  # kept after the run: the in-suite time beside the alone one
         took = time.monotonic() - request.node.stash[diagnosis.TEST_STARTED]
-        out.write(f"{table}\ntest time (s)  {took:.1f}\n")
+        out.write(f"{table}\ntest time (s)  {took:.1f}\n{sampler.table()}\n")
 
     assert run.faults["operator SIGKILL"] == 3 and run.faults["NATS restart"] == 1
     assert run.faults["worker SIGKILL mid-edit"] == 1 and run.faults["apiserver restart"] == 1

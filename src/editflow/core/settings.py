@@ -118,6 +118,14 @@ class WorkerSettings(BaseModel):
         "evicted (empty: keep every model)",
     )
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="torch's intra-op threads when the model runs on the CPU (default: the "
+        "Pod's CPU limit, else every core): N workers on one node would otherwise start N "
+        "threads per core and spend the CPU waiting on each other",
+    )
     dtype: str = Field("auto", pattern="^(auto|bfloat16|float16|float32)$")
     cpu_offload: str = Field("none", pattern="^(none|model|sequential)$")
     attention_backend: str | None = Field(
