@@ -431,7 +431,19 @@ class Deliverer:
         )
         path = editoutcome_path(meta["namespace"], meta["name"])
         if finished:
-            await self._finish(obj, done, gave_up)
+            try:
+                await self._finish(obj, done, gave_up)
+            except KubeAPIError as exc:
+                # Not recorded on the EditJob (the apiserver restarting, say): the object stays,
+                # with what was sent, and the next round records it; nothing is sent twice.
+                status.update(
+                    delivered=done,
+                    gaveUp=gave_up,
+                    lastError=f"recording the delivery on the EditJob: {exc}"[:500],
+                )
+                with contextlib.suppress(KubeAPIError):
+                    self.store.upsert(await self.kube.patch(path + "/status", {"status": status}))
+                raise
             with contextlib.suppress(KubeAPIError):
                 await self.kube.delete(path)
             self.store.remove((meta["namespace"], meta["name"]))
@@ -556,7 +568,7 @@ class Deliverer:
         namespace, name = spec["editjob"].split("/", 1)
         has_callback = spec.get("webhookUrl")
         delivery = "gave_up" if "webhook" in gave_up else ("delivered" if has_callback else "none")
-        with contextlib.suppress(KubeAPIError):
+        try:
             await self.kube.patch(
                 editjob_path(namespace, name) + "/status",
                 {
@@ -566,6 +578,9 @@ class Deliverer:
                     }
                 },
             )
+        except KubeAPIError as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing left to record it on
+                raise
         event = CompletionEvent.model_validate_json(spec["completion"])
         if self.ledger is not None and not spec["approvalEventId"].startswith("editjob:"):
             try:

@@ -1,0 +1,90 @@
+"""A delivery that the EditJob could not record keeps its outcome until it can (issue 19's
+fault run found it): the outbox published the completion, the apiserver answered 503 to
+``completionPublishedAt`` while restarting, the outcome object was deleted all the same, and
+the EditJob waited for a record that never came. Real apiserver and NATS; only that one
+status patch is made to fail, as the restarting apiserver did."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from editflow.devstack.stack import LocalStack
+from editflow.operator.crd import editjob_path
+from editflow.operator.informer import Store
+from editflow.operator.kube import AsyncKube, KubeAPIError
+from editflow.operator.mapping import editjob_from_approval
+from editflow.operator.outbox import Deliverer, Outbox
+from tests.harness import scratch_namespace, stored_completions
+from tests.operator.test_bridge import Bus, _settings, approval
+
+pytestmark = [pytest.mark.platform]
+
+
+class RestartingApiserver(AsyncKube):
+    """Answers 503 to the next ``failures`` patches that record a delivery on an EditJob."""
+
+    failures = 0
+
+    async def patch(self, path: str, body: Any, *, kind: str = "merge") -> Any:
+        status = (body or {}).get("status") or {}
+        if self.failures and "/editjobs/" in path and "completionPublishedAt" in status:
+            RestartingApiserver.failures -= 1
+            raise KubeAPIError(503, "ServiceUnavailable", "the apiserver is restarting")
+        return await super().patch(path, body, kind=kind)
+
+
+@pytest.fixture(scope="module")
+def namespace(stack: LocalStack) -> Iterator[str]:
+    yield from scratch_namespace(stack, "outbox-record")
+
+
+async def test_a_delivery_the_editjob_did_not_record_is_recorded_later_and_sent_once(
+    stack: LocalStack, namespace: str
+) -> None:
+    bus = Bus(stack, _settings(stack, namespace))
+    await bus.open(kube_class=RestartingApiserver)
+    try:
+        body = editjob_from_approval(
+            approval(), namespace=namespace, bucket="editflow", default_model="longcat-image-edit"
+        )
+        created = await bus.kube.create(editjob_path(namespace), body)
+        name = created["metadata"]["name"]
+        editjob = await bus.kube.patch(
+            editjob_path(namespace, name) + "/status",
+            {"status": {"phase": "Failed", "message": "refused", "attempts": 0,
+                        "finishedAt": "2026-12-07T00:00:00Z", "errorCode": "invalid_input"}},
+        )  # fmt: skip
+        op = bus.settings.operator
+        outbox = Outbox(op, bus.kube, store=Store(), now=lambda: datetime.now(UTC))
+        deliverer = Deliverer(op, bus.kube, outbox, nats=bus.nc, topology=bus.topology)
+        await outbox.publish_outcome(editjob, review=False)
+        (item,) = outbox.store.items.values()
+
+        RestartingApiserver.failures = 1
+        with pytest.raises(KubeAPIError):
+            await deliverer.deliver(item)
+        (kept,) = outbox.store.items.values()  # the outcome stays, with what was sent
+        assert {"completion", "audit"} <= set(kept["status"]["delivered"])
+        assert "recording the delivery" in kept["status"]["lastError"]
+        recorded = await bus.editjob(name)
+        assert not recorded["status"].get("completionPublishedAt")
+
+        await deliverer.deliver(kept)  # the apiserver is back
+        assert len(outbox.store) == 0
+        recorded = await bus.editjob(name)
+        assert recorded["status"]["completionPublishedAt"]
+        mine = [
+            c
+            for c in await asyncio.to_thread(
+                stored_completions, stack.nats_url, bus.settings.events
+            )
+            if c["data"]["approval_event_id"] == recorded["spec"]["oa"]["eventId"]
+        ]
+        assert len(mine) == 1  # sent once, recorded once
+    finally:
+        await bus.close()
