@@ -16,28 +16,14 @@ from pydantic import SecretStr
 
 from editflow.core.errors import EditflowError
 from editflow.core.settings import NatsSettings
-from editflow.devstack import installer
 from editflow.devstack.pki import LocalCA
-from editflow.devstack.procs import ManagedProcess, free_port, port_is_open, wait_until
 from editflow.events.connection import NatsAuthError, connect, connect_options
+from tests.chart.natskit import start_nats
 
 
 def _server(tmp_path: Path, config: str) -> Iterator[str]:
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f"listen: 127.0.0.1:{port}\n{config}\n")
-    proc = ManagedProcess(
-        "nats-auth", [str(installer.binary("nats-server")), "-c", str(conf)],
-        log_path=tmp_path / "nats.log",
-    )  # fmt: skip
-    proc.start()
-    try:
-        wait_until(
-            lambda: proc.ensure_running() or port_is_open(port), timeout=15, what="nats-server"
-        )
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.stop()
+    # start_nats puts the server on a free loopback port in place of the 4222 written here.
+    yield from start_nats(tmp_path, f"port: 4222\n{config}\n", {}, {})
 
 
 @pytest.fixture
