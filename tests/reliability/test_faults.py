@@ -228,6 +228,19 @@ def publish_steadily(
     return thread
 
 
+def hand_outs(workdir: Path) -> dict[tuple[str, int], set[int]]:
+    """(EditJob, attempt) -> the work-stream sequences it was published as, from every
+    operator process's log (a republish the stream drops as a duplicate keeps its sequence)."""
+    out: dict[tuple[str, int], set[int]] = {}
+    for log in sorted(workdir.glob("operator-*/operator.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"handed out to the warm pool"' not in line:
+                continue
+            entry = json.loads(line)
+            out.setdefault((entry["editjob"], int(entry["attempt"])), set()).add(int(entry["seq"]))
+    return out
+
+
 def _median(values) -> float:
     """The median of the known values (0 when none is), rounded for the table."""
     known = sorted(float(v) for v in values if v is not None)
@@ -352,6 +365,7 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
     )
     warm_jobs = [j for j in jobs if LABEL_POOL in j["metadata"].get("labels", {})]
     results_per_attempt = Counter(results)
+    handed_out = hand_outs(tmp_path) if mode == "warm" else {}
     attempts = {e["metadata"]["name"]: int(e["status"].get("attempts") or 0) for e in editjobs}
 
     client = s3_client(s3)
@@ -378,6 +392,11 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
         ("Jobs", len(jobs)),
         *([("warm worker Jobs", len(warm_jobs))] if mode == "warm" else []),
         *([("attempts run to a result", len(results))] if mode == "warm" else []),
+        *(
+            [("work messages per attempt (max)", max(map(len, handed_out.values()), default=0))]
+            if mode == "warm"
+            else []
+        ),
         ("median edit time (s)", _median(e["status"].get("costSeconds") for e in editjobs)),
         ("time to drain (s)", round(drain_seconds, 1)),
     ]
@@ -397,6 +416,10 @@ def test_every_event_ends_once_through_operator_nats_apiserver_minio_and_worker_
         assert len(warm_jobs) > 1, "the SIGKILLed worker was replaced"
         twice = [a for a, n in results_per_attempt.items() if n > 1]
         assert not twice, f"attempts run to two results: {twice[:3]}"
+        # Four operator processes (three SIGKILLs, each a failover to a new leader) handed the
+        # attempts out: each attempt is one work message, never a second (issue 20 §7).
+        again = {a: seqs for a, seqs in handed_out.items() if len(seqs) > 1}
+        assert handed_out and not again, f"attempts handed out twice: {list(again.items())[:3]}"
     assert len(names) == len(set(names)) == EVENTS and set(names) == {
         editjob_name(i) for i in ids
     }, "exactly one EditJob per event"
