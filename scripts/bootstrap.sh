@@ -48,16 +48,18 @@ fi
 # Strict editable mode links files one by one: relink so new modules are seen.
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
-# The gateway's browser test drives Debian's headless Chromium; it installs
-# nothing at test time, so the browser comes from here (root on Debian only).
-if [ ! -x /usr/bin/chromium ]; then
+# The gateway's browser tests drive Debian's headless Chromium with Selenium through Debian's
+# chromium-driver (the same version as the browser), and Chinese pages need a CJK font to be
+# readable in their screenshots. Nothing is installed at test time, so they come from here
+# (root on Debian only), in one apt-get line.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    step "installing chromium (gateway browser test)"
+    step "installing chromium, chromium-driver and a CJK font (gateway browser tests)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q chromium
+    apt-get install -y -q chromium chromium-driver fonts-noto-cjk
   else
-    echo "note: /usr/bin/chromium is missing and this is not root on Debian; the gateway browser test will be skipped" >&2
+    echo "note: chromium, chromium-driver or fonts-noto-cjk is missing and this is not root on Debian; the gateway browser tests will be skipped" >&2
   fi
 fi
 
