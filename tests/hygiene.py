@@ -22,6 +22,7 @@ needed (parent, command line, CPU ticks) are one line each.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -244,7 +245,9 @@ def _label(cmdline: str) -> str:
         return "(kernel)"
     program = Path(words[0]).name
     if not program.startswith("python") or len(words) < 2:
-        return program[:60]
+        # A platform binary, with the platform it belongs to: the session's or a test's own.
+        stack = re.search(r"/([^/\s]*stack[^/\s]*)/", cmdline)
+        return f"{program} ({stack.group(1)})"[:60] if stack else program[:60]
     if words[1] == "-c":
         return "python -c"
     if words[1] == "-m":  # the module and its subcommand: python -m editflow.cli.main dev kubelet
