@@ -22,6 +22,7 @@ from editflow.core.errors import ErrorInfo
 from editflow.core.s3 import presigning_client
 from editflow.core.settings import S3Settings
 from editflow.events.worker_contract import WorkerResult
+from editflow.operator.tenancy import key_within
 
 #: The error code of a result whose key lies outside its edit's result prefix.
 RESULT_OUTSIDE_EDIT = "result_outside_edit"
@@ -36,13 +37,6 @@ class KeyOutsideEdit(ValueError):
         )
 
 
-def _inside(key: str, within: str) -> bool:
-    parts = key.split("/")
-    return (
-        key.startswith(within) and len(key) > len(within) and ".." not in parts and "." not in parts
-    )
-
-
 class ResultPresigner:
     """GET URLs on the public endpoint, valid ``presign_expiry_seconds``."""
 
@@ -54,7 +48,7 @@ class ResultPresigner:
     def url(self, key: str, *, within: str) -> str:
         """A GET URL for ``key``, which must lie under ``within`` (the edit's result prefix,
         :func:`editflow.operator.tenancy.edit_result_prefix`); else :class:`KeyOutsideEdit`."""
-        if not _inside(key, within):
+        if not key_within(key, within):
             raise KeyOutsideEdit(key, within)
         return self.client.presigned_get_object(self.bucket, key, expires=self.expiry)
 

@@ -109,6 +109,13 @@ def edit_result_prefix(editjob: dict[str, Any], *, result_prefix: str) -> str:
     return f"{base.strip('/')}/{meta['name']}/"
 
 
+def key_within(key: str, prefix: str) -> bool:
+    """Whether ``key`` names an object strictly under ``prefix`` (``.../``) without climbing
+    out of it (``..``, ``.`` or empty segments): the check behind every key a tenant or a
+    worker hands the operator, before the operator's own key reads or signs it."""
+    return key.startswith(prefix) and len(key) > len(prefix) and not _climbs(key)
+
+
 def resolve_key_refusal(
     editjob: dict[str, Any], key: str, *, result_prefix: str, field: str
 ) -> str | None:
@@ -116,7 +123,7 @@ def resolve_key_refusal(
     result prefix). The gateway presigns a result key for the caller: a key of another
     tenant would hand out its object."""
     allowed = edit_result_prefix(editjob, result_prefix=result_prefix)
-    if key.startswith(allowed) and len(key) > len(allowed) and not _climbs(key):
+    if key_within(key, allowed):
         return None
     return f"{field} {key!r} is not a result of this edit: it must lie under {allowed}"
 
