@@ -126,8 +126,8 @@ def version_of(raw: bytes) -> str:
 
 class Store(Protocol):
     def describe(self, name: str) -> str: ...
-    def recorded(self, name: str, rel: str) -> tuple[int, str | None] | None: ...
-    def upload(self, name: str, rel: str, source: Path, sha: str, reader: Throttled) -> None: ...
+    def holds(self, name: str, rel: str, size: int, sha: str) -> bool: ...
+    def upload(self, name: str, rel: str, size: int, sha: str, reader: Throttled) -> None: ...
     def manifest(self, name: str) -> bytes | None: ...
     def write_manifest(self, name: str, raw: bytes) -> None: ...
     def drop_manifest(self, name: str) -> None: ...
@@ -148,24 +148,25 @@ class S3Store:
     def describe(self, name: str) -> str:
         return f"s3://{self.bucket}/{self._key(name)}"
 
-    def recorded(self, name: str, rel: str) -> tuple[int, str | None] | None:
+    def holds(self, name: str, rel: str, size: int, sha: str) -> bool:
+        """The object is there with this size and the sha256 its upload recorded."""
         from minio.error import S3Error
 
         try:
             stat = self.client.stat_object(self.bucket, self._key(name, rel))
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return None
+                return False
             raise
         meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}
-        return int(stat.size), meta.get("x-amz-meta-sha256")
+        return int(stat.size) == size and meta.get("x-amz-meta-sha256") == sha
 
-    def upload(self, name: str, rel: str, source: Path, sha: str, reader: Throttled) -> None:
+    def upload(self, name: str, rel: str, size: int, sha: str, reader: Throttled) -> None:
         self.client.put_object(
             self.bucket,
             self._key(name, rel),
             reader,
-            length=source.stat().st_size,
+            length=size,
             metadata={"sha256": sha},
             part_size=64 * CHUNK,
         )
@@ -174,16 +175,11 @@ class S3Store:
         from minio.error import S3Error
 
         try:
-            response = self.client.get_object(self.bucket, self._key(name, MANIFEST))
+            return b"".join(self.chunks(name, MANIFEST))
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 return None
             raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
 
     def write_manifest(self, name: str, raw: bytes) -> None:
         self.client.put_object(
@@ -231,13 +227,12 @@ class DirStore:
     def describe(self, name: str) -> str:
         return str(self.root / name)
 
-    def recorded(self, name: str, rel: str) -> tuple[int, str | None] | None:
+    def holds(self, name: str, rel: str, size: int, sha: str) -> bool:
+        """The file is there with this size and content (hashed only when the size matches)."""
         path = self.root / name / rel
-        if not path.is_file():
-            return None
-        return path.stat().st_size, None  # hashed by the caller only when the size matches
+        return path.is_file() and path.stat().st_size == size and sha256_file(path) == sha
 
-    def upload(self, name: str, rel: str, source: Path, sha: str, reader: Throttled) -> None:
+    def upload(self, name: str, rel: str, size: int, sha: str, reader: Throttled) -> None:
         target = self.root / name / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
@@ -275,17 +270,6 @@ class DirStore:
         return count
 
 
-def _kept(store: Store, name: str, rel: str, meta: dict[str, Any], source: Path) -> bool:
-    """Whether the store already holds ``rel`` as the snapshot has it (a resumed push)."""
-    found = store.recorded(name, rel)
-    if found is None or found[0] != meta["size"]:
-        return False
-    sha = found[1]
-    if sha is None and isinstance(store, DirStore):
-        sha = sha256_file(store.root / name / rel)
-    return sha == meta["sha256"]
-
-
 def push(
     snapshot: Snapshot,
     store: Store,
@@ -304,13 +288,13 @@ def push(
         return report  # already published, byte for byte
     store.drop_manifest(name)  # workers see no model, never a mix of two versions
     for rel, meta in manifest["files"].items():
-        source = snapshot.root / rel
-        if _kept(store, name, rel, meta, source):
+        size, sha = meta["size"], meta["sha256"]
+        if store.holds(name, rel, size, sha):  # sent before an interruption: kept
             report.kept.append(rel)
-            sending(meta["size"])
+            sending(size)
             continue
-        with source.open("rb") as handle:
-            store.upload(name, rel, source, meta["sha256"], Throttled(handle, sending, rate))
+        with (snapshot.root / rel).open("rb") as handle:
+            store.upload(name, rel, size, sha, Throttled(handle, sending, rate))
         report.uploaded.append(rel)
         report.bytes_sent += meta["size"]
     store.write_manifest(name, raw)
