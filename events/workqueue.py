@@ -1,7 +1,7 @@
 """The warm workers' JetStream work queue: one stream, one durable consumer per pool.
 
-Both sides call these: the operator before it hands out the first attempt of a pool,
-a worker before it pulls. Whoever comes first creates; the other finds them. The
+Only the operator calls these, before it starts a pool's first worker (a worker's NATS
+identity may pull from its namespace's consumers and create nothing: issue 20 §2). The
 consumer's bounds are the operator's to set (``ack_wait``: how long a silent worker
 holds an edit before it goes to another; ``max_deliver``: one more than the deliveries
 an edit may use, so the worker that receives the extra delivery can report the edit
@@ -14,8 +14,8 @@ from typing import Any
 
 from editflow.events.worker_contract import WORK_STREAM, WORK_SUBJECT_PREFIX, work_consumer
 
-#: The duplicate window a worker creates the stream with when it comes first; the operator
-#: sets its own (``duplicate_window``) on every start, upgrades included.
+#: The duplicate window of a stream created without one (tools and tests); the operator
+#: always passes its own (``duplicate_window``), on every start, upgrades included.
 DEFAULT_DUPLICATE_WINDOW = 600.0
 
 
