@@ -186,6 +186,10 @@ class WorkerResult(BaseModel):
     quality: QualityReport | None = None
     #: The Pod that ran the attempt (``POD_NAME``; warm mode: one of the pool's workers).
     worker: str | None = None
+    #: The accelerations the model ran with (editflow.inference.accel), e.g.
+    #: ``["fp8:rowwise", "cache:first_block(threshold=0.05)", "compile:regional"]``; empty:
+    #: plain eager at the model's dtype.
+    accelerations: list[str] = Field(default_factory=list, max_length=8)
     #: Every result when more than one was asked for (the fields above are variant 1's).
     variants: list[VariantResult] = Field(default_factory=list, max_length=4)
     #: Warm mode: the attempt's result token from its work message (sealed with the

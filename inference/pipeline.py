@@ -2,8 +2,10 @@
 
 Loading is ``<PipelineClass>.from_pretrained(model_dir, local_files_only=True)``
 with ``HF_HUB_OFFLINE=1``: the same call for real weights and for the tiny
-test models. Device, dtype, CPU offload, attention backend and regional
-compilation come from :class:`~editflow.core.settings.WorkerSettings`.
+test models. Device, dtype, CPU offload and attention backend come from
+:class:`~editflow.core.settings.WorkerSettings`; the model's acceleration path (cache
+method, FP8, regional compile) from the registry under the worker's settings
+(:mod:`editflow.inference.accel`).
 Seeds drive a CPU ``torch.Generator`` so a seed gives the same noise on any
 device.
 """
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editflow.core.acceleration import Acceleration
 from editflow.core.errors import ModelError
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.events.worker_contract import LoadDetail
-from editflow.inference import cancel
+from editflow.inference import accel, cancel
 from editflow.inference.prompts import patch_diffusers_quote_splitter
 from editflow.inference.registry import ModelSpec
 from editflow.inference.weights import model_dir_defaults, resolve_model_dir
@@ -51,6 +54,10 @@ class LoadedModel:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: Where the load's seconds went (imports, reading, moving to the device).
     load_detail: LoadDetail = field(default_factory=LoadDetail)
+    #: The acceleration path applied at load (inference/accel.py) ...
+    acceleration: Acceleration = field(default_factory=Acceleration)
+    #: ... and what each result records of it (``WorkerResult.accelerations``).
+    accelerations: list[str] = field(default_factory=list)
     #: One edit at a time per pipeline (diffusers pipelines keep per-call state).
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,6 +153,8 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
             "which the worker never contacts: install the kernel and use its local backend"
         )
     device = pick_device(worker.device)
+    acceleration = accel.effective(spec, worker)
+    accel.check(spec, acceleration, device)  # before a 29 GB read, not after
     limit_cpu_threads(device, worker)
     dtypes = torch_dtypes(spec, worker.dtype, device)
     cls = getattr(diffusers, spec.pipeline_class)
@@ -163,8 +172,7 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
         denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
         if worker.attention_backend and denoiser is not None:
             denoiser.set_attention_backend(worker.attention_backend)
-        if worker.compile_repeated_blocks and denoiser is not None:
-            denoiser.compile_repeated_blocks(fullgraph=True)
+        accelerations = accel.apply(pipe, spec, acceleration, device)
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         raise ModelError(f"could not load {spec.name} from {model_dir}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
@@ -177,7 +185,12 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     )
     log.info(
         "model loaded",
-        extra={"model": spec.name, "device": device, **detail.model_dump()},
+        extra={
+            "model": spec.name,
+            "device": device,
+            "accelerations": accelerations,
+            **detail.model_dump(),
+        },
     )
     return LoadedModel(
         spec=spec,
@@ -187,6 +200,8 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
         dtype=str(dtypes.get("default")).removeprefix("torch."),
         defaults=model_dir_defaults(model_dir),
         load_detail=detail,
+        acceleration=acceleration,
+        accelerations=accelerations,
     )
 
 
@@ -296,6 +311,7 @@ def run_edit(
             token.check()
             token.attach(model.pipe)
         try:
+            accel.before_edit(model.pipe, model.acceleration, steps)
             output = model.pipe(**kwargs)
         except torch.OutOfMemoryError as exc:
             raise ModelError(f"{spec.name} ran out of accelerator memory: {exc}") from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from editflow.core.acceleration import Acceleration
 from editflow.core.errors import InvalidInputError
 from editflow.inference.prompts import PromptRules
 
@@ -60,6 +61,10 @@ class ModelSpec:
     #: dtype per component on an accelerator ("*" is the default for the rest).
     component_dtypes: dict[str, str] = field(default_factory=lambda: {"*": "bfloat16"})
     license_note: str = ""
+    #: Cache method, FP8 and regional compile (worker settings override them per model).
+    #: Every model's is off until measured on a GPU with real weights
+    #: (``benchmarks/gpu_longcat.py``); MagCache also needs ratios from the real checkpoint.
+    acceleration: Acceleration = field(default_factory=Acceleration)
 
     def resolve_params(
         self,

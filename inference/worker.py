@@ -21,6 +21,9 @@ Environment (all read through :class:`editflow.core.settings.Settings`):
 ``EDITFLOW_WORKER__CPU_OFFLOAD``            ``none`` | ``model`` | ``sequential``
 ``EDITFLOW_WORKER__ATTENTION_BACKEND``      diffusers attention backend (e.g. ``flash``)
 ``EDITFLOW_WORKER__COMPILE_REPEATED_BLOCKS``  ``true`` compiles the transformer's blocks
+                                            (models whose acceleration leaves it unset)
+``EDITFLOW_WORKER__ACCELERATION``           JSON map model -> cache method, FP8, compile
+                                            over the registry's (editflow.core.acceleration)
 ``EDITFLOW_WORKER__FETCH_MAX_BYTES``        download cap (default 30 MiB)
 ``EDITFLOW_WORKER__FETCH_TIMEOUT_SECONDS``  whole-fetch deadline (default 30)
 ``EDITFLOW_WORKER__MAX_PIXELS``             decoded pixel cap (default 40 M)
@@ -244,6 +247,7 @@ def process(
         format=encoded.format,  # type: ignore[arg-type]
         cost=timer.breakdown(),
         quality=first.quality,
+        accelerations=model.accelerations,
         # One result is the common case: its fields above say everything.
         variants=variants if len(variants) > 1 else [],
     )

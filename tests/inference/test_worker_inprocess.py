@@ -88,6 +88,32 @@ def test_same_seed_same_bytes_through_the_worker(
     assert blobs[0] == blobs[1]
 
 
+def test_the_result_records_the_accelerations_the_model_ran_with(
+    worker_settings: Settings, image_server: ImageServer, models: ModelCache, s3, tiny_models_root
+) -> None:
+    from editflow.core.settings import WorkerSettings
+
+    image_server.routes["/fast.png"] = Route(png_bytes((96, 64)))
+    url = image_server.url("/fast.png")
+    plain, _ = execute(request(url, edit_id="accel-plain"), worker_settings, models)
+    assert plain.accelerations == []
+    cache = {"method": "first_block", "threshold": 0.2}
+    fast = ModelCache(
+        WorkerSettings(models_root=str(tiny_models_root), device="cpu",
+                       acceleration={"longcat-image-edit": {"cache": cache}}),
+        s3,
+    )  # fmt: skip
+    result, code = execute(request(url, edit_id="accel-fbc"), worker_settings, fast)
+    assert code == ExitCode.OK, result.error
+    assert result.accelerations == ["cache:first_block(threshold=0.2)"]
+    stored = WorkerResult.model_validate_json(
+        s3_client(worker_settings.s3)
+        .get_object(worker_settings.s3.bucket, result_json_key("results", "accel-fbc", 1))
+        .read()
+    )
+    assert stored.accelerations == result.accelerations
+
+
 def test_s3_sources_are_read_from_the_platform_bucket(
     worker_settings: Settings, models: ModelCache
 ) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from editflow.core.acceleration import Acceleration
+
 
 def _read_secret_file(path: str | None) -> SecretStr | None:
     if not path:
@@ -131,7 +133,16 @@ class WorkerSettings(BaseModel):
     attention_backend: str | None = Field(
         None, description="diffusers attention backend name, e.g. flash, _native_cudnn"
     )
-    compile_repeated_blocks: bool = False
+    compile_repeated_blocks: bool = Field(
+        False,
+        description="regional compile of every model whose acceleration leaves compile unset",
+    )
+    acceleration: dict[str, Acceleration] = Field(
+        default_factory=dict,
+        description="per model, a cache method, FP8 and regional compile over the registry's "
+        'defaults (editflow.core.acceleration), e.g. {"longcat-image-edit-turbo": '
+        '{"cache": {"method": "first_block", "threshold": 0.05}, "fp8": "rowwise"}}',
+    )
     fetch_max_bytes: int = Field(30 * 1024 * 1024, ge=1024)
     fetch_timeout_seconds: float = Field(30.0, gt=0)
     fetch_max_redirects: int = Field(5, ge=0, le=20)
