@@ -8,13 +8,15 @@ when tests fail.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from editflow.devstack import installer
+from editflow.devstack import installer, paths
 from editflow.devstack.stack import LocalStack
 from tests import hygiene
 
@@ -24,6 +26,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # is shared by the operator, gateway and demo tests; the hygiene plugin fails a module that
 # leaves operators, workers or running Pods behind on the shared platform.
 pytest_plugins = ["tests.harness", "tests.hygiene"]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Free disk where the suite writes most (images, platform, temp folders): a run on a
+    full disk died 30 minutes in with ENOSPC (issue 19), so every run says it up front."""
+    places = {"cache": paths.cache_root(), "tmp": Path(tempfile.gettempdir()), "repo": REPO_ROOT}
+    parts = []
+    for name, place in places.items():
+        while not place.exists():
+            place = place.parent
+        parts.append(f"{name} {shutil.disk_usage(place).free / 2**30:.0f} GiB")
+    return "free disk: " + ", ".join(parts)
 
 
 @pytest.fixture(scope="session")

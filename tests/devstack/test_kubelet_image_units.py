@@ -170,3 +170,41 @@ def test_pull_credentials_come_from_the_secret_naming_the_images_registry() -> N
     assert credentials_for("127.0.0.1:5000/x:1", [{"127.0.0.1:5000": {"auth": token}}]) == (
         "robot:pw"  # the older .dockercfg shape: the auths map itself
     )
+
+
+def test_a_new_image_retires_the_oldest_of_its_repository_and_layers_nothing_names(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: every build was a new digest and the store only grew."""
+    import json
+    import os
+
+    store = ImageStore(tmp_path)
+    (tmp_path / "images").mkdir()
+    layers = tmp_path / "layers"
+
+    def record(name: str, reference: str, layer_names: list[str], age: int) -> Path:
+        for layer in layer_names:
+            (layers / layer).mkdir(parents=True, exist_ok=True)
+        path = tmp_path / "images" / f"{name}.json"
+        path.write_text(
+            json.dumps({"reference": reference, "layers": [str(layers / n) for n in layer_names]})
+        )
+        os.utime(path, (1_000_000 - age, 1_000_000 - age))
+        return path
+
+    record("w1", "127.0.0.1:5000/editflow/worker:a", ["deps-old", "app1"], age=30)
+    record("w2", "127.0.0.1:6001/editflow/worker:b", ["deps-old", "app2"], age=20)
+    record("bb", "127.0.0.1:5000/busybox:1", ["busybox"], age=100)
+    newest = record("w3", "127.0.0.1:5000/editflow/worker:c", ["deps-new", "app3"], age=0)
+    removed = store._prune(keep=newest)
+    assert sorted(p.name for p in removed) == ["app1"]
+    assert not (tmp_path / "images" / "w1.json").exists()
+    # deps-old is still under w2, the one before the newest; busybox is another repository.
+    assert sorted(p.name for p in layers.iterdir()) == [
+        "app2",
+        "app3",
+        "busybox",
+        "deps-new",
+        "deps-old",
+    ]

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from editflow.core.filelock import exclusive
-from editflow.devstack import baseimage, paths, wheelhouse
+from editflow.devstack import baseimage, imageprune, paths, wheelhouse
 from editflow.devstack.buildah import (
     ImageBuildError,
     ImageStorage,
@@ -256,9 +256,10 @@ def build(
         built = _cached(target, tag, storage, report)
         if built is None:
             with _lock("build"):
-                built = _cached(target, tag, storage, report) or _build_one(
-                    target, tag, version, repo, storage, report
-                )
+                built = _cached(target, tag, storage, report)
+                if built is None:
+                    built = _build_one(target, tag, version, repo, storage, report)
+                    imageprune.prune_build_storage(storage, tag, report)
         _record(built)
         results.append(built)
     return results
@@ -324,14 +325,15 @@ def _build_one(
     ]
     for name in names:
         argv += ["--tag", f"localhost/{REPOSITORY_PREFIX}/{name}:{tag}"]
-    run_streaming(
-        [*argv, str(repo)],
-        log=paths.cache_root() / "images" / "logs" / f"build-{target}.log",
-        report=report,
-        keep=_keep_build_line,
-        step=f"buildah bud --target {target}",
-        cwd=repo,
-    )
+    with wheelhouse.linked(repo, TARGET_LAYERS[target]):
+        run_streaming(
+            [*argv, str(repo)],
+            log=paths.cache_root() / "images" / "logs" / f"build-{target}.log",
+            report=report,
+            keep=_keep_build_line,
+            step=f"buildah bud --target {target}",
+            cwd=repo,
+        )
     image_id = storage.image_id(local)
     if image_id is None:
         raise ImageBuildError(f"buildah reported success but {local} is not in {storage.root}")

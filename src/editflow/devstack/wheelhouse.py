@@ -4,7 +4,7 @@ A fresh root filesystem inside a build does not trust a site's package proxy (it
 certificate chain is the host's, not Debian's), so pip never reaches an index inside
 ``make images``: the host's pip, with the host's settings and the project's pip cache
 (``paths.cache_root()/pip``, as scripts/bootstrap.sh uses), writes every wheel the image
-needs into ``images/wheelhouse/<layer>/`` and the Dockerfile installs with ``--no-index``.
+needs into the wheelhouse and the Dockerfile installs with ``--no-index``.
 
 One folder per dependency layer of the Dockerfile, so that building the control-plane
 image never fetches the multi-GB torch wheels:
@@ -13,19 +13,31 @@ image never fetches the multi-GB torch wheels:
                     editflow's own wheel)
     worker/         the ``inference`` extra (torch, torchvision, diffusers, ...)
 
-A ``.stamp`` in each folder holds the hash of what decided it (its requirement lines and
-``constraints.txt``); a stale folder is emptied and made again, so no wheel of an old pin
-lingers where ``--find-links`` could pick it.
+**One copy per machine.** The wheels live in the editflow cache
+(``paths.cache_root()/wheelhouse/<folder>``), not in the checkout: the worker's are 3.5 GB,
+and a checkout of its own per clone (every clean-clone CI run, every worktree) filled a
+machine's disk until a CI run died with ENOSPC inside ``pip wheel`` (issue 19). The build
+context's ``images/wheelhouse/<folder>`` (the Dockerfile's bind mount must be inside the
+context) gets hard links to them for the length of one build (:func:`linked`), which cost no
+space, and is emptied afterwards.
+
+A ``.stamp`` in each cache folder holds the hash of what decided it (its requirement lines and
+``constraints.txt``); a stale folder is replaced whole, so no wheel of an old pin lingers where
+``--find-links`` could pick it. A download is made in a ``.partial`` folder and renamed into
+place only when complete, so an interrupted one is never mistaken for a wheelhouse.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from editflow.devstack import paths
@@ -58,7 +70,13 @@ def requirement_lines(repo: Path, layer: str) -> list[str]:
 
 
 def folder(repo: Path, layer: str) -> Path:
+    """The build context's folder of a layer (the Dockerfile's bind mount source)."""
     return repo / "images" / "wheelhouse" / LAYERS[layer]
+
+
+def cache_folder(layer: str) -> Path:
+    """Where a layer's wheels are kept, once per machine."""
+    return paths.cache_root() / "wheelhouse" / LAYERS[layer]
 
 
 def stamp_of(repo: Path, layer: str) -> str:
@@ -69,23 +87,25 @@ def stamp_of(repo: Path, layer: str) -> str:
 
 
 def ensure_wheelhouse(repo: Path, layer: str, report: Reporter) -> Path:
-    """Fill ``images/wheelhouse/<folder>`` for one layer unless its stamp is current."""
-    target = folder(repo, layer)
+    """The cache folder of one layer, downloaded unless its stamp is current."""
+    target = cache_folder(layer)
     stamp = stamp_of(repo, layer)
     stamp_file = target / ".stamp"
     if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
         count = len(list(target.glob("*.whl")))
         report(f"wheelhouse {target.name}: cached ({count} wheels, stamp {stamp})")
         return target
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    requirements = target / "requirements.in"
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    requirements = partial / "requirements.in"
     requirements.write_text("\n".join(requirement_lines(repo, layer)) + "\n")
     report(f"wheelhouse {target.name}: pip wheel -c constraints.txt (host pip settings)")
     env = dict(os.environ)
     env.setdefault("PIP_CACHE_DIR", str(paths.cache_root() / "pip"))
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    # The stale folder goes first: the old and the new worker wheels side by side are 7 GB.
+    shutil.rmtree(target, ignore_errors=True)
     run_streaming(
         [
             sys.executable,
@@ -95,7 +115,7 @@ def ensure_wheelhouse(repo: Path, layer: str, report: Reporter) -> Path:
             "--progress-bar",
             "off",
             "--wheel-dir",
-            str(target),
+            str(partial),
             "-c",
             str(repo / "constraints.txt"),
             "-r",
@@ -107,8 +127,44 @@ def ensure_wheelhouse(repo: Path, layer: str, report: Reporter) -> Path:
         step=f"wheelhouse {target.name}",
         env=env,
     )
-    stamp_file.write_text(stamp + "\n")
+    (partial / ".stamp").write_text(stamp + "\n")
+    partial.rename(target)
     return target
+
+
+@contextlib.contextmanager
+def linked(repo: Path, layers: Iterable[str]) -> Iterator[None]:
+    """The build context's wheelhouse folders hold the cached wheels for one build.
+
+    Hard links when the checkout and the cache share a filesystem (no space at all), else
+    copies; either way the folders are emptied afterwards, so a checkout never pins old wheels.
+    """
+    ensure_empty_folders(repo)
+    made: list[Path] = []
+    try:
+        for layer in layers:
+            source, into = cache_folder(layer), folder(repo, layer)
+            _empty(into)
+            made.append(into)
+            for wheel in source.glob("*.whl"):
+                try:
+                    os.link(wheel, into / wheel.name)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    shutil.copy2(wheel, into / wheel.name)
+        yield
+    finally:
+        for into in made:
+            _empty(into)
+
+
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def ensure_empty_folders(repo: Path) -> None:

@@ -12,8 +12,9 @@ A container's root is an overlay of the layer directories (read-only, shared)
 with an upper directory of its own, so the multi-GB worker image exists here
 once, unpacked, never once per container: the compressed layer blobs skopeo
 wrote to the layout are removed once unpacked (manifests and configs stay).
-Nothing is ever garbage-collected; ``rm -rf`` of the store is always safe while
-no kubelet runs.
+After each new image, the oldest images of its repository beyond the newest two go, with
+the layers nothing else names (:meth:`ImageStore._prune`); ``rm -rf`` of the store is
+always safe while no kubelet runs.
 
 Pulling runs in background threads (:class:`ImagePuller`): a slow pull must not
 stall the agent's one reconcile loop, and a failed pull is retried with the
@@ -49,6 +50,23 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
+
+
+#: Images kept per repository in the store (see :meth:`ImageStore._prune`).
+KEEP_PER_REPOSITORY = 2
+
+
+def _repository(reference: str) -> str:
+    """``host:port/editflow/worker:tag`` -> ``editflow/worker``: one repository whichever
+    registry port served it (every stack's registry serves the same storage)."""
+    name = reference.partition("@")[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name.rsplit(":", 1)[0]
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    return "/".join(parts)
 
 
 class PullError(Exception):
@@ -263,7 +281,44 @@ class ImageStore:
             )
         )
         tmp.replace(record)
+        self._prune(keep=record)
         return ImageInfo(reference, digest, tuple(layers), config.get("config") or {})
+
+    def _prune(self, *, keep: Path, per_repository: int = KEEP_PER_REPOSITORY) -> list[Path]:
+        """After a new image, drop the oldest images of its repository and their layers.
+
+        Called under the store lock. Every new worker build is a new digest, and nothing
+        else ever removed one: the store grew by the image's new layers on each build, and a
+        new dependency set is gigabytes (issue 19: the disk filled). The newest
+        ``per_repository`` records of each repository stay (by when they were pulled), so a
+        container started from the image before stays on layers that exist; a layer goes only
+        when no remaining record names it.
+        """
+        records = sorted(
+            (self.root / "images").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        seen: dict[str, int] = {}
+        doomed: list[Path] = []
+        kept_layers: set[str] = set()
+        for path in records:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            repository = _repository(data.get("reference", ""))
+            seen[repository] = seen.get(repository, 0) + 1
+            if path != keep and seen[repository] > per_repository:
+                doomed.append(path)
+            else:
+                kept_layers.update(data.get("layers", []))
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        removed: list[Path] = []
+        for layer in (self.root / "layers").iterdir():
+            if layer.is_dir() and str(layer) not in kept_layers:
+                shutil.rmtree(layer, ignore_errors=True)
+                removed.append(layer)
+        return removed
 
 
 @dataclass
