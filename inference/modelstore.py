@@ -3,7 +3,8 @@
 A store is an S3 prefix (``s3://<bucket>/<prefix>/<model>/``, what workers download from,
 :mod:`editflow.inference.weights`) or a directory (``<dir>/<model>/``, a PVC that workers
 mount as ``models_root``). A published model is its files plus ``manifest.json`` (the
-sha256 and size of each file), written **last**: a model without its manifest is an
+sha256 and size of each file, and the sha256 of each 64 MiB chunk for streamed loads),
+written **last**: a model without its manifest is an
 unfinished push, which no worker loads.
 
 * :func:`push` validates the snapshot first (:mod:`editflow.inference.snapshot`), hashes
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO, Protocol
 
 from editflow.core.errors import InvalidInputError
 from editflow.inference.snapshot import Snapshot
-from editflow.inference.weights import COMPLETE_MARKER, MANIFEST, sha256_file
+from editflow.inference.weights import COMPLETE_MARKER, MANIFEST, MANIFEST_CHUNK, sha256_file
 
 #: Called with the bytes just hashed, uploaded or verified (a progress bar's advance).
 Progress = Callable[[int], None]
@@ -98,15 +99,44 @@ def hash_stream(chunks: Iterator[bytes], progress: Progress) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def hash_file(path: Path, progress: Progress) -> dict[str, Any]:
+    """A manifest entry: the file's sha256 and size, and the sha256 of each
+    :data:`MANIFEST_CHUNK` bytes (the last chunk shorter), in one read.
+
+    The chunk hashes let a streamed load check each range read as it arrives instead of
+    after the whole file (:mod:`.streamload`); the whole-file hash stays for ``verify``,
+    the download path and workers that predate chunks.
+    """
+    whole, size, chunks = hashlib.sha256(), 0, []
+    chunk, in_chunk = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        # Never read across a chunk boundary, whatever the two sizes are.
+        while block := handle.read(min(CHUNK, MANIFEST_CHUNK - in_chunk)):
+            whole.update(block)
+            chunk.update(block)
+            size += len(block)
+            in_chunk += len(block)
+            progress(len(block))
+            if in_chunk == MANIFEST_CHUNK:
+                chunks.append(chunk.hexdigest())
+                chunk, in_chunk = hashlib.sha256(), 0
+    if in_chunk or not chunks:
+        chunks.append(chunk.hexdigest())
+    return {
+        "sha256": whole.hexdigest(),
+        "size": size,
+        "chunk_size": MANIFEST_CHUNK,
+        "chunks": chunks,
+    }
+
+
 def build_manifest(snapshot: Snapshot, progress: Progress) -> dict[str, Any]:
     """The manifest of ``snapshot`` (the format :mod:`.weights` checks), hashing every file."""
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(snapshot.root.rglob("*")):
         if not path.is_file() or path.name in IGNORED:
             continue
-        with path.open("rb") as handle:
-            sha, size = hash_stream(iter(lambda h=handle: h.read(CHUNK), b""), progress)
-        files[str(path.relative_to(snapshot.root))] = {"sha256": sha, "size": size}
+        files[str(path.relative_to(snapshot.root))] = hash_file(path, progress)
     return {
         "version": 1,
         "model": snapshot.model,

@@ -30,7 +30,8 @@ from editflow.events.worker_contract import LoadDetail
 from editflow.inference import accel, cancel
 from editflow.inference.prompts import patch_diffusers_quote_splitter
 from editflow.inference.registry import ModelSpec
-from editflow.inference.weights import model_dir_defaults, resolve_model_dir
+from editflow.inference.streamload import Tensors, locate_weights
+from editflow.inference.weights import model_dir_defaults
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,15 @@ def loads_straight_to_device(device: str, worker: WorkerSettings) -> bool:
     return device != "cpu" and worker.cpu_offload not in ("model", "sequential")
 
 
-def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> LoadedModel:
-    """``from_pretrained`` from ``model_dir`` and place it as the settings say."""
+def load_pipeline(
+    spec: ModelSpec, model_dir: Path, worker: WorkerSettings, streamed: Tensors | None = None
+) -> LoadedModel:
+    """``from_pretrained`` from ``model_dir`` and place it as the settings say.
+
+    With ``streamed`` (the tensors of a streamed load, :mod:`.streamload`) the model
+    components are built from those tensors (:mod:`.assemble`) and only the rest is read
+    from ``model_dir``; they are on the CPU, so they are then moved to the device.
+    """
     go_offline()
     began = time.perf_counter()
     import diffusers
@@ -158,9 +166,13 @@ def load_pipeline(spec: ModelSpec, model_dir: Path, worker: WorkerSettings) -> L
     limit_cpu_threads(device, worker)
     dtypes = torch_dtypes(spec, worker.dtype, device)
     cls = getattr(diffusers, spec.pipeline_class)
-    direct = loads_straight_to_device(device, worker)
-    placement = {"device_map": device} if direct else {}
+    direct = streamed is None and loads_straight_to_device(device, worker)
+    placement: dict[str, Any] = {"device_map": device} if direct else {}
     try:
+        if streamed is not None:
+            from editflow.inference.assemble import build_components
+
+            placement = build_components(model_dir, streamed, dtypes)
         pipe = cls.from_pretrained(model_dir, dtype=dtypes, local_files_only=True, **placement)
         read = time.perf_counter()
         if worker.cpu_offload == "model" and device != "cpu":
@@ -214,13 +226,18 @@ class ModelCache:
         self._loaded: dict[str, LoadedModel] = {}
         self._dirs: dict[str, Path] = {}
         self._tokenizers: dict[str, Any] = {}
+        #: Tensors streamed by model_dir() and not yet built into a pipeline by get().
+        self._streamed: dict[str, Tensors] = {}
         self._lock = threading.Lock()
         #: How many pipelines this cache has loaded (warm mode exports it as a metric).
         self.loads = 0
 
     def model_dir(self, spec: ModelSpec) -> Path:
         if spec.name not in self._dirs:
-            self._dirs[spec.name] = resolve_model_dir(spec.name, self.worker, self.s3)
+            located = locate_weights(spec.name, self.worker, self.s3)
+            if located.tensors is not None:
+                self._streamed[spec.name] = located.tensors
+            self._dirs[spec.name] = located.model_dir
         return self._dirs[spec.name]
 
     def tokenizer(self, spec: ModelSpec) -> Any:
@@ -263,7 +280,10 @@ class ModelCache:
     def get(self, spec: ModelSpec) -> LoadedModel:
         with self._lock:
             if spec.name not in self._loaded:
-                self._loaded[spec.name] = load_pipeline(spec, self.model_dir(spec), self.worker)
+                model_dir = self.model_dir(spec)
+                self._loaded[spec.name] = load_pipeline(
+                    spec, model_dir, self.worker, self._streamed.pop(spec.name, None)
+                )
                 self.loads += 1
             return self._loaded[spec.name]
 

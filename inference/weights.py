@@ -14,6 +14,12 @@ Lookup for model ``NAME`` (settings in :class:`editflow.core.settings.WorkerSett
    and then uses the first one's copy;
 3. else a :class:`ModelError` that names both places.
 
+With ``EDITFLOW_WORKER__STREAM_WEIGHTS`` (the default) step 2 is not a download followed by
+a load when the version is not cached yet: :mod:`editflow.inference.streamload` reads the
+objects with parallel range reads straight into the tensors the pipeline is built from,
+checks each chunk against the manifest as it arrives and fills the same cache directory
+behind them (the same staging, marker and rename as here).
+
 The cache is managed as it fills (:func:`_evict`, under a cache-wide lock): a
 version is immutable once in place, so a Pod still loading an older version is
 not disturbed by a newer download until that older version is evicted; older
@@ -35,6 +41,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 COMPLETE_MARKER = ".editflow-complete"
+#: A manifest's per-chunk hashes (``chunk_size``, ``chunks``) cover this many bytes each, so
+#: that a streamed load verifies each range as it arrives (:mod:`.streamload`).
+MANIFEST_CHUNK = 64 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -161,78 +172,43 @@ def _evict(cache: Path, keep: Path, worker: WorkerSettings) -> list[str]:
     return gone
 
 
-def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
+@dataclass(frozen=True)
+class Published:
+    """A model's manifest as read from S3, and where its verified copy goes in the cache."""
+
+    name: str
+    client: Any
+    bucket: str
+    prefix: str
+    manifest_bytes: bytes
+    manifest: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.manifest_bytes).hexdigest()
+
+    def final(self, cache: Path) -> Path:
+        return cache / self.name / self.digest[:16]
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}"
+
+    def files(self) -> list[tuple[str, dict[str, Any]]]:
+        """The manifest's files, each path checked before anything is written under it."""
+        for rel in self.manifest["files"]:
+            if rel.startswith("/") or ".." in Path(rel).parts:
+                raise ModelError(f"manifest of {self.name} names an unsafe path: {rel!r}")
+        return list(self.manifest["files"].items())
+
+
+@contextlib.contextmanager
+def s3_weights_errors(name: str, bucket: str, prefix: str) -> Iterator[None]:
+    """S3 and network failures while reading weights, mapped to the worker's taxonomy."""
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError as Urllib3Error
 
-    from editflow.core.s3 import s3_client, weights_s3_settings
-
-    assert worker.weights_s3_prefix is not None
-    bucket = worker.weights_s3_bucket or s3.bucket
-    prefix = f"{worker.weights_s3_prefix.strip('/')}/{name}"
-    cache = Path(worker.cache_dir)
-    client = s3_client(weights_s3_settings(worker, s3))
     try:
-        response = client.get_object(bucket, f"{prefix}/{MANIFEST}")
-        try:
-            manifest_bytes = response.read()
-        finally:
-            response.close()
-            response.release_conn()
-        manifest_hash = hashlib.sha256(manifest_bytes).hexdigest()
-        manifest = json.loads(manifest_bytes)
-        final = cache / name / manifest_hash[:16]
-        size = sum(int(meta["size"]) for meta in manifest["files"].values())
-        if worker.cache_max_bytes and size > worker.cache_max_bytes:
-            raise ModelError(
-                f"weights of {name} take {size / 1e9:.1f} GB, more than the cache limit of "
-                f"{worker.cache_max_bytes / 1e9:.1f} GB (EDITFLOW_WORKER__CACHE_MAX_BYTES, "
-                "chart models.nodeCache.maxBytes): raise the limit"
-            )
-        with exclusive(cache / f".{name}.lock"):
-            marker = final / COMPLETE_MARKER
-            if marker.exists() and marker.read_text().strip() == manifest_hash:
-                if not _writable(cache) or _matches(final, manifest):
-                    _touch(final)
-                    return final
-                # The node cache is shared by every namespace's workers: a marker proves
-                # nothing about the files beside it (issue 20 §8). Fetch them again.
-                log.warning(
-                    "cached weights differ from their manifest; downloading them again",
-                    extra={"model": name, "version": manifest_hash[:16]},
-                )
-                shutil.rmtree(final)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
-            try:
-                for rel, meta in manifest["files"].items():
-                    if rel.startswith("/") or ".." in Path(rel).parts:
-                        raise ModelError(f"manifest of {name} names an unsafe path: {rel!r}")
-                    target = staging / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    client.fget_object(bucket, f"{prefix}/{rel}", str(target))
-                    if (
-                        target.stat().st_size != meta["size"]
-                        or sha256_file(target) != meta["sha256"]
-                    ):
-                        raise ModelError(
-                            f"weights file {rel} of {name} does not match its manifest "
-                            "(corrupt or partially uploaded): re-publish the model"
-                        )
-                (staging / MANIFEST).write_bytes(manifest_bytes)
-                (staging / COMPLETE_MARKER).write_text(manifest_hash)
-                if final.exists():  # a copy without its marker: left by a crash
-                    shutil.rmtree(final)
-                os.replace(staging, final)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            _touch(final)
-        with exclusive(cache / CACHE_LOCK):
-            gone = _evict(cache, final, worker)
-        if gone:
-            log.info("weights cache evicted", extra={"model": name, "evicted": gone})
-        return final
+        yield
     except S3Error as exc:
         if exc.code == "NoSuchKey":
             raise ModelError(
@@ -241,6 +217,113 @@ def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
         raise UpstreamError(f"S3 failed while fetching weights of {name}: {exc.code}") from exc
     except (OSError, Urllib3Error) as exc:
         raise UpstreamError(f"could not download weights of {name}: {exc}") from exc
+
+
+def read_published(name: str, worker: WorkerSettings, s3: S3Settings) -> Published:
+    """The manifest of ``name`` under the weights prefix (size limit checked before any read)."""
+    from editflow.core.s3 import s3_client, weights_s3_settings
+
+    assert worker.weights_s3_prefix is not None
+    bucket = worker.weights_s3_bucket or s3.bucket
+    prefix = f"{worker.weights_s3_prefix.strip('/')}/{name}"
+    client = s3_client(weights_s3_settings(worker, s3))
+    with s3_weights_errors(name, bucket, prefix):
+        response = client.get_object(bucket, f"{prefix}/{MANIFEST}")
+        try:
+            raw = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+    published = Published(name, client, bucket, prefix, raw, json.loads(raw))
+    size = sum(int(meta["size"]) for meta in published.manifest["files"].values())
+    if worker.cache_max_bytes and size > worker.cache_max_bytes:
+        raise ModelError(
+            f"weights of {name} take {size / 1e9:.1f} GB, more than the cache limit of "
+            f"{worker.cache_max_bytes / 1e9:.1f} GB (EDITFLOW_WORKER__CACHE_MAX_BYTES, "
+            "chart models.nodeCache.maxBytes): raise the limit"
+        )
+    return published
+
+
+def cached_copy(published: Published, cache: Path) -> Path | None:
+    """The cache's complete, verified copy of ``published``, else None (call under its lock).
+
+    A copy that differs from its manifest is removed, so that it is fetched again.
+    """
+    final = published.final(cache)
+    marker = final / COMPLETE_MARKER
+    if not (marker.exists() and marker.read_text().strip() == published.digest):
+        return None
+    if not _writable(cache) or _matches(final, published.manifest):
+        _touch(final)
+        return final
+    # The node cache is shared by every namespace's workers: a marker proves
+    # nothing about the files beside it (issue 20 §8). Fetch them again.
+    log.warning(
+        "cached weights differ from their manifest; downloading them again",
+        extra={"model": published.name, "version": published.digest[:16]},
+    )
+    shutil.rmtree(final)
+    return None
+
+
+@contextlib.contextmanager
+def staging_dir(published: Published, cache: Path) -> Iterator[Path]:
+    """A private directory to fill; on success it becomes the cache's version atomically.
+
+    The body writes every file of the manifest into it and verifies them; then the manifest
+    and the completion marker go in and the directory is renamed into place. On any error
+    it is removed: nothing half-written ever looks like a cached model.
+    """
+    final = published.final(cache)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{published.name}-", dir=cache))
+    try:
+        yield staging
+        (staging / MANIFEST).write_bytes(published.manifest_bytes)
+        (staging / COMPLETE_MARKER).write_text(published.digest)
+        if final.exists():  # a copy without its marker: left by a crash
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _touch(final)
+
+
+def evict_for(final: Path, worker: WorkerSettings) -> None:
+    """Apply the cache policy now that ``final`` is in place (:func:`_evict`)."""
+    cache = final.parent.parent
+    with exclusive(cache / CACHE_LOCK):
+        gone = _evict(cache, final, worker)
+    if gone:
+        log.info("weights cache evicted", extra={"model": final.parent.name, "evicted": gone})
+
+
+def _download(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:
+    published = read_published(name, worker, s3)
+    cache = Path(worker.cache_dir)
+    with s3_weights_errors(name, published.bucket, published.prefix):
+        with exclusive(cache / f".{name}.lock"):
+            found = cached_copy(published, cache)
+            if found is not None:
+                return found
+            with staging_dir(published, cache) as staging:
+                for rel, meta in published.files():
+                    target = staging / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    published.client.fget_object(published.bucket, published.key(rel), str(target))
+                    if (
+                        target.stat().st_size != meta["size"]
+                        or sha256_file(target) != meta["sha256"]
+                    ):
+                        raise ModelError(
+                            f"weights file {rel} of {name} does not match its manifest "
+                            "(corrupt or partially uploaded): re-publish the model"
+                        )
+        final = published.final(cache)
+        evict_for(final, worker)
+        return final
 
 
 def resolve_model_dir(name: str, worker: WorkerSettings, s3: S3Settings) -> Path:

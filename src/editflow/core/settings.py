@@ -109,6 +109,20 @@ class WorkerSettings(BaseModel):
         "worker opens each attempt's sealed S3 credentials with them",
     )
     cache_dir: str = Field("/var/cache/editflow/models", description="where S3 weights land")
+    # Streaming overlaps the read, the hash check and the cache fill instead of a download
+    # followed by a second read from disk (editflow.inference.streamload).
+    stream_weights: bool = Field(
+        True,
+        description="load S3 weights not yet in cache_dir straight from parallel range reads "
+        "(verified chunk by chunk, the cache filled behind them); false: download, then load",
+    )
+    stream_concurrency: int = Field(
+        8,
+        ge=1,
+        le=10,
+        description="parallel range reads of a streamed load (64 MiB each; at most the S3 "
+        "client's 10 pooled connections)",
+    )
     cache_max_bytes: int = Field(
         0,
         ge=0,

@@ -1,0 +1,148 @@
+"""Streamed loading against the session's real MinIO, with the tiny LongCat pipeline: the
+same tensors as a file load, a corrupted chunk refused by name with nothing left in the
+cache, the cache filled and used on the next start, and a manifest without chunk hashes."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editflow.core.s3 import s3_client
+from editflow.core.settings import S3Settings, WorkerSettings
+from editflow.inference import modelstore
+from editflow.inference.modelstore import S3Store, push
+from editflow.inference.pipeline import ModelCache, load_pipeline
+from editflow.inference.registry import get_spec
+from editflow.inference.snapshot import validate_snapshot
+from editflow.inference.streambench import measure_stream
+from editflow.inference.streamload import WeightsIntegrityError, locate_weights
+from editflow.inference.weights import COMPLETE_MARKER, MANIFEST, publish_to_s3
+
+pytestmark = [pytest.mark.platform]
+
+MODEL = "longcat-image-edit"
+#: Small chunks, so that the tiny model's weight files are streamed as several ranges.
+CHUNK = 64 << 10
+TRANSFORMER = "transformer/diffusion_pytorch_model.safetensors"
+
+
+def _worker(tmp_path: Path, prefix: str, **extra: object) -> WorkerSettings:
+    return WorkerSettings(
+        models_root=str(tmp_path / "no-local-models"),
+        weights_s3_prefix=prefix,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        **extra,
+    )
+
+
+@pytest.fixture
+def pushed(
+    tiny_models_root: Path, s3: S3Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict]:
+    """The tiny snapshot pushed by ``editflow models push``'s code, in 64 KiB chunks."""
+    monkeypatch.setattr(modelstore, "MANIFEST_CHUNK", CHUNK)
+    prefix = f"stream-{uuid.uuid4().hex[:8]}"
+    snapshot = validate_snapshot(tiny_models_root / MODEL, MODEL)
+    push(snapshot, S3Store(s3_client(s3), s3.bucket, prefix))
+    manifest = json.loads(
+        s3_client(s3).get_object(s3.bucket, f"{prefix}/{MODEL}/{MANIFEST}").read()
+    )
+    return prefix, manifest
+
+
+def _states(pipe: object) -> dict[str, dict]:
+    return {
+        name: component.state_dict()
+        for name, component in pipe.components.items()  # type: ignore[attr-defined]
+        if hasattr(component, "state_dict")
+    }
+
+
+def test_a_streamed_load_gives_the_file_loads_tensors_and_fills_the_cache(
+    pushed: tuple[str, dict], tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    prefix, manifest = pushed
+    assert len(manifest["files"][TRANSFORMER]["chunks"]) > 1  # streamed in several ranges
+    worker = _worker(tmp_path, prefix)
+    spec = get_spec(MODEL)
+    cache = ModelCache(worker, s3)
+    cache.model_dir(spec)  # what a prompt check does first: the weights are streamed here
+    assert MODEL in cache._streamed
+    streamed = cache.get(spec)
+    assert cache._streamed == {}  # and built into the pipeline here, not read from disk
+    from_files = load_pipeline(spec, tiny_models_root / MODEL, worker)
+
+    got, want = _states(streamed.pipe), _states(from_files.pipe)
+    assert got.keys() == want.keys() == {"text_encoder", "transformer", "vae"}
+    for component, state in want.items():
+        assert got[component].keys() == state.keys(), component
+        for key, tensor in state.items():
+            other = got[component][key]
+            assert other.dtype == tensor.dtype and other.shape == tensor.shape, (component, key)
+            # bit for bit: compared as bytes, so that even NaN payloads must agree
+            assert (
+                other.reshape(-1).view(torch.uint8).equal(tensor.reshape(-1).view(torch.uint8))
+            ), (component, key)
+
+    # The node cache holds the verified copy, and the next start loads from it.
+    assert (streamed.model_dir / COMPLETE_MARKER).is_file()
+    for rel, meta in manifest["files"].items():
+        assert (streamed.model_dir / rel).stat().st_size == meta["size"], rel
+    again = locate_weights(MODEL, worker, s3)
+    assert again.model_dir == streamed.model_dir and again.tensors is None
+
+
+def test_a_corrupt_chunk_fails_the_load_by_name_and_leaves_nothing_in_the_cache(
+    pushed: tuple[str, dict], s3: S3Settings, tmp_path: Path
+) -> None:
+    prefix, _ = pushed
+    client = s3_client(s3)
+    key = f"{prefix}/{MODEL}/{TRANSFORMER}"
+    data = bytearray(client.get_object(s3.bucket, key).read())
+    data[CHUNK + 10] ^= 0xFF  # one byte of the second chunk
+    client.put_object(s3.bucket, key, io.BytesIO(bytes(data)), len(data))
+
+    worker = _worker(tmp_path, prefix)
+    with pytest.raises(WeightsIntegrityError, match=rf"{TRANSFORMER} .*chunk 1 of \d+"):
+        locate_weights(MODEL, worker, s3)
+    leftovers = [p for p in Path(worker.cache_dir).rglob("*") if not p.name.endswith(".lock")]
+    assert leftovers == [] or all(p.is_dir() and not any(p.iterdir()) for p in leftovers)
+
+
+def test_a_manifest_without_chunk_hashes_still_streams(
+    tiny_models_root: Path, s3: S3Settings, tmp_path: Path
+) -> None:
+    # publish_to_s3 writes the manifest as it was before chunk hashes (sha256 and size only).
+    source = tmp_path / "snapshot"
+    shutil.copytree(tiny_models_root / MODEL, source)
+    prefix = f"stream-old-{uuid.uuid4().hex[:8]}"
+    publish_to_s3(source, s3, f"{prefix}/{MODEL}")
+    assert "chunks" not in json.loads((source / MANIFEST).read_text())["files"][TRANSFORMER]
+
+    located = locate_weights(MODEL, _worker(tmp_path, prefix), s3)
+    assert located.tensors is not None and TRANSFORMER in located.tensors
+    want = load_file(source / TRANSFORMER)
+    got = located.tensors[TRANSFORMER]
+    assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)
+    assert (located.model_dir / COMPLETE_MARKER).is_file()
+
+
+def test_streaming_can_be_turned_off_and_the_bench_hook_compares_with_a_raw_read(
+    pushed: tuple[str, dict], s3: S3Settings, tmp_path: Path
+) -> None:
+    prefix, manifest = pushed
+    off = locate_weights(MODEL, _worker(tmp_path, prefix, stream_weights=False), s3)
+    assert off.tensors is None and (off.model_dir / COMPLETE_MARKER).is_file()  # downloaded
+
+    measured = measure_stream(MODEL, _worker(tmp_path, prefix, stream_concurrency=4), s3)
+    assert measured.bytes == sum(m["size"] for m in manifest["files"].values())
+    assert measured.raw_seconds > 0 and measured.load_seconds > 0
+    assert set(measured.as_dict()) >= {"raw_mb_s", "load_mb_s", "ratio"}
