@@ -15,6 +15,7 @@ from typing import Any
 from editflow.core.errors import PERMANENT_EXIT_CODES
 from editflow.core.sealing import POOL_KEY_FIELD, POOL_KEY_SECRET
 from editflow.core.settings import OperatorSettings
+from editflow.core.staging import staged_models_root
 from editflow.events.worker_contract import (
     GenerationParameters,
     OutputSpec,
@@ -206,7 +207,22 @@ def worker_pod_spec(
             {"name": "EDITFLOW_WORKER__MODELS_ROOT", "value": settings.models_mount_path}
         )
     cache = weights_cache_volume(settings)
-    if cache is not None:
+    if cache is not None and settings.weights_cache_staged:
+        # One trusted writer (the prestage DaemonSet, issue 20 §8): workers only read what it
+        # verified, through its links; a model not staged yet goes to the Pod's own /tmp
+        # (the ConfigMap's CACHE_DIR), never into the shared cache.
+        volumes.append(cache)
+        mounts.append(
+            {
+                "name": cache["name"],
+                "mountPath": settings.weights_cache_mount_path,
+                "readOnly": True,
+            }
+        )
+        if not settings.models_pvc:
+            root = staged_models_root(settings.weights_cache_mount_path)
+            all_env.append({"name": "EDITFLOW_WORKER__MODELS_ROOT", "value": root})
+    elif cache is not None:
         # Weights from S3 land once per node (hostPath) or per cluster (RWX PVC), not per Pod.
         volumes.append(cache)
         mounts.append({"name": cache["name"], "mountPath": settings.weights_cache_mount_path})

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 
 from editflow.core.settings import OperatorSettings
+from editflow.core.staging import staged_label
 from editflow.operator.jobspec import worker_pod_spec
 from editflow.operator.names import ANNOTATION_CONFIG_HASH, LABEL_POOL, MANAGED_BY, WORKER_LABELS
 
@@ -55,7 +56,7 @@ def _env(settings: OperatorSettings, namespace: str) -> list[dict[str, Any]]:
 
 
 def _pod_spec(settings: OperatorSettings, namespace: str, model: str) -> dict[str, Any]:
-    return worker_pod_spec(
+    spec = worker_pod_spec(
         settings,
         command=list(settings.warm_worker_command),
         args=["--model", model],
@@ -64,6 +65,17 @@ def _pod_spec(settings: OperatorSettings, namespace: str, model: str) -> dict[st
         # then, and only then, a warm worker reads S3 with the namespace's shared key.
         pool_key=settings.attempt_credentials,
     )
+    if settings.weights_cache_staged:
+        spec["affinity"] = staged_node_affinity(model)
+    return spec
+
+
+def staged_node_affinity(model: str) -> dict[str, Any]:
+    """Prefer a node whose prestage Pod has staged ``model`` (its weights are on the node,
+    and so is the worker image): a preference, so an unstaged node still takes the worker."""
+    term = {"matchExpressions": [{"key": staged_label(model), "operator": "Exists"}]}
+    preferred = [{"weight": 100, "preference": term}]
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": preferred}}
 
 
 def config_hash(settings: OperatorSettings, namespace: str, model: str) -> str:

@@ -158,3 +158,26 @@ def test_several_workers_never_reconcile_one_pod_at_once_and_miss_no_change(tmp_
             thread.join(timeout=2)
     assert overlaps == []
     assert done.count("a") == 2
+
+
+def test_required_node_affinity_pins_a_daemonset_pod_to_its_node() -> None:
+    """The DaemonSet controller pins each Pod with matchFields metadata.name: another node's
+    kubelet must leave it alone; label expressions are honoured too."""
+    here = {**node(), "metadata": {"name": "gpu-1", "labels": {"gpu": "a100"}}}
+
+    def pinned(name: str, expressions: list | None = None) -> dict:
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [name]}]}
+        if expressions:
+            term["matchExpressions"] = expressions
+        required = {"nodeSelectorTerms": [term]}
+        return pod(
+            affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+        )
+
+    assert fits(pinned("gpu-1"), here, []).ok
+    elsewhere = fits(pinned("gpu-2"), here, [])
+    assert not elsewhere.ok and elsewhere.reason == "NodeAffinity"
+    assert not fits(
+        pinned("gpu-1", [{"key": "gpu", "operator": "NotIn", "values": ["a100"]}]), here, []
+    ).ok
+    assert fits(pinned("gpu-1", [{"key": "gpu", "operator": "Exists"}]), here, []).ok

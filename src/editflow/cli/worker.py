@@ -113,6 +113,28 @@ def serve(
     raise typer.Exit(code)
 
 
+@app.command()
+def prestage(
+    node: str = typer.Option(
+        ..., "--node", envvar="NODE_NAME", help="This node's name (the Pod's spec.nodeName)."
+    ),
+    interval_seconds: float = typer.Option(
+        900, "--interval-seconds", min=1, help="Seconds between passes (SIGHUP: a pass now)."
+    ),
+    service_account_dir: Path = typer.Option(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "--service-account-dir",
+        help="The mounted ServiceAccount token and CA (to label the node).",
+    ),
+    once: bool = typer.Option(False, "--once", help="One pass, then exit (1 if a model failed)."),
+) -> None:
+    """Staged node: fill this node's weights cache for the configured models, label the node,
+    and stay (re-checking every --interval-seconds): the prestage DaemonSet's command."""
+    from editflow.cli.prestage import prestage_forever
+
+    raise typer.Exit(prestage_forever(node, interval_seconds, service_account_dir, once=once))
+
+
 @app.command("tiny-model")
 def tiny_model(
     model: str = typer.Option("longcat-image-edit", "--model", help="Registry model name."),

@@ -403,6 +403,13 @@ class OperatorSettings(BaseModel):
         "whose Pod Security level allows hostPath volumes: privileged)",
     )
     weights_cache_mount_path: str = "/var/cache/editflow/models"
+    weights_cache_staged: bool = Field(
+        False,
+        description="the prestage DaemonSet is the weights cache's only writer (chart "
+        "worker.prestage.enabled): workers mount it read-only, use its staged models in place "
+        "(editflow.core.staging), fetch any other into their /tmp, and warm workers prefer "
+        "nodes labelled as holding their model",
+    )
 
     models_mount_path: str = "/models"
     default_model: str = "longcat-image-edit"

@@ -38,6 +38,8 @@ CONTROLLERS = (
     # So `helm install` of the chart gets running operator and gateway Pods in local mode.
     "deployment-controller",
     "replicaset-controller",
+    # The chart's prestage DaemonSet (worker.prestage: staged nodes, docs/warm-workers.md).
+    "daemonset-controller",
 )
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -518,14 +520,31 @@ class ProcessKubeletServer(Component):
                 self._argv.append(f"--default-registry={self.registry.address}")  # type: ignore[attr-defined]
             if self.image_store is not None:
                 self._argv.append(f"--image-store={self.image_store}")
+            self.root.mkdir(parents=True, exist_ok=True)
+            config: dict[str, object] = {"host_paths": self.host_paths()}
             if self.pvc_root is not None:
-                self.root.mkdir(parents=True, exist_ok=True)
-                overrides = self.root.parent / f"{self.name}.json"
-                overrides.write_text(json.dumps({"pvc_root": str(self.pvc_root)}))
-                self._argv.append(f"--config-file={overrides}")
+                config["pvc_root"] = str(self.pvc_root)
+            overrides = self.root.parent / f"{self.name}.json"
+            overrides.write_text(json.dumps(config))
+            self._argv.append(f"--config-file={overrides}")
         self._spawn(self._argv)
         self._ssl = ssl.create_default_context(cafile=str(self.api.ca.cert_path))
         self._wait(lambda: _get(f"{self.url}/healthz", context=self._ssl) == b"ok", 60)
+
+    #: The hostPath prefix a node offers (the chart's models.nodeCache.hostPath lives under it).
+    HOST_PATH_PREFIX = "/var/cache/editflow"
+
+    def host_paths(self) -> dict[str, str]:
+        """hostPath prefix -> this node's directory: each node its own, as on a real cluster.
+
+        The directory exists and belongs to uid 10001 (the chart's Pods), as the chart README
+        asks of a real node's ``models.nodeCache.hostPath``.
+        """
+        target = self.root / "hostpath" / self.HOST_PATH_PREFIX.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(target, 10001, 10001)
+        return {self.HOST_PATH_PREFIX: str(target)}
 
     def publish_host_ports(self, ports: list[int]) -> None:
         """Make these host loopback ports reachable from inside every Pod's network namespace."""

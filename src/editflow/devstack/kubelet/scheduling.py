@@ -64,6 +64,46 @@ def host_ports(pod: Pod) -> set[tuple[str, int]]:
     return ports
 
 
+def _requirement_met(requirement: dict[str, Any], values: dict[str, str]) -> bool:
+    """One ``matchExpressions``/``matchFields`` entry against a node's labels or fields."""
+    key, operator = requirement["key"], requirement["operator"]
+    wanted = requirement.get("values") or []
+    if operator == "Exists":
+        return key in values
+    if operator == "DoesNotExist":
+        return key not in values
+    if operator == "In":
+        return values.get(key) in wanted
+    if operator == "NotIn":
+        return values.get(key) not in wanted
+    if operator in ("Gt", "Lt") and key in values:
+        try:
+            have, bound = int(values[key]), int(wanted[0])
+        except (ValueError, IndexError):
+            return False
+        return have > bound if operator == "Gt" else have < bound
+    return False
+
+
+def required_affinity_met(pod: Pod, node: Node) -> bool:
+    """The Pod's required node affinity: any term, each of whose expressions (labels) and
+    fields (only ``metadata.name`` exists) holds. A DaemonSet's Pods are pinned to their node
+    this way (``matchFields``), so another node's kubelet must not take them."""
+    required = ((pod.get("spec", {}).get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = required.get("nodeSelectorTerms") or []
+    if not terms:
+        return True
+    labels = node["metadata"].get("labels", {})
+    fields = {"metadata.name": node["metadata"].get("name", "")}
+    return any(
+        all(_requirement_met(r, labels) for r in term.get("matchExpressions") or [])
+        and all(_requirement_met(r, fields) for r in term.get("matchFields") or [])
+        for term in terms
+    )
+
+
 def fits(pod: Pod, node: Node, bound_pods: Iterable[Pod]) -> Fit:
     """Whether ``pod`` fits ``node`` next to the non-terminal ``bound_pods``."""
     spec = pod.get("spec", {})
@@ -83,6 +123,12 @@ def fits(pod: Pod, node: Node, bound_pods: Iterable[Pod]) -> Fit:
         wanted = ", ".join(f"{k}={v}" for k, v in missing.items())
         return Fit(
             False, "NodeSelectorMismatch", f"node(s) didn't match Pod's node selector ({wanted})"
+        )
+    if not required_affinity_met(pod, node):
+        return Fit(
+            False,
+            "NodeAffinity",
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
         )
     tolerations = spec.get("tolerations") or []
     for taint in node.get("spec", {}).get("taints") or []:
