@@ -207,8 +207,19 @@ def quantize_fp8(denoiser: Any, mode: str) -> int:
     return len(chosen)
 
 
-def apply(pipe: Any, spec: ModelSpec, acceleration: Acceleration, device: str) -> list[str]:
-    """Apply ``acceleration`` to a loaded, placed pipeline; returns :func:`labels`."""
+def apply(
+    pipe: Any,
+    spec: ModelSpec,
+    acceleration: Acceleration,
+    device: str,
+    *,
+    compile_options: dict[str, Any] | None = None,
+) -> list[str]:
+    """Apply ``acceleration`` to a loaded, placed pipeline; returns :func:`labels`.
+
+    ``compile_options`` go to ``compile_repeated_blocks`` (a benchmark's smoke run on a
+    CPU passes ``backend="eager"``: inductor takes minutes there).
+    """
     check(spec, acceleration, device)
     denoiser = denoiser_of(pipe)
     if denoiser is None:
@@ -228,7 +239,8 @@ def apply(pipe: Any, spec: ModelSpec, acceleration: Acceleration, device: str) -
         denoiser.enable_cache(cache_config(acceleration.cache, spec.steps))
     if acceleration.compile:
         # A cache hook decides outside the graph, which fullgraph would refuse.
-        denoiser.compile_repeated_blocks(fullgraph=acceleration.cache.method == "none")
+        fullgraph = acceleration.cache.method == "none"
+        denoiser.compile_repeated_blocks(fullgraph=fullgraph, **(compile_options or {}))
     return labels(acceleration)
 
 
