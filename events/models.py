@@ -11,6 +11,7 @@ types are rejected, never guessed at)::
     io.editflow.selection.v1    editflow -> OA   the recorded choice, wherever it was made
     io.editflow.progress.v1     editflow -> OA   queued (with its place) / running; best effort
     io.editflow.review.v1       editflow -> designers   a failed edit needs a person
+    io.editflow.review.action.v1  desk -> editflow     a reviewer acted on a ticket (docs/desk.md)
 
 The CloudEvent ``id`` is the idempotency key end to end: it is the
 ``Nats-Msg-Id`` JetStream deduplicates on, the operator derives the EditJob
@@ -53,6 +54,7 @@ REVIEW_V1 = "io.editflow.review.v1"
 SELECT_V1 = "io.editflow.select.v1"
 SELECTION_V1 = "io.editflow.selection.v1"
 PROGRESS_V1 = "io.editflow.progress.v1"
+REVIEW_ACTION_V1 = "io.editflow.review.action.v1"
 
 #: Longest instruction accepted (characters). The text encoder's budget is in
 #: tokens; this bound keeps a pasted document out of the GPU queue up front.
@@ -374,6 +376,55 @@ class ReviewData(_Data):
     editjob: EditJobRef | None = None
 
 
+class Reviewer(_Data):
+    """A desk reviewer, as the gateway identified them (never as the page claimed)."""
+
+    id: Id
+    name: Text | None = None
+
+
+class ReviewActionData(_Data):
+    """What a reviewer did on the desk (docs/desk.md, "Actions"): one field set per action.
+
+    The schema checks each action carries its own field and no other's, so the operator
+    only has to check the action against the EditJob's current state.
+    """
+
+    action: Literal["upload", "rerun", "send_back", "verdict"]
+    namespace: Id
+    editjob: Id
+    reviewer: Reviewer
+    result_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        None, description="upload: results/<ns>/<editjob>/review-<action id>/<file>"
+    )
+    instruction: Instruction | None = Field(None, description="rerun: the corrected instruction")
+    message: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = Field(
+        None, description="send_back: what the applicant should change"
+    )
+    verdict: Literal["good", "poor"] | None = None
+    better_instruction: Instruction | None = Field(
+        None, description="verdict: an optional better instruction for the template owners"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_the_action(self) -> ReviewActionData:
+        own = {
+            "upload": {"result_key"},
+            "rerun": {"instruction"},
+            "send_back": {"message"},
+            "verdict": {"verdict", "better_instruction"},
+        }
+        required = {"upload": "result_key", "rerun": "instruction", "send_back": "message"}
+        required["verdict"] = "verdict"
+        if getattr(self, required[self.action]) is None:
+            raise ValueError(f"action {self.action} needs data.{required[self.action]}")
+        optional = {"result_key", "instruction", "message", "verdict", "better_instruction"}
+        stray = sorted(f for f in optional - own[self.action] if getattr(self, f) is not None)
+        if stray:
+            raise ValueError(f"action {self.action} takes no {', '.join(stray)}")
+        return self
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -492,13 +543,27 @@ class ProgressEvent(CloudEvent):
     data: ProgressData
 
 
+class ReviewActionEvent(CloudEvent):
+    event_type: ClassVar[str] = REVIEW_ACTION_V1
+    type: str = REVIEW_ACTION_V1
+    data: ReviewActionData
+
+
 class SelectionEvent(CloudEvent):
     event_type: ClassVar[str] = SELECTION_V1
     type: str = SELECTION_V1
     data: SelectionData
 
 
-Event = ApprovalEvent | WithdrawEvent | SelectEvent | CompletionEvent | SelectionEvent | ReviewEvent
+Event = (
+    ApprovalEvent
+    | WithdrawEvent
+    | SelectEvent
+    | CompletionEvent
+    | SelectionEvent
+    | ReviewEvent
+    | ReviewActionEvent
+)
 
 #: Every supported ``type`` and its model; anything else is rejected as unknown.
 EVENT_TYPES: dict[str, type[CloudEvent]] = {
@@ -511,6 +576,7 @@ EVENT_TYPES: dict[str, type[CloudEvent]] = {
         SelectionEvent,
         ProgressEvent,
         ReviewEvent,
+        ReviewActionEvent,
     )
 }
 

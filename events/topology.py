@@ -86,9 +86,20 @@ class Topology:
         return self.settings.select_subject or f"{self.settings.approval_subject}.select"
 
     @property
+    def review_action_subject(self) -> str:
+        """Where the desk's review actions arrive (docs/desk.md); derived like select's."""
+        return self.settings.review_action_subject or f"{self.settings.approval_subject}.review"
+
+    @property
     def oa_subjects(self) -> list[str]:
-        """Every subject the OA side publishes on (the approvals stream, the operator's filter)."""
-        return [self.approval_subject, self.withdraw_subject, self.select_subject]
+        """Every subject the OA side and the desk publish on (the approvals stream, the
+        operator's filter): review actions are consumed beside selections."""
+        return [
+            self.approval_subject,
+            self.withdraw_subject,
+            self.select_subject,
+            self.review_action_subject,
+        ]
 
     def progress_subject(self, approval_event_id: str) -> str:
         """Where an edit's progress (queued, running) goes (in the completions stream)."""
@@ -224,7 +235,8 @@ class Topology:
                 s.approvals_stream,
                 self.oa_subjects,
                 s.max_age_seconds,
-                description="editflow: approval, withdraw and select events from the OA system",
+                description="editflow: approval, withdraw and select events from the OA system, "
+                "review actions from the desk",
             ),
             self._stream(
                 s.completions_stream,

@@ -27,6 +27,7 @@ from editflow.events.models import (
     APPROVAL_V1,
     EVENT_TYPES,
     OA_EVENT_TYPES,
+    REVIEW_ACTION_V1,
     SELECT_V1,
     SPECVERSION,
     WITHDRAW_V1,
@@ -63,6 +64,8 @@ class Policy:
                 APPROVAL_V1: events.approval_subject,
                 WITHDRAW_V1: events.withdraw_subject,
                 SELECT_V1: events.select_subject or f"{events.approval_subject}.select",
+                REVIEW_ACTION_V1: events.review_action_subject
+                or f"{events.approval_subject}.review",
             },
             accept=accept,
             callback_subjects=CallbackSubjects.from_settings(events),

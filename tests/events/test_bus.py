@@ -83,7 +83,9 @@ async def test_streams_have_the_documented_subjects_and_duplicate_window(js, top
         topology.approval_subject,
         topology.withdraw_subject,
         topology.select_subject,
+        topology.review_action_subject,
     }
+    assert topology.review_action_subject == f"{topology.approval_subject}.review"
     assert topology.select_subject == f"{topology.approval_subject}.select"
     assert approvals.config.retention == "limits"
     consumer = await js.consumer_info(topology.approvals_stream, topology.consumer)

@@ -50,6 +50,7 @@ def test_type_names_carry_their_version():
         "io.editflow.selection.v1",
         "io.editflow.progress.v1",
         "io.editflow.review.v1",
+        "io.editflow.review.action.v1",
     }
 
 

@@ -240,6 +240,11 @@ class EventsSettings(BaseModel):
         description="the only subject select events (a variant picked) use; default "
         "<approval_subject>.select",
     )
+    review_action_subject: str | None = Field(
+        None,
+        description="the only subject the desk's review actions (io.editflow.review.action.v1) "
+        "use; default <approval_subject>.review",
+    )
     completions_stream: str = Field("EDITFLOW_COMPLETIONS", pattern=r"^[A-Za-z0-9_-]+$")
     completion_subject_prefix: str = "editflow.completions"
     review_subject_prefix: str = "editflow.reviews"
@@ -590,6 +595,30 @@ class GatewaySettings(BaseModel):
     source: str = Field("/editflow/gateway", description="CloudEvent source of its events")
     provision_streams: bool = Field(
         False, description="create the NATS streams if missing (standalone demo)"
+    )
+    desk_reviewers_file: str | None = Field(
+        None,
+        description="the desk's named reviewer tokens (mounted Secret): a JSON list of "
+        '{"token","name","id","namespaces"}, or a folder with one such JSON object per file',
+    )
+    desk_trusted_header: str = Field(
+        "X-Forwarded-Email",
+        description="identity header of the authenticating proxy (oauth2-proxy's default); "
+        "believed only from desk_trusted_proxy_cidrs",
+    )
+    desk_trusted_proxy_cidrs: list[str] = Field(
+        default_factory=list,
+        description="peer addresses whose desk_trusted_header is believed (empty: header off)",
+    )
+    desk_reviewers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="namespaces of each person the trusted header names (identity -> namespaces)",
+    )
+    desk_claim_seconds: int = Field(
+        900, ge=30, le=86_400, description="how long a reviewer's claim on a ticket lasts"
+    )
+    desk_waiting_seconds: int = Field(
+        4 * 3600, ge=60, description="a ticket waiting longer than this gets a badge on the desk"
     )
 
     @model_validator(mode="after")
