@@ -13,10 +13,15 @@ node cache yet (:mod:`.weights`), the stock path downloads every file, hashes it
   without chunk hashes (pushed before they existed) is still accepted: its whole-file hash is
   checked once the file is complete. A mismatch fails the load with
   :class:`WeightsIntegrityError`, which names the file and the chunk;
-* each verified chunk is written at its offset into a staging copy of the file in the cache
-  directory, and the staging directory is renamed into place (with the manifest and the
-  completion marker of :mod:`.weights`) only after every file verified, so the next start
-  loads from local files, and a failed stream leaves nothing in the cache;
+* the node cache is filled behind the load: each verified chunk of a weights file is handed
+  to two writer threads (configs and tokenizer files are written at once), into a staging
+  directory that is renamed into place once every chunk of every file verified. The load
+  returns then, with the tensors; the writes finish behind it, every file is hashed again
+  as written, and only then do the manifest and the completion marker of :mod:`.weights` go
+  in and the model's lock is released (another Pod waits for it and then loads the files).
+  A failed read removes the staging directory before the error is raised; a copy whose
+  marker never came (a killed process) is fetched again by the next start; a worker whose
+  edit finishes first waits for the fill before it exits (the fill thread is no daemon);
 * :mod:`.assemble` builds the pipeline's model components from those tensors.
 
 Why not a kept library. Run:ai's ``runai-model-streamer`` fits the shape (its
@@ -35,12 +40,18 @@ then moved to the device like any CPU-loaded pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import shutil
 import struct
+import tempfile
+import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +60,8 @@ from editflow.core.errors import ModelError
 from editflow.core.filelock import exclusive
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.inference.weights import (
+    COMPLETE_MARKER,
+    MANIFEST,
     MANIFEST_CHUNK,
     Published,
     cached_copy,
@@ -56,8 +69,11 @@ from editflow.inference.weights import (
     read_published,
     resolve_model_dir,
     s3_weights_errors,
-    staging_dir,
+    sha256_file,
+    touch,
 )
+
+log = logging.getLogger(__name__)
 
 #: One read of a response body: what a thread holds besides the destination buffer.
 READ_BLOCK = 1 << 20
@@ -91,9 +107,11 @@ class Located:
 
     model_dir: Path
     tensors: Tensors | None = None
-    #: Bytes read from S3 and seconds spent (streamed loads only).
+    #: Bytes read from S3 and seconds until the tensors were verified (streamed loads only).
     bytes_read: int = 0
     seconds: float = 0.0
+    #: Done once the node cache holds the streamed copy (its marker written; streamed only).
+    filled: Future[Path] | None = None
 
 
 @dataclass
@@ -103,7 +121,8 @@ class _File:
     sha256: str
     chunk_size: int
     chunks: list[str] | None
-    buffer: bytearray = field(repr=False)
+    #: The file's bytes (a numpy view of a torch uint8 tensor), which its tensors share.
+    buffer: Any = field(repr=False)
     fd: int = -1
 
     @property
@@ -112,6 +131,8 @@ class _File:
 
 
 def _plan(published: Published, staging: Path) -> list[_File]:
+    import torch
+
     files = []
     for rel, meta in published.files():
         chunks = meta.get("chunks")
@@ -126,12 +147,14 @@ def _plan(published: Published, staging: Path) -> list[_File]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.ftruncate(fd, size)
-        files.append(_File(rel, size, meta["sha256"], chunk_size, chunks, bytearray(size), fd))
+        # torch.empty, not bytearray: no zero-fill pass; pages fault in as the threads write.
+        buffer = torch.empty(size, dtype=torch.uint8).numpy()
+        files.append(_File(rel, size, meta["sha256"], chunk_size, chunks, buffer, fd))
     return files
 
 
 def _read_part(published: Published, file: _File, index: int) -> int:
-    """Range-read chunk ``index`` of ``file`` into its buffer, verify it, write it to the cache."""
+    """Range-read chunk ``index`` of ``file`` into its buffer and verify it."""
     start = index * file.chunk_size
     length = min(file.chunk_size, file.size - start)
     view = memoryview(file.buffer)[start : start + length]
@@ -164,7 +187,6 @@ def _read_part(published: Published, file: _File, index: int) -> int:
                 f"push; push the snapshot again (`editflow models push DIR --name "
                 f"{published.name}`)"
             )
-    os.pwrite(file.fd, view, start)
     return length
 
 
@@ -178,7 +200,7 @@ def _verify_whole(published: Published, file: _File) -> None:
         )
 
 
-def tensors_from_buffer(buffer: bytearray, where: str) -> dict[str, Any]:
+def tensors_from_buffer(buffer: Any, where: str) -> dict[str, Any]:
     """The tensors of a safetensors file held in ``buffer``, as views of it (no copy).
 
     The format: an 8-byte little-endian header length, a JSON header mapping each tensor
@@ -209,33 +231,127 @@ def tensors_from_buffer(buffer: bytearray, where: str) -> dict[str, Any]:
     return out
 
 
-def stream_into_cache(published: Published, cache: Path, concurrency: int) -> tuple[Path, Tensors]:
-    """Stream every file of ``published`` (module docstring); returns the cached copy's
-    directory and the tensors of its safetensors files. Call with the model's cache lock."""
-    tensors: Tensors = {}
-    with staging_dir(published, cache) as staging:
-        files = _plan(published, staging)
-        try:
-            with ThreadPoolExecutor(concurrency, thread_name_prefix="stream") as pool:
-                futures = [
-                    pool.submit(_read_part, published, file, index)
-                    for file in sorted(files, key=lambda f: -f.size)
-                    for index in range(file.parts)
-                ]
-                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for future in pending:
-                    future.cancel()
-                for future in done:
-                    future.result()  # the first failure, with its file and chunk
-        finally:
-            for file in files:
-                os.close(file.fd)
+def _remove_stale_staging(published: Published, cache: Path) -> None:
+    """Staging copies of this model left by a killed process (the caller holds the model's
+    lock, so no live process is filling one)."""
+    for stale in cache.glob(f".{published.name}-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _read_all(published: Published, files: list[_File], concurrency: int, writer: Any) -> list:
+    """Every chunk read and verified by ``concurrency`` threads; each verified chunk is handed
+    to ``writer`` for the cache. Returns the writes' futures; raises the first failure."""
+    writes: list = []
+
+    def part(file: _File, index: int) -> None:
+        _read_part(published, file, index)
+        start = index * file.chunk_size
+        view = memoryview(file.buffer)[start : start + min(file.chunk_size, file.size - start)]
+        if file.rel.endswith(".safetensors"):
+            writes.append(writer.submit(os.pwrite, file.fd, view, start))
+        else:  # configs and tokenizer: written now, the pipeline reads them from the copy
+            os.pwrite(file.fd, view, start)
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="stream") as pool:
+        futures = [
+            pool.submit(part, file, index)
+            for file in sorted(files, key=lambda f: -f.size)
+            for index in range(file.parts)
+        ]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            future.result()  # the first failure, with its file and chunk
+    for file in files:
+        _verify_whole(published, file)
+    return writes
+
+
+def _finish_fill(
+    published: Published, final: Path, files: list[_File], writes: list, writer: Any
+) -> None:
+    """Behind the load: the last writes land, every file is hashed again as written (the
+    completion marker vouches for what is on disk, not for what was read), then the
+    manifest and the marker. On any failure the copy goes."""
+    try:
+        writer.shutdown(wait=True)
+        for future in writes:
+            future.result()
         for file in files:
-            _verify_whole(published, file)
-            if file.rel.endswith(".safetensors"):
-                where = f"weights file {file.rel} of {published.name}"
-                tensors[file.rel] = tensors_from_buffer(file.buffer, where)
-    return published.final(cache), tensors
+            if file.size and sha256_file(final / file.rel) != file.sha256:
+                raise WeightsIntegrityError(
+                    f"weights file {file.rel} of {published.name} differs from its manifest "
+                    "as written into the node cache (a failing disk?): not cached"
+                )
+        (final / MANIFEST).write_bytes(published.manifest_bytes)
+        (final / COMPLETE_MARKER).write_text(published.digest)
+        touch(final)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    finally:
+        for file in files:
+            os.close(file.fd)
+
+
+def stream_into_cache(
+    published: Published, cache: Path, concurrency: int, release: Callable[[bool], None]
+) -> tuple[Path, Tensors, Future[Path]]:
+    """Stream every file of ``published`` (module docstring). Call with the model's cache
+    lock held; ``release(filled)`` lets it go once the cache is filled (True) or the stream
+    or the fill failed (False), before the returned future completes.
+
+    Returns the copy's directory, the tensors of its safetensors files, and a future that
+    completes once the copy is complete in the cache. The directory already holds every
+    file (the small ones complete, so the pipeline's configs and tokenizer load from it)
+    but no completion marker until that future is done: another process waits on the lock,
+    and a copy without a marker is fetched again after a crash.
+    """
+    final = published.final(cache)
+    files: list[_File] = []
+    staging: Path | None = None
+    writer = ThreadPoolExecutor(2, thread_name_prefix="cache-fill")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(published, cache)
+        staging = Path(tempfile.mkdtemp(prefix=f".{published.name}-", dir=cache))
+        files = _plan(published, staging)
+        writes = _read_all(published, files, concurrency, writer)
+        tensors: Tensors = {
+            file.rel: tensors_from_buffer(
+                file.buffer, f"weights file {file.rel} of {published.name}"
+            )
+            for file in files
+            if file.rel.endswith(".safetensors")
+        }
+        if final.exists():  # a copy without its marker: left by a crash
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        writer.shutdown(wait=True, cancel_futures=True)
+        for file in files:
+            os.close(file.fd)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        release(False)
+        raise
+    filled: Future[Path] = Future()
+
+    def fill() -> None:
+        try:
+            _finish_fill(published, final, files, writes, writer)
+        except BaseException as exc:
+            release(False)
+            filled.set_exception(exc)
+            return
+        release(True)
+        filled.set_result(final)
+
+    # Not a daemon: a worker that finishes its edit first still completes the cache on exit.
+    threading.Thread(target=fill, name=f"cache-fill-{published.name}").start()
+    return final, tensors, filled
 
 
 def locate_weights(name: str, worker: WorkerSettings, s3: S3Settings) -> Located:
@@ -250,15 +366,29 @@ def locate_weights(name: str, worker: WorkerSettings, s3: S3Settings) -> Located
     published = read_published(name, worker, s3)
     cache = Path(worker.cache_dir)
     began = time.perf_counter()
-    with (
-        s3_weights_errors(name, published.bucket, published.prefix),
-        exclusive(cache / f".{name}.lock"),
-    ):
-        found = cached_copy(published, cache)
+    lock = contextlib.ExitStack()
+    with s3_weights_errors(name, published.bucket, published.prefix):
+        lock.enter_context(exclusive(cache / f".{name}.lock"))
+        try:
+            found = cached_copy(published, cache)
+        except BaseException:
+            lock.close()
+            raise
         if found is not None:
+            lock.close()
             return Located(found)
-        final, tensors = stream_into_cache(published, cache, worker.stream_concurrency)
+
+        def release(filled: bool) -> None:
+            lock.close()
+            if filled:  # the cache policy, now that this copy is in place
+                try:
+                    evict_for(published.final(cache), worker)
+                except OSError as exc:  # the copy is fine; the next start evicts again
+                    log.warning("weights cache eviction failed", extra={"error": str(exc)})
+
+        final, tensors, filled = stream_into_cache(
+            published, cache, worker.stream_concurrency, release
+        )
     seconds = time.perf_counter() - began
-    evict_for(final, worker)
     size = sum(int(meta["size"]) for meta in published.manifest["files"].values())
-    return Located(final, tensors, size, seconds)
+    return Located(final, tensors, size, seconds, filled)

@@ -104,7 +104,7 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _touch(version_dir: Path) -> None:
+def touch(version_dir: Path) -> None:
     """Stamp a model's use: the size limit evicts the least recently used first."""
     with contextlib.suppress(OSError):  # a read-only cache (one trusted writer) keeps no stamp
         (version_dir.parent / LAST_USED).touch()
@@ -255,7 +255,7 @@ def cached_copy(published: Published, cache: Path) -> Path | None:
     if not (marker.exists() and marker.read_text().strip() == published.digest):
         return None
     if not _writable(cache) or _matches(final, published.manifest):
-        _touch(final)
+        touch(final)
         return final
     # The node cache is shared by every namespace's workers: a marker proves
     # nothing about the files beside it (issue 20 §8). Fetch them again.
@@ -288,7 +288,7 @@ def staging_dir(published: Published, cache: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _touch(final)
+    touch(final)
 
 
 def evict_for(final: Path, worker: WorkerSettings) -> None:
