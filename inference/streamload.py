@@ -95,6 +95,10 @@ DTYPES = {
 
 #: Tensors by file (path relative to the model directory), then by tensor name.
 Tensors = dict[str, dict[str, Any]]
+#: Cache fills still running behind a load (see :func:`wait_for_cache_fills`).
+_FILLS: set[Future[Path]] = set()
+#: How long a worker that is done waits for them before it exits anyway.
+FILL_WAIT_SECONDS = 300.0
 
 
 class WeightsIntegrityError(ModelError):
@@ -349,7 +353,10 @@ def stream_into_cache(
         release(True)
         filled.set_result(final)
 
-    # Not a daemon: a worker that finishes its edit first still completes the cache on exit.
+    # Not a daemon: a worker that finishes its edit first still completes the cache on exit
+    # (and `worker run`, which leaves with os._exit, waits for it: wait_for_cache_fills).
+    _FILLS.add(filled)
+    filled.add_done_callback(_FILLS.discard)
     threading.Thread(target=fill, name=f"cache-fill-{published.name}").start()
     return final, tensors, filled
 
@@ -392,3 +399,16 @@ def locate_weights(name: str, worker: WorkerSettings, s3: S3Settings) -> Located
     seconds = time.perf_counter() - began
     size = sum(int(meta["size"]) for meta in published.manifest["files"].values())
     return Located(final, tensors, size, seconds, filled)
+
+
+def wait_for_cache_fills(timeout: float = FILL_WAIT_SECONDS) -> bool:
+    """Wait until the cache fills behind this process's streamed loads are done (a worker
+    about to exit). False when some were still running after ``timeout`` seconds: their
+    copies stay unmarked, and the next start streams the model again."""
+    pending = list(_FILLS)
+    if not pending:
+        return True
+    _, still = wait(pending, timeout=timeout)
+    if still:
+        log.warning("the weights cache was not filled before exit", extra={"timeout": timeout})
+    return not still

@@ -22,7 +22,11 @@ from editflow.inference.pipeline import ModelCache, load_pipeline
 from editflow.inference.registry import get_spec
 from editflow.inference.snapshot import validate_snapshot
 from editflow.inference.streambench import measure_stream
-from editflow.inference.streamload import WeightsIntegrityError, locate_weights
+from editflow.inference.streamload import (
+    WeightsIntegrityError,
+    locate_weights,
+    wait_for_cache_fills,
+)
 from editflow.inference.weights import COMPLETE_MARKER, MANIFEST, publish_to_s3
 
 pytestmark = [pytest.mark.platform]
@@ -92,8 +96,9 @@ def test_a_streamed_load_gives_the_file_loads_tensors_and_fills_the_cache(
                 other.reshape(-1).view(torch.uint8).equal(tensor.reshape(-1).view(torch.uint8))
             ), (component, key)
 
-    # The node cache is filled behind the load; the next start waits for it (the model's
-    # lock) and loads from it.
+    # The node cache is filled behind the load (what `worker run` waits for before it
+    # exits); the next start loads from it.
+    assert wait_for_cache_fills(timeout=30)
     again = locate_weights(MODEL, worker, s3)
     assert again.model_dir == streamed.model_dir and again.tensors is None
     assert (streamed.model_dir / COMPLETE_MARKER).is_file()

@@ -53,6 +53,11 @@ def run(
     settings = _settings()
     result, code = execute(raw, settings, termination_log=termination_log, worker=pod_name())
     report.print_last_line(result)
+    # A streamed load fills the node cache behind it: let that finish, so the next Pod on
+    # this node loads from local files (the result is already out).
+    from editflow.inference.streamload import wait_for_cache_fills
+
+    wait_for_cache_fills()
     # Leave without interpreter teardown: a background weight load that a failed input
     # made pointless may still be running, and the exit code is the contract.
     import logging
