@@ -42,6 +42,7 @@ from editflow.operator.bridge import run_bridge
 from editflow.operator.caches import ClusterCache
 from editflow.operator.crd import GROUP, PLURAL, VERSION
 from editflow.operator.credentials import AttemptCredentialMinter
+from editflow.operator.desk import DeskPublisher, cached_log_lines
 from editflow.operator.dispatch import JobDispatcher
 from editflow.operator.health import serve_standby_health
 from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
@@ -221,6 +222,12 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
     s3 = s3_client(settings.s3)
     await asyncio.to_thread(ensure_expiry, settings, s3)
     await _provision_weights_reader(settings)
+    desk = DeskPublisher(
+        nc.jetstream(),
+        logs=cached_log_lines(cache),
+        storage=settings.events.storage,
+        replicas=settings.events.replicas,
+    )
     reconciler = Reconciler(
         settings,
         kube,
@@ -229,6 +236,7 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         outbox=outbox,
         s3=s3,
         progress=ProgressPublisher(nc.jetstream(), topo),
+        desk=desk,
     )
     state.update(kube=kube, nats=nc, topology=topo, cache=cache, reconciler=reconciler)
     state["tasks"] = [

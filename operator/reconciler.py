@@ -48,6 +48,7 @@ from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
 from editflow.operator.decide import Decision, Observed, decide
+from editflow.operator.desk import DeskPublisher
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
@@ -130,6 +131,7 @@ class Reconciler:
         outbox: Outbox,
         s3: Minio,
         progress: ProgressPublisher | None = None,
+        desk: DeskPublisher | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
@@ -141,6 +143,8 @@ class Reconciler:
         self.s3 = s3
         #: Queued (with its place) and running, for the OA side and the gateway (best effort).
         self.progress = progress
+        #: The designer's desk read model (tickets in NATS KV), from the EditJobs written here.
+        self.desk = desk
         self.presigner = ResultPresigner(settings.s3)  # resultUrl outlives the worker's session
         self.now = now
         self.index = WorkIndex()
@@ -168,6 +172,8 @@ class Reconciler:
         if new is None:
             if self.progress is not None:
                 self.progress.forget(key)
+            if self.desk is not None:
+                self.desk.gone(key)
             self.queue.discard(key)
             self._queue_written.pop(key, None)
             self._refresh_due.discard(key)
@@ -224,11 +230,23 @@ class Reconciler:
         for namespace in self.cache.namespaces:
             self._pump(namespace)
         log.info("caches synced", extra=self.cache.sizes())
+        await self._load_desk()
         await asyncio.gather(
             self.queue.run_workers(self.op.reconcile_workers, self.work),
             self._refresh_loop(),
             self._sweep_loop(),
         )
+
+    async def _load_desk(self) -> None:
+        """Which tickets exist; those of EditJobs deleted while no operator ran are deleted."""
+        if self.desk is None:
+            return
+        try:
+            await self.desk.load(self.cache.namespaces)
+        except Exception as exc:  # the desk is a view: the edits go on without it
+            log.warning("the desk's tickets could not be read: %s", exc)
+            return
+        self.desk.prune(self.cache.editjobs.items)
 
     async def _refresh_loop(self) -> None:
         """Queue positions in status follow the queue at most every few seconds."""
@@ -502,6 +520,9 @@ class Reconciler:
             recorded = await self.outbox.publish_outcome(editjob, review=decision.publish_review)
             if recorded:
                 self.cache.editjobs.upsert(recorded)
+                editjob = recorded
+        if self.desk is not None and (patch is not None or decision.publish_completion):
+            self.desk.update(editjob)  # whole, as the apiserver answered our write
         if decision.delete_editjob:
             await self.kube.delete(editjob_path(namespace, name))
             log.info("retention: deleted finished editjob", extra=where)

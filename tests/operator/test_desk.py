@@ -1,0 +1,158 @@
+"""The desk's read model (docs/desk.md): which lane an EditJob is in, and its ticket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from editflow.events.desk import Ticket, bucket_name
+from editflow.operator.desk import DeskPublisher, lane_of, log_tail, ticket_for
+from editflow.operator.names import ANNOTATION_RESOLVE
+
+
+def editjob(phase: str, *, annotations: dict | None = None, **status: object) -> dict:
+    return {
+        "metadata": {
+            "name": "ej-1",
+            "namespace": "design",
+            "uid": "u-1",
+            "annotations": annotations or {},
+        },
+        "spec": {
+            "prompt": "make the sky blue",
+            "source": {"s3Key": "uploads/design/in.png"},
+            "model": "longcat-image-edit",
+            "usage": "wechat-article",
+            "template": {"id": "background-swap"},
+            "oa": {
+                "eventId": "e-1",
+                "applicant": "u-7",
+                "approvers": ["m-1"],
+                "department": "marketing",
+            },
+        },
+        "status": {"phase": phase, "finishedAt": "2026-12-07T06:00:00Z", **status},
+    }
+
+
+FLAGGED = {"verdict": "no_visible_change", "changedFraction": 0.01, "ssim": 0.99, "spread": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("obj", "lane"),
+    [
+        (editjob("NeedsReview", attempts=3, errorCode="worker_exit"), "needs_review"),
+        (editjob("Succeeded", quality=FLAGGED, sampledForReview=True), "flagged"),
+        (editjob("Succeeded", sampledForReview=True, quality={"verdict": "ok"}), "sample"),
+    ],
+)
+def test_each_lane(obj, lane):
+    assert lane_of(obj) == lane
+    ticket = ticket_for(obj)
+    assert isinstance(ticket, Ticket) and ticket.lane == lane
+    assert ticket.input_key == "uploads/design/in.png"
+    assert ticket.applicant.id == "u-7" and ticket.department == "marketing"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        editjob("Succeeded"),  # neither sampled nor flagged
+        editjob("Succeeded", sampledForReview=True, reviewVerdict={"verdict": "good"}),
+        editjob("Succeeded", quality=FLAGGED, sampledForReview=True, reviewedBy="r-1"),
+        editjob("Succeeded", sampledForReview=True, annotations={ANNOTATION_RESOLVE: "k"}),
+        editjob("Failed", errorCode="sent_back"),
+        editjob("Running", attempts=4),
+        editjob("Queued", reviewAttempts=1),
+    ],
+    ids=["plain", "verdict", "resolved", "resolved-by-cli", "sent-back", "rerun", "queued"],
+)
+def test_leaving_the_lanes(obj):
+    assert lane_of(obj) is None
+    assert ticket_for(obj) is None
+
+
+def test_the_ticket_carries_attempts_logs_results_gate_and_the_corrected_instruction():
+    obj = editjob(
+        "NeedsReview",
+        attempts=2,
+        workerPod="pod-2",
+        errorCode="quality_no_visible_change",
+        message="the quality gate flagged it",
+        quality=FLAGGED,
+        resultKey="results/design/ej-1/attempt-2/out.png",
+        reviewInstruction="make the sky deep blue",
+        reviewAttempts=1,
+    )
+    ticket = ticket_for(obj, {2: ["x" * 300] * 30})
+    assert ticket.instruction == "make the sky deep blue"
+    assert ticket.original_instruction == "make the sky blue"
+    assert [a.attempt for a in ticket.attempts] == [1, 2]
+    assert ticket.attempts[1].worker == "pod-2" and ticket.attempts[0].error_code is None
+    assert len(ticket.attempts[1].log) == 20
+    assert ticket.results[0].result_key.endswith("out.png")
+    assert ticket.gate.figures == {"changedFraction": 0.01, "ssim": 0.99, "spread": 0.5}
+    assert ticket.review_attempts == 1
+
+
+def test_log_lines_come_from_a_crashed_pods_termination_message_not_from_a_result():
+    def pod(attempt: int, message: str) -> dict:
+        return {
+            "metadata": {"labels": {"editflow.io/attempt": str(attempt)}},
+            "status": {"containerStatuses": [
+                {"name": "worker", "state": {"terminated": {"message": message}}}]},
+        }  # fmt: skip
+
+    crashed = pod(1, "\n".join(f"line {i} " + "y" * 250 for i in range(25)))
+    result = pod(2, json.dumps({"not": "a result"}))
+    lines = log_tail([crashed, result])
+    assert len(lines[1]) == 20 and lines[1][-1].startswith("line 24")
+    assert all(len(line) <= 200 for line in lines[1])
+    assert 2 in lines  # JSON that is no WorkerResult is a log line too
+
+
+class FakeKV:
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.writes = 0
+
+    async def put(self, key: str, value: bytes) -> None:
+        self.writes += 1
+        self.values[key] = value
+
+    async def delete(self, key: str) -> None:
+        self.writes += 1
+        self.values.pop(key, None)
+
+
+class FakeJS:
+    def __init__(self) -> None:
+        self.buckets: dict[str, FakeKV] = {}
+
+    async def create_key_value(self, config) -> FakeKV:
+        assert config.history == 1
+        return self.buckets.setdefault(config.bucket, FakeKV())
+
+
+def test_the_publisher_writes_only_changes_and_deletes_on_leaving():
+    async def scenario() -> FakeKV:
+        js = FakeJS()
+        desk = DeskPublisher(js)
+        needs = editjob("NeedsReview", attempts=3, errorCode="worker_exit")
+        desk.update(needs)
+        desk.update(needs)  # unchanged: no second write
+        await desk.drain()
+        kv = js.buckets[bucket_name("design")]
+        assert kv.writes == 1 and json.loads(kv.values["ej-1"])["lane"] == "needs_review"
+        desk.update(editjob("Running", attempts=4))  # rerun: leaves the lane
+        await desk.drain()
+        assert "ej-1" not in kv.values and kv.writes == 2
+        desk.update(editjob("Succeeded"))  # in no lane, never written: nothing to do
+        desk.gone(("design", "ej-1"))
+        await desk.drain()
+        assert kv.writes == 2
+        return kv
+
+    asyncio.run(scenario())
