@@ -14,7 +14,7 @@ retrying); tests pass their own ``bus``/``store`` to run without either.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from nats.js import JetStreamContext
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +34,10 @@ from editflow.events.kvlimits import LimitsBucket
 from editflow.gateway import problems, routes
 from editflow.gateway.backend import Bus, EditBus, ObjectStore, Store
 from editflow.gateway.clients import parse_networks
+from editflow.gateway.desk import Desk
+from editflow.gateway.deskroutes import desk_api
 from editflow.gateway.guard import (
+    DESK_API_PREFIX,
     JSON_ROUTES,
     PUBLIC_API,
     UPLOAD_PATH,
@@ -43,6 +47,7 @@ from editflow.gateway.guard import (
 )
 from editflow.gateway.metrics import GatewayMetrics
 from editflow.gateway.ratelimit import RateLimiter, SlidingWindowLimiter
+from editflow.gateway.reviewers import ReviewerDirectory
 from editflow.gateway.screen import RequestScreen
 from editflow.gateway.sharedlimit import LimitsStore, SharedLimiter
 
@@ -79,7 +84,7 @@ class Edge:
                     (b"referrer-policy", b"no-referrer"),
                 ]
                 path = scope["path"]
-                if path == "/" or path.startswith("/static/"):
+                if path in ("/", "/desk") or path.startswith("/static/"):
                     headers.append((b"content-security-policy", PAGE_CSP.encode()))
                     headers.append((b"x-frame-options", b"DENY"))
                 message = {**message, "headers": headers}
@@ -106,10 +111,13 @@ def create_app(
     bus: EditBus | None = None,
     store: ObjectStore | None = None,
     resolve: Resolve | None = None,
+    jetstream: Callable[[], JetStreamContext | None] | None = None,
 ) -> FastAPI:
     """The gateway app; ``bus``/``store`` default to NATS (via the OA SDK) and S3.
 
-    ``resolve`` replaces the system DNS lookup of the URL screen (tests only).
+    ``resolve`` replaces the system DNS lookup of the URL screen (tests only);
+    ``jetstream`` gives the desk its NATS (default: the real :class:`Bus`'s connection; an
+    in-process stand-in bus has none, and the desk then answers 503).
     """
     settings = settings or get_settings()
     gw = settings.gateway
@@ -146,7 +154,12 @@ def create_app(
         metrics=metrics,
         screen=RequestScreen(settings, resolve=resolve),
     )
+    if jetstream is None:
+        jetstream = bus.jetstream if isinstance(bus, Bus) else (lambda: None)
+    app.state.desk = Desk(settings, jetstream=jetstream, store=store, metrics=metrics)
+    app.state.reviewers = ReviewerDirectory.from_settings(gw)
     problems.install(app)
+    app.include_router(desk_api)
     app.include_router(routes.ops)
     app.include_router(routes.catalogue)
     app.include_router(routes.api)
@@ -155,6 +168,10 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/desk", include_in_schema=False)
+    async def desk_page() -> FileResponse:
+        return FileResponse(STATIC / "desk.html", media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -271,6 +288,14 @@ def _openapi(app: FastAPI, *, auth: bool) -> dict[str, Any]:
                     responses["415"] = _problem_response("the body is not application/json")
                 if path == UPLOAD_PATH:
                     responses["415"] = _problem_response("not an image")
+            if path.startswith(DESK_API_PREFIX):
+                op["security"] = [{"bearer": []}]
+                responses["401"] = _problem_response("no valid reviewer identity")
+                responses["403"] = _problem_response("a namespace outside the reviewer's")
+                if "{name}" in path:
+                    responses["410"] = _problem_response("this edit has finished")
+                if method.upper() == "POST":
+                    responses["409"] = _problem_response("claimed by someone else, or no claim")
             if "{edit_id}" in path:
                 responses["404"] = _problem_response("no edit with this id")
     app.openapi_schema = doc

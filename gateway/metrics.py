@@ -65,3 +65,38 @@ class GatewayMetrics:
             "Bytes of images uploaded to S3",
             registry=self.registry,
         )
+        # The designer's desk (issue 22): queue depth as last read, and how long people took.
+        desk_buckets = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800)
+        self.desk_queue = Gauge(
+            "editflow_desk_queue_depth",
+            "Open desk tickets per namespace and lane (as of the last queue read)",
+            ["namespace", "lane"],
+            registry=self.registry,
+        )
+        self.desk_first_claim = Histogram(
+            "editflow_desk_time_to_first_claim_seconds",
+            "From a ticket entering its lane to its first claim",
+            ["lane"],
+            buckets=desk_buckets,
+            registry=self.registry,
+        )
+        self.desk_resolve = Histogram(
+            "editflow_desk_time_to_resolve_seconds",
+            "From a ticket entering its lane to the action that resolves it",
+            ["lane", "action"],
+            buckets=desk_buckets,
+            registry=self.registry,
+        )
+        self.desk_verdicts = Counter(
+            "editflow_desk_sample_verdicts_total",
+            "Verdicts reviewers gave on sampled and gate-flagged edits",
+            ["lane", "verdict"],
+            registry=self.registry,
+        )
+        self.desk_oldest = Gauge(
+            "editflow_desk_oldest_ticket_timestamp_seconds",
+            "When the oldest open ticket of a lane entered it (Unix time; absent: lane empty); "
+            "the NeedsReview-waiting alert compares it with time()",
+            ["namespace", "lane"],
+            registry=self.registry,
+        )
