@@ -360,3 +360,11 @@ def test_an_upload_must_be_an_image_within_the_limits_then_it_is_stored_and_publ
     assert upload(png()).json()["already_done"] is True
     [(msg_id, data)] = actions_published(desk)
     assert msg_id == "act-up-00001" and data["action"] == "upload" and data["result_key"] == key
+
+
+def test_the_desk_page_is_served_under_the_page_policy(desk: Any) -> None:
+    page = desk.get("/desk")
+    assert page.status_code == 200 and "/static/desk.js" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    script = desk.get("/static/desk.js").text
+    assert all(f"lane_{lane}" in script for lane in ("needs_review", "flagged", "sample"))
