@@ -59,13 +59,23 @@ class AuditRecord(BaseModel):
     model: str | None = None
     quality: str | None = Field(None, description="the quality gate's verdict")
     error_code: str | None = None
-    #: ``outcome`` (an edit finished) or ``selection`` (the applicant picked a variant).
-    kind: Literal["outcome", "selection"] = "outcome"
+    #: ``outcome`` (an edit finished), ``selection`` (the applicant picked a variant) or
+    #: ``review`` (a desk reviewer acted: upload, rerun, send_back, verdict; docs/desk.md).
+    kind: Literal["outcome", "selection", "review"] = "outcome"
     variants: int = 1
     #: ``preview``: an approver's approximate preview (its GPU time counts too).
     stage: str = "final"
     selected_variant: int | None = None
     selected_by: str | None = None
+    #: A desk action (kind ``review``): which, by whom, and what the reviewer gave.
+    review_action: str | None = None
+    reviewer: str | None = None
+    reviewer_name: str | None = None
+    review_result_key: str | None = None
+    review_instruction: str | None = None
+    review_message: str | None = None
+    review_verdict: str | None = None
+    better_instruction: str | None = None
 
 
 async def publish_audit(js: JetStreamContext, topology: Topology, record: AuditRecord) -> PubAck:

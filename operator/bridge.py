@@ -48,7 +48,9 @@ from editflow.events.consumer import Delivery, run_consumer
 from editflow.events.ledger import ApprovalLedger, LedgerEntry
 from editflow.events.models import (
     OA_EVENT_TYPES,
+    REVIEW_ACTION_V1,
     ApprovalEvent,
+    ReviewActionEvent,
     SelectEvent,
     WithdrawEvent,
     approval_event_id,
@@ -57,6 +59,7 @@ from editflow.events.topology import Topology
 from editflow.events.validation import Policy
 from editflow.operator import metrics
 from editflow.operator.crd import GROUP, editjob_path
+from editflow.operator.desk import DeskPublisher
 from editflow.operator.kube import AsyncKube, KubeAPIError
 from editflow.operator.mapping import editjob_from_approval
 from editflow.operator.names import (
@@ -68,6 +71,7 @@ from editflow.operator.names import (
     label_value,
 )
 from editflow.operator.refusals import ApprovalScreen  # issue 14 §3-4: URL/callback screen
+from editflow.operator.review_actions import handle_review_action
 from editflow.operator.selection import record_selection
 
 log = logging.getLogger("editflow.operator.bridge")
@@ -88,6 +92,7 @@ class Bridge:
         screen: ApprovalScreen | None = None,
         js: JetStreamContext | None = None,
         topology: Topology | None = None,
+        desk: DeskPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
@@ -98,10 +103,14 @@ class Bridge:
         # issue 14 §3-4: unsafe image/callback URLs and subjects are refused before an EditJob.
         self.screen = screen or ApprovalScreen(settings)
         self.namespace = settings.namespace
+        #: The desk's read model, told at once of what a review action changed.
+        self.desk = desk
         self._locks = KeyedLocks()
 
     async def __call__(
-        self, event: ApprovalEvent | WithdrawEvent | SelectEvent, delivery: Delivery
+        self,
+        event: ApprovalEvent | WithdrawEvent | SelectEvent | ReviewActionEvent,
+        delivery: Delivery,
     ) -> None:
         if isinstance(event, ApprovalEvent):
             await self.approve(
@@ -109,6 +118,8 @@ class Bridge:
             )
         elif isinstance(event, SelectEvent):
             await self.select(event)
+        elif isinstance(event, ReviewActionEvent):
+            await self.review(event)
         else:
             await self.withdraw(event)
 
@@ -129,6 +140,24 @@ class Bridge:
         editjob = selection.data.editjob.name if selection.data.editjob else "?"
         message = "select: variant %d of editjob %s recorded"
         self._decided("select", "recorded", message, event.data.variant, editjob, where=where)
+
+    # -- the desk's review actions (docs/desk.md) ------------------------------------------
+    async def review(self, event: ReviewActionEvent) -> None:
+        if self.js is None:
+            raise UpstreamError("this bridge cannot audit review actions (no JetStream)")
+        data = event.data
+        where = {"event_id": event.id, "editjob": f"{data.namespace}/{data.editjob}"}
+        async with self._locks.hold(f"editjob:{data.namespace}/{data.editjob}"):
+            result = await handle_review_action(
+                event,
+                kube=self.kube,
+                js=self.js,
+                topology=self.topology,
+                namespaces=self.settings.operator.namespaces or [self.namespace],
+                result_prefix=self.settings.operator.result_prefix,
+                desk=self.desk,
+            )
+        self._decided("review", result, "review action %s: %s", data.action, result, where=where)
 
     # -- approvals -------------------------------------------------------------------------
     async def approve(
@@ -274,10 +303,13 @@ async def run_bridge(
     *,
     ledger: ApprovalLedger,
     stop: asyncio.Event | None = None,
+    desk: DeskPublisher | None = None,
 ) -> None:
     """The approval loop until ``stop`` is set (or cancelled), restarted with backoff on errors."""
-    bridge = Bridge(settings, kube, ledger=ledger, js=nc.jetstream(), topology=topology)
-    policy = Policy.from_settings(settings.events, accept=OA_EVENT_TYPES)
+    bridge = Bridge(settings, kube, ledger=ledger, js=nc.jetstream(), topology=topology, desk=desk)
+    # The desk's actions come from the gateway, not OA: NATS permissions, not the OA
+    # signing key, say who may publish them (docs/desk.md).
+    policy = Policy.from_settings(settings.events, accept={*OA_EVENT_TYPES, REVIEW_ACTION_V1})
     stop = stop or asyncio.Event()
     concurrency = settings.operator.bridge_concurrency
     backoff = Backoff(1.0, 30.0)

@@ -200,6 +200,11 @@ CONDITION = _obj(
     required=["type", "status"],
 )
 
+REVIEWER = _obj(
+    "A desk reviewer, as the gateway identified them.",
+    {"id": _s("The reviewer's id."), "name": _s("The reviewer's name.")},
+)
+
 STATUS = _obj(
     "What happened, written by the operator.",
     {
@@ -274,6 +279,23 @@ STATUS = _obj(
                 "reason": _s("What the verdict means for this result."),
             },
         ),
+        # -- the designer's desk (docs/desk.md) --
+        "reviewedBy": REVIEWER,
+        "reviewInstruction": _s(
+            "A desk reviewer's corrected instruction for the re-run (spec.prompt stays the "
+            "applicant's)."
+        ),
+        "reviewAttempts": _i("Attempts a desk reviewer added beyond maxAttempts (re-runs)."),
+        "reviewVerdict": _obj(
+            "A desk reviewer's verdict on a sampled or gate-flagged result.",
+            {
+                "verdict": _s("good or poor.", enum=["good", "poor"]),
+                "betterInstruction": _s("An instruction the reviewer would have used instead."),
+                "by": REVIEWER,
+                "at": _s("When the verdict was recorded.", format="date-time"),
+            },
+        ),
+        "reviewActionId": _s("Id of the last desk action applied here (its idempotency key)."),
         "observedGeneration": _i("Generation the status refers to."),
         "conditions": {
             "type": "array",

@@ -18,6 +18,7 @@ Phases (brief §3)::
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,12 @@ from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import POISON_EDIT_CODE, QualityReport, WorkerResult
 from editflow.operator.decision import Decision, Observed
-from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE
+from editflow.operator.names import (
+    ANNOTATION_CANCEL,
+    ANNOTATION_RESOLVE,
+    ANNOTATION_REVIEWED_BY,
+    ANNOTATION_SEND_BACK,
+)
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.phases import FINAL_PHASES
 from editflow.operator.podstate import exit_code, job_outcome, unschedulable
@@ -93,6 +99,30 @@ def is_sampled(uid: str, rate: float) -> bool:
     return bucket < rate
 
 
+#: The errorCode of an edit a desk reviewer sent back to its applicant (docs/desk.md).
+SENT_BACK = "sent_back"
+
+
+def wants_resolution(editjob: dict[str, Any]) -> bool:
+    """A NeedsReview edit a person decided (``edits resolve``, the desk's upload or send back):
+    the one settled EditJob the reconciler must look at again."""
+    annotations = editjob["metadata"].get("annotations") or {}
+    return (editjob.get("status") or {}).get("phase") == "NeedsReview" and bool(
+        annotations.get(ANNOTATION_RESOLVE) or annotations.get(ANNOTATION_SEND_BACK)
+    )
+
+
+def reviewed_by(annotations: dict[str, str]) -> dict[str, Any]:
+    """``{"reviewedBy": {"id", "name"}}`` from the desk's annotation; ``{}`` without one."""
+    try:
+        who = json.loads(annotations.get(ANNOTATION_REVIEWED_BY) or "null")
+    except ValueError:
+        return {}
+    if not isinstance(who, dict) or not isinstance(who.get("id"), str):
+        return {}
+    return {"reviewedBy": {"id": who["id"], "name": who.get("name")}}
+
+
 def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     ej = obs.editjob
     meta, spec = ej["metadata"], ej["spec"]
@@ -147,10 +177,14 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
                     f"resolved by a designer with {key}",
                     resultKey=key,
                     resultUrl=None,
+                    **reviewed_by(annotations),
                 )
             if status.get("message") != refused:  # said once: the edit stays NeedsReview
                 set_status(message=refused)
                 out.events.append(("Warning", "ResolveRefused", refused))
+        elif phase == "NeedsReview" and (said := annotations.get(ANNOTATION_SEND_BACK)):
+            error = ErrorInfo(SENT_BACK, f"sent back to the applicant: {said}", False)
+            return finish("Failed", error.message, error=error, **reviewed_by(annotations))
         if obs.completion_id and status.get("completionEventId") != obs.completion_id:
             out.publish_completion = True
             out.publish_review = phase == "NeedsReview"

@@ -76,7 +76,9 @@ def worker_request(
         edit_id=meta["name"],
         attempt=attempt,
         source=SourceRef(url=spec["source"].get("url"), s3_key=spec["source"].get("s3Key")),
-        prompt=spec["prompt"],
+        # A desk reviewer's re-run carries the corrected instruction in status; spec keeps
+        # the applicant's (docs/desk.md).
+        prompt=(editjob.get("status") or {}).get("reviewInstruction") or spec["prompt"],
         model=spec.get("model") or settings.default_model,
         parameters=GenerationParameters(
             **{

@@ -30,6 +30,12 @@ ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 ANNOTATION_EVENT_ID = f"{GROUP}/event-id"
 ANNOTATION_CANCEL = f"{GROUP}/cancel"
 ANNOTATION_RESOLVE = f"{GROUP}/resolve-result-key"
+#: A desk reviewer sent a NeedsReview edit back to its applicant with this message.
+ANNOTATION_SEND_BACK = f"{GROUP}/send-back"
+#: The desk reviewer ({"id", "name"} as JSON) who resolved or sent back the edit.
+ANNOTATION_REVIEWED_BY = f"{GROUP}/reviewed-by"
+#: The id of the desk action carried by the annotations above (its idempotency key).
+ANNOTATION_REVIEW_ACTION = f"{GROUP}/review-action"
 #: The operator's deletion finalizer (kopf's, named by us): deleting an EditJob reports `cancelled`.
 FINALIZER = f"{GROUP}/cleanup"
 MANAGED_BY = {

@@ -47,13 +47,13 @@ from editflow.events.worker_contract import USAGE_NAMES, WorkerResult, result_js
 from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
-from editflow.operator.decide import Decision, Observed, decide
+from editflow.operator.decide import Decision, Observed, decide, wants_resolution
 from editflow.operator.desk import DeskPublisher
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
 from editflow.operator.kube import AsyncKube, KubeAPIError
-from editflow.operator.names import ANNOTATION_CANCEL, ANNOTATION_RESOLVE, LABEL_EDITJOB
+from editflow.operator.names import ANNOTATION_CANCEL, LABEL_EDITJOB
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.outbox import Outbox
 from editflow.operator.phases import FINAL_PHASES, OUTCOMES, gpu_seconds
@@ -180,10 +180,8 @@ class Reconciler:
             return
         if new["metadata"].get("deletionTimestamp"):
             return  # kopf's deletion handler takes it from here
-        if old is not None and is_settled(old) and is_settled(new):
-            annotations = (new["metadata"].get("annotations") or {}).get(ANNOTATION_RESOLVE)
-            if not annotations or (new.get("status") or {}).get("phase") != "NeedsReview":
-                return  # settled and nothing asked of it: no resync of finished EditJobs
+        if old is not None and is_settled(old) and is_settled(new) and not wants_resolution(new):
+            return  # settled and nothing asked of it: no resync of finished EditJobs
         self.queue.add(key)
 
     def _job_changed(self, key: Key, old: JSON | None, new: JSON | None) -> None:
@@ -331,11 +329,7 @@ class Reconciler:
         if editjob is None or editjob["metadata"].get("deletionTimestamp"):
             return None
         if is_slim(editjob):
-            annotations = editjob["metadata"].get("annotations") or {}
-            wants_resolve = (editjob.get("status") or {}).get("phase") == "NeedsReview" and (
-                annotations.get(ANNOTATION_RESOLVE)
-            )
-            if not wants_resolve:
+            if not wants_resolution(editjob):
                 return await self._expire_if_due(key, editjob)
             # The rare settled EditJob that needs its spec again: read it whole.
             editjob = await self.kube.get(editjob_path(*key))
