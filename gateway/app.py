@@ -13,6 +13,8 @@ retrying); tests pass their own ``bus``/``store`` to run without either.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -128,9 +130,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await bus.start()
+        watcher = asyncio.create_task(
+            app.state.desk.watch_queues(app.state.reviewers.namespaces()), name="desk-queues"
+        )
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await bus.close()
 
     app = FastAPI(

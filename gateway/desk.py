@@ -13,7 +13,9 @@ the claim (409), then the action's own input.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +42,8 @@ from editflow.gateway.claims import Claims
 from editflow.gateway.metrics import GatewayMetrics
 from editflow.gateway.reviewers import Reviewer
 from editflow.operator.tenancy import key_within
+
+log = logging.getLogger("editflow.gateway")
 
 Action = Literal["upload", "rerun", "send_back", "verdict"]
 
@@ -143,6 +147,17 @@ class Desk:
                 f"this edit has finished or was deleted ({namespace}/{name} is not open)"
             ) from None
         return Ticket.model_validate_json(entry.value)
+
+    async def watch_queues(self, namespaces: frozenset[str], every: float = 30.0) -> None:
+        """Keep the queue gauges fresh without anyone on the page: the NeedsReview-waiting
+        alert reads the oldest ticket's age, which must not depend on a reviewer looking."""
+        while True:
+            for ns in sorted(namespaces):
+                try:
+                    await self.tickets(ns)
+                except Exception as exc:  # NATS down or not yet connected: next round
+                    log.debug("desk queue of %s not readable yet: %r", ns, exc)
+            await asyncio.sleep(every)
 
     def presign(self, ticket: Ticket, key: str | None) -> str | None:
         """A GET URL for an image of the ticket, only for keys under the ticket's namespace."""

@@ -130,6 +130,11 @@ class ReviewerDirectory:
             header_namespaces=gw.desk_reviewers,
         )
 
+    def namespaces(self) -> frozenset[str]:
+        """Every namespace some reviewer may see (whose queue gauges the gateway keeps fresh)."""
+        found = {ns for e in self.tokens for ns in e.reviewer.namespaces}
+        return frozenset(found.union(*self.header_namespaces.values()))
+
     @property
     def configured(self) -> bool:
         return bool(self.tokens or self.proxies)

@@ -91,7 +91,8 @@ def job_references(job: dict[str, Any]) -> set[tuple[str, str]]:
     for volume in pod.get("volumes") or []:
         if "persistentVolumeClaim" in volume:
             refs.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
-        if "secret" in volume:
+        if "secret" in volume and not volume["secret"].get("optional"):
+            # An optional Secret (the desk's reviewer tokens) may be missing by design.
             refs.add(("Secret", volume["secret"]["secretName"]))
         if "configMap" in volume:
             refs.add(("ConfigMap", volume["configMap"]["name"]))

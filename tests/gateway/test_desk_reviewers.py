@@ -38,6 +38,7 @@ def test_a_named_token_identifies_its_person_and_namespaces(tokens_file: Path) -
     lei.require("design")
     with pytest.raises(OutsideNamespaces, match="marketing"):
         lei.require("marketing")
+    assert directory.namespaces() == {"design", "marketing"}  # whose queues are watched
     mei = by_token(directory, str(MEI["token"]))
     assert mei.id == "韩梅梅" and mei.may_see("marketing")  # type: ignore[attr-defined]
 
