@@ -112,7 +112,8 @@ Usage: {{- $n := include "editflow.natsNames" . | fromJson }}
   "workerControlPrefix" "editflow.worker.control"
   "approvalSubject" .Values.events.approvalSubject
   "withdrawSubject" .Values.events.withdrawSubject
-  "selectSubject" (printf "%s.select" .Values.events.approvalSubject)) }}
+  "selectSubject" (printf "%s.select" .Values.events.approvalSubject)
+  "reviewActionSubject" (printf "%s.review" .Values.events.approvalSubject)) }}
 {{- end }}
 
 {{/*
@@ -159,12 +160,39 @@ Usage: {{ include "editflow.kvOwn" "editflow_gateway_rate_limits" }} -> JSON lis
 {{- end }}
 
 {{/*
+A KV bucket its role only reads: stream info, single keys (direct or not), and the watch that
+lists its keys (an ephemeral consumer delivering to the role's own inbox). No `$KV.` publish.
+Usage: {{ include "editflow.kvRead" "EDITFLOW_DESK_design" }} -> JSON list
+*/}}
+{{- define "editflow.kvRead" -}}
+{{- $stream := printf "KV_%s" . }}
+{{- concat (include "editflow.jsRead" $stream | fromJsonArray) (include "editflow.jsConsume" $stream | fromJsonArray) | toJson }}
+{{- end }}
+
+{{/*
+The designer's desk buckets of every watched namespace (docs/desk.md): the read model the
+operator writes (`EDITFLOW_DESK_<ns>`) and the gateway's claims (`EDITFLOW_DESK_CLAIMS_<ns>`),
+`<ns>` as editflow.events.desk.bucket_name spells it.
+Usage: {{- range (include "editflow.deskBuckets" . | fromJsonArray) }}{{ .desk }} {{ .claims }}
+*/}}
+{{- define "editflow.deskBuckets" -}}
+{{- $out := list }}
+{{- range $ns := include "editflow.namespaces" . | fromJsonArray }}
+{{- $token := regexReplaceAll "[^A-Za-z0-9_-]" $ns "_" }}
+{{- $out = append $out (dict "namespace" $ns "desk" (printf "EDITFLOW_DESK_%s" $token) "claims" (printf "EDITFLOW_DESK_CLAIMS_%s" $token)) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
 Each user's NATS permissions, as {user: {publish: {allow: [...]}, subscribe: {allow: [...]}}}.
 Nothing outside the allow lists: the worker, gateway and publisher cannot touch the operator's
 ledger, the publisher and worker cannot publish completions, only the publisher and the gateway
 (which turns HTTP requests into approvals) may publish approvals. Only the operator creates
 streams and consumers. A namespace's warm worker may only pull and acknowledge its namespace's
-consumers and publish its namespace's results and heartbeats (issue 20 §2).
+consumers and publish its namespace's results and heartbeats (issue 20 §2). The desk: only
+the gateway publishes review actions (not the OA publisher: a reviewer's identity is the
+gateway's to vouch for), and it may read but not write the operator's tickets.
 Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
 */}}
 {{- define "editflow.natsPermissions" -}}
@@ -193,6 +221,13 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
     (printf "%s.>" $n.workPrefix)
     (printf "%s.>" $n.workerControlPrefix)
     (printf "$JS.API.STREAM.MSG.DELETE.%s" $n.work)) }}
+{{- /* The desk (docs/desk.md): the operator writes each namespace's tickets; the gateway
+reads them, keeps its claims and publishes the review actions (in the approvals stream). */}}
+{{- $gatewayDesk := list $n.reviewActionSubject }}
+{{- range $b := include "editflow.deskBuckets" . | fromJsonArray }}
+{{- $operatorPub = concat $operatorPub (include "editflow.kvOwn" $b.desk | fromJsonArray) }}
+{{- $gatewayDesk = concat $gatewayDesk (include "editflow.kvRead" $b.desk | fromJsonArray) (include "editflow.kvOwn" $b.claims | fromJsonArray) }}
+{{- end }}
 {{- /* Replies (JetStream API, pulls, KV reads) go to each user's own inbox prefix
 (editflow.core.settings.NatsSettings.effective_inbox_prefix): no user reads another's. */}}
 {{- $users := .Values.nats.auth.users }}
@@ -206,7 +241,8 @@ Usage: {{- $permissions := include "editflow.natsPermissions" . | fromJson }}
   (list (printf "$JS.API.STREAM.INFO.%s" $n.approvals))
   (include "editflow.jsRead" $n.completions | fromJsonArray)
   (include "editflow.jsRead" $n.dlq | fromJsonArray)
-  (include "editflow.kvOwn" $n.rateBucket | fromJsonArray) }}
+  (include "editflow.kvOwn" $n.rateBucket | fromJsonArray)
+  $gatewayDesk }}
 {{- $outcomes := list (printf "%s.>" $n.completionPrefix) (printf "%s.>" $n.reviewPrefix) }}
 {{- $publisherPub := concat $info
   (list $n.approvalSubject $n.withdrawSubject $n.selectSubject)
