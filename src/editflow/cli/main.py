@@ -15,6 +15,7 @@ from editflow.cli import events as events_cli
 from editflow.cli import gateway as gateway_cli
 from editflow.cli import models as models_cli
 from editflow.cli import operator as operator_cli
+from editflow.cli import review as review_cli
 from editflow.cli import worker as worker_cli
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(operator_cli.edits, name="edits")
 app.add_typer(gateway_cli.app, name="gateway")
 app.add_typer(audit_cli.audit, name="audit")
 app.add_typer(audit_cli.usage, name="usage")
+app.add_typer(review_cli.review, name="review")
 
 
 @app.command()
