@@ -228,8 +228,8 @@ class Reconciler:
         for namespace in self.cache.namespaces:
             self._pump(namespace)
         log.info("caches synced", extra=self.cache.sizes())
-        await self._load_desk()
         await asyncio.gather(
+            self._load_desk(),  # beside the workers: a slow NATS must not hold up the edits
             self.queue.run_workers(self.op.reconcile_workers, self.work),
             self._refresh_loop(),
             self._sweep_loop(),
