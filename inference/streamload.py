@@ -35,7 +35,10 @@ reads and ``os.pwrite`` release the GIL) and a safetensors header parser of a do
 
 Memory: the host buffers are the model's own tensors (nothing is copied a second time on
 the CPU); beyond them each thread holds one 1 MiB read block. On a GPU the components are
-then moved to the device like any CPU-loaded pipeline.
+then moved to the device like any CPU-loaded pipeline. So a streamed load needs the whole
+model in host memory for a moment: a model larger than :data:`MEMORY_SHARE` of the memory
+still available (MemAvailable, capped by the Pod's cgroup limit) is downloaded instead and
+loaded from the files (``device_map`` then places each tensor as it is read).
 """
 
 from __future__ import annotations
@@ -134,10 +137,11 @@ class _File:
         return -(-self.size // self.chunk_size)
 
 
-def _plan(published: Published, staging: Path) -> list[_File]:
+def _plan(published: Published, staging: Path, files: list[_File]) -> None:
+    """Open every file of the manifest in ``staging`` and give it its buffer (appended to
+    ``files`` one by one, so that a failure halfway closes what was opened)."""
     import torch
 
-    files = []
     for rel, meta in published.files():
         chunks = meta.get("chunks")
         size = int(meta["size"])
@@ -154,7 +158,6 @@ def _plan(published: Published, staging: Path) -> list[_File]:
         # torch.empty, not bytearray: no zero-fill pass; pages fault in as the threads write.
         buffer = torch.empty(size, dtype=torch.uint8).numpy()
         files.append(_File(rel, size, meta["sha256"], chunk_size, chunks, buffer, fd))
-    return files
 
 
 def _read_part(published: Published, file: _File, index: int) -> int:
@@ -321,7 +324,7 @@ def stream_into_cache(
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(published, cache)
         staging = Path(tempfile.mkdtemp(prefix=f".{published.name}-", dir=cache))
-        files = _plan(published, staging)
+        _plan(published, staging, files)
         writes = _read_all(published, files, concurrency, writer)
         tensors: Tensors = {
             file.rel: tensors_from_buffer(
@@ -361,6 +364,27 @@ def stream_into_cache(
     return final, tensors, filled
 
 
+def available_memory() -> int | None:
+    """Bytes this process may still take: the host's MemAvailable, capped by the cgroup v2
+    limit (the Pod's memory limit) less what the cgroup already uses; None if unknown."""
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(int(limit) - used)
+    return min(found) if found else None
+
+
+#: A streamed load holds the model in host memory while it builds the pipeline: it is only
+#: chosen when the model takes at most this share of the memory still available.
+MEMORY_SHARE = 0.75
+
+
 def locate_weights(name: str, worker: WorkerSettings, s3: S3Settings) -> Located:
     """The worker's weights lookup (:mod:`.weights`), streaming what S3 holds and the cache
     does not (unless ``stream_weights`` is off): the model's directory, plus its tensors
@@ -371,6 +395,16 @@ def locate_weights(name: str, worker: WorkerSettings, s3: S3Settings) -> Located
     ):
         return Located(resolve_model_dir(name, worker, s3))
     published = read_published(name, worker, s3)
+    size = sum(int(meta["size"]) for meta in published.manifest["files"].values())
+    memory = available_memory()
+    if memory is not None and size > MEMORY_SHARE * memory:
+        # The download path writes to disk and from_pretrained places each tensor on the
+        # device as it reads it: no whole copy in host memory.
+        log.info(
+            "weights larger than the memory a streamed load may take: downloading instead",
+            extra={"model": name, "bytes": size, "available": memory},
+        )
+        return Located(resolve_model_dir(name, worker, s3))
     cache = Path(worker.cache_dir)
     began = time.perf_counter()
     lock = contextlib.ExitStack()
@@ -397,7 +431,6 @@ def locate_weights(name: str, worker: WorkerSettings, s3: S3Settings) -> Located
             published, cache, worker.stream_concurrency, release
         )
     seconds = time.perf_counter() - began
-    size = sum(int(meta["size"]) for meta in published.manifest["files"].values())
     return Located(final, tensors, size, seconds, filled)
 
 

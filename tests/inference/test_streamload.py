@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from editflow.core.s3 import s3_client
 from editflow.core.settings import S3Settings, WorkerSettings
-from editflow.inference import modelstore
+from editflow.inference import modelstore, streamload
 from editflow.inference.modelstore import S3Store, push
 from editflow.inference.pipeline import ModelCache, load_pipeline
 from editflow.inference.registry import get_spec
@@ -145,11 +145,16 @@ def test_a_manifest_without_chunk_hashes_still_streams(
 
 
 def test_streaming_can_be_turned_off_and_the_bench_hook_compares_with_a_raw_read(
-    pushed: tuple[str, dict], s3: S3Settings, tmp_path: Path
+    pushed: tuple[str, dict], s3: S3Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prefix, manifest = pushed
-    off = locate_weights(MODEL, _worker(tmp_path, prefix, stream_weights=False), s3)
+    off = locate_weights(MODEL, _worker(tmp_path / "off", prefix, stream_weights=False), s3)
     assert off.tensors is None and (off.model_dir / COMPLETE_MARKER).is_file()  # downloaded
+    # A model that would not fit in the memory left is downloaded, not held in memory.
+    with monkeypatch.context() as patched:
+        patched.setattr(streamload, "available_memory", lambda: 1000)
+        tight = locate_weights(MODEL, _worker(tmp_path / "tight", prefix), s3)
+    assert tight.tensors is None and (tight.model_dir / COMPLETE_MARKER).is_file()
 
     measured = measure_stream(MODEL, _worker(tmp_path, prefix, stream_concurrency=4), s3)
     assert measured.bytes == sum(m["size"] for m in manifest["files"].values())
