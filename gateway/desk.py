@@ -189,7 +189,20 @@ class Desk:
         await self.claims.require(ticket.namespace, ticket.name, reviewer)
 
     def upload_key(self, ticket: Ticket, action_id: str, filename: str) -> str:
-        return f"results/{ticket.namespace}/{ticket.name}/review-{action_id}/{filename}"
+        """Where a designer's image goes: under the edit's own result prefix, which the
+        operator checks (``resolve_key_refusal``). That is ``results/<ns>/<name>/`` unless the
+        EditJob set ``spec.output.prefix`` (still under ``results/<ns>/``, the admission
+        policy's rule); the ticket does not carry it, so it is read off the results' keys."""
+        ns, name = ticket.namespace, ticket.name
+        base = f"results/{ns}/{name}/"
+        for ref in ticket.results:
+            cut = ref.result_key.find(f"/{name}/")
+            if cut > 0:
+                found = ref.result_key[: cut + len(name) + 2]
+                if key_within(f"{found}x", f"results/{ns}/"):
+                    base = found
+                    break
+        return f"{base}review-{action_id}/{filename}"
 
     async def publish(
         self, ticket: Ticket, reviewer: Reviewer, action_id: str, **fields: Any

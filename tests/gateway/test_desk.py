@@ -368,3 +368,18 @@ def test_the_desk_page_is_served_under_the_page_policy(desk: Any) -> None:
     assert "script-src 'self'" in page.headers["content-security-policy"]
     script = desk.get("/static/desk.js").text
     assert all(f"lane_{lane}" in script for lane in ("needs_review", "flagged", "sample"))
+
+
+def test_an_upload_lands_under_the_edit_s_own_output_prefix(desk: Any) -> None:
+    custom = ticket("ej-2", "needs_review", ago=5)
+    custom["results"] = [{"index": 1, "result_key": "results/design/campaign/ej-2/a-1/1.png"}]
+    put_tickets(desk.settings.nats.url, custom)
+    path = "/v1/desk/tickets/design/ej-2"
+    desk.post(f"{path}/claim", headers=auth(LEI))
+    stored = desk.post(
+        f"{path}/upload",
+        data={"action_id": "act-up-00002"},
+        files={"file": ("版本 2.png", png(), "image/png")},
+        headers=auth(LEI),
+    ).json()
+    assert stored["result_key"] == "results/design/campaign/ej-2/review-act-up-00002/___2.png"
