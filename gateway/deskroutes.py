@@ -239,7 +239,8 @@ async def act(
     request: Request, namespace: Namespace, name: Name, body: ActionRequest
 ) -> ActionView:
     desk, _ = _desk(request)
-    reviewer_of(request)  # 401 before anything else, even for a repeated action id
+    # 401 and 403 before anything else, even for a repeated action id.
+    _within(reviewer_of(request), namespace)
     if (done := await _already(desk, namespace, body.action_id)) is not None:
         return done
     desk, reviewer, ticket = await _checked(request, namespace, name, body.action)
@@ -300,7 +301,7 @@ async def upload(
     file: Annotated[UploadFile, File(description="the fixed image")],
 ) -> ActionView:
     desk, _ = _desk(request)
-    reviewer_of(request)
+    _within(reviewer_of(request), namespace)
     if (done := await _already(desk, namespace, action_id)) is not None:
         return done
     desk, reviewer, ticket = await _checked(request, namespace, name, "upload")

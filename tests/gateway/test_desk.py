@@ -210,6 +210,13 @@ def test_the_tenant_boundary_and_the_reviewer_identity_hold(desk: Any) -> None:
     assert_problem(
         desk.get("/v1/desk/tickets?namespace=design", headers=auth(ZED)), 403, "forbidden"
     )
+    # Nor may Zed act there, not even by replaying an action id someone used.
+    verdict = {"action_id": "act-zed-00001", "action": "verdict", "verdict": "poor"}
+    acted = desk.post("/v1/desk/tickets/design/ej-1/actions", json=verdict, headers=auth(ZED))
+    assert_problem(acted, 403, "forbidden")
+    assert_problem(
+        desk.post("/v1/desk/tickets/design/ej-1/claim", headers=auth(ZED)), 403, "forbidden"
+    )
     # The OA token is no reviewer identity, and nor is a wrong token.
     assert_problem(desk.get("/v1/desk/tickets", headers=AUTH), 401, "unauthorized")
     assert_problem(desk.get("/v1/desk/me"), 401, "unauthorized")
