@@ -1,12 +1,13 @@
 """The designer's desk in headless Chromium: a NeedsReview ticket appears, is claimed, fixed.
 
 The gateway runs as deployed (``editflow gateway run``, a uvicorn process) against the
-session's NATS and MinIO, with a reviewer token; the test plays the operator, writing a
-NeedsReview ticket into the desk's read model (``EDITFLOW_DESK_<ns>``) with its before and
-after images in MinIO. One browser walks the loop: the ticket in the queue, claimed, a fixed
-image uploaded; the review action lands in the approvals stream with the stored image's key.
-Screenshots of the queue and the edit in both languages go where the try-it test leaves its
-own (``~/.cache/editflow/reports/screenshots/``).
+session's NATS and MinIO, with a reviewer token; the test plays the operator, writing the
+ticket ``operator/desk.py`` makes of a NeedsReview EditJob into the desk's read model
+(``EDITFLOW_DESK_<ns>``), with its before and after images in MinIO. One browser walks the
+loop: the ticket in the queue, claimed, a fixed image uploaded; the review action lands in
+the approvals stream with the stored image's key. Screenshots of the queue and the edit in
+both languages go where the try-it test leaves its own
+(``~/.cache/editflow/reports/screenshots/``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from selenium.webdriver.common.by import By
 from editflow.core.s3 import s3_client
 from editflow.devstack.procs import wait_until
 from editflow.events.desk import bucket_name
+from editflow.operator.desk import ticket_bytes, ticket_for
 from tests.gateway.browser import available, chromium, console, screenshot
 from tests.gateway.servers import isolated_events, running_gateway
 
@@ -69,42 +71,39 @@ def test_a_needs_review_ticket_is_claimed_and_fixed_in_the_browser(nats_minio, t
     for key, colour in zip(keys.values(), ("steelblue", "orange", "gold"), strict=True):
         data = png(colour)
         client.put_object(s3.bucket, key, io.BytesIO(data), len(data), content_type="image/png")
-    ticket = {
-        "namespace": NS,
-        "name": name,
-        "uid": "uid-1",
-        "lane": "needs_review",
-        "since": (datetime.now(UTC) - timedelta(hours=5)).isoformat(),
-        "phase": "NeedsReview",
-        "reason": "quality_gate",
-        "message": "the quality gate failed: the edit changed too much of the image",
-        "department": "marketing",
-        "usage": "wechat-article",
-        "model": "longcat-image-edit",
-        "template": "replace-background",
-        "instruction": "把背景换成海边日落",
-        "applicant": {"id": "u-1", "name": "王芳"},
-        "approvers": [{"id": "m-1", "name": "韩梅梅"}],
-        "input_key": keys["input"],
-        "results": [
-            {"index": 1, "result_key": keys["r1"]},
-            {"index": 2, "result_key": keys["r2"]},
-        ],
-        "attempts": [
-            {
-                "attempt": 1,
-                "worker": "editflow-worker-a1",
-                "error_code": "quality_gate",
-                "message": "changed fraction 0.81 > 0.6",
-                "log": ["loading model", "step 8/8"],
-            },
-        ],
-        "gate": {"verdict": "fail", "figures": {"changed_fraction": 0.81, "ssim": 0.42}},
+    # The operator's own read model of a NeedsReview EditJob (operator/desk.py), so that the
+    # page is tested against what the operator really writes.
+    since = (datetime.now(UTC) - timedelta(hours=5)).isoformat()
+    editjob = {
+        "metadata": {"namespace": NS, "name": name, "uid": "uid-1"},
+        "spec": {
+            "prompt": "把背景换成海边日落",
+            "usage": "wechat-article",
+            "model": "longcat-image-edit",
+            "template": {"id": "replace-background"},
+            "source": {"s3Key": keys["input"]},
+            "oa": {"department": "marketing", "applicant": "u-1", "approvers": ["m-1"]},
+        },
+        "status": {
+            "phase": "NeedsReview",
+            "finishedAt": since,
+            "errorCode": "quality_gate",
+            "message": "the quality gate failed: the edit changed too much of the image",
+            "attempts": 2,
+            "workerPod": "editflow-worker-a2",
+            "variants": [
+                {"index": 1, "resultKey": keys["r1"]},
+                {"index": 2, "resultKey": keys["r2"]},
+            ],
+            "quality": {"verdict": "fail", "changedFraction": 0.81, "ssim": 0.42},
+        },
     }
+    ticket = ticket_bytes(ticket_for(editjob, {2: ["loading model", "step 8/8"]}))
+    assert ticket is not None
 
     async def put_ticket(js: Any) -> None:
         kv = await js.create_key_value(bucket=bucket_name(NS), history=1)
-        await kv.put(name, json.dumps(ticket).encode())
+        await kv.put(name, ticket)
 
     nats_call(nats_minio.nats_url, put_ticket)
     reviewers = tmp_path / "reviewers.json"
