@@ -18,11 +18,12 @@ Both sides import this module; neither imports the other.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from editflow.core.errors import ErrorInfo
+from editflow.events.desk import MAX_LOG_LINE_CHARS, MAX_LOG_LINES
 
 OutputFormat = Literal["png", "jpeg"]
 
@@ -195,6 +196,12 @@ class WorkerResult(BaseModel):
     #: Warm mode: the attempt's result token from its work message (sealed with the
     #: credentials); the operator accepts a result over NATS only with the right one.
     token: str | None = Field(None, max_length=128, repr=False)
+    #: Warm mode, a failed attempt: the worker's own log lines of that attempt (the last
+    #: MAX_LOG_LINES, each cut at MAX_LOG_LINE_CHARS; editflow.inference.attemptlog). A Job
+    #: attempt's lines are its Pod's termination message instead; the desk shows either.
+    log: list[Annotated[str, Field(max_length=MAX_LOG_LINE_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_LOG_LINES
+    )
 
 
 def attempt_prefix(request: WorkerRequest) -> str:

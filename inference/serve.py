@@ -107,7 +107,7 @@ from editflow.events.worker_contract import (
     worker_control_subject,
     worker_status_subject,
 )
-from editflow.inference import cancel, metrics
+from editflow.inference import attemptlog, cancel, metrics
 from editflow.inference.pipeline import ModelCache
 from editflow.inference.registry import get_spec
 from editflow.inference.report import result_json
@@ -568,12 +568,16 @@ class WarmWorker:
         try:
             raw = message.data.decode("utf-8", errors="replace")
             self._current = message
-            # The same function as `editflow worker run`; no termination message here.
-            result, code = await _in_daemon_thread(
-                lambda: execute(
-                    raw, self.settings, self.models, termination_log="", worker=self.pod
+            # The same function as `editflow worker run`; no termination message here. Its
+            # own log lines are kept: a warm attempt has no Pod whose log the desk could show.
+            with attemptlog.capture() as lines:
+                result, code = await _in_daemon_thread(
+                    lambda: execute(
+                        raw, self.settings, self.models, termination_log="", worker=self.pod
+                    )
                 )
-            )
+            if result.status == "failed" and lines:
+                result = result.model_copy(update={"log": list(lines)})
             self._observe(result)
             if result.error is not None and result.error.code == SealError.code:
                 # Its mounted pool key is older than the pool's (rotated since it started):

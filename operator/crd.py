@@ -295,6 +295,19 @@ STATUS = _obj(
                 "at": _s("When the verdict was recorded.", format="date-time"),
             },
         ),
+        "workerLog": _obj(
+            "Warm mode: the worker's own log lines of its last failed attempt (a Job "
+            "attempt's are its Pod's termination message); the desk shows them.",
+            {
+                "attempt": _i("The attempt the lines are of."),
+                "lines": {
+                    "type": "array",
+                    "maxItems": 20,
+                    "items": {"type": "string", "maxLength": 200},
+                    "description": "The last lines, each cut at 200 characters.",
+                },
+            },
+        ),
         "reviewActionId": _s("Id of the last desk action applied here (its idempotency key)."),
         "observedGeneration": _i("Generation the status refers to."),
         "conditions": {

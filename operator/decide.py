@@ -373,6 +373,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     def from_result(result: WorkerResult) -> Decision:
         if result.worker:
             set_status(workerPod=result.worker)
+        if result.log:  # warm mode: no Pod of this attempt keeps its log (operator/desk.py)
+            set_status(workerLog={"attempt": result.attempt, "lines": list(result.log)})
         if result.status == "success":
             return succeeded(result)
         error = result.error or ErrorInfo(

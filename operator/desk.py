@@ -8,7 +8,8 @@ with the whole EditJob it just wrote (never a slim cached one), the review actio
 one they patched, so the desk costs no apiserver request: the worker log lines come from the
 Pods already in the operator's cache (the log tail Kubernetes keeps as the worker
 container's termination message, ``FallbackToLogsOnError``). A warm worker's attempt has no
-Pod of its own and so no log lines; its error message is in the ticket all the same.
+Pod of its own: its worker sends the attempt's own log lines with a failed result, which
+the operator keeps as ``status.workerLog`` (:func:`warm_log`).
 
 Writes are best effort and ordered per EditJob: one task per key applies the latest wanted
 value, and a failed write is retried on the EditJob's next change. The hash of the last
@@ -110,7 +111,7 @@ def ticket_for(editjob: JSON, logs: LogLines | None = None) -> Ticket | None:
         approvers=[PersonRef(id=a) for a in oa.get("approvers") or []],
         input_key=(spec.get("source") or {}).get("s3Key"),
         results=_results(status),
-        attempts=_attempts(status, logs or {}),
+        attempts=_attempts(status, {**warm_log(status), **(logs or {})}),
         gate=_gate(status.get("quality")),
         review_attempts=int(status.get("reviewAttempts") or 0),
     )
@@ -144,6 +145,19 @@ def _attempts(status: JSON, logs: LogLines) -> list[Attempt]:
             )
         )
     return out
+
+
+def warm_log(status: JSON) -> LogLines:
+    """The lines a warm worker sent with a failed attempt's result (``status.workerLog``).
+
+    A warm attempt has no Pod of its own, so its worker keeps its lines itself; where a Pod's
+    termination message has lines for the same attempt, those win (the caller merges).
+    """
+    recorded = status.get("workerLog") or {}
+    attempt, lines = recorded.get("attempt"), recorded.get("lines") or []
+    if not isinstance(attempt, int) or not lines:
+        return {}
+    return {attempt: [str(line)[:MAX_LOG_LINE_CHARS] for line in lines][-MAX_LOG_LINES:]}
 
 
 def _gate(quality: JSON | None) -> Gate | None:

@@ -244,6 +244,16 @@ def test_a_retriable_failure_backs_off_then_needs_review_when_attempts_run_out()
     assert final.status["phase"] == "NeedsReview" and final.publish_review
 
 
+def test_a_warm_attempts_log_lines_are_kept_in_the_status_for_the_desk() -> None:
+    last = editjob("Running", attempts=3, jobName="j")
+    failed = result(False, 3).model_copy(update={"log": ['{"msg": "edit failed"}']})
+    final = decide(Observed(last, NOW, job=job(("Failed", "x")), result=failed), SETTINGS)
+    assert final.status["phase"] == "NeedsReview"
+    assert final.status["workerLog"] == {"attempt": 3, "lines": ['{"msg": "edit failed"}']}
+    plain = decide(Observed(last, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS)
+    assert "workerLog" not in plain.status  # a Job attempt's lines are its Pod's
+
+
 def test_timeouts_and_unknown_exit_codes_are_retriable_permanent_codes_are_not() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
     timeout = decide(Observed(ej, NOW, job=job(("Failed", "DeadlineExceeded"))), SETTINGS)

@@ -97,6 +97,16 @@ def test_the_ticket_carries_attempts_logs_results_gate_and_the_corrected_instruc
     assert ticket.review_attempts == 1
 
 
+def test_a_warm_attempts_lines_come_from_its_status_and_a_pods_win():
+    warm = {"attempt": 2, "lines": ['{"msg": "edit failed"}', "y" * 300]}
+    obj = editjob("NeedsReview", attempts=2, errorCode="fetch_failed", workerLog=warm)
+    ticket = ticket_for(obj)
+    assert ticket.attempts[0].log == []
+    assert ticket.attempts[1].log == ['{"msg": "edit failed"}', "y" * 200]
+    assert ticket_for(obj, {2: ["from the pod"]}).attempts[1].log == ["from the pod"]
+    assert ticket_for(obj, {1: ["first"]}).attempts[1].log[0] == '{"msg": "edit failed"}'
+
+
 def test_log_lines_come_from_a_crashed_pods_termination_message_not_from_a_result():
     def pod(attempt: int, message: str) -> dict:
         return {
