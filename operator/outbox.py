@@ -150,35 +150,43 @@ def _quality(recorded: JSON | None) -> QualityGate | None:
     )
 
 
-def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
-    """The audit record of an EditJob's outcome (brief §8: prompt, source, result, cost,
-    status, approver, department)."""
-    meta, spec = editjob["metadata"], editjob["spec"]
+def edit_fields(editjob: JSON) -> dict[str, Any]:
+    """What every audit record says of its EditJob (brief §8: prompt, source, result, cost,
+    status, approver, department): one place for the outcome's record and a reviewer's."""
+    meta, spec = editjob["metadata"], editjob.get("spec") or {}
     status = editjob.get("status") or {}
     oa = spec.get("oa") or {}
-    source = spec["source"]
+    source = spec.get("source") or {}
+    return {
+        "namespace": meta["namespace"],
+        "editjob": meta["name"],
+        "prompt": spec.get("prompt", ""),
+        "source": source.get("url") or source.get("s3Key") or "",
+        "result_key": status.get("resultKey"),
+        "attempts": int(status.get("attempts") or 0),
+        "applicant": oa.get("applicant"),
+        "approvers": list(oa.get("approvers") or []),
+        "department": oa.get("department"),
+        "cost_center": oa.get("costCenter"),
+        "usage": spec.get("usage"),
+        "model": spec.get("model"),
+        "quality": (status.get("quality") or {}).get("verdict"),
+        "error_code": status.get("errorCode"),
+    }
+
+
+def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
+    """The audit record of an EditJob's outcome."""
+    spec, status = editjob["spec"], editjob.get("status") or {}
     return AuditRecord(
+        **edit_fields(editjob),
         completion_event_id=event.id,
         approval_event_id=event.data.approval_event_id,
         form_id=event.data.form_id,
         approval_id=event.data.approval_id,
-        namespace=meta["namespace"],
-        editjob=meta["name"],
         status=event.data.status,
         finished_at=parse_time(status.get("finishedAt")),
-        prompt=spec["prompt"],
-        source=source.get("url") or source.get("s3Key") or "",
-        result_key=status.get("resultKey"),
         gpu_seconds=gpu_seconds(status),
-        attempts=int(status.get("attempts") or 0),
-        applicant=oa.get("applicant"),
-        approvers=list(oa.get("approvers") or []),
-        department=oa.get("department"),
-        cost_center=oa.get("costCenter"),
-        usage=spec.get("usage"),
-        model=spec.get("model"),
-        quality=(status.get("quality") or {}).get("verdict"),
-        error_code=status.get("errorCode"),
         variants=int(spec.get("variants") or 1),
         stage="preview" if spec.get("preview") else "final",
     )

@@ -50,6 +50,7 @@ from editflow.operator.names import (
     ANNOTATION_REVIEWED_BY,
     ANNOTATION_SEND_BACK,
 )
+from editflow.operator.outbox import edit_fields
 from editflow.operator.phases import FINAL_PHASES
 from editflow.operator.tenancy import resolve_key_refusal
 
@@ -166,32 +167,17 @@ def audit_record(editjob: JSON, event: ReviewActionEvent, now: datetime) -> Audi
     """The action's audit record (kind ``review``), keyed by the action id."""
     data = event.data
     meta, spec = editjob["metadata"], editjob.get("spec") or {}
-    status = editjob.get("status") or {}
     oa = spec.get("oa") or {}
     fallback = f"{meta['namespace']}/{meta['name']}"
-    source = spec.get("source") or {}
     return AuditRecord(
+        **edit_fields(editjob),
         kind="review",
         completion_event_id=f"review:{event.id}",
         approval_event_id=oa.get("eventId") or f"editjob:{fallback}",
         form_id=oa.get("formId") or fallback,
         approval_id=oa.get("approvalInstanceId") or fallback,
-        namespace=meta["namespace"],
-        editjob=meta["name"],
-        status=status.get("phase") or "",
+        status=(editjob.get("status") or {}).get("phase") or "",
         finished_at=now,
-        prompt=spec.get("prompt", ""),
-        source=source.get("url") or source.get("s3Key") or "",
-        result_key=status.get("resultKey"),
-        attempts=int(status.get("attempts") or 0),
-        applicant=oa.get("applicant"),
-        approvers=list(oa.get("approvers") or []),
-        department=oa.get("department"),
-        cost_center=oa.get("costCenter"),
-        usage=spec.get("usage"),
-        model=spec.get("model"),
-        quality=(status.get("quality") or {}).get("verdict"),
-        error_code=status.get("errorCode"),
         review_action=data.action,
         reviewer=data.reviewer.id,
         reviewer_name=data.reviewer.name,
