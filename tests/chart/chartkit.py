@@ -67,6 +67,11 @@ EDGE_VALUES: dict[str, dict[str, Any]] = {
         "worker": {"image": {"tag": "dev"}, "imagePullSecrets": [{"name": "local-registry"}]},
     },
     "crds-elsewhere": {"crds": {"install": False}},
+    # Staged nodes: the prestage DaemonSet fills a per-node hostPath cache from S3.
+    "staged-nodes": {
+        "models": {"s3Prefix": "models", "nodeCache": {"hostPath": "/var/cache/editflow"}},
+        "worker": {"prestage": {"enabled": True}},
+    },
     # An open NATS on purpose (the local platform's), unsigned events, no NetworkPolicies.
     "insecure-on-purpose": {
         "nats": {"auth": {"method": "none", "insecure": True}},

@@ -65,6 +65,10 @@ def test_prestage_renders_a_non_root_daemonset_without_a_gpu_on_the_cache(render
     role = find(objs, "ClusterRole", "editflow-prestage-editflow")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
     assert _operator_env(objs)["EDITFLOW_OPERATOR__WEIGHTS_CACHE_STAGED"] == "true"
+    # Nothing connects to it; it reaches DNS, the API server and S3 only.
+    policy = find(objs, "NetworkPolicy", "editflow-prestage", "editflow")
+    assert policy["spec"]["podSelector"]["matchLabels"] == ds["spec"]["selector"]["matchLabels"]
+    assert "ingress" not in policy["spec"] and "Ingress" in policy["spec"]["policyTypes"]
 
 
 def test_prestage_off_renders_nothing_of_it(render) -> None:

@@ -5,12 +5,13 @@ place from a read-only cache; and the node labels it asks for."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
-from editflow.cli.prestage import label_patch
+from editflow.cli.prestage import label_patch, run_passes
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.core.staging import STAGED_DIR, staged_label, staged_models_root
-from editflow.inference.prestage import stage_models
+from editflow.inference.prestage import StageResult, stage_models
 from editflow.inference.registry import DEFAULT_MODEL
 from editflow.inference.weights import publish_to_s3, resolve_model_dir
 
@@ -47,3 +48,31 @@ def test_node_labels_follow_what_is_staged() -> None:
         staged_label("old-model"): None,
     }
     assert label_patch({staged_label(DEFAULT_MODEL): "v1"}, {DEFAULT_MODEL: "v1"}) == {}
+
+
+def test_passes_repeat_on_wake_survive_a_failed_label_and_end_on_stop() -> None:
+    """A DaemonSet's Pod never exits by itself: it sleeps between passes, SIGHUP (wake) starts
+    one at once, an API failure waits for the next pass, and SIGTERM (stop) ends it."""
+    wake, stop = threading.Event(), threading.Event()
+    passes: list[dict[str, str]] = []
+
+    def stage() -> StageResult:
+        return StageResult(staged={DEFAULT_MODEL: "v1"})
+
+    def label(staged: dict[str, str]) -> None:
+        passes.append(staged)
+        wake.set()  # the next pass now, as SIGHUP does
+        if len(passes) == 3:
+            stop.set()
+        if len(passes) == 1:
+            raise OSError("apiserver away")
+
+    runner = threading.Thread(
+        target=run_passes,
+        args=(stage, label),
+        kwargs={"interval": 3600, "wake": wake, "stop": stop},
+    )
+    runner.start()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert passes == [{DEFAULT_MODEL: "v1"}] * 3
