@@ -52,6 +52,18 @@ def test_the_control_plane_has_no_torch(control_plane, storage: ImageStorage):
     assert "No module named 'torch'" in ran.stderr
 
 
+def test_the_gateway_app_imports_in_its_image(control_plane, storage: ImageStorage):
+    # A dependency only the venv had (Pillow for the desk's uploads) crash-looped the gateway
+    # Pod; the unit tests run in the venv, so only the image itself can tell.
+    ran = run_in_image(
+        storage,
+        control_plane.local(),
+        ["-c", "import editflow.gateway.app, editflow.gateway.deskroutes"],
+        entrypoint=["python"],
+    )
+    assert ran.returncode == 0, ran.stderr
+
+
 def test_the_operator_loads_its_whole_code_on_a_read_only_root(
     control_plane, storage: ImageStorage
 ):
