@@ -10,7 +10,8 @@ the lines of the heartbeat loop, of other attempts or of other threads never mix
 Only editflow's own loggers are kept (the worker's structured lines, which already leave
 URL signatures, credentials and tokens out), rendered without their tracebacks (a
 traceback's frames can hold a presigned URL or a key); at most :data:`MAX_LINES` lines
-(the last ones) of at most :data:`MAX_LINE_CHARS` characters.
+(the last ones) of at most :data:`MAX_LINE_CHARS` characters, each still a JSON object
+(its longest text fields shortened first).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MAX_LINE_CHARS = MAX_LOG_LINE_CHARS
 OWN_LOGGERS = "editflow"
 #: Fields every line of one attempt carries anyway (the result names the attempt).
 _SAME_FOR_EVERY_LINE = frozenset({"edit_id", "attempt", "event_id"})
+#: A text field is never shortened below this many characters.
+_SHORTEST = 24
 
 _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
@@ -52,7 +55,24 @@ def line(record: logging.LogRecord) -> str:
         skipped = key in _STANDARD or key in _SAME_FOR_EVERY_LINE or key.startswith("_")
         if not skipped and value is not None:
             payload[key] = value
-    return json.dumps(payload, default=str, ensure_ascii=False)[:MAX_LINE_CHARS]
+    return _within_limit(payload)
+
+
+def _within_limit(payload: dict[str, object]) -> str:
+    """The JSON of ``payload`` in MAX_LINE_CHARS, still JSON: the longest text fields are
+    shortened first (a long error message gives way to the prompt beside it)."""
+    text = json.dumps(payload, default=str, ensure_ascii=False)
+    while len(text) > MAX_LINE_CHARS:
+        texts = [k for k, v in payload.items() if isinstance(v, str) and k not in ("ts", "level")]
+        longest = max(texts, key=lambda k: len(str(payload[k])), default=None)
+        # Each pass makes the line strictly shorter: a field is cut only to under its length.
+        if longest is None or len(str(payload[longest])) <= _SHORTEST + 1:
+            break
+        value = str(payload[longest])
+        keep = max(_SHORTEST, len(value) - (len(text) - MAX_LINE_CHARS) - 1)
+        payload[longest] = value[:keep] + "…"
+        text = json.dumps(payload, default=str, ensure_ascii=False)
+    return text[:MAX_LINE_CHARS]
 
 
 class _AttemptHandler(logging.Handler):

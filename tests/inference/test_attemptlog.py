@@ -62,7 +62,26 @@ async def test_only_the_attempts_own_lines_are_kept_short_and_without_tracebacks
     assert first["level"] == "info" and "skip" not in first
     text = "\n".join(lines)
     assert "another edit" not in text and "not ours" not in text and "after" not in text
-    assert "secret-in-a-frame" not in text and lines[-1].startswith('{"ts"')
+    assert "secret-in-a-frame" not in text
+    assert json.loads(lines[-1])["msg"].endswith("x…")  # shortened, still JSON
+
+
+def test_a_long_error_gives_way_to_the_prompt_beside_it() -> None:
+    record = logging.LogRecord("editflow.inference.worker", logging.WARNING, "x", 0, "edit failed",
+                               None, None)  # fmt: skip
+    record.error = "[fetch_failed] " + "could not fetch the source " * 10
+    record.prompt = "make the red square green"
+    line = json.loads(attemptlog.line(record))
+    assert line["prompt"] == "make the red square green" and line["error"].endswith("…")
+    assert len(attemptlog.line(record)) <= attemptlog.MAX_LINE_CHARS
+
+
+def test_a_long_line_of_short_fields_is_cut_and_rendering_ends() -> None:
+    record = logging.LogRecord("editflow.inference.worker", logging.INFO, "x", 0, "edit done",
+                               None, None)  # fmt: skip
+    for n in range(12):  # twelve fields of 25 characters: none can be shortened usefully
+        setattr(record, f"field{n}", "y" * 25)
+    assert len(attemptlog.line(record)) == attemptlog.MAX_LINE_CHARS
 
 
 class FakeMessage:
