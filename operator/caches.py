@@ -71,10 +71,25 @@ def project_editjob(obj: JSON) -> JSON:
         | {"labels": {SLIM_MARK: "true"}},
         "status": {
             k: status[k]
-            for k in ("phase", "finishedAt", "completionEventId", "jobName")
+            for k in (
+                "phase",
+                "finishedAt",
+                "completionEventId",
+                "jobName",
+                # What decides a desk lane (operator/desk.lane_of), so that a ticket missing
+                # from the read model at start is found without reading every EditJob whole.
+                "sampledForReview",
+                "reviewVerdict",
+                "reviewedBy",
+            )
             if k in status
-        },
-    }
+        }
+        | (
+            {"quality": {"verdict": status["quality"].get("verdict")}}
+            if isinstance(status.get("quality"), dict)
+            else {}
+        ),
+    } | ({"spec": {"preview": True}} if (obj.get("spec") or {}).get("preview") else {})
 
 
 #: What the operator reads of a Job's or a Pod's metadata.

@@ -268,6 +268,10 @@ class DeskPublisher:
                 found += 1
         return found
 
+    def knows(self, key: Key) -> bool:
+        """Whether the bucket holds (or is about to hold) this EditJob's ticket."""
+        return key in self._written or key in self._wanted
+
     def prune(self, existing: Iterable[Key]) -> int:
         """Delete the tickets of EditJobs that no longer exist (deleted while none listened)."""
         alive = set(existing)

@@ -48,7 +48,7 @@ from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
 from editflow.operator.decide import Decision, Observed, decide, wants_resolution
-from editflow.operator.desk import DeskPublisher
+from editflow.operator.desk import DeskPublisher, lane_of
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
@@ -245,6 +245,30 @@ class Reconciler:
             log.warning("the desk's tickets could not be read: %s", exc)
             return
         self.desk.prune(self.cache.editjobs.items)
+        await self._backfill_desk()
+
+    async def _backfill_desk(self) -> None:
+        """Tickets the read model lacks (a lost bucket, an upgrade from before the desk):
+        written now rather than on the edit's next change, which a finished edit never has.
+        A settled EditJob is slim in the cache, so each one missing is read whole once: the
+        cost follows the open tickets, never the number of EditJobs."""
+        assert self.desk is not None
+        missing = [
+            (key, editjob)
+            for key, editjob in list(self.cache.editjobs.items.items())
+            if lane_of(editjob) is not None and not self.desk.knows(key)
+        ]
+        for (namespace, name), editjob in missing:
+            if is_slim(editjob):
+                try:
+                    editjob = await self.kube.get(editjob_path(namespace, name))
+                except KubeAPIError as exc:
+                    if exc.status == 404:
+                        continue
+                    raise
+            self.desk.update(editjob)
+        if missing:
+            log.info("desk: wrote the tickets the read model lacked", extra={"count": len(missing)})
 
     async def _refresh_loop(self) -> None:
         """Queue positions in status follow the queue at most every few seconds."""

@@ -166,3 +166,61 @@ def test_the_publisher_writes_only_changes_and_deletes_on_leaving():
         return kv
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("obj", "lane"),
+    [
+        (editjob("NeedsReview", attempts=3), "needs_review"),
+        (editjob("Succeeded", quality=FLAGGED, sampledForReview=True), "flagged"),
+        (editjob("Succeeded", sampledForReview=True, quality={"verdict": "ok"}), "sample"),
+        (editjob("Succeeded", sampledForReview=True, reviewVerdict={"verdict": "good"}), None),
+        (editjob("Succeeded", quality=FLAGGED, reviewedBy="r-1"), None),
+    ],
+)
+def test_a_settled_editjob_kept_slim_in_the_cache_is_still_in_its_lane(obj, lane):
+    from editflow.operator.caches import is_slim, project_editjob
+
+    obj["status"]["completionEventId"] = "c-1"
+    slim = project_editjob(obj)
+    assert is_slim(slim)
+    assert lane_of(slim) == lane
+
+
+def test_at_start_the_tickets_the_read_model_lacks_are_written_from_whole_editjobs():
+    """A lost bucket (or an upgrade from before the desk): finished edits never change
+    again, so their tickets are written at start, each slim one read whole once."""
+    from types import SimpleNamespace
+
+    from editflow.operator.caches import project_editjob
+    from editflow.operator.reconciler import Reconciler
+
+    needs = editjob("NeedsReview", attempts=3, completionEventId="c-1")
+    plain = {**editjob("Succeeded", completionEventId="c-2")}
+    plain["metadata"] = {**plain["metadata"], "name": "ej-2"}
+    reads: list[str] = []
+
+    class Kube:
+        async def get(self, path: str) -> dict:
+            reads.append(path)
+            return needs
+
+    async def scenario() -> FakeKV:
+        js = FakeJS()
+        desk = DeskPublisher(js)
+        items = {
+            ("design", "ej-1"): project_editjob(needs),
+            ("design", "ej-2"): project_editjob(plain),
+        }
+        fake = SimpleNamespace(
+            desk=desk, kube=Kube(), cache=SimpleNamespace(editjobs=SimpleNamespace(items=items))
+        )
+        await Reconciler._backfill_desk(fake)  # type: ignore[arg-type]
+        await desk.drain()
+        await Reconciler._backfill_desk(fake)  # known now: nothing read again
+        return js.buckets[bucket_name("design")]
+
+    kv = asyncio.run(scenario())
+    assert json.loads(kv.values["ej-1"])["lane"] == "needs_review"
+    assert list(kv.values) == ["ej-1"]
+    assert reads == ["/apis/editflow.io/v1alpha1/namespaces/design/editjobs/ej-1"]
