@@ -308,6 +308,21 @@ STATUS = _obj(
                 },
             },
         ),
+        "failedAttempts": {
+            "type": "array",
+            "maxItems": 10,
+            "description": "Each failed attempt's worker, error code and message (the last "
+            "10), for the desk: the fields above tell only the last attempt.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "attempt": _i("The attempt."),
+                    "worker": _s("The Pod that ran it (warm mode: one of the pool's workers)."),
+                    "errorCode": _s("Why it failed, as a code."),
+                    "message": _s("Why it failed, in words (at most 500 characters)."),
+                },
+            },
+        },
         "reviewActionId": _s("Id of the last desk action applied here (its idempotency key)."),
         "observedGeneration": _i("Generation the status refers to."),
         "conditions": {

@@ -123,6 +123,10 @@ def reviewed_by(annotations: dict[str, str]) -> dict[str, Any]:
     return {"reviewedBy": {"id": who["id"], "name": who.get("name")}}
 
 
+#: Failed attempts kept in ``status.failedAttempts`` (retries and designers' re-runs).
+MAX_FAILED_ATTEMPTS = 10
+
+
 def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     ej = obs.editjob
     meta, spec = ej["metadata"], ej["spec"]
@@ -304,6 +308,16 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
     def attempt_failed(error: ErrorInfo, *, delete: bool = False) -> Decision:
         if delete:
             out.delete_job = job_name
+        # Each failed attempt's own worker, code and message stay (the desk shows every
+        # attempt); the later fields of status only ever tell the last one.
+        failed = {
+            "attempt": attempts,
+            "worker": status.get("workerPod"),
+            "errorCode": error.code,
+            "message": error.message[:500],
+        }
+        history = [a for a in status.get("failedAttempts") or [] if a.get("attempt") != attempts]
+        set_status(failedAttempts=[*history, failed][-MAX_FAILED_ATTEMPTS:])
         spent = gpu_seconds_so_far(error)
         if error.code == POISON_EDIT_CODE:
             # Every worker that took it died: running it again would only take down more.

@@ -130,17 +130,22 @@ def _results(status: JSON) -> list[ResultRef]:
 
 
 def _attempts(status: JSON, logs: LogLines) -> list[Attempt]:
-    """One entry per attempt; the status tells only the last one's worker, code and message."""
+    """One entry per attempt: a failed one's worker, code and message from
+    ``status.failedAttempts``, the last one's from the status itself."""
     count = int(status.get("attempts") or 0)
+    failed = {
+        a.get("attempt"): a for a in status.get("failedAttempts") or [] if isinstance(a, dict)
+    }
     out = []
     for number in range(1, count + 1):
         last = number == count
+        known = failed.get(number) or {}
         out.append(
             Attempt(
                 attempt=number,
-                worker=status.get("workerPod") if last else None,
-                error_code=status.get("errorCode") if last else None,
-                message=status.get("message") if last else None,
+                worker=known.get("worker") or (status.get("workerPod") if last else None),
+                error_code=known.get("errorCode") or (status.get("errorCode") if last else None),
+                message=known.get("message") or (status.get("message") if last else None),
                 log=logs.get(number, [])[-MAX_LOG_LINES:],
             )
         )

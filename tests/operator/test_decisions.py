@@ -254,6 +254,22 @@ def test_a_warm_attempts_log_lines_are_kept_in_the_status_for_the_desk() -> None
     assert "workerLog" not in plain.status  # a Job attempt's lines are its Pod's
 
 
+def test_every_failed_attempt_keeps_its_own_worker_code_and_message_for_the_desk() -> None:
+    first = editjob("Running", attempts=1, jobName="j", workerPod="pod-a")
+    d = decide(Observed(first, NOW, job=job(("Failed", "x")), result=result(False)), SETTINGS)
+    (one,) = d.status["failedAttempts"]
+    assert one["attempt"] == 1 and one["worker"] == "pod-a" and one["errorCode"]
+    third = editjob(
+        "Running", attempts=3, jobName="j", workerPod="pod-c",
+        failedAttempts=[one, {**one, "attempt": 2, "worker": "pod-b"}],
+    )  # fmt: skip
+    final = decide(
+        Observed(third, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS
+    )
+    assert final.status["phase"] == "NeedsReview"
+    assert [a["worker"] for a in final.status["failedAttempts"]] == ["pod-a", "pod-b", "pod-c"]
+
+
 def test_timeouts_and_unknown_exit_codes_are_retriable_permanent_codes_are_not() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
     timeout = decide(Observed(ej, NOW, job=job(("Failed", "DeadlineExceeded"))), SETTINGS)

@@ -224,3 +224,16 @@ def test_at_start_the_tickets_the_read_model_lacks_are_written_from_whole_editjo
     assert json.loads(kv.values["ej-1"])["lane"] == "needs_review"
     assert list(kv.values) == ["ej-1"]
     assert reads == ["/apis/editflow.io/v1alpha1/namespaces/design/editjobs/ej-1"]
+
+
+def test_the_ticket_tells_each_failed_attempts_own_worker_and_reason():
+    history = [
+        {"attempt": 1, "worker": "pod-a", "errorCode": "fetch_timeout", "message": "slow source"},
+        {"attempt": 2, "worker": "pod-b", "errorCode": "oom", "message": "out of memory"},
+    ]
+    ticket = ticket_for(editjob("NeedsReview", attempts=2, failedAttempts=history))
+    assert ticket is not None
+    assert [(a.worker, a.error_code) for a in ticket.attempts] == [
+        ("pod-a", "fetch_timeout"),
+        ("pod-b", "oom"),
+    ]
