@@ -3,17 +3,22 @@
 The body is the structured CloudEvent; ``X-Editflow-Signature: v1=<hex>`` is an
 HMAC-SHA256 of the body with ``EDITFLOW_OPERATOR__CALLBACK_SIGNING_KEY`` (when
 set), and ``Idempotency-Key`` is the completion event id, so a receiver can
-drop the repeats that retries produce. Non-2xx answers and network errors are
-retried with exponential backoff up to ``callback_max_attempts``.
+drop the repeats that retries produce.
+
+:func:`deliver_callback` makes **one** attempt. The retry policy is the outbox's alone
+(:class:`editflow.operator.outbox.Deliverer`): exponential backoff from
+``callback_backoff_seconds`` up to ``callback_max_attempts``, with the attempt count and the
+next attempt kept in the outbox object's status, so retries survive an operator restart. A
+second, in-memory loop here used to be switched off by it (issue 21).
 
 Callbacks are not a way in: the URL goes through the SSRF guard
 (:mod:`editflow.core.urlguard`) before the first byte is sent. Loopback,
 private, link-local and metadata addresses are refused unless allow-listed
 (``operator.callback_allow_hosts`` / ``callback_allow_cidrs``); the host is
-resolved once per delivery and every attempt connects to that checked address
-(``Host`` and TLS SNI keep the name), so DNS rebinding cannot move it;
-redirects are never followed (a 3xx is a failed attempt). A refused URL is
-not retried: it is logged as a warning and counted (``refused``).
+resolved for each attempt and the attempt connects to that checked address (``Host`` and
+TLS SNI keep the name), so DNS rebinding cannot move it; redirects are never followed (a
+3xx is a failed attempt). A refused URL is logged as a warning and counted (``refused``);
+:func:`webhook_refusal` lets the outbox tell a refusal (never retried) from a failure.
 The alert webhook (``operator.alert_webhook_url``) takes the same path.
 """
 
@@ -35,7 +40,6 @@ from editflow.core.urlguard import (
     CachedResolver,
     LookupFailed,
     Resolve,
-    Target,
     UrlGuard,
     redacted,
 )
@@ -104,11 +108,12 @@ async def deliver_callback(
     field: str | None = None,
     guard: UrlGuard | None = None,
 ) -> bool:
-    """POST ``body`` to ``url`` until a 2xx answer or the attempts run out.
+    """POST ``body`` to ``url`` once; ``True`` on a 2xx answer.
 
-    ``False`` also when the guard refuses the URL (then nothing is sent).
-    ``field`` names the URL's origin in messages (default: the EditJob's
-    callback, or the alert setting when ``url`` is the alert webhook).
+    ``False`` on any other answer, a network error or a timeout (the caller's retry policy
+    decides what next), and when the guard refuses the URL (then nothing is sent).
+    ``field`` names the URL's origin in messages (default: the EditJob's callback, or the
+    alert setting when ``url`` is the alert webhook).
     """
     field = field or (ALERT_FIELD if url == settings.alert_webhook_url else CALLBACK_FIELD)
     guard = guard or webhook_guard(settings)
@@ -120,57 +125,41 @@ async def deliver_callback(
     verify: ssl.SSLContext | bool = True
     if settings.callback_ca_file:
         verify = ssl.create_default_context(cafile=settings.callback_ca_file)
-    delay = settings.callback_backoff_seconds
-    target: Target | None = None
     async with httpx.AsyncClient(verify=verify, timeout=10.0, follow_redirects=False) as client:
-        for attempt in range(1, settings.callback_max_attempts + 1):
-            try:
-                if target is None:  # resolved once; every later attempt dials the same IP
-                    target = await guard.check(url, field=field)
-                pinned_url, host, extensions = target.pinned()
-                # httpx's timeout is per read: a receiver answering a byte at a time would hold
-                # the delivery forever, so the whole request gets one deadline.
-                async with asyncio.timeout(settings.callback_timeout_seconds):
-                    resp = await client.post(
-                        pinned_url,
-                        content=body,
-                        headers={**headers, **host},
-                        extensions=extensions,
-                    )
-                if 200 <= resp.status_code < 300:
-                    metrics.CALLBACKS.labels("delivered").inc()
-                    return True
-                problem = f"HTTP {resp.status_code}"
-                if resp.is_redirect:
-                    problem += " (redirects are not followed: configure the final URL)"
-            except PermanentError as exc:
-                metrics.CALLBACKS.labels("refused").inc()
-                log.warning(
-                    "webhook %s refused, not delivered: %s",
-                    redacted(url),
-                    exc,
-                    extra={"event_id": event_id, "field": field, "code": exc.code},
+        try:
+            pinned_url, host, extensions = (await guard.check(url, field=field)).pinned()
+            # httpx's timeout is per read: a receiver answering a byte at a time would hold
+            # the delivery forever, so the whole request gets one deadline.
+            async with asyncio.timeout(settings.callback_timeout_seconds):
+                resp = await client.post(
+                    pinned_url,
+                    content=body,
+                    headers={**headers, **host},
+                    extensions=extensions,
                 )
-                return False
-            except LookupFailed as exc:
-                problem = exc.message
-            except TimeoutError:
-                problem = f"no whole answer within {settings.callback_timeout_seconds:g}s"
-            except httpx.HTTPError as exc:
-                problem = type(exc).__name__  # its text repeats the URL, token and all
-            metrics.CALLBACKS.labels("retry").inc()
+            if 200 <= resp.status_code < 300:
+                metrics.CALLBACKS.labels("delivered").inc()
+                return True
+            problem = f"HTTP {resp.status_code}"
+            if resp.is_redirect:
+                problem += " (redirects are not followed: configure the final URL)"
+        except PermanentError as exc:
+            metrics.CALLBACKS.labels("refused").inc()
             log.warning(
-                "callback attempt %d to %s failed: %s",
-                attempt,
+                "webhook %s refused, not delivered: %s",
                 redacted(url),
-                problem,
-                extra={"event_id": event_id},
+                exc,
+                extra={"event_id": event_id, "field": field, "code": exc.code},
             )
-            if attempt < settings.callback_max_attempts:
-                await asyncio.sleep(delay)
-                delay *= 2
-    metrics.CALLBACKS.labels("gave_up").inc()
-    log.error("callback to %s gave up", redacted(url), extra={"event_id": event_id})
+            return False
+        except LookupFailed as exc:
+            problem = exc.message
+        except TimeoutError:
+            problem = f"no whole answer within {settings.callback_timeout_seconds:g}s"
+        except httpx.HTTPError as exc:
+            problem = type(exc).__name__  # its text repeats the URL, token and all
+    metrics.CALLBACKS.labels("failed").inc()
+    log.warning("callback to %s failed: %s", redacted(url), problem, extra={"event_id": event_id})
     return False
 
 

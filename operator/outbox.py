@@ -530,7 +530,6 @@ class Deliverer:
         if due and due > stamp(self.now()):
             return status.get("lastError")
         error = None
-        single = self.op.model_copy(update={"callback_max_attempts": 1})
         for part, url, body in pending:
             if refused := await webhook_refusal(url, self.op):
                 gave_up.append(part)  # refused for good: retrying until expiry cannot help
@@ -547,7 +546,7 @@ class Deliverer:
                     spec.get("editjobUid", ""),
                     "application/json",
                 )
-            ok = await deliver_callback(url, payload, ident, single, content_type=ctype)
+            ok = await deliver_callback(url, payload, ident, self.op, content_type=ctype)
             metrics.OUTBOX_DELIVERIES.labels(part, "delivered" if ok else "failed").inc()
             if ok:
                 done.append(part)

@@ -70,18 +70,21 @@ def https_receiver(
     return f"https://127.0.0.1:{server.server_address[1]}/hook", ca.cert_path, seen
 
 
-async def test_a_callback_is_signed_and_retried_until_accepted(tmp_path: Path) -> None:
-    url, ca, seen = https_receiver(tmp_path, answers=[503, 500])
+async def test_a_callback_is_signed_and_sent_once_per_call(tmp_path: Path) -> None:
+    """One POST per call: retrying is the outbox's policy alone (Deliverer, with its backoff
+    kept in the outbox object), so a refusal by the receiver is one request, not a burst."""
+    url, ca, seen = https_receiver(tmp_path, answers=[503])
     settings = OperatorSettings(
         callback_signing_key=SecretStr("k3y"),
         callback_ca_file=str(ca),
         callback_allow_cidrs=LOOPBACK,
-        callback_backoff_seconds=0,
         callback_max_attempts=5,
     )
     body = b'{"type":"io.editflow.completion.v1"}'
+    assert not await deliver_callback(url, body, "evt-1", settings)
+    assert len(seen) == 1
     assert await deliver_callback(url, body, "evt-1", settings)
-    assert len(seen) == 3  # two failures, then accepted
+    assert len(seen) == 2
     expected = "v1=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
     for request in seen:
         assert request["body"] == body
@@ -89,23 +92,9 @@ async def test_a_callback_is_signed_and_retried_until_accepted(tmp_path: Path) -
         assert request["headers"]["Idempotency-Key"] == "evt-1"
 
 
-async def test_a_callback_gives_up_after_its_attempts(tmp_path: Path) -> None:
-    url, ca, seen = https_receiver(tmp_path, answers=[500] * 10)
-    settings = OperatorSettings(
-        callback_ca_file=str(ca),
-        callback_allow_cidrs=LOOPBACK,
-        callback_backoff_seconds=0,
-        callback_max_attempts=3,
-    )
-    assert not await deliver_callback(url, b"{}", "evt-2", settings)
-    assert len(seen) == 3
-
-
 async def test_an_untrusted_certificate_is_never_accepted(tmp_path: Path) -> None:
     url, _, seen = https_receiver(tmp_path, answers=[])
-    settings = OperatorSettings(
-        callback_allow_cidrs=LOOPBACK, callback_backoff_seconds=0, callback_max_attempts=2
-    )
+    settings = OperatorSettings(callback_allow_cidrs=LOOPBACK)
     assert not await deliver_callback(url, b"{}", "evt-3", settings)
     assert seen == []
 
@@ -187,12 +176,10 @@ def refused_count() -> float:
 
 async def test_a_loopback_callback_is_refused_unless_allow_listed(tmp_path: Path) -> None:
     url, ca, seen = https_receiver(tmp_path, answers=[])
-    settings = OperatorSettings(
-        callback_ca_file=str(ca), callback_backoff_seconds=0, callback_max_attempts=3
-    )
+    settings = OperatorSettings(callback_ca_file=str(ca))
     before = refused_count()
     assert not await deliver_callback(url, b"{}", "evt-loop", settings)
-    assert seen == []  # not one byte reached the receiver, and no retries
+    assert seen == []  # not one byte reached the receiver
     assert refused_count() == before + 1
     # The same receiver, allow-listed on purpose, gets it.
     settings.callback_allow_cidrs = LOOPBACK
@@ -211,7 +198,7 @@ async def test_a_loopback_callback_is_refused_unless_allow_listed(tmp_path: Path
     ],
 )
 async def test_private_and_metadata_callbacks_are_refused(url: str, caplog) -> None:
-    settings = OperatorSettings(callback_backoff_seconds=0, callback_max_attempts=3)
+    settings = OperatorSettings()
     before = refused_count()
     with caplog.at_level(logging.WARNING, "editflow.operator.callbacks"):
         assert not await deliver_callback(url, b"{}", "evt-priv", settings)
@@ -227,7 +214,7 @@ async def test_a_name_that_resolves_to_loopback_is_refused(tmp_path: Path) -> No
     async def resolve(host: str, port: int) -> list[IPAddress]:
         return [ipaddress.ip_address("127.0.0.1")]
 
-    settings = OperatorSettings(callback_ca_file=str(ca), callback_backoff_seconds=0)
+    settings = OperatorSettings(callback_ca_file=str(ca))
     guard = webhook_guard(settings, resolve=resolve)
     assert not await deliver_callback(
         f"https://hook.oa.test:{port}/hook", b"{}", "evt-name", settings, guard=guard
@@ -236,11 +223,12 @@ async def test_a_name_that_resolves_to_loopback_is_refused(tmp_path: Path) -> No
 
 
 async def test_the_connection_is_pinned_to_the_checked_address(tmp_path: Path) -> None:
-    """DNS rebinding: the name is resolved once; later answers (metadata) are never used, and
-    the receiver sees the name in Host and TLS (its certificate names only hook.oa.test)."""
-    url, ca, seen = https_receiver(tmp_path, answers=[503, 503], dns_names=("hook.oa.test",))
+    """DNS rebinding: an attempt connects to the address its check resolved, and the receiver
+    sees the name in Host and TLS (its certificate names only hook.oa.test); the next
+    attempt is checked afresh, so a name that moved to the metadata address is refused."""
+    url, ca, seen = https_receiver(tmp_path, answers=[503], dns_names=("hook.oa.test",))
     port = url.rsplit(":", 1)[1].split("/")[0]
-    answers = [["127.0.0.1"], ["169.254.169.254"], ["169.254.169.254"]]
+    answers = [["127.0.0.1"], ["169.254.169.254"]]
     lookups: list[str] = []
 
     async def rebinding(host: str, port: int) -> list[IPAddress]:
@@ -250,19 +238,19 @@ async def test_the_connection_is_pinned_to_the_checked_address(tmp_path: Path) -
     settings = OperatorSettings(
         callback_ca_file=str(ca),
         callback_allow_cidrs=LOOPBACK,
-        callback_backoff_seconds=0,
-        callback_max_attempts=3,
-        dns_cache_seconds=0,  # no cache: only the pinning keeps the first answer
+        dns_cache_seconds=0,  # no cache: every attempt resolves again
     )
     guard = webhook_guard(settings, resolve=rebinding)
     target = f"https://hook.oa.test:{port}/hook"
-    assert await deliver_callback(target, b"{}", "evt-pin", settings, guard=guard)
-    assert lookups == ["hook.oa.test"]
-    assert len(seen) == 3
+    assert not await deliver_callback(target, b"{}", "evt-pin", settings, guard=guard)  # 503
+    assert lookups == ["hook.oa.test"] and len(seen) == 1
     assert {r["headers"]["Host"] for r in seen} == {f"hook.oa.test:{port}"}
+    before = refused_count()
+    assert not await deliver_callback(target, b"{}", "evt-pin", settings, guard=guard)
+    assert len(seen) == 1 and refused_count() == before + 1  # moved to metadata: refused
 
 
-async def test_a_temporary_dns_failure_is_retried_not_refused(tmp_path: Path) -> None:
+async def test_a_temporary_dns_failure_is_a_failure_to_retry_not_a_refusal(tmp_path: Path) -> None:
     url, ca, seen = https_receiver(tmp_path, answers=[], dns_names=("hook.oa.test",))
     port = url.rsplit(":", 1)[1].split("/")[0]
     failures = [LookupFailed("SERVFAIL (simulated)")]
@@ -273,15 +261,14 @@ async def test_a_temporary_dns_failure_is_retried_not_refused(tmp_path: Path) ->
         return [ipaddress.ip_address("127.0.0.1")]
 
     settings = OperatorSettings(
-        callback_ca_file=str(ca),
-        callback_allow_cidrs=LOOPBACK,
-        callback_backoff_seconds=0,
-        dns_cache_seconds=0,
+        callback_ca_file=str(ca), callback_allow_cidrs=LOOPBACK, dns_cache_seconds=0
     )
     guard = webhook_guard(settings, resolve=flaky)
-    assert await deliver_callback(
-        f"https://hook.oa.test:{port}/hook", b"{}", "evt-dns", settings, guard=guard
-    )
+    target = f"https://hook.oa.test:{port}/hook"
+    before = refused_count()
+    assert not await deliver_callback(target, b"{}", "evt-dns", settings, guard=guard)
+    assert refused_count() == before and seen == []
+    assert await deliver_callback(target, b"{}", "evt-dns", settings, guard=guard)
     assert len(seen) == 1
 
 
@@ -309,15 +296,13 @@ def plain_receiver(host: str) -> tuple[str, list[str], ThreadingHTTPServer]:
 async def test_a_redirect_to_a_refused_address_is_not_followed(tmp_path: Path) -> None:
     inner, got, server = plain_receiver("127.0.0.2")  # loopback, not allow-listed
     try:
-        url, ca, seen = https_receiver(tmp_path, answers=[302, 302], redirect_to=inner)
+        url, ca, seen = https_receiver(tmp_path, answers=[302], redirect_to=inner)
         settings = OperatorSettings(
             callback_ca_file=str(ca),
             callback_allow_cidrs=LOOPBACK,  # 127.0.0.1 only
-            callback_backoff_seconds=0,
-            callback_max_attempts=2,
         )
         assert not await deliver_callback(url, b"{}", "evt-redirect", settings)
-        assert len(seen) == 2  # the allowed receiver was asked twice...
+        assert len(seen) == 1  # the allowed receiver was asked...
         assert got == []  # ...and the address it pointed at never
     finally:
         server.shutdown()

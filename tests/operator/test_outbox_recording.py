@@ -88,3 +88,55 @@ async def test_a_delivery_the_editjob_did_not_record_is_recorded_later_and_sent_
         assert len(mine) == 1  # sent once, recorded once
     finally:
         await bus.close()
+
+
+async def test_a_webhook_is_posted_once_per_delivery_then_given_up_and_recorded(
+    stack: LocalStack, namespace: str, tmp_path
+) -> None:
+    """The one retry policy of callbacks (issue 21): the Deliverer's. Each delivery POSTs
+    once; the attempt count and the next attempt live in the outcome object, and after
+    ``callback_max_attempts`` the EditJob records that the webhook gave up."""
+    from tests.operator.test_callbacks import LOOPBACK, https_receiver
+
+    url, ca, seen = https_receiver(tmp_path, answers=[503] * 5)
+    settings = _settings(
+        stack,
+        namespace,
+        callback_ca_file=str(ca),
+        callback_allow_cidrs=LOOPBACK,
+        callback_max_attempts=2,
+        callback_backoff_seconds=0,
+    )
+    bus = Bus(stack, settings)
+    await bus.open()
+    try:
+        body = editjob_from_approval(
+            approval(), namespace=namespace, bucket="editflow", default_model="longcat-image-edit"
+        )
+        body["spec"]["callback"] = {"webhookUrl": url}
+        created = await bus.kube.create(editjob_path(namespace), body)
+        name = created["metadata"]["name"]
+        editjob = await bus.kube.patch(
+            editjob_path(namespace, name) + "/status",
+            {"status": {"phase": "Failed", "message": "refused", "attempts": 0,
+                        "finishedAt": "2026-12-07T00:00:00Z", "errorCode": "invalid_input"}},
+        )  # fmt: skip
+        op = bus.settings.operator
+        outbox = Outbox(op, bus.kube, store=Store(), now=lambda: datetime.now(UTC))
+        deliverer = Deliverer(op, bus.kube, outbox, nats=bus.nc, topology=bus.topology)
+        await outbox.publish_outcome(editjob, review=False)
+        (item,) = outbox.store.items.values()
+
+        await deliverer.deliver(item)
+        assert len(seen) == 1  # one POST, not an in-memory burst
+        (kept,) = outbox.store.items.values()
+        assert kept["status"]["attempts"] == 1 and kept["status"]["nextAttemptAt"]
+        assert "webhook" not in (kept["status"].get("delivered") or [])
+
+        await deliverer.deliver(kept)
+        assert len(seen) == 2 and len(outbox.store) == 0
+        recorded = await bus.editjob(name)
+        assert recorded["status"]["callbackDelivery"] == "gave_up"
+        assert recorded["status"]["completionPublishedAt"]
+    finally:
+        await bus.close()
