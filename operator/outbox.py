@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -35,8 +34,6 @@ from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 
-from editflow.core.errors import ErrorInfo
-from editflow.core.kubetime import parse_stamp as parse_time
 from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings
 from editflow.core.urlguard import redacted
@@ -45,21 +42,15 @@ from editflow.events.binding import encode
 from editflow.events.callback_subjects import CallbackSubjects
 from editflow.events.models import (
     CompletionEvent,
-    EditJobRef,
-    QualityGate,
-    ReviewData,
     ReviewEvent,
-    VariantRef,
 )
 from editflow.events.outcomes import (
-    completion_event,
     publish_completion,
     publish_review,
-    review_event,
 )
 from editflow.events.topology import Topology
 from editflow.operator import metrics
-from editflow.operator.callbacks import alert_body, deliver_callback, webhook_refusal
+from editflow.operator.callbacks import deliver_callback, webhook_refusal
 from editflow.operator.crd import (
     GROUP,
     OUTCOME_KIND,
@@ -71,8 +62,13 @@ from editflow.operator.decision import Decision
 from editflow.operator.informer import Key, Store
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
-from editflow.operator.phases import OUTCOMES, gpu_seconds
-from editflow.operator.tenancy import event_id_refusal
+from editflow.operator.outcomes import (
+    alert_if_needed_body,
+    audit_for,
+    completion_for,
+    review_for,
+    wire_body,
+)
 
 log = logging.getLogger("editflow.operator.outbox")
 
@@ -88,134 +84,6 @@ class FinishedLedger(Protocol):
     """The part of the approval ledger the outbox writes to."""
 
     async def record_finished(self, event_id: str, *, outcome: str) -> Any: ...
-
-
-def completion_for(editjob: JSON) -> CompletionEvent:
-    """The completion event of an EditJob in a final phase (its id is deterministic)."""
-    meta, spec = editjob["metadata"], editjob["spec"]
-    status = editjob.get("status") or {}
-    outcome = OUTCOMES[status["phase"]]
-    oa = spec.get("oa") or {}
-    if event_id_refusal(editjob) is not None:
-        # It claimed an approval it was not made for: it answers as itself, never for the
-        # approval, whose own EditJob must still run and report (issue 20 §3).
-        oa = {}
-    fallback = f"{meta['namespace']}/{meta['name']}"
-    error = None
-    if outcome in ("failed", "needs_review"):
-        error = ErrorInfo(
-            status.get("errorCode") or outcome,
-            status.get("message") or outcome,
-            retriable=outcome == "needs_review",
-        )
-    return completion_event(
-        editjob=EditJobRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"]),
-        approval_event_id=oa.get("eventId") or f"editjob:{fallback}",
-        form_id=oa.get("formId") or fallback,
-        approval_id=oa.get("approvalInstanceId") or fallback,
-        status=outcome,
-        result_url=status.get("resultUrl"),
-        result_key=status.get("resultKey"),
-        cost_seconds=status.get("costSeconds"),
-        attempts=int(status.get("attempts") or 0),
-        error=error,
-        message=status.get("message"),
-        quality=_quality(status.get("quality")),
-        stage="preview" if spec.get("preview") else "final",
-        approximate=bool(spec.get("preview")),
-        variants=[
-            VariantRef(
-                index=v["index"],
-                seed=v.get("seed"),
-                result_url=v.get("resultUrl"),
-                result_key=v.get("resultKey"),
-                quality=v.get("verdict"),
-            )
-            for v in status.get("variants") or []
-        ],
-    )
-
-
-def _quality(recorded: JSON | None) -> QualityGate | None:
-    """The gate's status (camelCase) as the completion's ``quality``; None if it never ran."""
-    if not recorded or "verdict" not in recorded:
-        return None
-    return QualityGate(
-        verdict=recorded["verdict"],
-        kind=recorded.get("kind", ""),
-        changed_fraction=recorded.get("changedFraction", 0.0),
-        ssim=recorded.get("ssim", 0.0),
-        spread=recorded.get("spread", 0.0),
-        reason=recorded.get("reason", ""),
-    )
-
-
-def edit_fields(editjob: JSON) -> dict[str, Any]:
-    """What every audit record says of its EditJob (brief §8: prompt, source, result, cost,
-    status, approver, department): one place for the outcome's record and a reviewer's."""
-    meta, spec = editjob["metadata"], editjob.get("spec") or {}
-    status = editjob.get("status") or {}
-    oa = spec.get("oa") or {}
-    source = spec.get("source") or {}
-    return {
-        "namespace": meta["namespace"],
-        "editjob": meta["name"],
-        "prompt": spec.get("prompt", ""),
-        "source": source.get("url") or source.get("s3Key") or "",
-        "result_key": status.get("resultKey"),
-        "attempts": int(status.get("attempts") or 0),
-        "applicant": oa.get("applicant"),
-        "approvers": list(oa.get("approvers") or []),
-        "department": oa.get("department"),
-        "cost_center": oa.get("costCenter"),
-        "usage": spec.get("usage"),
-        "model": spec.get("model"),
-        "quality": (status.get("quality") or {}).get("verdict"),
-        "error_code": status.get("errorCode"),
-    }
-
-
-def audit_for(editjob: JSON, event: CompletionEvent) -> AuditRecord:
-    """The audit record of an EditJob's outcome."""
-    spec, status = editjob["spec"], editjob.get("status") or {}
-    return AuditRecord(
-        **edit_fields(editjob),
-        completion_event_id=event.id,
-        approval_event_id=event.data.approval_event_id,
-        form_id=event.data.form_id,
-        approval_id=event.data.approval_id,
-        status=event.data.status,
-        finished_at=parse_time(status.get("finishedAt")),
-        gpu_seconds=gpu_seconds(status),
-        variants=int(spec.get("variants") or 1),
-        stage="preview" if spec.get("preview") else "final",
-    )
-
-
-def review_for(editjob: JSON, event: CompletionEvent) -> ReviewEvent:
-    """The manual-review request that goes with a NeedsReview completion."""
-    spec, status = editjob["spec"], editjob.get("status") or {}
-    return review_event(
-        data=ReviewData(
-            approval_event_id=event.data.approval_event_id,
-            form_id=event.data.form_id,
-            approval_id=event.data.approval_id,
-            applicant=None,
-            image_url=spec["source"].get("url"),
-            image_key=spec["source"].get("s3Key"),
-            instruction=spec["prompt"],
-            attempts=int(status.get("attempts") or 0),
-            error=event.data.error,  # type: ignore[arg-type]
-            editjob=event.data.editjob,
-        )
-    )
-
-
-def wire_body(event: Any) -> bytes:
-    """The structured CloudEvent JSON that webhooks receive."""
-    return json.dumps(
-        {**event.attributes(), "data": event.data_json()}, ensure_ascii=False
-    ).encode()
 
 
 def outcome_object(
@@ -241,20 +109,6 @@ def outcome_object(
             **{k: v for k, v in spec.items() if v is not None},
         },
     }
-
-
-def alert_if_needed_body(editjob: JSON, decision: Decision) -> tuple[str, bytes] | None:
-    """(dedupe key, body) when a decision must page a person (brief §5), else None."""
-    code = decision.status.get("errorCode")
-    phase = decision.status.get("phase")
-    if not (code in ("timeout", "no_gpu") or phase == "NeedsReview"):
-        return None
-    meta = editjob["metadata"]
-    name = f"{meta['namespace']}/{meta['name']}"
-    reason = "NeedsReview" if phase == "NeedsReview" else str(code)
-    body = alert_body(name, reason, str(decision.status.get("message", "")))
-    attempts = decision.status.get("attempts") or (editjob.get("status") or {}).get("attempts")
-    return f"alert:{meta.get('uid', name)}:{reason}:{attempts}", body
 
 
 class Outbox:

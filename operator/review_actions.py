@@ -50,7 +50,7 @@ from editflow.operator.names import (
     ANNOTATION_REVIEWED_BY,
     ANNOTATION_SEND_BACK,
 )
-from editflow.operator.outbox import edit_fields
+from editflow.operator.outcomes import edit_fields
 from editflow.operator.phases import FINAL_PHASES
 from editflow.operator.tenancy import resolve_key_refusal
 

@@ -23,22 +23,15 @@ from typing import Any
 
 from editflow.core.errors import InvalidInputError, UpstreamError
 from editflow.core.kubetime import stamp as kube_stamp
-from editflow.events.audit import AuditRecord, publish_audit
+from editflow.events.audit import publish_audit
 from editflow.events.ledger import ApprovalLedger
-from editflow.events.models import (
-    EditJobRef,
-    SelectEvent,
-    SelectionData,
-    SelectionEvent,
-    selection_event_id,
-)
+from editflow.events.models import SelectEvent, SelectionEvent
 from editflow.events.publish import publish_event
 from editflow.events.topology import Topology
 from editflow.operator.crd import editjob_path
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import editjob_name
-
-SOURCE = "/editflow/operator"
+from editflow.operator.outcomes import selection_for
 
 
 def chosen(editjob: JSON, variant: int) -> dict[str, Any]:
@@ -99,49 +92,16 @@ async def record_selection(
             await kube.patch(editjob_path(ns, name) + "/status", patch)
         except KubeAPIError as exc:
             raise UpstreamError(f"recording the selection on {name} failed: {exc}") from exc
-    meta, spec = editjob["metadata"], editjob["spec"]
-    oa = spec.get("oa") or {}
-    selection = SelectionEvent(
-        id=selection_event_id(data.approval_event_id, data.variant),
-        source=SOURCE,
-        subject=data.approval_event_id[:256],
-        data=SelectionData(
-            approval_event_id=data.approval_event_id,
-            form_id=data.form_id,
-            approval_id=data.approval_id,
-            variant=data.variant,
-            result_url=variant.get("resultUrl"),
-            result_key=variant.get("resultKey"),
-            seed=variant.get("seed"),
-            selected_by=by,
-            selected_at=moment,
-            editjob=EditJobRef(namespace=ns, name=name, uid=meta["uid"]),
-        ),
+    selection, audit = selection_for(
+        editjob,
+        variant,
+        approval_event_id=data.approval_event_id,
+        form_id=data.form_id,
+        approval_id=data.approval_id,
+        number=data.variant,
+        by=by,
+        at=moment,
     )
     await publish_event(js, selection, topology.selection_subject(data.approval_event_id))
-    await publish_audit(
-        js,
-        topology,
-        AuditRecord(
-            kind="selection",
-            completion_event_id=selection.id,
-            approval_event_id=data.approval_event_id,
-            form_id=data.form_id,
-            approval_id=data.approval_id,
-            namespace=ns,
-            editjob=name,
-            status="selected",
-            finished_at=moment,
-            prompt=spec["prompt"],
-            source=spec["source"].get("url") or spec["source"].get("s3Key") or "",
-            result_key=variant.get("resultKey"),
-            applicant=oa.get("applicant"),
-            department=oa.get("department"),
-            cost_center=oa.get("costCenter"),
-            usage=spec.get("usage"),
-            model=spec.get("model"),
-            selected_variant=data.variant,
-            selected_by=by,
-        ),
-    )
+    await publish_audit(js, topology, audit)
     return selection

@@ -313,7 +313,7 @@ async def test_the_alert_webhook_goes_through_the_same_guard(tmp_path: Path, cap
     from editflow.core.settings import Settings
     from editflow.operator.callbacks import deliver_callback
     from editflow.operator.decide import Decision
-    from editflow.operator.outbox import alert_if_needed_body
+    from editflow.operator.outcomes import alert_if_needed_body
 
     url, ca, seen = https_receiver(tmp_path, answers=[])
     settings = Settings()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from editflow.core.settings import OperatorSettings
-from editflow.operator.outbox import audit_for, completion_for
+from editflow.operator.outcomes import audit_for, completion_for
 from editflow.operator.reconciler import cost_labels
 from tests.operator.test_decisions import approval, editjob
 

@@ -22,7 +22,7 @@ from editflow.events.worker_contract import (
 from editflow.operator.crd import editjob_crd
 from editflow.operator.decide import Observed, decide
 from editflow.operator.jobspec import job_manifest
-from editflow.operator.outbox import completion_for
+from editflow.operator.outcomes import completion_for
 from tests.operator.test_decisions import NOW, SETTINGS, editjob, job
 
 REPAINTED = QualityReport(

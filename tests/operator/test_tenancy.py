@@ -251,7 +251,7 @@ def test_a_kubectl_editjob_claiming_an_approval_id_fails_as_itself_and_never_ans
     fails at once. Its failure must not go out as that approval's completion (and so into the
     approval ledger as finished); it fails naming the field, under an id of its own."""
     from editflow.operator.names import editjob_name
-    from editflow.operator.outbox import completion_for
+    from editflow.operator.outcomes import completion_for
 
     ej = new_editjob("uploads/team-a/ab/x.png")
     ej["spec"]["oa"] = {"formId": "F-9", "approvalId": "A-9", "eventId": "3f2a-guessed"}

@@ -30,7 +30,7 @@ from editflow.operator.crd import editjob_path
 from editflow.operator.decide import Observed, decide
 from editflow.operator.jobspec import worker_request
 from editflow.operator.mapping import editjob_from_approval
-from editflow.operator.outbox import completion_for
+from editflow.operator.outcomes import completion_for
 from tests.harness import scratch_namespace
 from tests.operator.test_bridge import Bus, _settings, approval, eventually
 from tests.operator.test_decisions import NOW, job
