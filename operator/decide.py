@@ -128,84 +128,68 @@ MAX_FAILED_ATTEMPTS = 10
 
 
 def decide(obs: Observed, settings: OperatorSettings) -> Decision:
-    ej = obs.editjob
-    meta, spec = ej["metadata"], ej["spec"]
-    status = ej.get("status") or {}
-    phase = status.get("phase") or ""
-    annotations = meta.get("annotations") or {}
-    now = obs.now
-    out = Decision()
+    """What to do about one EditJob now, from what was observed: one function per phase.
 
-    def set_status(**fields: Any) -> None:
-        out.status.update({k: v for k, v in fields.items()})
+    Each phase function answers with a Decision, or None to hand the EditJob on (a new
+    EditJob is accepted, then queued or started in the same turn).
+    """
+    turn = _Turn(obs, settings)
+    if turn.phase in FINAL_PHASES:
+        return _final(turn)
+    return (
+        _cancelled(turn)
+        or _refused(turn)
+        or _accepted(turn)
+        or (_waiting(turn) if not turn.job_name else _in_flight(turn))
+    )
 
-    def conditions(*new: dict[str, str]) -> None:
-        base = out.status.get("conditions") or status.get("conditions") or []
-        out.status["conditions"] = merge_conditions(base, list(new))
+
+class _Turn:
+    """One decision in the making: what was observed, and the status being written."""
+
+    def __init__(self, obs: Observed, settings: OperatorSettings) -> None:
+        self.obs = obs
+        self.settings = settings
+        self.ej = obs.editjob
+        self.meta, self.spec = self.ej["metadata"], self.ej["spec"]
+        self.status: dict[str, Any] = self.ej.get("status") or {}
+        self.phase: str = self.status.get("phase") or ""
+        self.annotations: dict[str, str] = self.meta.get("annotations") or {}
+        self.now = obs.now
+        self.attempts = int(self.status.get("attempts") or 0)
+        self.job_name: str | None = self.status.get("jobName")
+        self.out = Decision()
+
+    def set_status(self, **fields: Any) -> None:
+        self.out.status.update(fields)
+
+    def conditions(self, *new: dict[str, str]) -> None:
+        base = self.out.status.get("conditions") or self.status.get("conditions") or []
+        self.out.status["conditions"] = merge_conditions(base, list(new))
 
     def finish(
-        final: str, message: str, *, error: ErrorInfo | None = None, **extra: Any
+        self, final: str, message: str, *, error: ErrorInfo | None = None, **extra: Any
     ) -> Decision:
-        set_status(
+        self.set_status(
             phase=final,
             message=message,
-            finishedAt=stamp(now),
+            finishedAt=stamp(self.now),
             jobName=None,
             queuePosition=None,
             **extra,
         )
-        set_status(errorCode=error.code if error else None)
-        conditions(
-            _condition("Completed", True, final, message, now),
-            _condition("Ready", final == "Succeeded", final, message, now),
+        self.set_status(errorCode=error.code if error else None)
+        self.conditions(
+            _condition("Completed", True, final, message, self.now),
+            _condition("Ready", final == "Succeeded", final, message, self.now),
         )
-        out.publish_completion = True
-        out.publish_review = final == "NeedsReview"
+        self.out.publish_completion = True
+        self.out.publish_review = final == "NeedsReview"
         kind = "Normal" if final in ("Succeeded", "Cancelled") else "Warning"
-        out.events.append((kind, final, message))
-        return out
+        self.out.events.append((kind, final, message))
+        return self.out
 
-    # -- final phases: make sure the outcome was delivered, then expire ------------
-    if phase in FINAL_PHASES:
-        if phase == "NeedsReview" and annotations.get(ANNOTATION_RESOLVE):
-            key = annotations[ANNOTATION_RESOLVE]
-            refused = resolve_key_refusal(
-                ej,
-                key,
-                result_prefix=settings.result_prefix,
-                field=f"metadata.annotations[{ANNOTATION_RESOLVE}]",
-            )
-            if refused is None:
-                return finish(
-                    "Succeeded",
-                    f"resolved by a designer with {key}",
-                    resultKey=key,
-                    resultUrl=None,
-                    **reviewed_by(annotations),
-                )
-            if status.get("message") != refused:  # said once: the edit stays NeedsReview
-                set_status(message=refused)
-                out.events.append(("Warning", "ResolveRefused", refused))
-        elif phase == "NeedsReview" and (said := annotations.get(ANNOTATION_SEND_BACK)):
-            error = ErrorInfo(SENT_BACK, f"sent back to the applicant: {said}", False)
-            return finish("Failed", error.message, error=error, **reviewed_by(annotations))
-        if obs.completion_id and status.get("completionEventId") != obs.completion_id:
-            out.publish_completion = True
-            out.publish_review = phase == "NeedsReview"
-            return out
-        finished = parse_time(status.get("finishedAt"))
-        if finished is not None:
-            expires = finished + timedelta(seconds=settings.retention_seconds)
-            if now >= expires:
-                out.delete_editjob = True
-            else:
-                out.requeue_after = (expires - now).total_seconds()
-        return out
-
-    attempts = int(status.get("attempts") or 0)
-    job_name = status.get("jobName")
-
-    def gpu_seconds_so_far(error: ErrorInfo | None = None) -> float:
+    def gpu_seconds_so_far(self, error: ErrorInfo | None = None) -> float:
         """GPU-seconds of every attempt, the one ending now included (cost attribution).
 
         An attempt with a result costs what its worker measured; one that ended without a
@@ -213,270 +197,337 @@ def decide(obs: Observed, settings: OperatorSettings) -> Decision:
         that never got a GPU or never started its container cost nothing.
         """
         spent = 0.0
-        if obs.result is not None and obs.result.attempt == attempts:
-            spent = float(obs.result.cost.total or 0.0)
-        elif job_name and not (error and error.code in ("no_gpu", "pod_stuck")):
-            started = parse_time(status.get("startedAt"))
-            spent = max(0.0, (now - started).total_seconds()) if started else 0.0
-        return round(float(status.get("gpuSeconds") or 0.0) + spent, 3)
+        result = self.obs.result
+        if result is not None and result.attempt == self.attempts:
+            spent = float(result.cost.total or 0.0)
+        elif self.job_name and not (error and error.code in ("no_gpu", "pod_stuck")):
+            started = parse_time(self.status.get("startedAt"))
+            spent = max(0.0, (self.now - started).total_seconds()) if started else 0.0
+        return round(float(self.status.get("gpuSeconds") or 0.0) + spent, 3)
 
-    # -- cancellation (withdraw event, `editflow edits cancel`, deletion) -----------
-    if annotations.get(ANNOTATION_CANCEL) is not None:
-        if job_name:
-            out.delete_job = job_name
-        reason = annotations.get(ANNOTATION_CANCEL) or "cancelled"
-        return finish("Cancelled", f"cancelled: {reason}", gpuSeconds=gpu_seconds_so_far())
+    def has_free_slot(self) -> bool:
+        free = (self.obs.cap or self.settings.max_running_per_namespace) - self.obs.in_flight
+        return free > 0 and self.obs.queued_ahead < free
 
-    # -- a spec that must not run (kubectl-applied: the bridge screens approvals) -------
-    if phase == "" and obs.refusal is not None:
-        where = f"{obs.refusal.field}: " if obs.refusal.field else ""
-        return finish("Failed", f"{where}{obs.refusal.message}", error=obs.refusal)
-    if phase == "" and (
-        outside := source_key_refusal(ej, upload_prefix=settings.upload_prefix)
-    ):  # another namespace's object (issue 14 §5): the message names spec.source.s3Key
-        return finish("Failed", outside.message, error=outside)
-    if phase == "" and (
-        elsewhere := output_prefix_refusal(ej, result_prefix=settings.result_prefix)
-    ):  # another namespace's results (issue 20 §3): the message names spec.output.prefix
-        return finish("Failed", elsewhere.message, error=elsewhere)
-    if phase == "" and (claimed := event_id_refusal(ej)):
-        # Failed as itself: completion_for never answers the approval with it.
-        return finish("Failed", claimed.message, error=claimed)
 
-    # -- new -> Pending ------------------------------------------------------------
-    if phase == "":
-        set_status(
-            phase="Pending",
-            message="accepted; waiting to be queued",
-            attempts=0,
-            observedGeneration=meta.get("generation"),
-            queuedAt=stamp(now),
+# -- final phases: a person's decision, the outcome delivered, then expiry -------------------
+def _final(t: _Turn) -> Decision:
+    status, annotations, out = t.status, t.annotations, t.out
+    if t.phase == "NeedsReview" and annotations.get(ANNOTATION_RESOLVE):
+        key = annotations[ANNOTATION_RESOLVE]
+        refused = resolve_key_refusal(
+            t.ej,
+            key,
+            result_prefix=t.settings.result_prefix,
+            field=f"metadata.annotations[{ANNOTATION_RESOLVE}]",
         )
-        # The Accepted condition tells the story; a Kubernetes Event would repeat it (one
-        # apiserver write per edit at 50 events/s). JobCreated and the outcome are Events.
-        conditions(_condition("Accepted", True, "Accepted", "the spec is valid", now))
-        free = (obs.cap or settings.max_running_per_namespace) - obs.in_flight
-        if free <= 0 or obs.queued_ahead >= free:
-            out.requeue_after = 0  # the next look queues it, with its place in the queue
-            return out
-        # A slot is free now: accept and start attempt 1 in one status write.
-
-    # -- no attempt in flight: wait for backoff / a slot, then start one -----------
-    if not job_name:
-        retry_at = parse_time(status.get("retryAfter"))
-        if retry_at and now < retry_at:
-            set_status(phase="Queued")
-            out.requeue_after = (retry_at - now).total_seconds()
-            return out
-        cap = obs.cap or settings.max_running_per_namespace
-        free = cap - obs.in_flight
-        if free <= 0 or obs.queued_ahead >= free:
-            message = (
-                f"waiting for the concurrency cap: {obs.in_flight}/{cap} edits in flight, "
-                f"{obs.queued_ahead} ahead in the queue"
+        if refused is None:
+            return t.finish(
+                "Succeeded",
+                f"resolved by a designer with {key}",
+                resultKey=key,
+                resultUrl=None,
+                **reviewed_by(annotations),
             )
-            set_status(phase="Queued", message=message, queuePosition=obs.queued_ahead + 1)
-            conditions(_condition("Scheduled", False, "ConcurrencyCap", message, now))
-            out.requeue_after = settings.resync_seconds
-            return out
-        attempt = attempts + 1
-        name = job_name_for(meta["name"], attempt)
-        out.create_job = attempt
-        warm = settings.worker_mode == "warm"
-        set_status(
-            phase="Running",
-            attempts=attempt,
-            jobName=name,
-            workerPod=None,
-            queuePosition=None,
-            startedAt=stamp(now),
-            retryAfter=None,
-            message=f"attempt {attempt}: "
-            + ("waiting for a warm worker" if warm else f"starting Job {name}"),
-        )
-        if warm:
-            text = f"attempt {attempt} handed to the warm pool"
-            conditions(_condition("Scheduled", True, "HandedToWarmPool", text, now))
-            out.events.append(("Normal", "AttemptQueued", text))
+        if status.get("message") != refused:  # said once: the edit stays NeedsReview
+            t.set_status(message=refused)
+            out.events.append(("Warning", "ResolveRefused", refused))
+    elif t.phase == "NeedsReview" and (said := annotations.get(ANNOTATION_SEND_BACK)):
+        error = ErrorInfo(SENT_BACK, f"sent back to the applicant: {said}", False)
+        return t.finish("Failed", error.message, error=error, **reviewed_by(annotations))
+    if t.obs.completion_id and status.get("completionEventId") != t.obs.completion_id:
+        out.publish_completion = True
+        out.publish_review = t.phase == "NeedsReview"
+        return out
+    finished = parse_time(status.get("finishedAt"))
+    if finished is not None:
+        expires = finished + timedelta(seconds=t.settings.retention_seconds)
+        if t.now >= expires:
+            out.delete_editjob = True
         else:
-            conditions(_condition("Scheduled", True, "JobCreated", f"Job {name} created", now))
-            out.events.append(("Normal", "JobCreated", f"attempt {attempt}: created Job {name}"))
+            out.requeue_after = (expires - t.now).total_seconds()
+    return out
+
+
+# -- cancellation (withdraw event, `editflow edits cancel`, deletion) ------------------------
+def _cancelled(t: _Turn) -> Decision | None:
+    if t.annotations.get(ANNOTATION_CANCEL) is None:
+        return None
+    if t.job_name:
+        t.out.delete_job = t.job_name
+    reason = t.annotations.get(ANNOTATION_CANCEL) or "cancelled"
+    return t.finish("Cancelled", f"cancelled: {reason}", gpuSeconds=t.gpu_seconds_so_far())
+
+
+# -- a spec that must not run (kubectl-applied: the bridge screens approvals) -----------------
+def _refused(t: _Turn) -> Decision | None:
+    if t.phase != "":
+        return None
+    if t.obs.refusal is not None:
+        where = f"{t.obs.refusal.field}: " if t.obs.refusal.field else ""
+        return t.finish("Failed", f"{where}{t.obs.refusal.message}", error=t.obs.refusal)
+    # Another namespace's object (issue 14 §5): the message names spec.source.s3Key.
+    if outside := source_key_refusal(t.ej, upload_prefix=t.settings.upload_prefix):
+        return t.finish("Failed", outside.message, error=outside)
+    # Another namespace's results (issue 20 §3): the message names spec.output.prefix.
+    if elsewhere := output_prefix_refusal(t.ej, result_prefix=t.settings.result_prefix):
+        return t.finish("Failed", elsewhere.message, error=elsewhere)
+    if claimed := event_id_refusal(t.ej):
+        # Failed as itself: completion_for never answers the approval with it.
+        return t.finish("Failed", claimed.message, error=claimed)
+    return None
+
+
+# -- new -> Pending ----------------------------------------------------------------------------
+def _accepted(t: _Turn) -> Decision | None:
+    """A new EditJob is accepted; with a slot free it is started in the same status write."""
+    if t.phase != "":
+        return None
+    t.set_status(
+        phase="Pending",
+        message="accepted; waiting to be queued",
+        attempts=0,
+        observedGeneration=t.meta.get("generation"),
+        queuedAt=stamp(t.now),
+    )
+    # The Accepted condition tells the story; a Kubernetes Event would repeat it (one
+    # apiserver write per edit at 50 events/s). JobCreated and the outcome are Events.
+    t.conditions(_condition("Accepted", True, "Accepted", "the spec is valid", t.now))
+    if not t.has_free_slot():
+        t.out.requeue_after = 0  # the next look queues it, with its place in the queue
+        return t.out
+    return None  # a slot is free now: accept and start attempt 1 in one status write
+
+
+# -- no attempt in flight: wait for backoff / a slot, then start one -------------------------
+def _waiting(t: _Turn) -> Decision:
+    settings, obs, out = t.settings, t.obs, t.out
+    retry_at = parse_time(t.status.get("retryAfter"))
+    if retry_at and t.now < retry_at:
+        t.set_status(phase="Queued")
+        out.requeue_after = (retry_at - t.now).total_seconds()
+        return out
+    if not t.has_free_slot():
+        cap = obs.cap or settings.max_running_per_namespace
+        message = (
+            f"waiting for the concurrency cap: {obs.in_flight}/{cap} edits in flight, "
+            f"{obs.queued_ahead} ahead in the queue"
+        )
+        t.set_status(phase="Queued", message=message, queuePosition=obs.queued_ahead + 1)
+        t.conditions(_condition("Scheduled", False, "ConcurrencyCap", message, t.now))
         out.requeue_after = settings.resync_seconds
         return out
+    attempt = t.attempts + 1
+    name = job_name_for(t.meta["name"], attempt)
+    out.create_job = attempt
+    warm = settings.worker_mode == "warm"
+    t.set_status(
+        phase="Running",
+        attempts=attempt,
+        jobName=name,
+        workerPod=None,
+        queuePosition=None,
+        startedAt=stamp(t.now),
+        retryAfter=None,
+        message=f"attempt {attempt}: "
+        + ("waiting for a warm worker" if warm else f"starting Job {name}"),
+    )
+    if warm:
+        text = f"attempt {attempt} handed to the warm pool"
+        t.conditions(_condition("Scheduled", True, "HandedToWarmPool", text, t.now))
+        out.events.append(("Normal", "AttemptQueued", text))
+    else:
+        t.conditions(_condition("Scheduled", True, "JobCreated", f"Job {name} created", t.now))
+        out.events.append(("Normal", "JobCreated", f"attempt {attempt}: created Job {name}"))
+    out.requeue_after = settings.resync_seconds
+    return out
 
-    # -- an attempt is in flight -----------------------------------------------------
-    def attempt_failed(error: ErrorInfo, *, delete: bool = False) -> Decision:
-        if delete:
-            out.delete_job = job_name
-        # Each failed attempt's own worker, code and message stay (the desk shows every
-        # attempt); the later fields of status only ever tell the last one.
-        failed = {
-            "attempt": attempts,
-            "worker": status.get("workerPod"),
-            "errorCode": error.code,
-            "message": error.message[:500],
-        }
-        history = [a for a in status.get("failedAttempts") or [] if a.get("attempt") != attempts]
-        set_status(failedAttempts=[*history, failed][-MAX_FAILED_ATTEMPTS:])
-        spent = gpu_seconds_so_far(error)
-        if error.code == POISON_EDIT_CODE:
-            # Every worker that took it died: running it again would only take down more.
-            message = f"{error.message}; a designer will take over"
-            return finish("NeedsReview", message, error=error, gpuSeconds=spent)
-        if not error.retriable:
-            return finish("Failed", error.message, error=error, gpuSeconds=spent)
-        limit = max_attempts(settings, spec)
-        if attempts >= limit:
-            message = f"{error.message} (after {attempts} attempts; a designer will take over)"
-            return finish("NeedsReview", message, error=error, gpuSeconds=spent)
-        wait = backoff(settings, spec, attempts)
-        message = f"attempt {attempts} failed: {error.message}; retrying in {wait:.0f}s"
-        set_status(
-            phase="Queued",
-            jobName=None,
-            retryAfter=stamp(now + timedelta(seconds=wait)),
-            message=message,
-            errorCode=error.code,
-            gpuSeconds=spent,
-        )
-        out.events.append(("Warning", "AttemptFailed", message))
-        out.requeue_after = wait
-        return out
 
-    def succeeded(result: WorkerResult) -> Decision:
-        cost = result.cost.total or None
-        quality = result.quality
-        flagged = quality is not None and quality.verdict != "ok"
-        recorded: dict[str, Any] = {
-            "resultKey": result.result_key,
-            "resultUrl": result.result_url,
-            "costSeconds": round(cost, 3) if cost else None,
-            "gpuSeconds": gpu_seconds_so_far(),
-            "quality": quality_status(quality),
-            # Advisory mode steers the quality sampling: every flagged edit is sampled.
-            "sampledForReview": flagged
-            or is_sampled(meta.get("uid", meta["name"]), settings.sample_rate),
-            "variants": [
-                {
-                    "index": v.index,
-                    "seed": v.seed,
-                    "resultKey": v.result_key,
-                    "resultUrl": v.result_url,
-                    **({"verdict": v.quality.verdict} if v.quality else {}),
-                }
-                for v in result.variants
-            ]
-            or None,
-        }
-        if flagged and settings.gate_mode == "enforce":
-            assert quality is not None
-            error = ErrorInfo(
-                f"quality_{quality.verdict}",
-                f"the quality gate flagged the result: {quality.reason}; a designer will check it",
-                False,
-            )
-            return finish("NeedsReview", error.message, error=error, **recorded)
-        edited = f"edited in {cost:.1f}s" if cost else "edited"
-        if spec.get("preview"):
-            edited = "approximate preview (Turbo, 8 steps, reduced size) " + edited
-        if flagged:
-            assert quality is not None
-            edited += f"; quality gate (advisory): {quality.verdict}"
-        return finish("Succeeded", edited, **recorded)
-
-    def from_result(result: WorkerResult) -> Decision:
-        if result.worker:
-            set_status(workerPod=result.worker)
-        if result.log:  # warm mode: no Pod of this attempt keeps its log (operator/desk.py)
-            set_status(workerLog={"attempt": result.attempt, "lines": list(result.log)})
-        if result.status == "success":
-            return succeeded(result)
-        error = result.error or ErrorInfo(
-            "worker_failed", "the worker failed without details", True
-        )
-        return attempt_failed(error)
-
+# -- an attempt is in flight -----------------------------------------------------------------
+def _in_flight(t: _Turn) -> Decision:
+    obs, spec, settings = t.obs, t.spec, t.settings
     job = obs.job
     if job is None:
-        if obs.result is not None and obs.result.attempt == attempts:
-            return from_result(obs.result)
-        return attempt_failed(
+        if obs.result is not None and obs.result.attempt == t.attempts:
+            return _from_result(t, obs.result)
+        return _attempt_failed(
+            t,
             ErrorInfo(
-                "job_missing", f"Job {job_name} disappeared before it reported a result", True
-            )
+                "job_missing", f"Job {t.job_name} disappeared before it reported a result", True
+            ),
         )
-
     finished = job_outcome(job)
     if finished is not None:
         kind, reason = finished
-        if obs.result is not None and obs.result.attempt == attempts:
-            return from_result(obs.result)
+        if obs.result is not None and obs.result.attempt == t.attempts:
+            return _from_result(t, obs.result)
         if kind == "Complete":
-            return attempt_failed(
-                ErrorInfo("result_missing", f"Job {job_name} completed without a result", True)
+            return _attempt_failed(
+                t, ErrorInfo("result_missing", f"Job {t.job_name} completed without a result", True)
             )
         if reason == "ModelLoadFailed":  # warm mode: no worker of the pool loads the model
             detail = (
                 next((c.get("message") for c in job["status"].get("conditions") or []), "")
                 or "no warm worker could load the model"
             )
-            return attempt_failed(ErrorInfo("model_load_failed", detail, True))
+            return _attempt_failed(t, ErrorInfo("model_load_failed", detail, True))
         if reason == "DeadlineExceeded":
             deadline = int(spec.get("deadlineSeconds") or settings.deadline_seconds)
-            return attempt_failed(
-                ErrorInfo("timeout", f"the edit did not finish within {deadline}s", True)
+            return _attempt_failed(
+                t, ErrorInfo("timeout", f"the edit did not finish within {deadline}s", True)
             )
         code = exit_code(obs.pods)
         if code is not None:
             retriable = is_retriable_exit_code(code) and reason != "PodFailurePolicy"
-            return attempt_failed(
-                ErrorInfo("worker_exit", f"the worker exited with code {code}", retriable)
+            return _attempt_failed(
+                t, ErrorInfo("worker_exit", f"the worker exited with code {code}", retriable)
             )
-        return attempt_failed(ErrorInfo("job_failed", f"Job {job_name} failed ({reason})", True))
+        return _attempt_failed(
+            t, ErrorInfo("job_failed", f"Job {t.job_name} failed ({reason})", True)
+        )
+    return _running(t)
 
-    # Running or waiting for a GPU.
+
+def _running(t: _Turn) -> Decision:
+    """Running, or waiting for a GPU, or a worker Pod that cannot start."""
+    obs, spec, settings, status, out = t.obs, t.spec, t.settings, t.status, t.out
     pending = next((m for m in (unschedulable(p) for p in obs.pods) if m), None)
     if pending is not None:
-        created = parse_time(obs.pods[0]["metadata"].get("creationTimestamp")) or now
+        created = parse_time(obs.pods[0]["metadata"].get("creationTimestamp")) or t.now
         limit = int(spec.get("pendingTimeoutSeconds") or settings.pending_timeout_seconds)
-        waited = (now - created).total_seconds()
+        waited = (t.now - created).total_seconds()
         if waited >= limit:
-            return attempt_failed(
+            return _attempt_failed(
+                t,
                 ErrorInfo("no_gpu", f"no GPU node available after {limit}s ({pending})", True),
                 delete=True,
             )
-        message = f"attempt {attempts}: waiting for a GPU node: {pending}"
+        message = f"attempt {t.attempts}: waiting for a GPU node: {pending}"
         if status.get("phase") != "Queued" or status.get("message") != message:
-            set_status(phase="Queued", message=message)
-            conditions(_condition("Scheduled", False, "NoGPUAvailable", pending, now))
+            t.set_status(phase="Queued", message=message)
+            t.conditions(_condition("Scheduled", False, "NoGPUAvailable", pending, t.now))
         out.requeue_after = min(settings.resync_seconds, limit - waited)
         return out
     stuck = stuck_in(obs.pods)
     if stuck is not None:
         pod, reason, detail = stuck
-        created = parse_time(pod["metadata"].get("creationTimestamp")) or now
-        waited = (now - created).total_seconds()
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or t.now
+        waited = (t.now - created).total_seconds()
         if waited >= settings.stuck_pod_seconds:
             text = f"the worker Pod cannot start: {reason}" + (f": {detail}" if detail else "")
-            return attempt_failed(ErrorInfo("pod_stuck", text[:1000], True), delete=True)
+            return _attempt_failed(t, ErrorInfo("pod_stuck", text[:1000], True), delete=True)
         out.requeue_after = max(1.0, settings.stuck_pod_seconds - waited)
-        message = f"attempt {attempts}: the worker Pod is waiting: {reason}"
+        message = f"attempt {t.attempts}: the worker Pod is waiting: {reason}"
         if status.get("message") != message:
-            set_status(phase="Running", message=message)
+            t.set_status(phase="Running", message=message)
         return out
     running = [p for p in obs.pods if p.get("status", {}).get("phase") == "Running"]
-    message = f"attempt {attempts}: running"
+    message = f"attempt {t.attempts}: running"
     if running and (
-        phase != "Running"
+        t.phase != "Running"
         or status.get("message") != message
         or status.get("workerPod") != running[0]["metadata"].get("name")
     ):
         node = running[0]["spec"].get("nodeName")
         pod = running[0]["metadata"].get("name")
-        set_status(phase="Running", message=message, workerPod=pod)
+        t.set_status(phase="Running", message=message, workerPod=pod)
         if settings.worker_mode == "warm":
-            message = f"attempt {attempts}: running in warm worker {pod}"
-            set_status(message=message)
-        conditions(_condition("Scheduled", True, "PodRunning", f"running on {node}", now))
+            message = f"attempt {t.attempts}: running in warm worker {pod}"
+            t.set_status(message=message)
+        t.conditions(_condition("Scheduled", True, "PodRunning", f"running on {node}", t.now))
     out.requeue_after = settings.resync_seconds
     return out
+
+
+def _from_result(t: _Turn, result: WorkerResult) -> Decision:
+    if result.worker:
+        t.set_status(workerPod=result.worker)
+    if result.log:  # warm mode: no Pod of this attempt keeps its log (operator/desk.py)
+        t.set_status(workerLog={"attempt": result.attempt, "lines": list(result.log)})
+    if result.status == "success":
+        return _succeeded(t, result)
+    error = result.error or ErrorInfo("worker_failed", "the worker failed without details", True)
+    return _attempt_failed(t, error)
+
+
+def _attempt_failed(t: _Turn, error: ErrorInfo, *, delete: bool = False) -> Decision:
+    settings, spec, status, attempts, out = t.settings, t.spec, t.status, t.attempts, t.out
+    if delete:
+        out.delete_job = t.job_name
+    # Each failed attempt's own worker, code and message stay (the desk shows every
+    # attempt); the later fields of status only ever tell the last one.
+    failed = {
+        "attempt": attempts,
+        "worker": status.get("workerPod"),
+        "errorCode": error.code,
+        "message": error.message[:500],
+    }
+    history = [a for a in status.get("failedAttempts") or [] if a.get("attempt") != attempts]
+    t.set_status(failedAttempts=[*history, failed][-MAX_FAILED_ATTEMPTS:])
+    spent = t.gpu_seconds_so_far(error)
+    if error.code == POISON_EDIT_CODE:
+        # Every worker that took it died: running it again would only take down more.
+        message = f"{error.message}; a designer will take over"
+        return t.finish("NeedsReview", message, error=error, gpuSeconds=spent)
+    if not error.retriable:
+        return t.finish("Failed", error.message, error=error, gpuSeconds=spent)
+    limit = max_attempts(settings, spec)
+    if attempts >= limit:
+        message = f"{error.message} (after {attempts} attempts; a designer will take over)"
+        return t.finish("NeedsReview", message, error=error, gpuSeconds=spent)
+    wait = backoff(settings, spec, attempts)
+    message = f"attempt {attempts} failed: {error.message}; retrying in {wait:.0f}s"
+    t.set_status(
+        phase="Queued",
+        jobName=None,
+        retryAfter=stamp(t.now + timedelta(seconds=wait)),
+        message=message,
+        errorCode=error.code,
+        gpuSeconds=spent,
+    )
+    out.events.append(("Warning", "AttemptFailed", message))
+    out.requeue_after = wait
+    return out
+
+
+def _succeeded(t: _Turn, result: WorkerResult) -> Decision:
+    settings, meta, spec = t.settings, t.meta, t.spec
+    cost = result.cost.total or None
+    quality = result.quality
+    flagged = quality is not None and quality.verdict != "ok"
+    recorded: dict[str, Any] = {
+        "resultKey": result.result_key,
+        "resultUrl": result.result_url,
+        "costSeconds": round(cost, 3) if cost else None,
+        "gpuSeconds": t.gpu_seconds_so_far(),
+        "quality": quality_status(quality),
+        # Advisory mode steers the quality sampling: every flagged edit is sampled.
+        "sampledForReview": flagged
+        or is_sampled(meta.get("uid", meta["name"]), settings.sample_rate),
+        "variants": [
+            {
+                "index": v.index,
+                "seed": v.seed,
+                "resultKey": v.result_key,
+                "resultUrl": v.result_url,
+                **({"verdict": v.quality.verdict} if v.quality else {}),
+            }
+            for v in result.variants
+        ]
+        or None,
+    }
+    if flagged and settings.gate_mode == "enforce":
+        assert quality is not None
+        error = ErrorInfo(
+            f"quality_{quality.verdict}",
+            f"the quality gate flagged the result: {quality.reason}; a designer will check it",
+            False,
+        )
+        return t.finish("NeedsReview", error.message, error=error, **recorded)
+    edited = f"edited in {cost:.1f}s" if cost else "edited"
+    if spec.get("preview"):
+        edited = "approximate preview (Turbo, 8 steps, reduced size) " + edited
+    if flagged:
+        assert quality is not None
+        edited += f"; quality gate (advisory): {quality.verdict}"
+    return t.finish("Succeeded", edited, **recorded)
