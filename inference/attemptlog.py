@@ -62,6 +62,11 @@ def _within_limit(payload: dict[str, object]) -> str:
     """The JSON of ``payload`` in MAX_LINE_CHARS, still JSON: the longest text fields are
     shortened first (a long error message gives way to the prompt beside it)."""
     text = json.dumps(payload, default=str, ensure_ascii=False)
+    if len(text) > MAX_LINE_CHARS:  # nested values become text, so they can be shortened too
+        for key, value in payload.items():
+            if isinstance(value, dict | list | tuple):
+                payload[key] = json.dumps(value, default=str, ensure_ascii=False)
+        text = json.dumps(payload, default=str, ensure_ascii=False)
     while len(text) > MAX_LINE_CHARS:
         texts = [k for k, v in payload.items() if isinstance(v, str) and k not in ("ts", "level")]
         longest = max(texts, key=lambda k: len(str(payload[k])), default=None)

@@ -70,6 +70,7 @@ def test_a_long_error_gives_way_to_the_prompt_beside_it() -> None:
     record = logging.LogRecord("editflow.inference.worker", logging.WARNING, "x", 0, "edit failed",
                                None, None)  # fmt: skip
     record.error = "[fetch_failed] " + "could not fetch the source " * 10
+    record.source = {"url": "http://127.0.0.1:9/unreachable.png"}  # nested: shortened as text
     record.prompt = "make the red square green"
     line = json.loads(attemptlog.line(record))
     assert line["prompt"] == "make the red square green" and line["error"].endswith("…")
