@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats
 import PIL.Image
 import pytest
+from nats.js.errors import NotFoundError
 from selenium.webdriver.common.by import By
 
 from editflow.core.s3 import s3_client
@@ -145,26 +145,28 @@ class Loop:
         return asyncio.run(go())
 
     def completions(self, name: str) -> list[str]:
-        """The status of every completion published for ``name``, in order (the stream)."""
+        """The status of every completion published for ``name``, in order (read from the
+        stream message by message: no consumer, nothing left to acknowledge)."""
         approval = f"editjob:{self.namespace}/{name}"
 
         async def go() -> list[str]:
             client = await OAClient.connect(self._settings())
+            subject = client.topology.completion_subject(approval)
+            stream = client.topology.completions_stream
+            out: list[str] = []
+            seq = 0
             try:
-                sub = await client.js.pull_subscribe(
-                    client.topology.completion_subject(approval),
-                    stream=client.topology.completions_stream,
-                )
-                out: list[str] = []
                 while True:
                     try:
-                        msgs = await sub.fetch(20, timeout=1)
-                    except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either
+                        msg = await client.js.get_msg(
+                            stream, seq=seq + 1, subject=subject, next=True
+                        )
+                    except NotFoundError:
                         return out
-                    for msg in msgs:
-                        event = json.loads(msg.data)
-                        if event.get("type") == "io.editflow.completion.v1":
-                            out.append(event["data"]["status"])
+                    seq = msg.seq
+                    event = json.loads(msg.data)
+                    if event.get("type") == "io.editflow.completion.v1":
+                        out.append(event["data"]["status"])
             finally:
                 await client.close()
 
