@@ -35,6 +35,15 @@ topped up level by level, a fresh operator's RSS at rest for each
 (``controlplane/rss.py``); it writes ``control_plane-rss-<utc>.json``.
 
 Prints tables and writes ``benchmarks/results/control_plane-<utc>.json``.
+
+``--mode warm`` (the default, as the product's default mode) runs
+``controlplane/warmrun.py`` instead: per level (0 and 10,000 finished EditJobs) the
+operator in warm mode with stub warm workers (``controlplane/stub_warm_worker.py``:
+the real worker's loop, unsealing and S3 write, no model), then the warm platform
+floor (``controlplane/warmfloor.py``) on the same platform; event → EditJob, event →
+handed out and worker result → completion (p50/p99/max), and at the first level the
+operator's apiserver writes per successful edit by kind, through the counting proxy.
+It writes ``control_plane-warm-<utc>.json``. ``--mode job`` is the run described above.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from controlplane import keda, report
+from controlplane import keda, report, warmreport, warmrun
 from controlplane.background import create_finished
 from controlplane.floor import FloorDriver, admit_steady
 from controlplane.load import PublishReport, publish_steady
@@ -104,6 +113,7 @@ class Plan:
     rss_only: bool = False
     rss_hold_seconds: float = 10.0
     floor: bool = False
+    mode: str = "warm"
 
 
 def _numbers(text: str, kind: Callable[[str], Any]) -> tuple[Any, ...]:
@@ -115,6 +125,13 @@ def _numbers(text: str, kind: Callable[[str], Any]) -> tuple[Any, ...]:
 
 def parse_plan(argv: list[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--mode",
+        choices=("warm", "job"),
+        default="warm",
+        help="warm (the default mode: a pool of warm workers, controlplane/warmrun.py) or "
+        "job (one Job per attempt, with the KEDA peer and --platform-floor)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -189,10 +206,16 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         "requests per event) on the same schedule; the platform's lower bound",
     )
     args = parser.parse_args(argv)  # fmt: skip
-    quick = args.quick
+    quick, warm = args.quick, args.mode == "warm"
+    if warm:  # each level runs the operator and the warm floor, so fewer levels and rates
+        backgrounds = (0,) if quick else (0, 10_000)
+        rates: tuple[float, ...] = (50.0,) if quick else (10.0, 50.0)
+    else:
+        backgrounds = (0, 1000) if quick else (0, 1000, 10_000)
+        rates = (10.0, 50.0) if quick else (10.0, 25.0, 50.0, 75.0)
     plan = Plan(
-        backgrounds=args.background or ((0, 1000) if quick else (0, 1000, 10_000)),
-        rates=args.rates or ((10.0, 50.0) if quick else (10.0, 25.0, 50.0, 75.0)),
+        backgrounds=args.background or backgrounds,
+        rates=args.rates or rates,
         goal_rate=args.goal_rate,
         goal_background=args.goal_background,
         goal_seconds=args.duration or (10.0 if quick else 60.0),
@@ -208,6 +231,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         rss_only=args.rss_only,
         rss_hold_seconds=args.rss_hold,
         floor=args.floor,
+        mode=args.mode,
     )
     for name, values in (("--background", plan.backgrounds), ("--rates", plan.rates)):
         if not values or min(values) < 0 or (name == "--rates" and min(values) <= 0):
@@ -765,10 +789,70 @@ def main_rss(plan: Plan) -> int:
     return 1 if result.get("errors") else 0
 
 
+async def run_warm(plan: Plan) -> dict[str, Any]:
+    """Warm mode: each level's operator phase, then its warm floor, on one platform.
+
+    The operator's apiserver writes are counted (through the counting proxy) at the
+    first level only, so the goal level's latencies carry no proxy in the path.
+    """
+    result: dict[str, Any] = {
+        "benchmark": "control_plane_warm",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": asdict(plan),
+        "levels": [],
+    }
+
+    def say(what: str) -> None:  # a line each, not a transient status: a run is minutes long
+        console.print(f"{datetime.now(UTC):%H:%M:%S} {what}")
+
+    with timed(result):
+        for index, background in enumerate(plan.backgrounds):
+            try:
+                level = await warmrun.run_warm_level(
+                    background, plan, count_writes=index == 0, say=say
+                )
+                result["levels"].append(level)
+                console.print(warmreport.steps_table([level]))
+                write_json(plan, "control_plane-warm-partial", result)  # kept if cut short
+            except Exception as exc:  # keep what was measured; say what broke
+                console.print_exception()
+                result.setdefault("errors", []).append(f"warm level {background}: {exc!r}")
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["goals"] = warmreport.goals(result["levels"], plan.goal_rate, plan.goal_background)
+    return result
+
+
+def main_warm(plan: Plan) -> int:
+    if plan.keda:
+        console.print(
+            "[yellow]warm mode runs no KEDA phase yet: use --mode job for the peer[/yellow]"
+        )
+    result = asyncio.run(run_warm(plan))
+    warmreport.print_all(console, result)
+    for error in result.get("errors", []):
+        console.print(f"[red]not measured:[/red] {error}")
+    path = write_json(plan, "control_plane-warm", result)
+    (plan.out / "control_plane-warm-partial.json").unlink(missing_ok=True)
+    console.print(f"wall {result['wall_seconds']:.0f} s; wrote {path}")
+    return 1 if result.get("errors") else 0
+
+
+def write_json(plan: Plan, kind: str, result: dict[str, Any]) -> Path:
+    """``<out>/<kind>-<utc>.json`` (``<kind>.json`` for the partial file, overwritten)."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    stamp = "" if kind.endswith("partial") else f"-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    path = plan.out / f"{kind}{stamp}.json"
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     plan = parse_plan(argv)
     if plan.rss_only:
         return main_rss(plan)
+    if plan.mode == "warm" and not plan.floor:
+        return main_warm(plan)
     result = asyncio.run(run(plan))
     if plan.floor:
         console.print(report.floor_table(result["levels"]))

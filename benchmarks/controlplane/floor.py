@@ -125,21 +125,30 @@ class FloorDriver:
             )
             resp.raise_for_status()
             created = resp.json()
-            manifest = job_manifest(created, 1, self.settings)
-            resp = await self.http.post(
-                f"/apis/batch/v1/namespaces/{self.namespace}/jobs", json=manifest
-            )
-            resp.raise_for_status()
             self.open[event_id] = created
+            await self.start_attempt(created)
         except Exception as exc:  # kept for the report, and counted by the schedule
             self.errors.append(repr(exc)[:300])
             raise
 
+    async def start_attempt(self, editjob: dict[str, Any]) -> None:
+        """Job mode: the attempt's Job, exactly as the operator builds it."""
+        manifest = job_manifest(editjob, 1, self.settings)
+        resp = await self.http.post(
+            f"/apis/batch/v1/namespaces/{self.namespace}/jobs", json=manifest
+        )
+        resp.raise_for_status()
+
+    def finished(self) -> dict[str, float]:
+        """The stage after which an attempt is closed (Job mode: the Job's end)."""
+        return self.timeline.job_finished
+
     async def _close_finished(self) -> None:
-        """Each Job that finished: one status write and the completion, as the operator's."""
+        """Each attempt that finished: one status write and the completion, as the operator's."""
         pending: set[asyncio.Task[None]] = set()
         while True:
-            for event_id in [e for e in self.open if e in self.timeline.job_finished]:
+            done = self.finished()
+            for event_id in [e for e in self.open if e in done]:
                 editjob = self.open.pop(event_id)
                 task = asyncio.create_task(self._close(event_id, editjob))
                 pending.add(task)

@@ -3,9 +3,10 @@
 What differs from local mode (``editflow.devstack.localmode``), and why:
 
 * the process kubelet maps the benchmark's stub image to
-  :mod:`controlplane.stub_worker` (and the peer's consumer image to the
-  project's Python) through an explicit host-command image mapping, and
-  advertises enough GPUs, CPU and Pod slots that a Job never waits for the
+  :mod:`controlplane.stub_worker` (``worker run``, Job mode) or
+  :mod:`controlplane.stub_warm_worker` (``worker serve``, warm mode), and the
+  peer's consumer image to the project's Python, through an explicit host-command
+  image mapping, and advertises enough GPUs, CPU and Pod slots that a Job never waits for the
   node: the benchmark times the control plane, not a full node;
 * the namespace cap is set out of the way for the same reason;
 * finished Jobs are kept for minutes (the operator reads the termination
@@ -50,9 +51,14 @@ def write_stub_launcher(directory: Path) -> Path:
     """``<directory>/editflow``: what the stub image's ``editflow`` command resolves to."""
     directory.mkdir(parents=True, exist_ok=True)
     launcher = directory / "editflow"
-    # -S: no site-packages (the stub needs only the standard library), so it starts in ms.
+    # Job mode, -S: no site-packages (the stub needs only the standard library), so it starts
+    # in ms. Warm mode (``worker serve``): the real worker's loop, so the project's packages.
     launcher.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" -S -E "{HERE / "stub_worker.py"}" "$@"\n'
+        "#!/bin/sh\n"
+        'if [ "$1 $2" = "worker serve" ]; then\n'
+        f'  exec "{sys.executable}" "{HERE / "stub_warm_worker.py"}" "$@"\n'
+        "fi\n"
+        f'exec "{sys.executable}" -S -E "{HERE / "stub_worker.py"}" "$@"\n'
     )
     launcher.chmod(0o755)
     return directory

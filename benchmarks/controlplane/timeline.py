@@ -26,6 +26,10 @@ class Timeline:
     #: The first sign of the end on the Job (succeeded count, SuccessCriteriaMet), earlier.
     job_ending: dict[str, float] = field(default_factory=dict)
     completion: dict[str, float] = field(default_factory=dict)
+    #: Warm mode: the attempt's work message published (seen on the work subject).
+    handed: dict[str, float] = field(default_factory=dict)
+    #: Warm mode: the worker's result published (seen on the results subject).
+    worker_result: dict[str, float] = field(default_factory=dict)
     completion_status: dict[str, str] = field(default_factory=dict)
     #: Jobs of the peer (KEDA) name no event: Job name -> ADDED time, per ScaledJob.
     peer_jobs: dict[str, dict[str, float]] = field(default_factory=dict)

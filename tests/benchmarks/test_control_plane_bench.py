@@ -89,8 +89,8 @@ def _one_level_run(tmp_path: Path, *args: str, timeout: int) -> tuple[dict, dict
 @pytest.mark.platform
 def test_a_tiny_run_accounts_for_every_event(tmp_path):
     level, step = _one_level_run(
-        tmp_path, "--background", "20", "--rates", "2", "--goal-rate", "2", "--duration", "3",
-        "--drain", "180", "--no-keda", timeout=540,
+        tmp_path, "--mode", "job", "--background", "20", "--rates", "2", "--goal-rate", "2",
+        "--duration", "3", "--drain", "180", "--no-keda", timeout=540,
     )  # fmt: skip
     assert list(tmp_path.glob("control_plane-2*.json"))
     assert level["background"] == 20 and step["present_at_start"] == 20
