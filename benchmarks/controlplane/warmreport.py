@@ -50,17 +50,22 @@ def steps_table(levels: list[dict[str, Any]]) -> Table:
 def writes_table(levels: list[dict[str, Any]]) -> Table | None:
     """The operator's apiserver writes per successful edit, by kind, per counted step."""
     counted = [
-        (level["background"], step)
+        (f"{level['background']:,} EJ, {step['rate']:g}/s", step)
         for level in levels
         for step in (level.get("operator") or {}).get("steps", [])
         if "writes" in step
+    ]
+    counted += [
+        (f"{level['background']:,} EJ, whole phase", level["operator"])
+        for level in levels
+        if "writes" in (level.get("operator") or {})
     ]
     if not counted:
         return None
     table = Table(title="operator apiserver writes per successful warm edit (counting proxy)")
     table.add_column("kind")
-    for background, step in counted:
-        table.add_column(f"{background:,} EJ, {step['rate']:g}/s", justify="right")
+    for title, _ in counted:
+        table.add_column(title, justify="right")
     for kind in KINDS:
         table.add_row(kind, *(f"{step['writes']['per_edit'][kind]:.2f}" for _, step in counted))
     table.add_row("all writes", *(f"{step['writes']['all_per_edit']:.2f}" for _, step in counted))

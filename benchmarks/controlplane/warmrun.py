@@ -193,6 +193,7 @@ async def operator_phase(
         prefix = client.settings.events.completion_subject_prefix
         subs = [await subscribe_completions(client.nc, prefix, timeline)]
         subs += await subscribe_warm_stages(client.nc, NAMESPACE, timeline)
+        began = time.monotonic()
         try:
             say(f"warm-up: {WARMUP_RATE:g}/s for {WARMUP_SECONDS:g} s (the pool comes up)")
             warm = await publish_steady(
@@ -208,6 +209,12 @@ async def operator_phase(
                 step = await operator_step(client, timeline, meter, proxy, plan, background, rate)
                 phase["steps"].append(step)
                 say(f"  lost {step['lost']}, sustained {step['sustained']}")
+            if proxy is not None:  # every edit of the phase, each given time to finish
+                await drain(timeline, tuple(timeline.published), plan.drain_seconds)
+                await asyncio.sleep(2)
+                done = Counter(timeline.completion_status.values())
+                requests = [r for r in proxy.since(began) if not r.watch]
+                phase["writes"] = per_edit(requests, done.get("success", 0))
         finally:
             for sub in subs:
                 await sub.unsubscribe()
