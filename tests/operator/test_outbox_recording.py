@@ -49,21 +49,7 @@ async def test_a_delivery_the_editjob_did_not_record_is_recorded_later_and_sent_
     bus = Bus(stack, _settings(stack, namespace))
     await bus.open(kube_class=RestartingApiserver)
     try:
-        body = editjob_from_approval(
-            approval(), namespace=namespace, bucket="editflow", default_model="longcat-image-edit"
-        )
-        created = await bus.kube.create(editjob_path(namespace), body)
-        name = created["metadata"]["name"]
-        editjob = await bus.kube.patch(
-            editjob_path(namespace, name) + "/status",
-            {"status": {"phase": "Failed", "message": "refused", "attempts": 0,
-                        "finishedAt": "2026-12-07T00:00:00Z", "errorCode": "invalid_input"}},
-        )  # fmt: skip
-        op = bus.settings.operator
-        outbox = Outbox(op, bus.kube, store=Store(), now=lambda: datetime.now(UTC))
-        deliverer = Deliverer(op, bus.kube, outbox, nats=bus.nc, topology=bus.topology)
-        await outbox.publish_outcome(editjob, review=False)
-        (item,) = outbox.store.items.values()
+        name, outbox, deliverer, item = await _failed_edit_in_the_outbox(bus, namespace)
 
         RestartingApiserver.failures = 1
         with pytest.raises(KubeAPIError):
@@ -110,22 +96,9 @@ async def test_a_webhook_is_posted_once_per_delivery_then_given_up_and_recorded(
     bus = Bus(stack, settings)
     await bus.open()
     try:
-        body = editjob_from_approval(
-            approval(), namespace=namespace, bucket="editflow", default_model="longcat-image-edit"
+        name, outbox, deliverer, item = await _failed_edit_in_the_outbox(
+            bus, namespace, callback={"webhookUrl": url}
         )
-        body["spec"]["callback"] = {"webhookUrl": url}
-        created = await bus.kube.create(editjob_path(namespace), body)
-        name = created["metadata"]["name"]
-        editjob = await bus.kube.patch(
-            editjob_path(namespace, name) + "/status",
-            {"status": {"phase": "Failed", "message": "refused", "attempts": 0,
-                        "finishedAt": "2026-12-07T00:00:00Z", "errorCode": "invalid_input"}},
-        )  # fmt: skip
-        op = bus.settings.operator
-        outbox = Outbox(op, bus.kube, store=Store(), now=lambda: datetime.now(UTC))
-        deliverer = Deliverer(op, bus.kube, outbox, nats=bus.nc, topology=bus.topology)
-        await outbox.publish_outcome(editjob, review=False)
-        (item,) = outbox.store.items.values()
 
         await deliverer.deliver(item)
         assert len(seen) == 1  # one POST, not an in-memory burst
@@ -140,3 +113,27 @@ async def test_a_webhook_is_posted_once_per_delivery_then_given_up_and_recorded(
         assert recorded["status"]["completionPublishedAt"]
     finally:
         await bus.close()
+
+
+async def _failed_edit_in_the_outbox(
+    bus: Bus, namespace: str, callback: dict[str, str] | None = None
+) -> tuple[str, Outbox, Deliverer, dict[str, Any]]:
+    """A refused edit's outcome, durable in the outbox and not delivered yet."""
+    body = editjob_from_approval(
+        approval(), namespace=namespace, bucket="editflow", default_model="longcat-image-edit"
+    )
+    if callback:
+        body["spec"]["callback"] = callback
+    created = await bus.kube.create(editjob_path(namespace), body)
+    name = created["metadata"]["name"]
+    editjob = await bus.kube.patch(
+        editjob_path(namespace, name) + "/status",
+        {"status": {"phase": "Failed", "message": "refused", "attempts": 0,
+                    "finishedAt": "2026-12-07T00:00:00Z", "errorCode": "invalid_input"}},
+    )  # fmt: skip
+    op = bus.settings.operator
+    outbox = Outbox(op, bus.kube, store=Store(), now=lambda: datetime.now(UTC))
+    deliverer = Deliverer(op, bus.kube, outbox, nats=bus.nc, topology=bus.topology)
+    await outbox.publish_outcome(editjob, review=False)
+    (item,) = outbox.store.items.values()
+    return name, outbox, deliverer, item

@@ -75,11 +75,16 @@ def export(
     start = since_time(since)
     records = run(_records(nats_url, start, progress=output is not None))
     lines = "".join(record.model_dump_json() + "\n" for record in records)
+    write_lines(lines, output, f"{len(records)} audit records since {start:%Y-%m-%d %H:%M}")
+
+
+def write_lines(lines: str, output: Path | None, what: str) -> None:
+    """JSON Lines to stdout, or to ``output`` with one line saying what was written."""
     if output is None:
         sys.stdout.write(lines)
     else:
-        output.write_text(lines)
-        console.print(f"wrote {len(records)} audit records since {start:%Y-%m-%d %H:%M}: {output}")
+        output.write_text(lines, encoding="utf-8")
+        console.print(f"wrote {what}: {output}")
 
 
 @usage.command("report")

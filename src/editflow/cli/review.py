@@ -10,14 +10,13 @@ one a designer would have used, which template owners turn into better templates
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from editflow.cli.audit import SINCE, _records, since_time
-from editflow.cli.events import NATS_URL, console, run
+from editflow.cli.audit import SINCE, _records, since_time, write_lines
+from editflow.cli.events import NATS_URL, run
 from editflow.events.audit import AuditRecord
 
 review = typer.Typer(help="The designer's desk: what reviewers found.", no_args_is_help=True)
@@ -64,8 +63,4 @@ def export(
     records = run(_records(nats_url, start, progress=output is not None))
     lessons = [found for record in records if (found := lesson(record)) is not None]
     lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in lessons)
-    if output is None:
-        sys.stdout.write(lines)
-    else:
-        output.write_text(lines, encoding="utf-8")
-        console.print(f"wrote {len(lessons)} review lessons since {start:%Y-%m-%d %H:%M}: {output}")
+    write_lines(lines, output, f"{len(lessons)} review lessons since {start:%Y-%m-%d %H:%M}")
