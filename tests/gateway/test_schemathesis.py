@@ -76,5 +76,5 @@ def test_api_conforms_to_its_openapi_document(schema_gateway) -> None:
             check()
         except (Exception, BaseExceptionGroup) as exc:
             failures.append(f"{operation.label}: {exc}")
-    assert operations == 12  # POST /v1/edits/{id}/select included
+    assert operations == 19  # POST /v1/edits/{id}/select and the desk's seven included
     assert not failures, "\n\n".join(failures)
