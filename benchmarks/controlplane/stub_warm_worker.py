@@ -84,7 +84,12 @@ def answer(
         result = failure(request, raw, exc, exc)
     result.worker = worker
     result.token = token
-    store_result(result, request, settings)
+    try:
+        store_result(result, request, settings)
+    except Exception as exc:  # as execute: the contract still needs a result
+        log.exception("stub result not stored")
+        result = failure(request, raw, None, exc)
+        result.worker, result.token = worker, token
     log.info("stub answered %s %s received=%.4f", result.edit_id, result.status, received)
     return result, 0
 
