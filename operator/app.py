@@ -8,13 +8,17 @@ workers, the approval bridge, deliveries) starts inside kopf's startup
 handler, so nothing runs on a standby. A leader that cannot renew its Lease
 stops its work and exits, and restarts as a standby.
 
-kopf supplies the login, the deletion finalizer (deleting an EditJob cancels
-it and reports ``cancelled``), the liveness endpoint and its probes. Reads
-come from :class:`~editflow.operator.caches.ClusterCache` (one paginated list
-per kind, then watches): the liveness probe fails when those watches have
-been silent for ``liveness_stale_seconds``, when the caches never synced, or
-when NATS has been unreachable that long. The operator never touches running
-Jobs on start or stop, so a restart or an upgrade never kills an edit.
+kopf is the operator's framework for what it is for here: the login, the
+operator's life (startup and cleanup handlers, run only on the leader), and the
+liveness endpoint with its probes. It watches nothing: every kind has one watch,
+the informers' (:class:`~editflow.operator.caches.ClusterCache`, one paginated
+list per kind, then a watch), and the reconciler owns the EditJob finalizer and
+the deletion path (deleting an EditJob cancels it and reports ``cancelled``,
+through the same branch of ``decide()`` as the cancel annotation). The liveness
+probe fails when those watches have been silent for ``liveness_stale_seconds``,
+when the caches never synced, or when NATS has been unreachable that long. The
+operator never touches running Jobs on start or stop, so a restart or an upgrade
+never kills an edit.
 """
 
 from __future__ import annotations
@@ -40,20 +44,20 @@ from editflow.events.ledger import ApprovalLedger
 from editflow.operator import metrics
 from editflow.operator.bridge import run_bridge
 from editflow.operator.caches import ClusterCache
-from editflow.operator.crd import GROUP, PLURAL, VERSION
 from editflow.operator.credentials import AttemptCredentialMinter
+from editflow.operator.delivery import EditJobDelivery, OutcomeSender
 from editflow.operator.desk import DeskPublisher, cached_log_lines
 from editflow.operator.dispatch import JobDispatcher
 from editflow.operator.health import serve_standby_health
 from editflow.operator.kube import AsyncKube, auth_headers, load_configuration
 from editflow.operator.leader import LeaderElector, LeadershipLost, lease_config
 from editflow.operator.lifecycle import ensure_expiry
-from editflow.operator.names import FINALIZER
 from editflow.operator.outbox import Deliverer, Outbox
 from editflow.operator.poolkeys import PoolKeys
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.reconciler import Reconciler
 from editflow.operator.s3users import provision_weights_reader
+from editflow.operator.statuswriter import StatusWriter
 from editflow.operator.warmpool import WarmDispatcher
 
 log = logging.getLogger("editflow.operator")
@@ -78,53 +82,10 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     )
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """kopf keeps no last-handled copy of each EditJob.
-
-    The operator registers no create/update handlers (only the deletion
-    finalizer), so kopf never needs a diff: its default annotation would cost
-    one PATCH per EditJob and a copy of every spec in every object.
-    """
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        return None
-
-
-#: Objects per page of kopf's own first list of EditJobs (kopf's default: all in one).
-KOPF_LIST_CHUNK = 500
-
-#: Seconds an idle kopf per-object worker lives on (kopf's default: 5).
-KOPF_WORKER_IDLE_SECONDS = 0.5
-
-
-def tune_kopf(settings: kopf.OperatorSettings, *, watch_timeout_seconds: int) -> None:
-    """kopf's settings for this operator: watches, finalizer, no diff-base, memory.
-
-    kopf watches every EditJob for its deletion finalizer, so its first list
-    holds as many whole EditJobs (~15 KB each decoded) as it keeps alive at
-    once, and CPython keeps that high-water mark as RSS. Two of its defaults
-    made that every EditJob (measured at 10,000 finished ones): the list came
-    as one response (``watching.chunk_size`` ``None``), and each object's
-    worker keeps its last raw event referenced while it idles for
-    ``queueing.idle_timeout`` (5 s, longer than the whole list takes). Pages of
-    :data:`KOPF_LIST_CHUNK` and workers that exit after
-    :data:`KOPF_WORKER_IDLE_SECONDS` bound it to a page plus half a second of
-    events. An EditJob has a handful of events over its life, so a worker that
-    exits early costs one task respawn on the next event; kopf still waits out
-    its own consistency window (``persistence.consistency_timeout``) first.
-    """
-    settings.watching.server_timeout = watch_timeout_seconds
-    settings.watching.client_timeout = watch_timeout_seconds + 15
-    settings.watching.connect_timeout = 10
-    settings.watching.reconnect_backoff = 1.0
-    settings.watching.chunk_size = KOPF_LIST_CHUNK
-    settings.queueing.idle_timeout = KOPF_WORKER_IDLE_SECONDS
+def tune_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf watches no resource here, so only what it posts matters: its own log lines
+    are not turned into Kubernetes Events (the reconciler posts the ones that tell a story)."""
     settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.diffbase_storage = NoDiffBase()
 
 
 def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str, Any]]:
@@ -142,16 +103,12 @@ def build_registry(settings: Settings) -> tuple[kopf.OperatorRegistry, dict[str,
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        tune_kopf(settings, watch_timeout_seconds=op.watch_timeout_seconds)
+        tune_kopf(settings)
         await start_work(state, namespaces)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await stop_work(state)
-
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-    async def editjob_deleted(body: Any, **_: Any) -> None:
-        await state["reconciler"].on_deleted(dict(body))
 
     @kopf.on.probe(id="caches", registry=registry)
     async def caches_probe(**_: Any) -> dict[str, Any]:
@@ -197,6 +154,7 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
     cache = ClusterCache(kube, namespaces, watch_timeout=op.watch_timeout_seconds, warm_pools=warm)
     outbox = Outbox(op, kube, store=cache.outcomes, now=_utcnow)
     deliverer = Deliverer(op, kube, outbox, nats=nc, topology=topo, ledger=ledger)
+    progress = ProgressPublisher(nc.jetstream(), topo)
     dispatcher: JobDispatcher | WarmDispatcher
     if warm:
         if not op.warm_nats_url:
@@ -228,6 +186,13 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         storage=settings.events.storage,
         replicas=settings.events.replicas,
     )
+    writer = StatusWriter(kube, cache, progress=progress, desk=desk)
+    delivery = EditJobDelivery(
+        op,
+        OutcomeSender(op, nats=nc, topology=topo, now=_utcnow),
+        write=writer.write,
+        ledger=ledger,
+    )
     reconciler = Reconciler(
         settings,
         kube,
@@ -235,7 +200,9 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         dispatcher=dispatcher,
         outbox=outbox,
         s3=s3,
-        progress=ProgressPublisher(nc.jetstream(), topo),
+        writer=writer,
+        delivery=delivery,
+        progress=progress,
         desk=desk,
     )
     state.update(kube=kube, nats=nc, topology=topo, cache=cache, reconciler=reconciler)

@@ -14,8 +14,8 @@ small (~1 KB per slim EditJob in this cache, ~0.8 KB of kopf's own memory per
 object), but a whole EditJob decoded from JSON is ~15 KB, and CPython keeps
 the memory of its high-water mark (an arena is returned only once every
 object in it is gone). So what decides the RSS is how many whole objects are
-alive *at once* during the first list: one page here (``Informer.relist``),
-one page and the last half second's worth in kopf (``app.tune_kopf``), then
+alive *at once* during the first list: one page here (``Informer.relist``;
+kopf watches no resource, issue 21 item 3), then
 :func:`release_freed_memory` after the sync: 434 MB before, 146 MB after
 (``benchmarks/control_plane.py --rss-only``; 125 -> 119 MB at 1,000).
 """
@@ -34,7 +34,7 @@ from editflow.operator.crd import GROUP, editjob_path, editoutcome_path
 from editflow.operator.informer import JSON, Informer, Key, Store, strip_noise
 from editflow.operator.kube import AsyncKube
 from editflow.operator.names import LABEL_EDITJOB, LABEL_POOL, MANAGED_BY
-from editflow.operator.phases import FINAL_PHASES
+from editflow.operator.phases import FINAL_PHASES, delivered
 
 SLIM_MARK = f"{GROUP}/slim"
 
@@ -51,7 +51,7 @@ def pod_path(namespace: str) -> str:
 def is_settled(editjob: JSON) -> bool:
     """Finished and its completion recorded: nothing left to do but expire."""
     status = editjob.get("status") or {}
-    return status.get("phase") in FINAL_PHASES and bool(status.get("completionEventId"))
+    return status.get("phase") in FINAL_PHASES and delivered(status)
 
 
 def project_editjob(obj: JSON) -> JSON:
@@ -64,7 +64,15 @@ def project_editjob(obj: JSON) -> JSON:
     return {
         "metadata": {
             k: meta[k]
-            for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+            # finalizers: the reconciler releases its own when a settled EditJob is deleted.
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "resourceVersion",
+                "deletionTimestamp",
+                "finalizers",
+            )
             if k in meta
         }
         | {"annotations": {k: v for k, v in annotations.items() if k.startswith(f"{GROUP}/")}}
@@ -75,6 +83,8 @@ def project_editjob(obj: JSON) -> JSON:
                 "phase",
                 "finishedAt",
                 "completionEventId",
+                "completionPublishedAt",
+                "callbackDelivery",
                 "jobName",
                 # What decides a desk lane (operator/desk.lane_of), so that a ticket missing
                 # from the read model at start is found without reading every EditJob whole.

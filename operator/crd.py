@@ -225,7 +225,18 @@ STATUS = _obj(
         },
         "errorCode": _s("Stable error code of the last failure."),
         "completionEventId": _s(
-            "Id of the outcome's completion event, recorded once it is in the outbox."
+            "Id of the outcome's completion event, written with the final phase (the outcome "
+            "to deliver)."
+        ),
+        "delivery": _obj(
+            "The outcome's delivery while a webhook waits for its next try (gone once done).",
+            {
+                "delivered": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
+                "gaveUp": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
+                "attempts": _i("Webhook attempts so far."),
+                "nextAttemptAt": _s("When the webhook is tried again.", format="date-time"),
+                "lastError": _s("Why the last attempt failed.", maxLength=500),
+            },
         ),
         "completionPublishedAt": _s(
             "When the completion event reached the completions stream.", format="date-time"

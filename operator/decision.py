@@ -43,5 +43,8 @@ class Decision:
     publish_completion: bool = False
     publish_review: bool = False
     delete_editjob: bool = False
+    #: The EditJob is being deleted and final: hand an undelivered outcome to the outbox,
+    #: then remove the operator's finalizer.
+    release_finalizer: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None

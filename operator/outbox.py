@@ -1,25 +1,23 @@
-"""Where outcomes go until they are delivered: a durable outbox in the apiserver.
+"""Where an outcome goes when its EditJob cannot carry it: a durable outbox in the apiserver.
 
-The reconciler decides *that* an EditJob's outcome must be delivered; the
-:class:`Outbox` makes that durable before anything is sent: one small
-``EditOutcome`` object per outcome (not one per namespace, which would be a
-hot spot at 50 events/s) holding the completion CloudEvent, the review
-request, the OA callbacks and any alert. Writing it needs only the apiserver,
-so a final phase is recorded, and a deleted EditJob lets go of its finalizer,
-while NATS is down; the outcome still arrives.
+An outcome is delivered from its EditJob (:mod:`.delivery`, issue 21 item 2). Two things
+cannot be: the outcome of an EditJob deleted before its delivery was recorded (the
+finalizer is released once the outcome is here), and an alert (a page to a person about an
+edit, brief §5). Each becomes one small ``EditOutcome`` object (not one per namespace,
+which would be a hot spot), written with the apiserver alone, so a deletion completes and
+an alert is kept while NATS is down. Only the operator's ServiceAccount may create them.
 
-A :class:`Deliverer` (one loop on the leader, fed by a watch of the
-EditOutcomes) sends each part: the completion to JetStream with its stable id
-as ``Nats-Msg-Id`` (a repeat inside the duplicate window is dropped), the
-review request, the NATS callback subject, then the signed HTTPS webhook and
-alert with exponential backoff, the attempt count and next attempt kept in
-the object's status so retries survive operator restarts. Once every part
-was delivered (or a webhook gave up or expired) the object is removed and the
-EditJob's status says so (``completionPublishedAt``, ``callbackDelivery``).
+A :class:`Deliverer` (one loop on the leader, fed by a watch of the EditOutcomes) sends each
+part with the same :class:`~editflow.operator.delivery.OutcomeSender` as the EditJob path:
+the completion to JetStream with its stable id as ``Nats-Msg-Id``, the review request, the
+NATS callback subject, then the signed HTTPS webhook and alert with exponential backoff, the
+attempt count and next attempt kept in the object's status so retries survive operator
+restarts. Once every part was delivered (or a webhook gave up or expired) the object is
+removed.
 
-Delivery is at least once: a crash between sending a part and recording it
-sends it again with the same id (JetStream and webhook receivers drop it by
-``Nats-Msg-Id`` / ``Idempotency-Key``).
+Delivery is at least once: a crash between sending a part and recording it sends it again
+with the same id (JetStream and webhook receivers drop it by ``Nats-Msg-Id`` /
+``Idempotency-Key``).
 """
 
 from __future__ import annotations
@@ -30,60 +28,41 @@ import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings
-from editflow.core.urlguard import redacted
-from editflow.events.audit import AuditRecord, publish_audit
-from editflow.events.binding import encode
-from editflow.events.callback_subjects import CallbackSubjects
-from editflow.events.models import (
-    CompletionEvent,
-    ReviewEvent,
-)
-from editflow.events.outcomes import (
-    publish_completion,
-    publish_review,
-)
+from editflow.events.models import CompletionEvent
 from editflow.events.topology import Topology
 from editflow.operator import metrics
-from editflow.operator.callbacks import deliver_callback, webhook_refusal
 from editflow.operator.crd import (
     GROUP,
     OUTCOME_KIND,
     VERSION,
-    editjob_path,
     editoutcome_path,
 )
 from editflow.operator.decision import Decision
+from editflow.operator.delivery import (
+    NATS_PARTS,
+    FinishedLedger,
+    OutcomeSender,
+    all_sent,
+    note_finished,
+    parts_present,
+)
 from editflow.operator.informer import Key, Store
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY
-from editflow.operator.outcomes import (
-    alert_if_needed_body,
-    audit_for,
-    completion_for,
-    review_for,
-    wire_body,
-)
+from editflow.operator.outcomes import alert_if_needed_body, outcome_parts
 
 log = logging.getLogger("editflow.operator.outbox")
-
-NATS_PARTS = ("completion", "review", "audit", "subject")
 
 
 def outcome_name(key: str) -> str:
     """A valid object name for an outcome id (ids hold ':' and may be long)."""
     return "eo-" + hashlib.sha256(key.encode()).hexdigest()[:40]
-
-
-class FinishedLedger(Protocol):
-    """The part of the approval ledger the outbox writes to."""
-
-    async def record_finished(self, event_id: str, *, outcome: str) -> Any: ...
 
 
 def outcome_object(
@@ -140,42 +119,17 @@ class Outbox:
                 raise
         self.written.set()
 
-    async def publish_outcome(self, editjob: JSON, *, review: bool) -> JSON | None:
-        """Make the outcome durable, then record its id on the EditJob (None if it is gone)."""
-        meta, spec = editjob["metadata"], editjob["spec"]
-        event = completion_for(editjob)
-        callback = spec.get("callback") or {}
-        parts: dict[str, Any] = {
-            "approvalEventId": event.data.approval_event_id,
-            "completion": event.model_dump_json(),
-            "audit": audit_for(editjob, event).model_dump_json(),
-            "natsSubject": callback.get("natsSubject"),
-            "webhookUrl": callback.get("webhookUrl"),
-        }
-        if review:
-            parts["review"] = review_for(editjob, event).model_dump_json()
-            log.warning(
-                "needs review: %s",
-                (editjob.get("status") or {}).get("message"),
-                extra={
-                    "editjob": f"{meta['namespace']}/{meta['name']}",
-                    "prompt": spec["prompt"],
-                    "image": redacted(spec["source"]["url"])
-                    if spec["source"].get("url")
-                    else spec["source"].get("s3Key"),
-                },
-            )
+    async def hold(self, editjob: JSON, *, review: bool) -> None:
+        """Keep the outcome of an EditJob that is going away until the Deliverer sends it."""
+        meta = editjob["metadata"]
+        parts = outcome_parts(editjob, review=review)
+        event_id = CompletionEvent.model_validate_json(parts["completion"]).id
         expires = self.now() + timedelta(seconds=self.op.outbox_expiry_seconds)
-        await self._write(outcome_object(editjob, outcome_name(event.id), parts, expires=expires))
-        try:
-            return await self.kube.patch(
-                editjob_path(meta["namespace"], meta["name"]) + "/status",
-                {"status": {"completionEventId": event.id, "callbackDelivery": "pending"}},
-            )
-        except KubeAPIError as exc:
-            if exc.status == 404:
-                return None  # deleted meanwhile: the outbox delivers all the same
-            raise
+        await self._write(outcome_object(editjob, outcome_name(event_id), parts, expires=expires))
+        log.info(
+            "outcome kept in the outbox: the EditJob is deleted before it was delivered",
+            extra={"editjob": f"{meta['namespace']}/{meta['name']}"},
+        )
 
     def alert_if_needed(self, editjob: JSON, decision: Decision) -> None:
         """Timeouts, GPU starvation and hand-over to designers page a person (brief §5)."""
@@ -229,6 +183,7 @@ class Deliverer:
         self._slots = asyncio.Semaphore(concurrency)
         self._busy: set[Key] = set()
         self._nats_retry_at = 0.0
+        self.sender = OutcomeSender(op, nats=nats, topology=topology, now=outbox.now)
 
     async def run(self) -> None:
         """Deliver whatever is due, woken by new outcomes and at least every second."""
@@ -263,7 +218,7 @@ class Deliverer:
         done = set(status.get("delivered") or []) | set(status.get("gaveUp") or [])
         return any(
             present and part in NATS_PARTS and part not in done
-            for part, present in self._parts(obj["spec"])
+            for part, present in parts_present(obj["spec"])
         )
 
     async def _deliver_guarded(self, key: Key, obj: JSON) -> None:
@@ -281,16 +236,14 @@ class Deliverer:
         gave_up = list(status.get("gaveUp") or [])
         error = None
         try:
-            await self._send_nats_parts(spec, done, gave_up)
+            await self.sender.send_nats(spec, done, gave_up)
         except Exception as exc:
             # NATS is down or slow: keep the object, try again in a few seconds.
             self._nats_retry_at = asyncio.get_running_loop().time() + 2.0
             error = f"NATS: {exc!r}"[:500]
         if error is None:
-            error = await self._send_http_parts(spec, status, done, gave_up)
-        finished = all(
-            part in done or part in gave_up for part, present in self._parts(spec) if present
-        )
+            error = await self.sender.send_http(spec, status, done, gave_up)
+        finished = all_sent(spec, done, gave_up)
         path = editoutcome_path(meta["namespace"], meta["name"])
         if finished:
             try:
@@ -315,141 +268,14 @@ class Deliverer:
             updated = await self.kube.patch(path + "/status", {"status": status})
             self.store.upsert(updated)
 
-    @staticmethod
-    def _parts(spec: dict[str, Any]) -> list[tuple[str, bool]]:
-        return [
-            ("completion", bool(spec.get("completion"))),
-            ("review", bool(spec.get("review"))),
-            ("audit", bool(spec.get("audit"))),
-            ("subject", bool(spec.get("natsSubject") and spec.get("completion"))),
-            ("webhook", bool(spec.get("webhookUrl") and spec.get("completion"))),
-            ("alert", bool(spec.get("alert"))),
-        ]
-
-    async def _send_nats_parts(
-        self, spec: dict[str, Any], done: list[str], gave_up: list[str]
-    ) -> None:
-        if not (spec.get("completion") or spec.get("review")):
-            return
-        if self.nats is None or not self.nats.is_connected:
-            raise ConnectionError("not connected")
-        js = self.nats.jetstream()
-        event = CompletionEvent.model_validate_json(spec["completion"])
-        if "completion" not in done:
-            ack = await publish_completion(js, self.topology, event)
-            metrics.COMPLETIONS.labels(
-                event.data.status, "true" if ack.duplicate else "false"
-            ).inc()
-            done.append("completion")
-        if spec.get("review") and "review" not in done:
-            await publish_review(js, self.topology, ReviewEvent.model_validate_json(spec["review"]))
-            done.append("review")
-        if spec.get("audit") and "audit" not in done:
-            await publish_audit(js, self.topology, AuditRecord.model_validate_json(spec["audit"]))
-            done.append("audit")
-        subject = spec.get("natsSubject")
-        if subject and "subject" not in done and "subject" not in gave_up:
-            if why := CallbackSubjects.from_settings(self.topology.settings).problem(subject):
-                log.warning("callback subject refused, not published: %s", why,
-                            extra={"editjob": spec.get("editjob")})  # fmt: skip
-                gave_up.append("subject")
-                return
-            wire = encode(event)
-            await self.nats.publish(subject, wire.body, headers=wire.headers)
-            await self.nats.flush(timeout=5)
-            done.append("subject")
-
-    async def _send_http_parts(
-        self,
-        spec: dict[str, Any],
-        status: dict[str, Any],
-        done: list[str],
-        gave_up: list[str],
-    ) -> str | None:
-        """One attempt per pending webhook/alert; backoff state goes into ``status``."""
-        pending = [
-            (part, url, body)
-            for part, url, body in (
-                ("webhook", spec.get("webhookUrl"), spec.get("completion")),
-                ("alert", self.op.alert_webhook_url, spec.get("alert")),
-            )
-            if body and part not in done and part not in gave_up
-        ]
-        if unconfigured := [p for p, url, _ in pending if not url]:
-            gave_up.extend(unconfigured)  # the alert webhook was unset since: nowhere to page
-            pending = [entry for entry in pending if entry[1]]
-        if not pending:
-            return None
-        due = status.get("nextAttemptAt")
-        if due and due > stamp(self.now()):
-            return status.get("lastError")
-        error = None
-        for part, url, body in pending:
-            if refused := await webhook_refusal(url, self.op):
-                gave_up.append(part)  # refused for good: retrying until expiry cannot help
-                metrics.OUTBOX_DELIVERIES.labels(part, "refused").inc()
-                error = f"{part}: {refused}"
-                continue
-            if part == "webhook":
-                event = CompletionEvent.model_validate_json(body)
-                payload, ident = wire_body(event), event.id
-                ctype = "application/cloudevents+json; charset=utf-8"
-            else:
-                payload, ident, ctype = (
-                    body.encode(),
-                    spec.get("editjobUid", ""),
-                    "application/json",
-                )
-            ok = await deliver_callback(url, payload, ident, self.op, content_type=ctype)
-            metrics.OUTBOX_DELIVERIES.labels(part, "delivered" if ok else "failed").inc()
-            if ok:
-                done.append(part)
-            else:
-                error = f"{part}: not accepted by {url}"
-        attempts = int(status.get("attempts") or 0) + 1
-        status["attempts"] = attempts
-        remaining = [p for p, _, _ in pending if p not in done and p not in gave_up]
-        expired = spec.get("expiresAt", "9999") <= stamp(self.now())
-        if remaining and (attempts >= self.op.callback_max_attempts or expired):
-            gave_up.extend(remaining)
-            for part in remaining:
-                metrics.OUTBOX_DELIVERIES.labels(part, "gave_up").inc()
-            log.error("gave up delivering %s after %d attempts", remaining, attempts,
-                      extra={"editjob": spec.get("editjob")})  # fmt: skip
-            status.pop("nextAttemptAt", None)
-        elif remaining:
-            wait = self.op.callback_backoff_seconds * (2 ** (attempts - 1))
-            status["nextAttemptAt"] = stamp(self.now() + timedelta(seconds=wait))
-        return error
-
     async def _finish(self, obj: JSON, done: list[str], gave_up: list[str]) -> None:
+        """Every part is out. Nothing is written on the EditJob: it is gone (the outbox holds
+        only outcomes of deleted EditJobs), and its status has one writer, the reconciler's."""
         spec = obj["spec"]
         if not spec.get("completion"):
-            return  # an alert: nothing to record on the EditJob
-        namespace, name = spec["editjob"].split("/", 1)
-        has_callback = spec.get("webhookUrl")
-        delivery = "gave_up" if "webhook" in gave_up else ("delivered" if has_callback else "none")
-        try:
-            await self.kube.patch(
-                editjob_path(namespace, name) + "/status",
-                {
-                    "status": {
-                        "completionPublishedAt": stamp(self.now()),
-                        "callbackDelivery": delivery,
-                    }
-                },
-            )
-        except KubeAPIError as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing left to record it on
-                raise
+            return  # an alert: nothing more to note
         event = CompletionEvent.model_validate_json(spec["completion"])
-        if self.ledger is not None and not spec["approvalEventId"].startswith("editjob:"):
-            try:
-                await self.ledger.record_finished(
-                    spec["approvalEventId"], outcome=event.data.status
-                )
-            except Exception as exc:  # the ledger is a guard, never a reason to stall
-                log.warning("could not note the approval as finished: %r", exc)
+        await note_finished(self.ledger, spec["approvalEventId"], event)
         log.info(
             "outcome delivered: %s",
             event.data.status,

@@ -85,6 +85,26 @@ def completion_for(editjob: JSON) -> CompletionEvent:
     )
 
 
+def outcome_parts(editjob: JSON, *, review: bool) -> dict[str, Any]:
+    """Everything one outcome delivers, as the outbox's EditOutcome spec holds it: the
+    completion, its audit record, the review request (NeedsReview), and where the OA
+    callbacks go. Delivered from the EditJob itself, or from an EditOutcome once the
+    EditJob is gone (:mod:`.outbox`): the same parts, built here once."""
+    spec = editjob["spec"]
+    event = completion_for(editjob)
+    callback = spec.get("callback") or {}
+    parts: dict[str, Any] = {
+        "approvalEventId": event.data.approval_event_id,
+        "completion": event.model_dump_json(),
+        "audit": audit_for(editjob, event).model_dump_json(),
+        "natsSubject": callback.get("natsSubject"),
+        "webhookUrl": callback.get("webhookUrl"),
+    }
+    if review:
+        parts["review"] = review_for(editjob, event).model_dump_json()
+    return parts
+
+
 def _quality(recorded: JSON | None) -> QualityGate | None:
     """The gate's status (camelCase) as the completion's ``quality``; None if it never ran."""
     if not recorded or "verdict" not in recorded:

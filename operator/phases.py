@@ -23,3 +23,17 @@ def gpu_seconds(status: dict[str, Any]) -> float:
     if status.get("gpuSeconds") is not None:
         return float(status["gpuSeconds"])
     return float(status.get("costSeconds") or 0.0)
+
+
+def delivered(status: dict[str, Any]) -> bool:
+    """The final outcome in ``status`` reached OA: published, and recorded after publishing.
+
+    ``completionEventId`` is written with the final phase (the outcome to deliver), and
+    ``completionPublishedAt`` in the one write after the delivery (BRIEF §3);
+    ``callbackDelivery`` stays ``pending`` while a webhook waits for its next try.
+    """
+    return bool(
+        status.get("completionEventId")
+        and status.get("completionPublishedAt")
+        and status.get("callbackDelivery") != "pending"
+    )

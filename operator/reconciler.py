@@ -12,10 +12,22 @@ One reconcile carries out :func:`decide`'s answer in a crash-safe order:
 1. stop an attempt that must go, 2. start the next attempt (a repeated start
 is ``AlreadyExists``: the name is deterministic; the GPU slot is reserved in
 the same synchronous step as the decision, so concurrent reconciles never
-exceed the cap), 3. patch status, only when it changed, 4. hand a final
-outcome to the :class:`~editflow.operator.outbox.Outbox`, which publishes it
-and records its id. A crash between two steps is repaired by the next
+exceed the cap), 3. write status through the one
+:class:`~editflow.operator.statuswriter.StatusWriter`, only when it changed (the final
+phase carries the outcome to deliver), 4. deliver a final outcome from the EditJob
+(:class:`~editflow.operator.delivery.EditJobDelivery`, recorded in one more write), or,
+for an EditJob being deleted, hand it to the :class:`~editflow.operator.outbox.Outbox`
+and release the finalizer. A crash between two steps is repaired by the next
 reconcile, which sees the same state and makes the same decision.
+
+The operator owns the EditJob finalizer (issue 21 item 3): the bridge creates EditJobs
+with it, the reconciler adds it to a kubectl-applied one when accepting it, and removes
+it once a deleted EditJob's outcome is delivered or in the outbox. Deletion is one more
+way to cancel: :func:`decide` takes the same branch as for the cancel annotation.
+
+A status write that changes only what is shown (queue position, message, worker,
+conditions) without a phase change is made at most every
+``queue_status_refresh_seconds`` per edit; the progress events carry it at once.
 
 What wakes a reconcile: a change of the EditJob or of its Job or Pods; a
 freed GPU slot (the head of the namespace's queue is woken); the decision's
@@ -29,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,28 +60,31 @@ from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
 from editflow.operator.decide import Decision, Observed, decide, wants_resolution
+from editflow.operator.delivery import EditJobDelivery
 from editflow.operator.desk import DeskPublisher, lane_of
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
 from editflow.operator.kube import AsyncKube, KubeAPIError
-from editflow.operator.names import ANNOTATION_CANCEL, LABEL_EDITJOB
+from editflow.operator.names import FINALIZER, LABEL_EDITJOB
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.outbox import Outbox
-from editflow.operator.phases import FINAL_PHASES, OUTCOMES, gpu_seconds
+from editflow.operator.phases import FINAL_PHASES, OUTCOMES, delivered, gpu_seconds
 from editflow.operator.podstate import terminated
 from editflow.operator.presign import ResultPresigner, signed_by_operator
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.refusals import spec_refusal
+from editflow.operator.statuswriter import StatusWriter, merged, status_changes
 from editflow.operator.tenancy import edit_result_prefix
 from editflow.operator.workindex import WorkIndex, job_finished
 from editflow.operator.workqueue import WorkQueue
 
 log = logging.getLogger("editflow.operator")
 
-#: The status fields a queue-position refresh may change; a write that changes only
-#: these is throttled (a moving queue would otherwise rewrite every queued EditJob).
-QUEUE_DISPLAY_FIELDS = frozenset({"message", "conditions", "queuePosition"})
+#: What a person is shown of an edit in flight; a write that changes only these (and not
+#: the phase) is throttled: a moving queue would otherwise rewrite every queued EditJob,
+#: and every running one would cost a write when its worker takes it.
+DISPLAY_FIELDS = frozenset({"message", "conditions", "queuePosition", "workerPod"})
 
 
 def result_from_pods(pods: tuple[JSON, ...]) -> WorkerResult | None:
@@ -90,16 +105,18 @@ def waiting_for_cap(decision: Decision) -> bool:
     )
 
 
-def status_changes(current: JSON, patch: JSON) -> set[str]:
-    """The fields of a merge patch that would change ``current`` (None deletes)."""
-    changed = set()
-    for field, value in patch.items():
-        if value is None:
-            if current.get(field) is not None:
-                changed.add(field)
-        elif current.get(field) != value:
-            changed.add(field)
-    return changed
+def finalizer_patch(editjob: JSON, *, present: bool) -> JSON | None:
+    """A merge patch that adds (``present``) or removes the operator's finalizer, or None.
+
+    The whole list is written with the resourceVersion it was read at, so a finalizer
+    another controller added meanwhile is a 409 (and a retry), never lost.
+    """
+    meta = editjob["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if (FINALIZER in finalizers) == present:
+        return None
+    wanted = [*finalizers, FINALIZER] if present else [f for f in finalizers if f != FINALIZER]
+    return {"metadata": {"finalizers": wanted, "resourceVersion": meta.get("resourceVersion")}}
 
 
 def cost_labels(spec: JSON, settings: OperatorSettings) -> tuple[str, str, str]:
@@ -130,6 +147,8 @@ class Reconciler:
         dispatcher: Dispatcher,
         outbox: Outbox,
         s3: Minio,
+        writer: StatusWriter,
+        delivery: EditJobDelivery,
         progress: ProgressPublisher | None = None,
         desk: DeskPublisher | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -141,6 +160,10 @@ class Reconciler:
         self.dispatcher = dispatcher
         self.outbox = outbox
         self.s3 = s3
+        #: The one writer of EditJob status (shared with the delivery).
+        self.writer = writer
+        #: Final outcomes go out from their EditJobs, beside the reconciles.
+        self.delivery = delivery
         #: Queued (with its place) and running, for the OA side and the gateway (best effort).
         self.progress = progress
         #: The designer's desk read model (tickets in NATS KV), from the EditJobs written here.
@@ -151,7 +174,7 @@ class Reconciler:
         self.queue: WorkQueue[Key] = WorkQueue(
             base_delay=self.op.error_backoff_seconds, max_delay=self.op.error_backoff_max_seconds
         )
-        self._queue_written: dict[Key, float] = {}
+        self._written_at: dict[Key, float] = {}
         self._refresh_due: set[Key] = set()
         self._pumps: set[str] = set()
         self._events: set[asyncio.Task[None]] = set()
@@ -170,16 +193,16 @@ class Reconciler:
         self.index.editjob_changed(self._lane(key, new or old), old, new)
         self._pump(key[0])
         if new is None:
+            if old is not None:
+                self._spawn(self.forget_unfinalized(old))
             if self.progress is not None:
                 self.progress.forget(key)
             if self.desk is not None:
                 self.desk.gone(key)
             self.queue.discard(key)
-            self._queue_written.pop(key, None)
+            self._written_at.pop(key, None)
             self._refresh_due.discard(key)
             return
-        if new["metadata"].get("deletionTimestamp"):
-            return  # kopf's deletion handler takes it from here
         if old is not None and is_settled(old) and is_settled(new) and not wants_resolution(new):
             return  # settled and nothing asked of it: no resync of finished EditJobs
         self.queue.add(key)
@@ -303,7 +326,7 @@ class Reconciler:
             if status.get("phase") not in FINAL_PHASES:
                 continue
             finished = status.get("finishedAt") or ""
-            if not status.get("completionEventId") or (finished and finished <= stamp):
+            if not delivered(status) or (finished and finished <= stamp):
                 self.queue.add(key)
                 woken += 1
         self.last_sweep = time.monotonic()
@@ -350,9 +373,13 @@ class Reconciler:
 
     async def _reconcile(self, key: Key) -> float | None:
         editjob = self.cache.editjobs.get(key)
-        if editjob is None or editjob["metadata"].get("deletionTimestamp"):
+        if editjob is None:
             return None
         if is_slim(editjob):
+            if editjob["metadata"].get("deletionTimestamp"):
+                # Settled: delivered long ago; nothing but the finalizer holds it.
+                await self._set_finalizer(key, editjob, present=False)
+                return None
             if not wants_resolution(editjob):
                 return await self._expire_if_due(key, editjob)
             # The rare settled EditJob that needs its spec again: read it whole.
@@ -378,11 +405,14 @@ class Reconciler:
         return None
 
     def _requeue(self, editjob: JSON, decision: Decision) -> float | None:
-        if decision.delete_editjob:
+        if decision.delete_editjob or decision.release_finalizer:
             return None
-        phase = decision.status.get("phase") or (editjob.get("status") or {}).get("phase")
-        if phase in FINAL_PHASES and not decision.publish_completion:
-            return None  # settled: retention is the sweep's job
+        after = merged(editjob, decision.status)["status"]
+        if after.get("phase") in FINAL_PHASES:
+            if delivered(after):
+                return None  # settled: retention is the sweep's job
+            # Looked at again until its delivery is recorded (or at a webhook's next try).
+            return decision.requeue_after or self.op.delivery_recheck_seconds
         if waiting_for_cap(decision):
             return self.op.queue_safety_seconds  # a freed slot wakes the head of the queue
         return decision.requeue_after
@@ -474,20 +504,22 @@ class Reconciler:
 
     # -- acting --------------------------------------------------------------------
     def _status_patch(self, key: Key, editjob: JSON, decision: Decision) -> JSON | None:
-        """The status to write, or None when nothing a person would see changed."""
+        """The status to write, or None when nothing changed or only what is shown changed
+        and it was written a moment ago (progress events carry that at once)."""
         current = editjob.get("status") or {}
         patch = dict(decision.status)
         changed = status_changes(current, patch)
         if not changed:
             return None
+        same_phase = patch.get("phase", current.get("phase")) == current.get("phase")
         throttled = (
-            waiting_for_cap(decision)
-            and current.get("phase") == "Queued"
-            and changed <= QUEUE_DISPLAY_FIELDS
+            same_phase
+            and current.get("phase") in ("Queued", "Running")
+            and changed <= DISPLAY_FIELDS
             and key not in self._refresh_due
         )
         if throttled:
-            last = self._queue_written.get(key, 0.0)
+            last = self._written_at.get(key, 0.0)
             if time.monotonic() - last < self.op.queue_status_refresh_seconds:
                 return None
         return patch
@@ -495,6 +527,12 @@ class Reconciler:
     async def apply(self, key: Key, editjob: JSON, decision: Decision) -> None:
         namespace, name = key
         where = {"editjob": f"{namespace}/{name}"}
+        deleting = bool(editjob["metadata"].get("deletionTimestamp"))
+        before = (editjob.get("status") or {}).get("phase")
+        if not before and not deleting:
+            # A kubectl-applied EditJob (the bridge creates them with it): deleting it
+            # must still cancel it and report, so the finalizer goes on before it runs.
+            editjob = await self._set_finalizer(key, editjob, present=True) or editjob
         if decision.delete_job:
             await self.dispatcher.stop(namespace, decision.delete_job)
         if decision.create_job is not None:
@@ -506,48 +544,87 @@ class Reconciler:
                 raise
         patch = self._status_patch(key, editjob, decision)
         self._refresh_due.discard(key)
-        if patch is not None:
-            before = (editjob.get("status") or {}).get("phase")
-            editjob = await self.kube.patch(
-                editjob_path(namespace, name) + "/status", {"status": patch}
+        after = merged(editjob, decision.status)
+        if patch is not None and not deleting:  # a vanishing object: its outcome says it all
+            written = await self.writer.write(editjob, patch)
+            if written is None:
+                return  # deleted meanwhile
+            editjob = after = written
+            self._written_at[key] = time.monotonic()
+        elif not deleting:
+            self.writer.shown(after)  # what changed reaches people as a progress event
+        phase = decision.status.get("phase")
+        if phase and phase != before:
+            metrics.PHASES.labels(phase).inc()
+            if phase in FINAL_PHASES:
+                self._count_finished(after, phase)
+            log.info(
+                "%s -> %s: %s",
+                before or "new",
+                phase,
+                decision.status.get("message") or "",
+                extra={**where, "attempt": decision.status.get("attempts")},
             )
-            self.cache.editjobs.upsert(editjob)
-            metrics.STATUS_WRITES.inc()
-            if self.progress is not None:
-                self.progress.update(editjob)
-            if waiting_for_cap(decision):
-                self._queue_written[key] = time.monotonic()
-            else:
-                self._queue_written.pop(key, None)
-            phase = patch.get("phase")
-            if phase and phase != before:
-                metrics.PHASES.labels(phase).inc()
-                if phase in FINAL_PHASES:
-                    self._count_finished(editjob, phase)
-                log.info(
-                    "%s -> %s: %s",
-                    before or "new",
-                    phase,
-                    patch.get("message") or "",
-                    extra={**where, "attempt": patch.get("attempts")},
-                )
         for kind, reason, message in decision.events:
-            self.post_event(editjob, kind, reason, message)
-        self.outbox.alert_if_needed(editjob, decision)
+            self.post_event(after, kind, reason, message)
+        self.outbox.alert_if_needed(after, decision)
+        if decision.release_finalizer:
+            if decision.publish_completion:
+                # Deleted before its outcome was delivered: the outbox keeps it (issue 21
+                # item 2: the only case an EditOutcome is made).
+                await self.outbox.hold(after, review=decision.publish_review)
+            await self._set_finalizer(key, editjob, present=False)
+            return
         if decision.publish_completion:
-            recorded = await self.outbox.publish_outcome(editjob, review=decision.publish_review)
-            if recorded:
-                self.cache.editjobs.upsert(recorded)
-                editjob = recorded
-        if self.desk is not None and (patch is not None or decision.publish_completion):
-            self.desk.update(editjob)  # whole, as the apiserver answered our write
+            self.delivery.submit(editjob, review=decision.publish_review)
         if decision.delete_editjob:
             await self.kube.delete(editjob_path(namespace, name))
             log.info("retention: deleted finished editjob", extra=where)
 
+    async def _set_finalizer(self, key: Key, editjob: JSON, *, present: bool) -> JSON | None:
+        """Add or remove the operator's finalizer (nothing when it already is so)."""
+        patch = finalizer_patch(editjob, present=present)
+        if patch is None:
+            return None
+        try:
+            written = await self.kube.patch(editjob_path(*key), patch)
+        except KubeAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if not present:
+            log.info("finalizer released", extra={"editjob": "/".join(key)})
+        self.cache.editjobs.upsert(written)
+        return written
+
+    async def forget_unfinalized(self, editjob: JSON) -> None:
+        """An EditJob deleted without the operator's finalizer (kubectl-applied, deleted before
+        it was accepted) is gone already: its cancellation still reaches the outbox."""
+        status = editjob.get("status") or {}
+        if (
+            is_slim(editjob)
+            or delivered(status)
+            or FINALIZER in (editjob["metadata"].get("finalizers") or [])
+        ):
+            return
+        meta = editjob["metadata"]
+        gone = {**editjob, "metadata": {**meta, "deletionTimestamp": stamp(self.now())}}
+        decision = decide(await self.observe((meta["namespace"], meta["name"]), gone), self.op)
+        if decision.publish_completion:
+            after = merged(gone, decision.status)
+            await self.outbox.hold(after, review=decision.publish_review)
+
     def post_event(self, editjob: JSON, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event for `kubectl describe`, posted beside the reconcile (bounded)."""
-        task = asyncio.create_task(self._post_event(editjob, kind, reason, message))
+        self._spawn(self._post_event(editjob, kind, reason, message))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the reconciles, kept referenced until it ends."""
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no loop (a unit test feeding the caches directly)
+            work.close()
+            return
         self._events.add(task)
         task.add_done_callback(self._events.discard)
 
@@ -570,40 +647,3 @@ class Reconciler:
             except (KubeAPIError, OSError, httpx.HTTPError, RuntimeError) as exc:
                 # RuntimeError: the client was closed under an Event still in flight (shutdown).
                 log.warning("could not post event: %s", exc)
-
-    async def _deliver_final(self, editjob: dict[str, Any]) -> None:
-        try:
-            await self.outbox.publish_outcome(
-                editjob, review=editjob["status"]["phase"] == "NeedsReview"
-            )
-        except KubeAPIError as exc:
-            if exc.status != 404:  # recording the id on a vanishing object may 404
-                raise
-
-    async def on_deleted(self, editjob: dict[str, Any]) -> None:
-        """Deleting an EditJob that had not finished cancels it and tells the OA side.
-
-        Its Jobs and Pods go with it through owner references (the garbage
-        collector); the completion ``cancelled`` is published first.
-        """
-        status = editjob.get("status") or {}
-        if status.get("phase") in FINAL_PHASES:
-            if not status.get("completionEventId"):
-                # Final, but its outcome was never recorded (the operator stopped between the
-                # phase and the outcome): deleting it must not drop the completion (#20 §7).
-                await self._deliver_final(editjob)
-            return
-        meta = editjob["metadata"]
-        if status.get("jobName"):
-            await self.dispatcher.stop(meta["namespace"], status["jobName"])
-        annotations = meta.get("annotations") or {}
-        reason = annotations.get(ANNOTATION_CANCEL) or "the EditJob was deleted"
-        cancelled = {
-            **editjob,
-            "status": {**status, "phase": "Cancelled", "message": f"cancelled: {reason}"},
-        }
-        try:
-            await self.outbox.publish_outcome(cancelled, review=False)
-        except KubeAPIError as exc:
-            if exc.status != 404:  # recording the id on a vanishing object may 404
-                raise

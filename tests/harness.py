@@ -134,7 +134,7 @@ class OperatorHarness(localmode.OperatorProcess):
         def recorded() -> bool:
             seen.update(self.editjob(name))
             status = seen.get("status") or {}
-            # Recorded in the outbox, then published from it (operator/outbox.py).
+            # The outcome is written with the phase, its delivery recorded after (delivery.py).
             return bool(status.get("completionEventId") and status.get("completionPublishedAt"))
 
         wait_until(recorded, timeout=timeout, what=f"editjob {name} to record its completion")

@@ -80,6 +80,7 @@ def succeeded_status(created: dict[str, Any]) -> dict[str, Any]:
             ],
             "completionEventId": completion,
             "completionPublishedAt": now,
+            "callbackDelivery": "none",
         }
     }
 

@@ -547,8 +547,8 @@ def test_operator_with_only_the_chart_rbac_runs_an_edit_in_an_extra_namespace(
             seen.update(json.loads(got).get("status") or {})
             refused = "403 Forbidden" in log_path.read_text()
             finished = seen.get("phase") in ("Succeeded", "Failed", "NeedsReview")
-            # The outcome's completion event is recorded in status after the phase.
-            return refused or (finished and bool(seen.get("completionEventId")))
+            # The outcome's delivery is recorded in status after the phase.
+            return refused or (finished and bool(seen.get("completionPublishedAt")))
 
         try:
             wait_until(finished_or_refused, timeout=240, what=f"EditJob {team}/{name} to finish")

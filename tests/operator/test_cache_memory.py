@@ -55,6 +55,8 @@ def finished_editjob(index: int) -> Whole:
             "phase": "Succeeded",
             "finishedAt": "2026-12-01T12:00:00Z",
             "completionEventId": f"done-{index}",
+            "completionPublishedAt": "2026-12-01T12:00:01Z",
+            "callbackDelivery": "none",
             "jobName": f"{name}-a1",
             "conditions": [{"type": "Ready", "status": "True", "message": "edited"}],
             "resultKey": f"results/{NAMESPACE}/{name}/attempt-1/result.png",
@@ -132,6 +134,7 @@ async def test_a_settled_editjob_is_kept_slim_and_nothing_else_of_it():
     assert set(kept) == {"metadata", "status"}  # no spec, apiVersion, kind
     assert set(kept["metadata"]) == {
         "name", "namespace", "uid", "resourceVersion", "annotations", "labels",
+        "finalizers",  # released by the reconciler when the EditJob is deleted
     }  # fmt: skip
     assert kept["metadata"]["labels"] == {SLIM_MARK: "true"}
     assert kept["metadata"]["annotations"] == {"editflow.io/event-id": "ev-1"}
@@ -139,6 +142,8 @@ async def test_a_settled_editjob_is_kept_slim_and_nothing_else_of_it():
         "phase": "Succeeded",
         "finishedAt": "2026-12-01T12:00:00Z",
         "completionEventId": "done-1",
+        "completionPublishedAt": "2026-12-01T12:00:01Z",
+        "callbackDelivery": "none",
         "jobName": "ej-00001-a1",
     }
 
@@ -159,19 +164,22 @@ async def test_a_paged_relist_still_removes_what_disappeared_across_pages():
     assert len(store) == 597 and informer.relists == 2
 
 
-def test_kopf_lists_in_pages_and_its_idle_workers_let_go_quickly():
-    settings = kopf.OperatorSettings()
-    defaults = (settings.watching.chunk_size, settings.queueing.idle_timeout)
-    app.tune_kopf(settings, watch_timeout_seconds=60)
+def test_kopf_watches_no_resource_so_each_kind_has_one_watch():
+    """Issue 21 item 3: the informers hold the only EditJob watch; kopf keeps the login, the
+    startup and cleanup handlers and the probes, and registers no resource handler at all
+    (a deletion handler would have kopf list and watch every EditJob a second time)."""
+    from editflow.core.settings import Settings
 
-    # kopf's defaults: one response for every EditJob, workers idle 5 s holding their event.
-    assert defaults == (None, 5.0)
-    assert settings.watching.chunk_size == app.KOPF_LIST_CHUNK == 500
-    assert settings.queueing.idle_timeout == app.KOPF_WORKER_IDLE_SECONDS < 1.0
-    # The rest of what the operator always set is still set.
-    assert (settings.watching.server_timeout, settings.watching.client_timeout) == (60, 75)
-    assert settings.persistence.finalizer == app.FINALIZER
-    assert isinstance(settings.persistence.diffbase_storage, app.NoDiffBase)
+    registry, _ = app.build_registry(Settings())
+    resource_registries = (
+        registry._indexing,
+        registry._watching,
+        registry._spawning,
+        registry._changing,
+        registry._webhooks,
+    )
+    assert all(not r.get_all_handlers() for r in resource_registries)
+    assert registry._activities.get_all_handlers()  # login, startup, cleanup, probes
 
 
 async def test_freed_memory_is_handed_back_once_the_caches_have_synced(monkeypatch):

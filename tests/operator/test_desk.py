@@ -181,7 +181,11 @@ def test_the_publisher_writes_only_changes_and_deletes_on_leaving():
 def test_a_settled_editjob_kept_slim_in_the_cache_is_still_in_its_lane(obj, lane):
     from editflow.operator.caches import is_slim, project_editjob
 
-    obj["status"]["completionEventId"] = "c-1"
+    obj["status"].update(
+        completionEventId="c-1",
+        completionPublishedAt="2026-12-01T11:00:01Z",
+        callbackDelivery="none",
+    )
     slim = project_editjob(obj)
     assert is_slim(slim)
     assert lane_of(slim) == lane
@@ -195,8 +199,9 @@ def test_at_start_the_tickets_the_read_model_lacks_are_written_from_whole_editjo
     from editflow.operator.caches import project_editjob
     from editflow.operator.reconciler import Reconciler
 
-    needs = editjob("NeedsReview", attempts=3, completionEventId="c-1")
-    plain = {**editjob("Succeeded", completionEventId="c-2")}
+    sent = {"completionPublishedAt": "2026-12-01T11:00:01Z", "callbackDelivery": "none"}
+    needs = editjob("NeedsReview", attempts=3, completionEventId="c-1", **sent)
+    plain = {**editjob("Succeeded", completionEventId="c-2", **sent)}
     plain["metadata"] = {**plain["metadata"], "name": "ej-2"}
     reads: list[str] = []
 

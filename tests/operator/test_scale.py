@@ -458,7 +458,7 @@ def test_the_standby_takes_over_when_the_leader_is_killed_mid_burst(
 
     wait_until(all_done, timeout=600, interval=3, what="every edit to finish on the new leader")
     wait_until(
-        lambda: all((ej.get("status") or {}).get("completionEventId") for ej in ns.editjobs()),
+        lambda: all((ej.get("status") or {}).get("completionPublishedAt") for ej in ns.editjobs()),
         timeout=120,
         what="every completion to be recorded",
     )

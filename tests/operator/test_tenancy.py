@@ -215,6 +215,8 @@ def needs_review(resolve_key: str) -> dict:
         "message": "failed after all retries",
         "finishedAt": "2026-12-01T11:00:00Z",
         "completionEventId": "c-1",
+        "completionPublishedAt": "2026-12-01T11:00:01Z",
+        "callbackDelivery": "none",
     }
     return ej
 

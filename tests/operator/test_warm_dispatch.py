@@ -61,6 +61,9 @@ class WarmNamespace:
             "warm_max_deliveries": "2",
             "warm_stuck_grace_seconds": "3",
             "resync_seconds": "2",
+            # These tests watch an edit's worker in status (wait_running_in_worker): shown
+            # within seconds, not the production minute (progress events carry it at once).
+            "queue_status_refresh_seconds": "1",
             "backoff_seconds": "1",
             "max_attempts": "2",
             "gpus_per_job": "0",

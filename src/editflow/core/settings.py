@@ -468,7 +468,17 @@ class OperatorSettings(BaseModel):
     )
     error_backoff_max_seconds: float = Field(60, gt=0)
     queue_status_refresh_seconds: float = Field(
-        5, gt=0, description="queue positions in status are refreshed at most this often"
+        60,
+        gt=0,
+        description="a status write that changes only what is shown (queue position, message, "
+        "worker, conditions) without a phase change is made at most this often per edit; "
+        "progress events carry the rest at once (issue 21 item 5)",
+    )
+    delivery_recheck_seconds: float = Field(
+        15,
+        gt=0,
+        description="a final EditJob whose outcome is not recorded as delivered is looked at "
+        "again this often (NATS down, say)",
     )
     queue_status_refresh_batch: int = Field(
         100, ge=0, description="queued EditJobs (from the head) whose position is refreshed"

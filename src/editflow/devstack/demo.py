@@ -176,11 +176,11 @@ async def _submit_and_follow(
 
 
 def _recorded(api: KubeClient, name: str, timeout: float = 10.0) -> dict:
-    """The EditJob once its completion id is in status: the outbox records it right after
-    the completion event reached NATS, which is when the demo's waiter woke up."""
+    """The EditJob once its delivery is recorded in status: the write right after the
+    completion event reached NATS, which is when the demo's waiter woke up."""
     deadline = time.monotonic() + timeout
     ej = api.get(editjob_path(localmode.NAMESPACE, name))
-    while not ej["status"].get("completionEventId") and time.monotonic() < deadline:
+    while not ej["status"].get("completionPublishedAt") and time.monotonic() < deadline:
         time.sleep(0.3)
         ej = api.get(editjob_path(localmode.NAMESPACE, name))
     return ej
