@@ -42,6 +42,7 @@ from editflow.core.settings import Settings
 from editflow.events import connection, topology
 from editflow.events.ledger import ApprovalLedger
 from editflow.operator import metrics
+from editflow.operator.attempts import ResultReader
 from editflow.operator.bridge import run_bridge
 from editflow.operator.caches import ClusterCache
 from editflow.operator.credentials import AttemptCredentialMinter
@@ -155,6 +156,8 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
     outbox = Outbox(op, kube, store=cache.outcomes, now=_utcnow)
     deliverer = Deliverer(op, kube, outbox, nats=nc, topology=topo, ledger=ledger)
     progress = ProgressPublisher(nc.jetstream(), topo)
+    s3 = s3_client(settings.s3)
+    results = ResultReader(settings, s3)
     dispatcher: JobDispatcher | WarmDispatcher
     if warm:
         if not op.warm_nats_url:
@@ -169,6 +172,7 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
             minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
             pool_keys=PoolKeys(kube, op) if op.attempt_credentials else None,
             token_secret=settings.s3.secret_key.get_secret_value(),
+            results=results,
         )
     else:
         dispatcher = JobDispatcher(
@@ -176,8 +180,8 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
             cache,
             op,
             minter=AttemptCredentialMinter(settings.s3, op) if op.attempt_credentials else None,
+            results=results,
         )
-    s3 = s3_client(settings.s3)
     await asyncio.to_thread(ensure_expiry, settings, s3)
     await _provision_weights_reader(settings)
     desk = DeskPublisher(

@@ -1,9 +1,12 @@
 """The operator's decisions as one pure function: observed state in, status + actions out.
 
 Level-triggered: :func:`decide` looks only at the EditJob, the current
-attempt's Job and Pods, the worker's result (if one was found) and the
-namespace's load, never at which event woke it. Running it twice on the same
-state gives the same answer, which is what makes a restarted operator safe.
+attempt's state as its dispatcher observed it (:class:`~editflow.operator.attempts.AttemptState`:
+a result, an end without one, waiting for a GPU, a worker that cannot start, running) and
+the namespace's load, never at which event woke it, and never at a Job, a Pod or a
+dispatch mode: the same attempt states give the same decisions in every mode. Running it
+twice on the same state gives the same answer, which is what makes a restarted operator
+safe.
 
 Phases (brief §3)::
 
@@ -28,12 +31,13 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from editflow.core.errors import ErrorInfo, is_retriable_exit_code
+from editflow.core.errors import ErrorInfo
 from editflow.core.kubetime import parse_stamp as parse_time
 from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings
 from editflow.events.models import completion_event_id
 from editflow.events.worker_contract import POISON_EDIT_CODE, QualityReport, WorkerResult
+from editflow.operator.attempts import AttemptState, gone
 from editflow.operator.decision import Decision, Observed
 from editflow.operator.names import (
     ANNOTATION_CANCEL,
@@ -43,8 +47,6 @@ from editflow.operator.names import (
 )
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.phases import FINAL_PHASES, OUTCOMES, delivered
-from editflow.operator.podstate import exit_code, job_outcome, unschedulable
-from editflow.operator.podstate import stuck as stuck_in
 from editflow.operator.tenancy import (
     event_id_refusal,
     output_prefix_refusal,
@@ -223,7 +225,7 @@ class _Turn:
         that never got a GPU or never started its container cost nothing.
         """
         spent = 0.0
-        result = self.obs.result
+        result = self.obs.attempt.result if self.obs.attempt is not None else None
         if result is not None and result.attempt == self.attempts:
             spent = float(result.cost.total or 0.0)
         elif self.job_name and not (error and error.code in ("no_gpu", "pod_stuck")):
@@ -363,7 +365,8 @@ def _waiting(t: _Turn) -> Decision:
     attempt = t.attempts + 1
     name = job_name_for(t.meta["name"], attempt)
     out.create_job = attempt
-    warm = settings.worker_mode == "warm"
+    # The dispatch mode's own words (a Job created, a hand-out to the warm pool), as data.
+    reason, said, doing = obs.words.fill(name, attempt)
     t.set_status(
         phase="Running",
         attempts=attempt,
@@ -372,72 +375,31 @@ def _waiting(t: _Turn) -> Decision:
         queuePosition=None,
         startedAt=stamp(t.now),
         retryAfter=None,
-        message=f"attempt {attempt}: "
-        + ("waiting for a warm worker" if warm else f"starting Job {name}"),
+        message=f"attempt {attempt}: {doing}",
     )
     # The Scheduled condition tells it; an Event would repeat it (a write per edit).
-    if warm:
-        text = f"attempt {attempt} handed to the warm pool"
-        t.conditions(_condition("Scheduled", True, "HandedToWarmPool", text, t.now))
-    else:
-        t.conditions(_condition("Scheduled", True, "JobCreated", f"Job {name} created", t.now))
+    t.conditions(_condition("Scheduled", True, reason, said, t.now))
     out.requeue_after = settings.resync_seconds
     return out
 
 
 # -- an attempt is in flight -----------------------------------------------------------------
 def _in_flight(t: _Turn) -> Decision:
-    obs, spec, settings = t.obs, t.spec, t.settings
-    job = obs.job
-    if job is None:
-        if obs.result is not None and obs.result.attempt == t.attempts:
-            return _from_result(t, obs.result)
-        return _attempt_failed(
-            t,
-            ErrorInfo(
-                "job_missing", f"Job {t.job_name} disappeared before it reported a result", True
-            ),
-        )
-    finished = job_outcome(job)
-    if finished is not None:
-        kind, reason = finished
-        if obs.result is not None and obs.result.attempt == t.attempts:
-            return _from_result(t, obs.result)
-        if kind == "Complete":
-            return _attempt_failed(
-                t, ErrorInfo("result_missing", f"Job {t.job_name} completed without a result", True)
-            )
-        if reason == "ModelLoadFailed":  # warm mode: no worker of the pool loads the model
-            detail = (
-                next((c.get("message") for c in job["status"].get("conditions") or []), "")
-                or "no warm worker could load the model"
-            )
-            return _attempt_failed(t, ErrorInfo("model_load_failed", detail, True))
-        if reason == "DeadlineExceeded":
-            deadline = int(spec.get("deadlineSeconds") or settings.deadline_seconds)
-            return _attempt_failed(
-                t, ErrorInfo("timeout", f"the edit did not finish within {deadline}s", True)
-            )
-        code = exit_code(obs.pods)
-        if code is not None:
-            retriable = is_retriable_exit_code(code) and reason != "PodFailurePolicy"
-            return _attempt_failed(
-                t, ErrorInfo("worker_exit", f"the worker exited with code {code}", retriable)
-            )
-        return _attempt_failed(
-            t, ErrorInfo("job_failed", f"Job {t.job_name} failed ({reason})", True)
-        )
-    return _running(t)
+    attempt = t.obs.attempt or gone(t.job_name or "")
+    if attempt.result is not None and attempt.result.attempt == t.attempts:
+        return _from_result(t, attempt.result)
+    if attempt.ended is not None:
+        return _attempt_failed(t, attempt.ended)
+    return _running(t, attempt)
 
 
-def _running(t: _Turn) -> Decision:
-    """Running, or waiting for a GPU, or a worker Pod that cannot start."""
-    obs, spec, settings, status, out = t.obs, t.spec, t.settings, t.status, t.out
-    pending = next((m for m in (unschedulable(p) for p in obs.pods) if m), None)
-    if pending is not None:
-        created = parse_time(obs.pods[0]["metadata"].get("creationTimestamp")) or t.now
+def _running(t: _Turn, attempt: AttemptState) -> Decision:
+    """Running, or waiting for a GPU (or a worker), or a worker that cannot start."""
+    spec, settings, status, out = t.spec, t.settings, t.status, t.out
+    if attempt.unschedulable is not None:
+        pending = attempt.unschedulable
         limit = int(spec.get("pendingTimeoutSeconds") or settings.pending_timeout_seconds)
-        waited = (t.now - created).total_seconds()
+        waited = (t.now - (attempt.waiting_since or t.now)).total_seconds()
         if waited >= limit:
             return _attempt_failed(
                 t,
@@ -450,11 +412,9 @@ def _running(t: _Turn) -> Decision:
             t.conditions(_condition("Scheduled", False, "NoGPUAvailable", pending, t.now))
         out.requeue_after = min(settings.resync_seconds, limit - waited)
         return out
-    stuck = stuck_in(obs.pods)
-    if stuck is not None:
-        pod, reason, detail = stuck
-        created = parse_time(pod["metadata"].get("creationTimestamp")) or t.now
-        waited = (t.now - created).total_seconds()
+    if attempt.stuck is not None:
+        reason, detail = attempt.stuck
+        waited = (t.now - (attempt.stuck_since or t.now)).total_seconds()
         if waited >= settings.stuck_pod_seconds:
             text = f"the worker Pod cannot start: {reason}" + (f": {detail}" if detail else "")
             return _attempt_failed(t, ErrorInfo("pod_stuck", text[:1000], True), delete=True)
@@ -463,20 +423,15 @@ def _running(t: _Turn) -> Decision:
         if status.get("message") != message:
             t.set_status(phase="Running", message=message)
         return out
-    running = [p for p in obs.pods if p.get("status", {}).get("phase") == "Running"]
-    message = f"attempt {t.attempts}: running"
-    if running and (
+    message = f"attempt {t.attempts}: {attempt.running_message}"
+    if attempt.worker and (
         t.phase != "Running"
         or status.get("message") != message
-        or status.get("workerPod") != running[0]["metadata"].get("name")
+        or status.get("workerPod") != attempt.worker
     ):
-        node = running[0]["spec"].get("nodeName")
-        pod = running[0]["metadata"].get("name")
-        t.set_status(phase="Running", message=message, workerPod=pod)
-        if settings.worker_mode == "warm":
-            message = f"attempt {t.attempts}: running in warm worker {pod}"
-            t.set_status(message=message)
-        t.conditions(_condition("Scheduled", True, "PodRunning", f"running on {node}", t.now))
+        t.set_status(phase="Running", message=message, workerPod=attempt.worker)
+        where = f"running on {attempt.node}"
+        t.conditions(_condition("Scheduled", True, "PodRunning", where, t.now))
     out.requeue_after = settings.resync_seconds
     return out
 
@@ -502,8 +457,7 @@ def _attempt_failed(t: _Turn, error: ErrorInfo, *, delete: bool = False) -> Deci
         "attempt": attempts,
         # workerPod is in status only when a write carried it (running is shown through
         # progress events, not a status write per edit): the Pod seen now is the next best.
-        "worker": status.get("workerPod")
-        or next((p["metadata"].get("name") for p in t.obs.pods if p["metadata"].get("name")), None),
+        "worker": status.get("workerPod") or (t.obs.attempt.worker if t.obs.attempt else None),
         "errorCode": error.code,
         "message": error.message[:500],
     }

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from editflow.core.errors import ErrorInfo
-from editflow.events.worker_contract import WorkerResult
+from editflow.operator.attempts import JOB_WORDS, AttemptState, StartWords
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,10 @@ class Observed:
 
     editjob: dict[str, Any]
     now: datetime
-    job: dict[str, Any] | None = None
-    pods: tuple[dict[str, Any], ...] = ()
-    result: WorkerResult | None = None
+    #: The current attempt as its dispatcher observed it (None: it has none, or it is gone).
+    attempt: AttemptState | None = None
+    #: How the dispatch mode tells that an attempt started (data, not a mode switch).
+    words: StartWords = JOB_WORDS
     in_flight: int = 0
     queued_ahead: int = 0
     completion_id: str | None = None

@@ -1,21 +1,31 @@
-"""How an attempt runs: the operator's dispatcher seam.
+"""How an attempt runs: the operator's dispatcher seam (issue 21 item 1: the attempt is the unit).
 
-The reconciler decides *when* an attempt starts or stops and reads *what
-happened* to it; a :class:`Dispatcher` knows *how*. :class:`JobDispatcher` is
-one batch/v1 Job per attempt (brief §8), observed from the watch-fed caches.
-:class:`~editflow.operator.warmpool.WarmDispatcher` (``worker.mode: warm``) hands
-each attempt as one work message to a worker that keeps the model loaded, with
-the same three calls.
+The reconciler decides *when* an attempt starts or stops; a :class:`Dispatcher` knows
+*how*, and answers *what happened* to it as an
+:class:`~editflow.operator.attempts.AttemptState`, its result read from the attempt's own
+channel. :class:`JobDispatcher` is one batch/v1 Job per attempt (brief §8), observed from
+the watch-fed caches; its result is the worker container's termination message, else the
+result JSON in S3. :class:`~editflow.operator.warmpool.WarmDispatcher`
+(``worker.mode: warm``) hands each attempt as one work message to a worker that keeps the
+model loaded; its result comes on the result subject, else from S3. A third mode is one
+more class with these three calls and its :class:`~editflow.operator.attempts.StartWords`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from editflow.core.settings import OperatorSettings
-from editflow.events.worker_contract import WorkerResult
 from editflow.operator import metrics
+from editflow.operator.attempts import (
+    JOB_WORDS,
+    AttemptState,
+    ResultReader,
+    StartWords,
+    deadline_of,
+    job_attempt_state,
+    result_from_pods,
+)
 from editflow.operator.caches import ClusterCache, job_path
 from editflow.operator.credentials import (
     AttemptCredentialMinter,
@@ -25,29 +35,18 @@ from editflow.operator.credentials import (
 from editflow.operator.jobspec import job_manifest
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import job_name
-
-
-@dataclass(frozen=True)
-class AttemptView:
-    """What the cluster shows of one attempt (``job`` is None when it is gone).
-
-    ``job`` is the attempt's batch/v1 Job, or (warm mode) a Job-shaped record with the
-    same condition vocabulary, so one :func:`~editflow.operator.decide.decide` serves both.
-    """
-
-    job: JSON | None
-    pods: tuple[JSON, ...]
-    #: The attempt's result when the dispatcher already has it (warm: heard from the worker).
-    result: WorkerResult | None = None
-    #: Look for the result in S3 even though the attempt seems to run (after a restart).
-    check_result: bool = False
+from editflow.operator.workindex import job_finished
 
 
 class Dispatcher(Protocol):
-    def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
-        """The attempt named ``name`` as the caches see it (no apiserver call).
+    #: How this mode tells a person that an attempt started.
+    words: StartWords
 
-        ``editjob`` lets a dispatcher take over an attempt an earlier process started.
+    async def observe(self, editjob: JSON) -> AttemptState:
+        """The EditJob's current attempt (``status.jobName``) as this mode sees it now.
+
+        Reads the caches, and the attempt's result channel; a dispatcher takes over an
+        attempt an earlier operator process started.
         """
 
     async def start(self, editjob: JSON, attempt: int) -> str:
@@ -55,9 +54,6 @@ class Dispatcher(Protocol):
 
     async def stop(self, namespace: str, name: str) -> bool:
         """Stop the attempt; ``False`` when it was already gone."""
-
-    def record_result(self, namespace: str, name: str, result: WorkerResult) -> None:
-        """A result the reconciler found in S3 for an attempt the dispatcher watches."""
 
 
 class JobDispatcher:
@@ -71,21 +67,37 @@ class JobDispatcher:
     between the two finds the Job and creates the missing Secret.
     """
 
+    words = JOB_WORDS
+
     def __init__(
         self,
         kube: AsyncKube,
         cache: ClusterCache,
         op: OperatorSettings,
         minter: AttemptCredentialMinter | None = None,
+        *,
+        results: ResultReader,
     ) -> None:
         self.kube = kube
         self.cache = cache
         self.op = op
         self.minter = minter
+        self.results = results
 
-    def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
+    async def observe(self, editjob: JSON) -> AttemptState:
+        namespace = editjob["metadata"]["namespace"]
+        status = editjob.get("status") or {}
+        name, number = status.get("jobName") or "", int(status.get("attempts") or 0)
         job = self.cache.jobs.get((namespace, name))
-        return AttemptView(job=job, pods=tuple(self.cache.pods_of(namespace, name)))
+        pods = tuple(self.cache.pods_of(namespace, name))
+        result = None
+        if job is None or job_finished(job):
+            # The termination message, else the result JSON in S3 (it outlives the Job).
+            result = result_from_pods(pods) or await self.results.from_s3(editjob, number)
+            result = result and self.results.signed(editjob, result)
+        return job_attempt_state(
+            name, number, job, pods, result, deadline_seconds=deadline_of(editjob, self.op)
+        )
 
     async def start(self, editjob: JSON, attempt: int) -> str:
         namespace = editjob["metadata"]["namespace"]
@@ -121,6 +133,3 @@ class JobDispatcher:
 
     async def stop(self, namespace: str, name: str) -> bool:
         return await self.kube.delete(job_path(namespace, name))
-
-    def record_result(self, namespace: str, name: str, result: WorkerResult) -> None:
-        """Nothing to do: a Job's result is read again from its Pod or from S3."""

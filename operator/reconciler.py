@@ -47,15 +47,13 @@ from typing import Any
 
 import httpx
 from minio import Minio
-from minio.error import S3Error
-from pydantic import ValidationError
 
 from editflow.core.kube_events import event_body
 from editflow.core.kubetime import parse_stamp as parse_time
 from editflow.core.kubetime import stamp
 from editflow.core.settings import OperatorSettings, Settings
 from editflow.events.models import completion_event_id
-from editflow.events.worker_contract import USAGE_NAMES, WorkerResult, result_json_key
+from editflow.events.worker_contract import USAGE_NAMES
 from editflow.operator import lanes, metrics
 from editflow.operator.caches import ClusterCache, is_settled, is_slim
 from editflow.operator.crd import GROUP, MODELS, VERSION, editjob_path
@@ -64,18 +62,14 @@ from editflow.operator.delivery import EditJobDelivery
 from editflow.operator.desk import DeskPublisher, lane_of
 from editflow.operator.dispatch import Dispatcher
 from editflow.operator.informer import JSON, Key
-from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
 from editflow.operator.kube import AsyncKube, KubeAPIError
 from editflow.operator.names import FINALIZER, LABEL_EDITJOB
 from editflow.operator.names import job_name as job_name_for
 from editflow.operator.outbox import Outbox
 from editflow.operator.phases import FINAL_PHASES, OUTCOMES, delivered, gpu_seconds
-from editflow.operator.podstate import terminated
-from editflow.operator.presign import ResultPresigner, signed_by_operator
 from editflow.operator.progress import ProgressPublisher
 from editflow.operator.refusals import spec_refusal
 from editflow.operator.statuswriter import StatusWriter, merged, status_changes
-from editflow.operator.tenancy import edit_result_prefix
 from editflow.operator.workindex import WorkIndex, job_finished
 from editflow.operator.workqueue import WorkQueue
 
@@ -85,17 +79,6 @@ log = logging.getLogger("editflow.operator")
 #: the phase) is throttled: a moving queue would otherwise rewrite every queued EditJob,
 #: and every running one would cost a write when its worker takes it.
 DISPLAY_FIELDS = frozenset({"message", "conditions", "queuePosition", "workerPod"})
-
-
-def result_from_pods(pods: tuple[JSON, ...]) -> WorkerResult | None:
-    for pod in pods:
-        message = (terminated(pod, WORKER_CONTAINER) or {}).get("message")
-        if message:
-            try:
-                return WorkerResult.model_validate_json(message.strip())
-            except ValidationError:
-                return None  # a log tail (FallbackToLogsOnError), not a result
-    return None
 
 
 def waiting_for_cap(decision: Decision) -> bool:
@@ -168,7 +151,6 @@ class Reconciler:
         self.progress = progress
         #: The designer's desk read model (tickets in NATS KV), from the EditJobs written here.
         self.desk = desk
-        self.presigner = ResultPresigner(settings.s3)  # resultUrl outlives the worker's session
         self.now = now
         self.index = WorkIndex()
         self.queue: WorkQueue[Key] = WorkQueue(
@@ -422,27 +404,14 @@ class Reconciler:
         status = editjob.get("status") or {}
         phase = status.get("phase") or ""
         now = self.now()
-        job = None
-        pods: tuple[JSON, ...] = ()
-        result = None
+        attempt = None
         in_flight = queued_ahead = 0
         cap = None
         completion_id = None
         job_name = status.get("jobName")
         if job_name and phase not in FINAL_PHASES:
-            view = self.dispatcher.observe(namespace, job_name, editjob)
-            if view.check_result and (found := await self.result_from_s3(editjob)):
-                # Finished while no operator listened (warm mode, after a restart).
-                self.dispatcher.record_result(namespace, job_name, found)
-                view = self.dispatcher.observe(namespace, job_name, editjob)
-            job, pods = view.job, view.pods
-            if job is None or job_finished(job):
-                result = view.result or result_from_pods(pods) or await self.result_from_s3(editjob)
-                result = result and signed_by_operator(
-                    result,
-                    self.presigner,
-                    within=edit_result_prefix(editjob, result_prefix=self.op.result_prefix),
-                )
+            # The attempt as its dispatcher sees it, its result read from its own channel.
+            attempt = await self.dispatcher.observe(editjob)
         elif phase in ("", "Pending", "Queued"):
             lane = lanes.lane(namespace, editjob, self.op)
             in_flight = self.index.in_flight(lane)
@@ -462,45 +431,14 @@ class Reconciler:
         return Observed(
             editjob=editjob,
             now=now,
-            job=job,
-            pods=pods,
-            result=result,
+            attempt=attempt,
+            words=self.dispatcher.words,
             in_flight=in_flight,
             queued_ahead=queued_ahead,
             completion_id=completion_id,
             refusal=refusal,
             cap=cap,
         )
-
-    async def result_from_s3(self, editjob: JSON) -> WorkerResult | None:
-        """The result JSON the worker wrote next to the image (survives Job deletion)."""
-        attempt = int((editjob.get("status") or {}).get("attempts") or 0)
-        if attempt < 1:
-            return None
-        prefix = worker_request(editjob, attempt, self.op).output.key_prefix
-        key = result_json_key(prefix, editjob["metadata"]["name"], attempt)
-
-        def fetch() -> bytes | None:
-            try:
-                resp = self.s3.get_object(self.settings.s3.bucket, key)
-            except S3Error as exc:
-                if exc.code in ("NoSuchKey", "NoSuchBucket"):
-                    return None
-                raise
-            try:
-                return resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-
-        raw = await asyncio.to_thread(fetch)
-        if raw is None:
-            return None
-        try:
-            return WorkerResult.model_validate_json(raw)
-        except ValidationError:
-            log.warning("unreadable result JSON", extra={"key": key})
-            return None
 
     # -- acting --------------------------------------------------------------------
     def _status_patch(self, key: Key, editjob: JSON, decision: Decision) -> JSON | None:
@@ -609,7 +547,10 @@ class Reconciler:
             return
         meta = editjob["metadata"]
         gone = {**editjob, "metadata": {**meta, "deletionTimestamp": stamp(self.now())}}
-        decision = decide(await self.observe((meta["namespace"], meta["name"]), gone), self.op)
+        # Not observed through the dispatcher: it would take the attempt over (warm mode).
+        decision = decide(Observed(gone, self.now(), words=self.dispatcher.words), self.op)
+        if decision.delete_job:
+            await self.dispatcher.stop(meta["namespace"], decision.delete_job)
         if decision.publish_completion:
             after = merged(gone, decision.status)
             await self.outbox.hold(after, review=decision.publish_review)

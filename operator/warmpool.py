@@ -19,11 +19,12 @@ then age), and only as many as there are idle workers it hears from
 never deep enough to reorder anything. The outcome is the worker's result JSON,
 heard on the result subject (and read from S3 after an operator restart).
 
-What the reconciler sees is the same :class:`~editflow.operator.dispatch.AttemptView`
-as in Job mode: a Job-shaped record whose conditions say Complete, or Failed with
-``DeadlineExceeded`` / ``ModelLoadFailed``, and the worker's Pod while it runs the
-attempt. So :func:`~editflow.operator.decide.decide` is one function for both
-modes, with the same phases, conditions, retries and timeouts.
+What the reconciler sees is an :class:`~editflow.operator.attempts.AttemptState`, as in
+Job mode: the result heard on the result subject (or read from S3 after a restart), an end
+without one (past its deadline, a model no worker of the pool loads), the pool's Pods that
+cannot start while no worker is up, or the worker running it. So
+:func:`~editflow.operator.decide.decide` is one function for both modes, with the same
+phases, conditions, retries and timeouts, and no branch for either.
 
 Guarantees and where they are kept:
 
@@ -56,10 +57,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from editflow.core.errors import ErrorInfo
 from editflow.core.kubetime import parse_stamp as parse_time
 from editflow.core.kubetime import stamp as _stamp
 from editflow.core.sealing import attempt_token, seal, token_key, token_matches
@@ -78,9 +81,16 @@ from editflow.events.worker_contract import (
 )
 from editflow.events.workqueue import ensure_work_consumer
 from editflow.operator import metrics
+from editflow.operator.attempts import (
+    AttemptState,
+    ResultReader,
+    StartWords,
+    deadline_of,
+    gone,
+    pods_state,
+)
 from editflow.operator.caches import ClusterCache
 from editflow.operator.credentials import AttemptCredentialMinter, CredentialMintError
-from editflow.operator.dispatch import AttemptView
 from editflow.operator.jobspec import worker_request
 from editflow.operator.kube import JSON, AsyncKube
 from editflow.operator.names import job_name
@@ -101,14 +111,6 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
 
 
-def _record(name: str, created: float, condition: dict[str, str] | None = None) -> JSON:
-    """The Job-shaped view of a warm attempt that :func:`decide` reads."""
-    status: JSON = {}
-    if condition is not None:
-        status["conditions"] = [{"status": "True", **condition}]
-    return {"metadata": {"name": name, "creationTimestamp": _stamp(created)}, "status": status}
-
-
 class WarmDispatcher:
     """The :class:`~editflow.operator.dispatch.Dispatcher` of warm mode (module docstring)."""
 
@@ -124,6 +126,7 @@ class WarmDispatcher:
         minter: AttemptCredentialMinter | None = None,
         pool_keys: PoolKeys | None = None,
         token_secret: str = "",
+        results: ResultReader | None = None,
     ) -> None:
         self.kube = kube
         self.cache = cache
@@ -132,6 +135,8 @@ class WarmDispatcher:
         self.js = nats.jetstream() if nats is not None else None
         self.wake = wake
         self.clock = clock
+        #: The result JSON in S3 (after a restart) and the operator's signature of its URL.
+        self.results = results
         #: Per-attempt credentials (operator.attempt_credentials): minted and sealed at
         #: hand-out. Without them warm workers read S3 with the namespace's shared key.
         self.minter = minter
@@ -164,37 +169,53 @@ class WarmDispatcher:
         )
 
     # -- the Dispatcher seam -------------------------------------------------------
-    def observe(self, namespace: str, name: str, editjob: JSON | None = None) -> AttemptView:
+    words = StartWords(
+        "HandedToWarmPool", "attempt {attempt} handed to the warm pool", "waiting for a warm worker"
+    )
+
+    async def observe(self, editjob: JSON) -> AttemptState:
+        namespace = editjob["metadata"]["namespace"]
+        name = (editjob.get("status") or {}).get("jobName") or ""
         key = (namespace, name)
-        attempt = self.attempts.get(key)
-        if attempt is None and editjob is not None:
-            attempt = self._adopt(editjob, name)
+        attempt = self.attempts.get(key) or self._adopt(editjob, name)
         if attempt is None:
-            return AttemptView(job=None, pods=())
+            return gone(name)
         if attempt.result is None and key in self.unclaimed_results:
             attempt.result = self.unclaimed_results.pop(key)[0]
+        if attempt.result is None and attempt.check_result and self.results is not None:
+            # Finished while no operator listened (after a restart): its result is in S3.
+            attempt.check_result = False
+            found = await self.results.from_s3(editjob, attempt.attempt)
+            if found is not None and found.attempt == attempt.attempt:
+                attempt.result = found
+        started = datetime.fromtimestamp(attempt.created, UTC)
         if attempt.result is not None:
-            return AttemptView(
-                job=_record(name, attempt.created, {"type": "Complete", "reason": "Completed"}),
-                pods=(),
-                result=attempt.result,
-            )
-        check, attempt.check_result = attempt.check_result, False
+            result = attempt.result
+            if self.results is not None:
+                result = self.results.signed(editjob, result)
+            return AttemptState(name, started=started, result=result)
         if attempt.failed is not None:
-            return AttemptView(
-                job=_record(name, attempt.created, {"type": "Failed", **attempt.failed}), pods=()
-            )
+            return AttemptState(name, started=started, ended=self._failure(editjob, attempt))
         worker = self.registry.running(namespace, attempt.edit_id, attempt.attempt)
         if worker is not None:
-            pod = self.cache.warm_pods.get((namespace, worker.pod))
-            return AttemptView(
-                job=_record(name, attempt.created), pods=(pod,) if pod else (), check_result=check
+            pod = self.cache.warm_pods.get((namespace, worker.pod)) or {}
+            return AttemptState(
+                name,
+                started=started,
+                worker=worker.pod,
+                node=(pod.get("spec") or {}).get("nodeName"),
+                running_message=f"running in warm worker {worker.pod}",
             )
-        return AttemptView(
-            job=_record(name, attempt.created),
-            pods=self._waiting_pods(attempt),
-            check_result=check,
-        )
+        return pods_state(name, self._waiting_pods(attempt), started)
+
+    def _failure(self, editjob: JSON, attempt: WarmAttempt) -> ErrorInfo:
+        """Why an attempt ended without a result, in the error taxonomy."""
+        failed = attempt.failed or {}
+        if failed.get("reason") == "DeadlineExceeded":
+            deadline = deadline_of(editjob, self.op)
+            return ErrorInfo("timeout", f"the edit did not finish within {deadline}s", True)
+        detail = failed.get("message") or "no warm worker could load the model"
+        return ErrorInfo("model_load_failed", detail, True)
 
     async def start(self, editjob: JSON, attempt: int) -> str:
         meta = editjob["metadata"]
@@ -228,12 +249,6 @@ class WarmDispatcher:
             await self._delete_message(attempt)
         self._kick.set()
         return True
-
-    def record_result(self, namespace: str, name: str, result: WorkerResult) -> None:
-        """A result found elsewhere (S3, after a restart) for an attempt this process owns."""
-        attempt = self.attempts.get((namespace, name))
-        if attempt is not None and result.attempt == attempt.attempt:
-            attempt.result = result
 
     # -- attempts ---------------------------------------------------------------------
     def _new_attempt(self, editjob: JSON, number: int) -> WarmAttempt:

@@ -20,8 +20,6 @@ import platform
 import weakref
 from typing import Any
 
-import kopf
-
 from editflow.operator import app, caches
 from editflow.operator.caches import SLIM_MARK, ClusterCache, is_slim, project_editjob
 from editflow.operator.crd import editjob_path

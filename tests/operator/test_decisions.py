@@ -17,6 +17,7 @@ from editflow.core.errors import PERMANENT_EXIT_CODES, ErrorInfo, InvalidInputEr
 from editflow.core.settings import OperatorSettings
 from editflow.events.models import ApprovalEvent
 from editflow.events.worker_contract import CostBreakdown, WorkerResult
+from editflow.operator.attempts import job_attempt_state
 from editflow.operator.decide import Observed, decide, is_sampled, merge_conditions
 from editflow.operator.jobspec import job_manifest
 from editflow.operator.mapping import editjob_from_approval
@@ -90,6 +91,34 @@ def pod(phase: str, exit_code: int | None = None, unschedulable: str | None = No
     return {"metadata": {"creationTimestamp": created}, "spec": {}, "status": status}
 
 
+_UNSEEN = object()
+
+
+def observed(
+    ej: dict,
+    now: datetime,
+    job: object = _UNSEEN,
+    pods: tuple = (),
+    result: WorkerResult | None = None,
+    **kw: object,
+) -> Observed:
+    """What the reconciler gives decide() in Job mode: the attempt's Job and Pods (and the
+    result found for it) read by the Job dispatcher as an AttemptState (issue 21 item 1).
+    Without ``job`` nothing was observed (an EditJob with no attempt in flight)."""
+    if job is _UNSEEN and result is None and not pods:
+        return Observed(ej, now, **kw)  # type: ignore[arg-type]
+    status = ej.get("status") or {}
+    state = job_attempt_state(
+        status.get("jobName") or "j",
+        int(status.get("attempts") or 0),
+        None if job is _UNSEEN else job,  # type: ignore[arg-type]
+        pods,
+        result,
+        deadline_seconds=int(ej["spec"].get("deadlineSeconds") or SETTINGS.deadline_seconds),
+    )
+    return Observed(ej, now, attempt=state, **kw)  # type: ignore[arg-type]
+
+
 def result(ok: bool = True, attempt: int = 1, retriable: bool = True) -> WorkerResult:
     if ok:
         return WorkerResult(
@@ -149,9 +178,14 @@ def test_job_manifest_matches_golden_and_encodes_the_attempt_policy() -> None:
 
 
 # -- decisions ----------------------------------------------------------------------
-def test_a_new_editjob_is_accepted_as_pending_when_no_slot_is_free() -> None:
+def test_a_new_editjob_with_no_slot_free_is_accepted_and_queued_in_one_write() -> None:
+    """Issue 21 item 5: accepted and queued with its place in the same status write (it was
+    Pending, then Queued in a second write)."""
     d = decide(Observed(editjob(), NOW, in_flight=2), SETTINGS)
-    assert d.status["phase"] == "Pending" and d.create_job is None and d.requeue_after == 0
+    assert d.status["phase"] == "Queued" and d.create_job is None
+    assert d.status["queuePosition"] == 1 and d.status["queuedAt"]
+    kinds = {c["type"]: c["status"] for c in d.status["conditions"]}
+    assert kinds == {"Accepted": "True", "Scheduled": "False"}
 
 
 def test_a_new_editjob_with_a_free_slot_is_accepted_and_started_in_one_write() -> None:
@@ -178,7 +212,7 @@ def test_the_cap_and_the_queue_ahead_keep_an_edit_queued() -> None:
 
 def test_success_records_result_and_publishes() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
-    d = decide(Observed(ej, NOW, job=job(("Complete", "")), result=result()), SETTINGS)
+    d = decide(observed(ej, NOW, job=job(("Complete", "")), result=result()), SETTINGS)
     assert d.status["phase"] == "Succeeded" and d.status["costSeconds"] == 12.5
     assert d.status["resultKey"].endswith("result.png") and d.publish_completion
 
@@ -189,37 +223,37 @@ def test_gpu_seconds_count_every_attempt_not_only_the_one_that_decided() -> None
     failed = result(False)
     failed.cost = CostBreakdown(total=7.0)
     first = editjob("Running", attempts=1, jobName="j", startedAt=started)
-    retry = decide(Observed(first, NOW, job=job(("Failed", "x")), result=failed), SETTINGS)
+    retry = decide(observed(first, NOW, job=job(("Failed", "x")), result=failed), SETTINGS)
     assert retry.status["phase"] == "Queued" and retry.status["gpuSeconds"] == 7.0
     # A worker killed without a result held its GPU from the attempt's start until now.
     killed = editjob("Running", attempts=2, jobName="j", startedAt=started, gpuSeconds=7.0)
     crash = decide(
-        Observed(killed, NOW, job=job(("Failed", "x")), pods=(pod("Failed", 137),)), SETTINGS
+        observed(killed, NOW, job=job(("Failed", "x")), pods=(pod("Failed", 137),)), SETTINGS
     )
     assert crash.status["gpuSeconds"] == 47.0
     last = editjob("Running", attempts=3, jobName="j", startedAt=started, gpuSeconds=47.0)
-    finished = Observed(last, NOW, job=job(("Complete", "")), result=result(attempt=3))
+    finished = observed(last, NOW, job=job(("Complete", "")), result=result(attempt=3))
     done = decide(finished, SETTINGS)
     assert done.status["costSeconds"] == 12.5 and done.status["gpuSeconds"] == 59.5
     # An attempt that never got a GPU cost nothing; a cancelled one held its GPU until now.
     msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     pending = editjob("Running", attempts=1, jobName="j", startedAt=started)
     expired = decide(
-        Observed(pending, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=601),)),
+        observed(pending, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=601),)),
         SETTINGS,
     )
     assert expired.status["gpuSeconds"] == 0.0
     cancelled = editjob("Running", attempts=1, jobName="j", startedAt=started, gpuSeconds=3.0)
     cancelled["metadata"]["annotations"][ANNOTATION_CANCEL] = "withdrawn"
-    assert decide(Observed(cancelled, NOW, job=job()), SETTINGS).status["gpuSeconds"] == 43.0
+    assert decide(observed(cancelled, NOW, job=job()), SETTINGS).status["gpuSeconds"] == 43.0
 
 
 def test_a_permanent_worker_error_fails_without_retry() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
-    observed = Observed(
+    seen = observed(
         ej, NOW, job=job(("Failed", "PodFailurePolicy")), result=result(False, retriable=False)
     )
-    d = decide(observed, SETTINGS)
+    d = decide(seen, SETTINGS)
     assert (
         d.status["phase"] == "Failed"
         and d.create_job is None
@@ -230,7 +264,7 @@ def test_a_permanent_worker_error_fails_without_retry() -> None:
 def test_a_retriable_failure_backs_off_then_needs_review_when_attempts_run_out() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
     d = decide(
-        Observed(ej, NOW, job=job(("Failed", "BackoffLimitExceeded")), result=result(False)),
+        observed(ej, NOW, job=job(("Failed", "BackoffLimitExceeded")), result=result(False)),
         SETTINGS,
     )
     assert d.status["phase"] == "Queued" and d.status["jobName"] is None
@@ -240,23 +274,23 @@ def test_a_retriable_failure_backs_off_then_needs_review_when_attempts_run_out()
     later = decide(Observed(waiting, NOW + timedelta(seconds=31)), SETTINGS)
     assert later.create_job == 2
     last = editjob("Running", attempts=3, jobName="j")
-    final = decide(Observed(last, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS)
+    final = decide(observed(last, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS)
     assert final.status["phase"] == "NeedsReview" and final.publish_review
 
 
 def test_a_warm_attempts_log_lines_are_kept_in_the_status_for_the_desk() -> None:
     last = editjob("Running", attempts=3, jobName="j")
     failed = result(False, 3).model_copy(update={"log": ['{"msg": "edit failed"}']})
-    final = decide(Observed(last, NOW, job=job(("Failed", "x")), result=failed), SETTINGS)
+    final = decide(observed(last, NOW, job=job(("Failed", "x")), result=failed), SETTINGS)
     assert final.status["phase"] == "NeedsReview"
     assert final.status["workerLog"] == {"attempt": 3, "lines": ['{"msg": "edit failed"}']}
-    plain = decide(Observed(last, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS)
+    plain = decide(observed(last, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS)
     assert "workerLog" not in plain.status  # a Job attempt's lines are its Pod's
 
 
 def test_every_failed_attempt_keeps_its_own_worker_code_and_message_for_the_desk() -> None:
     first = editjob("Running", attempts=1, jobName="j", workerPod="pod-a")
-    d = decide(Observed(first, NOW, job=job(("Failed", "x")), result=result(False)), SETTINGS)
+    d = decide(observed(first, NOW, job=job(("Failed", "x")), result=result(False)), SETTINGS)
     (one,) = d.status["failedAttempts"]
     assert one["attempt"] == 1 and one["worker"] == "pod-a" and one["errorCode"]
     third = editjob(
@@ -264,7 +298,7 @@ def test_every_failed_attempt_keeps_its_own_worker_code_and_message_for_the_desk
         failedAttempts=[one, {**one, "attempt": 2, "worker": "pod-b"}],
     )  # fmt: skip
     final = decide(
-        Observed(third, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS
+        observed(third, NOW, job=job(("Failed", "x")), result=result(False, 3)), SETTINGS
     )
     assert final.status["phase"] == "NeedsReview"
     assert [a["worker"] for a in final.status["failedAttempts"]] == ["pod-a", "pod-b", "pod-c"]
@@ -272,15 +306,15 @@ def test_every_failed_attempt_keeps_its_own_worker_code_and_message_for_the_desk
 
 def test_timeouts_and_unknown_exit_codes_are_retriable_permanent_codes_are_not() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
-    timeout = decide(Observed(ej, NOW, job=job(("Failed", "DeadlineExceeded"))), SETTINGS)
+    timeout = decide(observed(ej, NOW, job=job(("Failed", "DeadlineExceeded"))), SETTINGS)
     assert timeout.status["phase"] == "Queued" and timeout.status["errorCode"] == "timeout"
     oom = decide(
-        Observed(ej, NOW, job=job(("Failed", "BackoffLimitExceeded")), pods=(pod("Failed", 137),)),
+        observed(ej, NOW, job=job(("Failed", "BackoffLimitExceeded")), pods=(pod("Failed", 137),)),
         SETTINGS,
     )
     assert oom.status["phase"] == "Queued"
     bad = decide(
-        Observed(ej, NOW, job=job(("Failed", "PodFailurePolicy")), pods=(pod("Failed", 4),)),
+        observed(ej, NOW, job=job(("Failed", "PodFailurePolicy")), pods=(pod("Failed", 4),)),
         SETTINGS,
     )
     assert bad.status["phase"] == "Failed"
@@ -288,9 +322,9 @@ def test_timeouts_and_unknown_exit_codes_are_retriable_permanent_codes_are_not()
 
 def test_a_job_deleted_by_hand_is_recovered_from_s3_or_retried() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
-    recovered = decide(Observed(ej, NOW, job=None, result=result()), SETTINGS)
+    recovered = decide(observed(ej, NOW, job=None, result=result()), SETTINGS)
     assert recovered.status["phase"] == "Succeeded"
-    lost = decide(Observed(ej, NOW, job=None), SETTINGS)
+    lost = decide(observed(ej, NOW, job=None), SETTINGS)
     assert lost.status["phase"] == "Queued" and lost.status["errorCode"] == "job_missing"
 
 
@@ -298,11 +332,11 @@ def test_a_pod_waiting_for_a_gpu_is_queued_then_times_out() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
     msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     waiting = decide(
-        Observed(ej, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=5),)), SETTINGS
+        observed(ej, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=5),)), SETTINGS
     )
     assert waiting.status["phase"] == "Queued" and msg in waiting.status["message"]
     expired = decide(
-        Observed(ej, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=601),)), SETTINGS
+        observed(ej, NOW, job=job(), pods=(pod("Pending", unschedulable=msg, age=601),)), SETTINGS
     )
     assert expired.delete_job == "j" and expired.status["errorCode"] == "no_gpu"
     assert "no GPU node available" in expired.status["message"]
@@ -311,7 +345,7 @@ def test_a_pod_waiting_for_a_gpu_is_queued_then_times_out() -> None:
 def test_cancel_and_resolve_annotations() -> None:
     ej = editjob("Running", attempts=1, jobName="j")
     ej["metadata"]["annotations"][ANNOTATION_CANCEL] = "withdrawn"
-    d = decide(Observed(ej, NOW, job=job()), SETTINGS)
+    d = decide(observed(ej, NOW, job=job()), SETTINGS)
     assert d.status["phase"] == "Cancelled" and d.delete_job == "j" and d.publish_completion
     review = editjob("NeedsReview", finishedAt="2026-11-25T11:00:00Z")
     # A designer's image lies under the edit's own result prefix (issue 20 §3).
@@ -321,10 +355,19 @@ def test_cancel_and_resolve_annotations() -> None:
     assert d.status["phase"] == "Succeeded" and d.status["resultKey"] == fixed
 
 
-def test_final_phases_republish_until_recorded_then_expire() -> None:
+def test_final_phases_redeliver_until_recorded_then_expire() -> None:
     done = editjob("Succeeded", finishedAt="2026-11-25T11:00:00Z")
     assert decide(Observed(done, NOW, completion_id="c1"), SETTINGS).publish_completion
-    done["status"]["completionEventId"] = "c1"
+    # The outcome written with the phase, not yet recorded as delivered: delivered again.
+    done["status"].update(completionEventId="c1", callbackDelivery="pending")
+    again = decide(Observed(done, NOW, completion_id="c1"), SETTINGS)
+    assert again.publish_completion and again.requeue_after == SETTINGS.delivery_recheck_seconds
+    # A webhook waiting for its next try is not tried before its time.
+    later = (NOW + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    done["status"].update(completionPublishedAt="t", delivery={"nextAttemptAt": later})
+    waiting = decide(Observed(done, NOW, completion_id="c1"), SETTINGS)
+    assert not waiting.publish_completion and waiting.requeue_after == 40
+    done["status"].update(callbackDelivery="delivered", delivery=None)
     kept = decide(Observed(done, NOW, completion_id="c1"), SETTINGS)
     assert not kept.publish_completion and not kept.delete_editjob
     expired = decide(Observed(done, NOW + timedelta(days=8), completion_id="c1"), SETTINGS)
@@ -388,10 +431,10 @@ def test_a_pod_that_cannot_start_ends_the_attempt_within_a_minute_with_the_reaso
         return p
 
     ej = editjob("Running", attempts=1, jobName="j")
-    early = decide(Observed(ej, NOW, job=job(), pods=(stuck_pod(10),)), SETTINGS)
+    early = decide(observed(ej, NOW, job=job(), pods=(stuck_pod(10),)), SETTINGS)
     assert early.delete_job is None and reason in early.status["message"]
     assert early.requeue_after is not None and early.requeue_after <= 60
-    late = decide(Observed(ej, NOW, job=job(), pods=(stuck_pod(60),)), SETTINGS)
+    late = decide(observed(ej, NOW, job=job(), pods=(stuck_pod(60),)), SETTINGS)
     assert late.delete_job == "j" and late.status["errorCode"] == "pod_stuck"
     assert reason in late.status["message"] and "not found" in late.status["message"]
     assert late.status["phase"] == "Queued"  # retried with backoff, like any retriable failure

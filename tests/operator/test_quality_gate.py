@@ -20,10 +20,10 @@ from editflow.events.worker_contract import (
     WorkerResult,
 )
 from editflow.operator.crd import editjob_crd
-from editflow.operator.decide import Observed, decide
+from editflow.operator.decide import decide
 from editflow.operator.jobspec import job_manifest
 from editflow.operator.outcomes import completion_for
-from tests.operator.test_decisions import NOW, SETTINGS, editjob, job
+from tests.operator.test_decisions import NOW, SETTINGS, editjob, job, observed
 
 REPAINTED = QualityReport(
     verdict="global_change",
@@ -56,7 +56,7 @@ def decided(quality: QualityReport | None, mode: str = "advisory", sample_rate: 
     running = editjob("Running", attempts=1, jobName="j")
     result = judged(quality)
     return running, decide(
-        Observed(running, NOW, job=job(("Complete", "")), result=result), settings
+        observed(running, NOW, job=job(("Complete", "")), result=result), settings
     )
 
 

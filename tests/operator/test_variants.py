@@ -27,13 +27,13 @@ from editflow.events.models import (
 from editflow.events.publish import publish_event
 from editflow.events.worker_contract import CostBreakdown, VariantResult, WorkerResult
 from editflow.operator.crd import editjob_path
-from editflow.operator.decide import Observed, decide
+from editflow.operator.decide import decide
 from editflow.operator.jobspec import worker_request
 from editflow.operator.mapping import editjob_from_approval
 from editflow.operator.outcomes import completion_for
 from tests.harness import scratch_namespace
 from tests.operator.test_bridge import Bus, _settings, approval, eventually
-from tests.operator.test_decisions import NOW, job
+from tests.operator.test_decisions import NOW, job, observed
 
 SETTINGS = OperatorSettings()
 
@@ -82,9 +82,7 @@ def test_every_variant_is_recorded_in_status_and_listed_in_the_completion() -> N
     editjob["metadata"].update(uid="uid-1", creationTimestamp="2026-11-25T11:59:00Z")
     editjob["status"] = {"phase": "Running", "attempts": 1, "jobName": "x-a1"}
     decision = decide(
-        Observed(
-            editjob=editjob, now=NOW, job=job(("Complete", "")), result=three_variant_result()
-        ),
+        observed(editjob, NOW, job=job(("Complete", "")), result=three_variant_result()),
         SETTINGS,
     )
     assert decision.status["phase"] == "Succeeded"

@@ -1,27 +1,32 @@
-"""Warm dispatch's pure parts: the same decide() reads a warm attempt's Job-shaped record,
-the warm worker's Job, the work index's reservations, and the dispatcher's hand-out order."""
+"""Warm dispatch's pure parts: the same decide() reads a warm attempt's state as a Job's
+(the attempt is the unit, issue 21 item 1), the warm worker's Job, the work index's
+reservations, and the dispatcher's hand-out order."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from editflow.core.errors import ErrorInfo
 from editflow.core.settings import OperatorSettings
 from editflow.events.worker_contract import POISON_EDIT_CODE, WorkerHeartbeat, WorkerResult
+from editflow.operator.attempts import AttemptState
 from editflow.operator.caches import ClusterCache
 from editflow.operator.decide import Observed, decide
 from editflow.operator.names import ANNOTATION_CONFIG_HASH, LABEL_POOL
 from editflow.operator.warmjobs import config_hash, warm_job_manifest
 from editflow.operator.warmpool import WarmDispatcher
 from editflow.operator.workindex import WorkIndex
-from tests.operator.test_decisions import NOW, editjob, job, pod
+from tests.operator.test_decisions import NOW, editjob, pod
 
 WARM = OperatorSettings(worker_mode="warm", max_running_per_namespace=2, max_attempts=2)
 
 
 def observe(ej: dict, **kw: object) -> Observed:
-    return Observed(editjob=ej, now=NOW, **kw)  # type: ignore[arg-type]
+    return Observed(editjob=ej, now=NOW, words=WarmDispatcher.words, **kw)  # type: ignore[arg-type]
 
 
 def test_a_new_attempt_in_warm_mode_waits_for_a_warm_worker_not_a_job() -> None:
@@ -33,10 +38,12 @@ def test_a_new_attempt_in_warm_mode_waits_for_a_warm_worker_not_a_job() -> None:
 
 
 def test_the_worker_pod_running_the_attempt_is_shown_in_status() -> None:
-    running = pod("Running")
-    running["metadata"]["name"] = "editflow-warm-longcat-image-edit-abc123-x1"
+    pod = "editflow-warm-longcat-image-edit-abc123-x1"
+    running = AttemptState(
+        "ej-a1", worker=pod, node="gpu-1", running_message=f"running in warm worker {pod}"
+    )
     ej = editjob("Running", attempts=1, jobName="ej-a1", message="attempt 1: waiting")
-    decision = decide(observe(ej, job=job(), pods=(running,)), WARM)
+    decision = decide(observe(ej, attempt=running), WARM)
     assert decision.status["workerPod"] == "editflow-warm-longcat-image-edit-abc123-x1"
     assert "running in warm worker editflow-warm" in decision.status["message"]
 
@@ -51,26 +58,101 @@ def test_an_edit_that_killed_every_worker_it_reached_ends_needs_review() -> None
         error=ErrorInfo(POISON_EDIT_CODE, "delivered 4 times, every worker died", False),
     )
     ej = editjob("Running", attempts=1, jobName="ej-a1")
-    decision = decide(observe(ej, job=job(("Complete", "Completed")), result=poison), WARM)
+    decision = decide(observe(ej, attempt=AttemptState("ej-a1", result=poison)), WARM)
     assert decision.status["phase"] == "NeedsReview"
     assert decision.status["errorCode"] == POISON_EDIT_CODE
     assert decision.status["workerPod"] == "w-1"
 
 
-def test_a_model_no_worker_can_load_is_retried_then_goes_to_review() -> None:
-    failed = job(("Failed", "ModelLoadFailed"))
-    failed["status"]["conditions"][0]["message"] = "model_load_failed: weights missing"
-    first = decide(observe(editjob("Running", attempts=1, jobName="ej-a1"), job=failed), WARM)
+def _warm_attempt_that_failed(reason: str, message: str) -> tuple[WarmDispatcher, dict]:
+    """A warm dispatcher owning attempt 1 of an EditJob, ended without a result."""
+    dispatcher = WarmDispatcher(None, ClusterCache(None, ["edits"]), WARM, nats=None)  # type: ignore[arg-type]
+    ej = editjob("Running", attempts=1, jobName="ej-a1", startedAt="2026-11-25T11:59:30Z")
+    ej["metadata"]["namespace"] = "edits"
+    attempt = dispatcher._new_attempt(ej, 1)
+    attempt.failed = {"reason": reason, "message": message}
+    dispatcher.attempts[("edits", attempt.name)] = attempt
+    ej["status"]["jobName"] = attempt.name
+    return dispatcher, ej
+
+
+async def test_a_model_no_worker_can_load_is_retried_then_goes_to_review() -> None:
+    dispatcher, ej = _warm_attempt_that_failed(
+        "ModelLoadFailed", "model_load_failed: weights missing"
+    )
+    state = await dispatcher.observe(ej)
+    assert state.ended is not None and state.ended.code == "model_load_failed"
+    first = decide(observe(ej, attempt=state), WARM)
     assert first.status["phase"] == "Queued" and first.status["errorCode"] == "model_load_failed"
     assert "weights missing" in first.status["message"]
-    last = decide(observe(editjob("Running", attempts=2, jobName="ej-a2"), job=failed), WARM)
+    second = {**ej, "status": {**ej["status"], "attempts": 2}}
+    last = decide(observe(second, attempt=state), WARM)
     assert last.status["phase"] == "NeedsReview" and "weights missing" in last.status["message"]
 
 
-def test_a_warm_attempt_past_its_deadline_is_a_timeout() -> None:
-    ej = editjob("Running", attempts=1, jobName="ej-a1")
-    decision = decide(observe(ej, job=job(("Failed", "DeadlineExceeded"))), WARM)
+async def test_a_warm_attempt_past_its_deadline_is_a_timeout() -> None:
+    dispatcher, ej = _warm_attempt_that_failed("DeadlineExceeded", "not finished within 900s")
+    decision = decide(observe(ej, attempt=await dispatcher.observe(ej)), WARM)
     assert decision.status["errorCode"] == "timeout" and decision.status["phase"] == "Queued"
+
+
+ATTEMPTS = {
+    "running": AttemptState("x-a1", worker="w-1", node="n-1", running_message="running"),
+    "waiting for a GPU": AttemptState(
+        "x-a1", unschedulable="0/1 nodes: no GPU", waiting_since=NOW - timedelta(seconds=30)
+    ),
+    "no GPU in time": AttemptState(
+        "x-a1", unschedulable="0/1 nodes: no GPU", waiting_since=NOW - timedelta(hours=2)
+    ),
+    "stuck": AttemptState(
+        "x-a1", stuck=("ImagePullBackOff", "no such image"), stuck_since=NOW - timedelta(hours=1)
+    ),
+    "timed out": AttemptState(
+        "x-a1", ended=ErrorInfo("timeout", "the edit did not finish within 900s", True)
+    ),
+    "succeeded": AttemptState(
+        "x-a1",
+        result=WorkerResult(
+            status="success",
+            edit_id="e",
+            attempt=1,
+            model="longcat-image-edit",
+            result_key="results/edits/e/attempt-1/result.png",
+        ),
+    ),
+    "failed": AttemptState(
+        "x-a1",
+        result=WorkerResult(
+            status="failed",
+            edit_id="e",
+            attempt=1,
+            model="longcat-image-edit",
+            error=ErrorInfo("image_rejected", "not an image", False),
+        ),
+    ),
+    "gone": None,
+}
+
+
+@pytest.mark.parametrize("seen", list(ATTEMPTS), ids=list(ATTEMPTS))
+def test_a_dispatch_mode_is_invisible_to_decide(seen: str) -> None:
+    """Issue 21 item 1: the same attempt states give the same decisions in both modes;
+    only the words of a start are the mode's, and they are data (StartWords)."""
+    ej = editjob("Running", attempts=1, jobName="x-a1", startedAt="2026-11-25T11:59:00Z")
+    job_mode = WARM.model_copy(update={"worker_mode": "job"})
+    attempt = ATTEMPTS[seen]
+    warm = decide(Observed(ej, NOW, attempt=attempt), WARM)
+    job = decide(Observed(ej, NOW, attempt=attempt), job_mode)
+    assert warm == job
+
+
+def test_decide_names_no_dispatch_mode_job_or_pod() -> None:
+    """The decision module reads attempt states only: no Job, Pod or mode is looked up."""
+    from editflow.operator import decide as decide_module
+
+    source = Path(decide_module.__file__).read_text()
+    for word in ("worker_mode", "job_outcome", "podstate", '"warm"', "obs.pods", "obs.job"):
+        assert word not in source, word
 
 
 def test_the_warm_worker_job_is_locked_down_and_carries_its_configuration_hash() -> None:

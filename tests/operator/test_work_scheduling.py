@@ -122,7 +122,14 @@ def test_in_flight_counts_unfinished_jobs_claims_and_reservations_once_each() ->
 
 
 def test_settled_editjobs_are_cached_slim() -> None:
-    big = editjob("done", phase="Succeeded", completionEventId="c-1", finishedAt=ts(NOW))
+    big = editjob(
+        "done",
+        phase="Succeeded",
+        completionEventId="c-1",
+        completionPublishedAt=ts(NOW),
+        callbackDelivery="none",
+        finishedAt=ts(NOW),
+    )
     big["spec"]["prompt"] = "x" * 10_000
     big["metadata"]["managedFields"] = [{"manager": "kopf"}] * 10
     slim = project_editjob(big)
@@ -131,7 +138,12 @@ def test_settled_editjobs_are_cached_slim() -> None:
         "phase": "Succeeded",
         "finishedAt": ts(NOW),
         "completionEventId": "c-1",
+        "completionPublishedAt": ts(NOW),
+        "callbackDelivery": "none",
     }
+    # Final but not delivered yet: kept whole, its delivery needs the spec.
+    undelivered = editjob("going", phase="Succeeded", completionEventId="c-2", finishedAt=ts(NOW))
+    assert "spec" in project_editjob(undelivered)
     active = editjob("busy", phase="Running", jobName="busy-a1")
     assert project_editjob(active)["spec"] == active["spec"]
 
@@ -151,8 +163,17 @@ async def test_a_settled_editjob_seen_again_after_a_restart_reconciles_without_i
         dispatcher=None,
         outbox=None,
         s3=None,  # type: ignore[arg-type]
+        writer=None,  # type: ignore[arg-type]
+        delivery=None,  # type: ignore[arg-type]
     )
-    done = editjob("done", phase="NeedsReview", completionEventId="c-1", finishedAt=ts(NOW))
+    done = editjob(
+        "done",
+        phase="NeedsReview",
+        completionEventId="c-1",
+        completionPublishedAt=ts(NOW),
+        callbackDelivery="none",
+        finishedAt=ts(NOW),
+    )
     done["metadata"]["resourceVersion"] = "5"
     cache.editjobs.upsert(done)
     assert "spec" not in cache.editjobs.get(("edits", "done"))
@@ -160,36 +181,105 @@ async def test_a_settled_editjob_seen_again_after_a_restart_reconciles_without_i
 
 
 class RecordingOutbox:
-    """Stands in for the outbox's apiserver writes: records which outcomes were made durable
+    """Stands in for the outbox's apiserver writes: records which outcomes it was handed
     (the real writer is exercised on the platform by the lifecycle and fault suites)."""
 
     def __init__(self) -> None:
-        self.published: list[tuple[str, str, bool]] = []
+        self.held: list[tuple[str, str, bool]] = []
 
-    async def publish_outcome(self, editjob: dict, *, review: bool) -> None:
-        self.published.append((editjob["metadata"]["name"], editjob["status"]["phase"], review))
+    async def hold(self, editjob: dict, *, review: bool) -> None:
+        self.held.append((editjob["metadata"]["name"], editjob["status"]["phase"], review))
+
+    def alert_if_needed(self, editjob: dict, decision: object) -> None:
+        return None
 
 
-async def test_deleting_a_final_editjob_whose_outcome_was_never_recorded_still_delivers_it() -> (
-    None
-):
-    """Status NeedsReview written, the operator stopped before the outcome: deleting the
-    EditJob then must not drop its completion (issue 20 §7). A recorded one is left alone."""
+class FinalizerKube:
+    """Answers the finalizer PATCHes and Events of a reconcile, and records them."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict]] = []
+
+    async def patch(self, path: str, body: dict, **_: object) -> dict:
+        self.patches.append((path, body))
+        name = path.rsplit("/", 1)[-1]
+        return {"metadata": {"namespace": "edits", "name": name, **body["metadata"]}}
+
+    async def create(self, path: str, body: dict) -> dict:
+        return body
+
+
+class RecordingDispatcher:
+    """The attempt of a running EditJob, as a dispatcher shows it; records stops."""
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    from editflow.operator.attempts import JOB_WORDS as words
+
+    async def observe(self, editjob: dict) -> object:
+        from editflow.operator.attempts import AttemptState
+
+        return AttemptState(editjob["status"]["jobName"], worker="w-1")
+
+    async def stop(self, namespace: str, name: str) -> bool:
+        self.stopped.append(name)
+        return True
+
+
+def deleting(ej: dict) -> dict:
+    from editflow.operator.names import FINALIZER
+
+    ej["metadata"].update(deletionTimestamp=ts(NOW), finalizers=[FINALIZER], resourceVersion="7")
+    return ej
+
+
+async def test_deleting_an_editjob_cancels_it_through_decide_then_releases_the_finalizer() -> None:
+    """Issue 21 items 2 and 3: the operator owns the finalizer. A deleted EditJob takes
+    decide()'s cancel branch (GPU-seconds and metrics as for the annotation), its outcome
+    goes to the outbox (the EditJob is going away), its attempt is stopped, and only then
+    is the finalizer released. A final one whose outcome was never recorded as delivered
+    is handed over too (issue 20 §7); a delivered one only lets go."""
     from editflow.core.settings import Settings
     from editflow.operator.caches import ClusterCache
     from editflow.operator.reconciler import Reconciler
 
-    outbox = RecordingOutbox()
+    outbox, kube, dispatcher = RecordingOutbox(), FinalizerKube(), RecordingDispatcher()
+    cache = ClusterCache(None, ["edits"])  # type: ignore[arg-type]
     reconciler = Reconciler(
         Settings(),
-        None,
-        cache=ClusterCache(None, ["edits"]),  # type: ignore[arg-type]  # no request is made
-        dispatcher=None,
+        kube,  # type: ignore[arg-type]
+        cache=cache,
+        dispatcher=dispatcher,  # type: ignore[arg-type]
         outbox=outbox,  # type: ignore[arg-type]
         s3=None,  # type: ignore[arg-type]
+        writer=None,  # type: ignore[arg-type]  # a deleting EditJob's status is not written
+        delivery=None,  # type: ignore[arg-type]
+        now=lambda: NOW,
     )
-    unrecorded = editjob("lost", phase="NeedsReview", finishedAt=ts(NOW))
-    recorded = editjob("kept", phase="Succeeded", completionEventId="c-1", finishedAt=ts(NOW))
-    await reconciler.on_deleted(unrecorded)
-    await reconciler.on_deleted(recorded)
-    assert outbox.published == [("lost", "NeedsReview", True)]
+    running = editjob(
+        "busy",
+        phase="Running",
+        attempts=1,
+        jobName="busy-a1",
+        startedAt=ts(NOW - timedelta(seconds=30)),
+    )
+    lost = editjob("lost", phase="NeedsReview", completionEventId="c-1", finishedAt=ts(NOW))
+    kept = editjob(
+        "kept",
+        phase="Succeeded",
+        completionEventId="c-2",
+        completionPublishedAt=ts(NOW),
+        callbackDelivery="none",
+        finishedAt=ts(NOW),
+    )
+    for ej in (running, lost, kept):
+        cache.editjobs.upsert(deleting(ej))
+        await reconciler.reconcile("edits", ej["metadata"]["name"])
+
+    assert outbox.held == [("busy", "Cancelled", False), ("lost", "NeedsReview", True)]
+    assert dispatcher.stopped == ["busy-a1"]
+    released = [path.rsplit("/", 1)[-1] for path, body in kube.patches]
+    assert released == ["busy", "lost", "kept"]
+    assert all(body["metadata"]["finalizers"] == [] for _, body in kube.patches)
+    assert all(body["metadata"]["resourceVersion"] == "7" for _, body in kube.patches)
