@@ -215,7 +215,8 @@ async def start_work(state: dict[str, Any], namespaces: list[str]) -> None:
         asyncio.create_task(_supervised("reconciler", reconciler.run), name="reconciler"),
         asyncio.create_task(_supervised("deliverer", deliverer.run), name="deliverer"),
         asyncio.create_task(
-            run_bridge(settings, kube, nc, topo, ledger=ledger, desk=desk), name="bridge"
+            run_bridge(settings, kube, nc, topo, ledger=ledger, desk=desk, writer=writer),
+            name="bridge",
         ),
     ]
     if isinstance(dispatcher, WarmDispatcher):

@@ -73,6 +73,7 @@ from editflow.operator.names import (
 from editflow.operator.refusals import ApprovalScreen  # issue 14 §3-4: URL/callback screen
 from editflow.operator.review_actions import handle_review_action
 from editflow.operator.selection import record_selection
+from editflow.operator.statuswriter import StatusWriter
 
 log = logging.getLogger("editflow.operator.bridge")
 
@@ -93,9 +94,12 @@ class Bridge:
         js: JetStreamContext | None = None,
         topology: Topology | None = None,
         desk: DeskPublisher | None = None,
+        writer: StatusWriter | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
+        #: The operator's one writer of EditJob status (a person's action is recorded with it).
+        self.writer = writer or StatusWriter(kube)
         self.ledger = ledger
         #: Where a recorded selection is published (select events need it).
         self.js = js
@@ -136,6 +140,7 @@ class Bridge:
                 topology=self.topology,
                 ledger=self.ledger,
                 namespace=self.namespace,
+                writer=self.writer,
             )
         editjob = selection.data.editjob.name if selection.data.editjob else "?"
         message = "select: variant %d of editjob %s recorded"
@@ -156,6 +161,7 @@ class Bridge:
                 namespaces=self.settings.operator.namespaces or [self.namespace],
                 result_prefix=self.settings.operator.result_prefix,
                 desk=self.desk,
+                writer=self.writer,
             )
         self._decided("review", result, "review action %s: %s", data.action, result, where=where)
 
@@ -304,9 +310,18 @@ async def run_bridge(
     ledger: ApprovalLedger,
     stop: asyncio.Event | None = None,
     desk: DeskPublisher | None = None,
+    writer: StatusWriter | None = None,
 ) -> None:
     """The approval loop until ``stop`` is set (or cancelled), restarted with backoff on errors."""
-    bridge = Bridge(settings, kube, ledger=ledger, js=nc.jetstream(), topology=topology, desk=desk)
+    bridge = Bridge(
+        settings,
+        kube,
+        ledger=ledger,
+        js=nc.jetstream(),
+        topology=topology,
+        desk=desk,
+        writer=writer,
+    )
     # The desk's actions come from the gateway, not OA: NATS permissions, not the OA
     # signing key, say who may publish them (docs/desk.md).
     policy = Policy.from_settings(settings.events, accept={*OA_EVENT_TYPES, REVIEW_ACTION_V1})

@@ -52,6 +52,7 @@ from editflow.operator.names import (
 )
 from editflow.operator.outcomes import edit_fields
 from editflow.operator.phases import FINAL_PHASES
+from editflow.operator.statuswriter import StatusWriter
 from editflow.operator.tenancy import resolve_key_refusal
 
 log = logging.getLogger("editflow.operator.review_actions")
@@ -146,7 +147,11 @@ def effect(editjob: JSON, event: ReviewActionEvent, now: datetime) -> tuple[str,
             "jobName": None,
             "retryAfter": None,
             "finishedAt": None,
+            # The last outcome was delivered; the next is written with its final phase.
             "completionEventId": None,
+            "completionPublishedAt": None,
+            "callbackDelivery": None,
+            "delivery": None,
             "queuedAt": stamp(now),
             # Not completed any more: the next outcome sets Completed and Ready again.
             "conditions": [
@@ -198,9 +203,15 @@ async def handle_review_action(
     namespaces: list[str],
     result_prefix: str,
     desk: DeskPublisher | None = None,
+    writer: StatusWriter | None = None,
     now: datetime | None = None,
 ) -> str:
-    """Check and carry out one action; returns ``applied`` or ``duplicate``."""
+    """Check and carry out one action; returns ``applied`` or ``duplicate``.
+
+    A status change goes through the operator's one status writer, guarded by the
+    resourceVersion the action was decided on; an annotation (upload, send back) is the
+    reconciler's to carry out, through ``decide()``.
+    """
     data = event.data
     if data.namespace not in namespaces:
         raise InvalidInputError(
@@ -226,7 +237,14 @@ async def handle_review_action(
             raise refused
         where, patch = effect(editjob, event, moment)
         try:
-            editjob = await kube.patch(path + ("/status" if where == "status" else ""), patch)
+            if where == "status":
+                writer = writer or StatusWriter(kube)
+                written = await writer.write(editjob, patch["status"], guarded=True)
+                if written is None:
+                    raise KubeAPIError(404, "NotFound", f"editjob {data.editjob} not found")
+                editjob = written
+            else:
+                editjob = await kube.patch(path, patch)
         except KubeAPIError as exc:
             if exc.status == 404:
                 raise InvalidInputError(

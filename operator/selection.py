@@ -32,6 +32,7 @@ from editflow.operator.crd import editjob_path
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import editjob_name
 from editflow.operator.outcomes import selection_for
+from editflow.operator.statuswriter import StatusWriter
 
 
 def chosen(editjob: JSON, variant: int) -> dict[str, Any]:
@@ -64,6 +65,7 @@ async def record_selection(
     topology: Topology,
     ledger: ApprovalLedger,
     namespace: str,
+    writer: StatusWriter | None = None,
     now: datetime | None = None,
 ) -> SelectionEvent:
     data = event.data
@@ -87,9 +89,9 @@ async def record_selection(
     by = data.selected_by.id if data.selected_by else None
     status = editjob.get("status") or {}
     if status.get("selectedVariant") != data.variant or status.get("selectedBy") != by:
-        patch = {"status": {"selectedVariant": data.variant, "selectedAt": stamp, "selectedBy": by}}
+        patch = {"selectedVariant": data.variant, "selectedAt": stamp, "selectedBy": by}
         try:
-            await kube.patch(editjob_path(ns, name) + "/status", patch)
+            await (writer or StatusWriter(kube)).write(editjob, patch)  # the one status writer
         except KubeAPIError as exc:
             raise UpstreamError(f"recording the selection on {name} failed: {exc}") from exc
     selection, audit = selection_for(

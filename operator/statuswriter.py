@@ -1,8 +1,9 @@
 """The one place that writes an EditJob's status (issue 21 item 2).
 
-Both the reconciler (carrying out :func:`~editflow.operator.decide.decide`) and the outcome
-delivery (:mod:`.delivery`, recording that an outcome reached OA) write through
-:class:`StatusWriter`. A write goes out only when it changes something; what it returns
+The reconciler (carrying out :func:`~editflow.operator.decide.decide`), the outcome
+delivery (:mod:`.delivery`, recording that an outcome reached OA) and the bridge (a
+person's action: the desk's review actions, the applicant's choice of a variant) all write
+through :class:`StatusWriter`. A write goes out only when it changes something; what it returns
 is put in the cache at once (the next reconcile sees it before its watch event) and
 shown to the read models that follow the EditJob: the progress events and the desk.
 """
@@ -46,7 +47,7 @@ class StatusWriter:
     def __init__(
         self,
         kube: AsyncKube,
-        cache: ClusterCache,
+        cache: ClusterCache | None = None,
         *,
         progress: ProgressPublisher | None = None,
         desk: DeskPublisher | None = None,
@@ -58,20 +59,28 @@ class StatusWriter:
         #: The designer's desk read model (tickets in NATS KV), from the EditJobs written here.
         self.desk = desk
 
-    async def write(self, editjob: JSON, patch: JSON) -> JSON | None:
-        """Write ``patch`` if it changes anything; the EditJob as written (None: it is gone)."""
+    async def write(self, editjob: JSON, patch: JSON, *, guarded: bool = False) -> JSON | None:
+        """Write ``patch`` if it changes anything; the EditJob as written (None: it is gone).
+
+        ``guarded``: only onto the EditJob as it was read (its resourceVersion; a 409
+        otherwise), for a person's action decided on what they saw.
+        """
         if not status_changes(editjob.get("status") or {}, patch):
             return editjob
         meta = editjob["metadata"]
+        body: JSON = {"status": patch}
+        if guarded:
+            body["metadata"] = {"resourceVersion": meta.get("resourceVersion")}
         try:
             written = await self.kube.patch(
-                editjob_path(meta["namespace"], meta["name"]) + "/status", {"status": patch}
+                editjob_path(meta["namespace"], meta["name"]) + "/status", body
             )
         except KubeAPIError as exc:
             if exc.status == 404:
                 return None  # deleted meanwhile: nothing left to write on
             raise
-        self.cache.editjobs.upsert(written)
+        if self.cache is not None:
+            self.cache.editjobs.upsert(written)
         metrics.STATUS_WRITES.inc()
         self.shown(written)
         if self.desk is not None:

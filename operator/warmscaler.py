@@ -49,6 +49,11 @@ EXIT_MEANINGS = {
 LOAD_FAILURES_TO_GIVE_UP = 2
 
 
+#: How long a deleted worker's heartbeats are not taken as news (its Pod's termination
+#: grace and then some).
+DELETED_MEMORY_SECONDS = 120.0
+
+
 class PoolScaler:
     """Pool sizes, replacements and retirements of warm dispatch (module docstring)."""
 
@@ -78,6 +83,9 @@ class PoolScaler:
         self.kick = kick
         self._retired: dict[Key, float] = {}
         self._deleting: set[Key] = set()
+        #: Workers whose Job was deleted, and when: a stuck worker keeps saying "busy" until
+        #: its Pod is gone, and deleting its Job again on every tick was a write every 2 s.
+        self._deleted: dict[Key, float] = {}
         #: Worker Jobs whose failure was already counted (by heartbeat or by the Job).
         self._failures_counted: set[Key] = set()
         #: Worker Jobs whose worker was up (idle or busy) once: a later death is a crash, not
@@ -271,10 +279,16 @@ class PoolScaler:
             self.wake((attempt.namespace, attempt.edit_id))
 
     async def _replace_stuck_workers(self) -> None:
-        """A worker still busy with an edit long past its deadline is deleted (and replaced)."""
+        """A worker still busy with an edit long past its deadline is deleted (and replaced),
+        once: its Job is not deleted again while its Pod winds down."""
         now = self.clock()
+        for key, when in list(self._deleted.items()):
+            if now - when > DELETED_MEMORY_SECONDS:
+                del self._deleted[key]
         for (namespace, pod), (beat, _) in list(self.state.registry.workers.items()):
             if beat.state not in ("busy", "draining") or not beat.edit_id or not beat.attempt:
+                continue
+            if (namespace, pod) in self._deleted:
                 continue
             attempt = self.state.attempts.get((namespace, job_name(beat.edit_id, beat.attempt)))
             deadline = attempt.deadline if attempt else float(self.op.deadline_seconds)
@@ -293,6 +307,7 @@ class PoolScaler:
         self._deleting.add(key)
         try:
             await self.kube.delete(job_path(namespace, job))
+            self._deleted[key] = self.clock()
             self.state.registry.forget(namespace, pod_name)
             metrics.WARM_WORKERS_REPLACED.inc()
             log.warning("deleted a warm worker", extra={"pod": pod_name, "why": why})

@@ -528,3 +528,39 @@ def test_a_failed_credential_mint_leaves_the_attempt_waiting_and_the_tick_going(
     )
     asyncio.run(dispatcher._hand_out(pool))
     assert js.published == [] and [n for _, n in pool.waiting] == [name]
+
+
+def test_a_stuck_worker_s_job_is_deleted_once_while_its_pod_winds_down() -> None:
+    """A worker busy past its deadline keeps saying "busy" until its Pod is gone: its Job is
+    deleted once, not on every tick (it was a DELETE every 2 s for as long as it took)."""
+    clock = [1_800_000_000.0]
+    dispatcher = _dispatcher_at(clock)
+    deleted: list[str] = []
+
+    class Kube:
+        async def delete(self, path: str, **_: object) -> bool:
+            deleted.append(path)
+            return True
+
+    dispatcher.scaler.kube = Kube()  # type: ignore[assignment]
+    worker = pod("Running")
+    worker["metadata"].update(
+        name="w-stuck-x",
+        namespace="edits",
+        labels={LABEL_POOL: "longcat-image-edit", "job-name": "w-stuck"},
+    )
+    dispatcher.cache.warm_pods.upsert(worker)
+    busy = WorkerHeartbeat(
+        pod="w-stuck-x",
+        namespace="edits",
+        model="longcat-image-edit",
+        state="busy",
+        edit_id="ej",
+        attempt=1,
+        since=clock[0] - 10 * WARM.deadline_seconds,
+    )
+    for _ in range(5):  # five ticks, each after a heartbeat that still says busy
+        dispatcher.registry.heard(busy)
+        asyncio.run(dispatcher.scaler._replace_stuck_workers())
+        clock[0] += 2
+    assert deleted == ["/apis/batch/v1/namespaces/edits/jobs/w-stuck"]
