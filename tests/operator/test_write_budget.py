@@ -2,8 +2,9 @@
 (issue 21 item 5): at most 5 writes in warm mode, 7 in Job mode, Events and the per-attempt
 credentials included, with edits waiting in the queue.
 
-Each mode runs approvals through its own operator (the bridge creates the EditJobs, as in
-production) with a namespace cap of 2, so most edits wait in the queue first. Every write
+Each mode runs approvals through its own operator, one after the other in one namespace (the
+bridge creates the EditJobs, as in production) with a namespace cap of 2, so most edits wait
+in the queue first. Every write
 the operator makes from the first publish until every outcome is recorded as delivered is
 counted, by kind. The warm pool's own writes (its worker Jobs and the namespace's pool-key
 Secret) are made once per pool, not per edit, and are reported apart.
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
 from editflow.events.models import Person
 from editflow.events.sdk import OAClient
-from editflow.operator.names import LABEL_POOL
+from editflow.operator.names import LABEL_POOL, editjob_name
 from tests.operator.test_scale import ScaleNamespace, events_settings
 from tests.operator.test_scale import scale_ns as scale_ns
 from tests.operator.test_warm_dispatch import MODEL
@@ -82,11 +83,15 @@ def publish(
     asyncio.run(run())
 
 
-def count_writes(ns: ScaleNamespace, proxy: CountingProxy, started: float) -> dict:
-    """Until every EditJob's outcome is recorded as delivered and the operator is quiet."""
+def count_writes(ns: ScaleNamespace, proxy: CountingProxy, started: float, ids: list[str]) -> dict:
+    """Until these edits' outcomes are recorded as delivered and the operator is quiet."""
+    names = {editjob_name(i) for i in ids}
+
+    def mine() -> list[dict]:
+        return [ej for ej in ns.editjobs() if ej["metadata"]["name"] in names]
 
     def delivered() -> bool:
-        items = ns.editjobs()
+        items = mine()
         return len(items) == EDITS and all(
             (ej.get("status") or {}).get("completionPublishedAt")
             and (ej.get("status") or {}).get("callbackDelivery") != "pending"
@@ -97,7 +102,7 @@ def count_writes(ns: ScaleNamespace, proxy: CountingProxy, started: float) -> di
     time.sleep(3)  # what the operator does in reaction to the last write is counted too
     writes = [r for r in proxy.since(started) if r.method in WRITES and not r.watch]
     per_edit = [r for r in writes if not is_pool_write(r)]
-    phases = Counter((ej.get("status") or {}).get("phase") for ej in ns.editjobs())
+    phases = Counter((ej.get("status") or {}).get("phase") for ej in mine())
     return {
         "phases": dict(phases),
         "by_kind": dict(Counter(kind_of(r) for r in per_edit)),
@@ -124,55 +129,44 @@ def report(mode: str, seen: dict) -> None:
     print("\n" + "\n".join(lines))
 
 
-@pytest.fixture
-def proxy(stack: LocalStack) -> Iterator[CountingProxy]:
-    with CountingProxy(stack.apiserver.url, stack.apiserver.ssl_admin) as counting:
-        yield counting
+def run_mode(
+    stack: LocalStack, ns: ScaleNamespace, proxy: CountingProxy, kubeconfig: Path, **publish_kw: str
+) -> dict:
+    ns.start_operator(kubeconfig)
+    try:
+        started = time.monotonic()
+        ids = [str(uuid.uuid4()) for _ in range(EDITS)]
+        publish(stack, ns.env, ids, **publish_kw)
+        return count_writes(ns, proxy, started, ids)
+    finally:
+        assert ns.operator is not None
+        ns.operator.stop()
 
 
-def test_a_successful_job_mode_edit_costs_at_most_seven_writes(
-    stack: LocalStack, scale_ns, proxy: CountingProxy, tmp_path: Path
+def test_a_successful_edit_costs_at_most_seven_writes_in_job_mode_and_five_warm(
+    stack: LocalStack, scale_ns, tmp_path: Path, tiny_model_root: Path, image_host
 ) -> None:
+    """Both modes, one after the other, in one namespace (one namespace to tear down)."""
     ns: ScaleNamespace = scale_ns(max_running_per_namespace="2", resync_seconds="2")
-    ns.start_operator(proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig"))
-    started = time.monotonic()
-    publish(stack, ns.env, [str(uuid.uuid4()) for _ in range(EDITS)])
-    seen = count_writes(ns, proxy, started)
-    report("job", seen)
-    assert seen["phases"] == {"Succeeded": EDITS}, seen
-    assert seen["by_kind"].get("EditOutcomes", 0) == 0, "no outbox object for a delivered edit"
-    assert seen["per_edit"] <= BOUND["job"], seen
-    assert seen["queued_writes"] > 0, "the bound must hold with edits in the queue"
+    with CountingProxy(stack.apiserver.url, stack.apiserver.ssl_admin) as proxy:
+        kubeconfig = proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")
+        job = run_mode(stack, ns, proxy, kubeconfig)
+        report("job", job)
 
+        models = localmode.models_dir(stack, ns.namespace)
+        if not (models / MODEL).exists():
+            shutil.copytree(tiny_model_root / MODEL, models / MODEL)
+        ns.env.pop("EDITFLOW_OPERATOR__WORKER_COMMAND", None)  # the real `worker serve` loop
+        ns.env.update(
+            EDITFLOW_OPERATOR__WORKER_MODE="warm",
+            EDITFLOW_OPERATOR__MAX_WARM_WORKERS="1",
+            EDITFLOW_OPERATOR__WARM_IDLE_SECONDS="30",
+        )
+        warm = run_mode(stack, ns, proxy, kubeconfig, image_url=image_host.url("red.png"))
+        report("warm", warm)
 
-def test_a_successful_warm_edit_costs_at_most_five_writes(
-    stack: LocalStack,
-    scale_ns,
-    proxy: CountingProxy,
-    tmp_path: Path,
-    tiny_model_root: Path,
-    image_host,
-) -> None:
-    ns: ScaleNamespace = scale_ns(
-        worker_mode="warm",
-        max_warm_workers="1",
-        max_running_per_namespace="2",
-        warm_idle_seconds="30",
-        resync_seconds="2",
-    )
-    models = localmode.models_dir(stack, ns.namespace)
-    if not (models / MODEL).exists():
-        import shutil
-
-        shutil.copytree(tiny_model_root / MODEL, models / MODEL)
-    ns.env.pop("EDITFLOW_OPERATOR__WORKER_COMMAND", None)  # the real `worker serve` loop
-    ns.start_operator(proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig"))
-    started = time.monotonic()
-    ids = [str(uuid.uuid4()) for _ in range(EDITS)]
-    publish(stack, ns.env, ids, image_url=image_host.url("red.png"))
-    seen = count_writes(ns, proxy, started)
-    report("warm", seen)
-    assert seen["phases"] == {"Succeeded": EDITS}, seen
-    assert seen["by_kind"].get("EditOutcomes", 0) == 0, "no outbox object for a delivered edit"
-    assert seen["per_edit"] <= BOUND["warm"], seen
-    assert seen["queued_writes"] > 0, "the bound must hold with edits in the queue"
+    for mode, seen in (("job", job), ("warm", warm)):
+        assert seen["phases"] == {"Succeeded": EDITS}, (mode, seen)
+        assert seen["by_kind"].get("EditOutcomes", 0) == 0, f"{mode}: an outbox object"
+        assert seen["queued_writes"] > 0, f"{mode}: the bound must hold with edits queued"
+        assert seen["per_edit"] <= BOUND[mode], (mode, seen)
