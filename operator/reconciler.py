@@ -157,6 +157,8 @@ class Reconciler:
             base_delay=self.op.error_backoff_seconds, max_delay=self.op.error_backoff_max_seconds
         )
         self._written_at: dict[Key, float] = {}
+        #: EditJobs whose finalizer this process released: their DELETED event is no news.
+        self._released: set[Key] = set()
         self._refresh_due: set[Key] = set()
         self._pumps: set[str] = set()
         self._events: set[asyncio.Task[None]] = set()
@@ -175,8 +177,9 @@ class Reconciler:
         self.index.editjob_changed(self._lane(key, new or old), old, new)
         self._pump(key[0])
         if new is None:
-            if old is not None:
+            if old is not None and key not in self._released:
                 self._spawn(self.forget_unfinalized(old))
+            self._released.discard(key)
             if self.progress is not None:
                 self.progress.forget(key)
             if self.desk is not None:
@@ -531,6 +534,7 @@ class Reconciler:
                 return None
             raise
         if not present:
+            self._released.add(key)
             log.info("finalizer released", extra={"editjob": "/".join(key)})
         self.cache.editjobs.upsert(written)
         return written

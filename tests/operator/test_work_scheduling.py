@@ -283,3 +283,18 @@ async def test_deleting_an_editjob_cancels_it_through_decide_then_releases_the_f
     assert released == ["busy", "lost", "kept"]
     assert all(body["metadata"]["finalizers"] == [] for _, body in kube.patches)
     assert all(body["metadata"]["resourceVersion"] == "7" for _, body in kube.patches)
+
+    # The watch's DELETED events of those three are no news: nothing is held twice.
+    for name in ("busy", "lost", "kept"):
+        cache.editjobs.remove(("edits", name))
+    await asyncio.sleep(0.05)
+    assert len(outbox.held) == 2
+
+    # One deleted without the finalizer (kubectl-applied, gone before it was accepted) is
+    # gone at once: its cancellation still reaches the outbox.
+    bare = editjob("bare", phase="Running", attempts=1, jobName="bare-a1")
+    cache.editjobs.upsert(bare)
+    cache.editjobs.remove(("edits", "bare"))
+    await asyncio.sleep(0.05)
+    assert outbox.held[-1] == ("bare", "Cancelled", False)
+    assert dispatcher.stopped[-1] == "bare-a1"
