@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,11 @@ def strip_noise(obj: JSON) -> JSON:
     return {**obj, "metadata": meta}
 
 
+#: Removed objects whose deletion version a Store remembers (a few minutes' worth of
+#: deletions at 50 edits/s; an older write-through arriving later than that is not expected).
+TOMBSTONES = 20_000
+
+
 @dataclass
 class Store:
     """Objects by (namespace, name), each change told to every listener."""
@@ -71,6 +77,10 @@ class Store:
     project: Callable[[JSON], JSON] = strip_noise
     items: dict[Key, JSON] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
+    #: The resourceVersion each recently removed object was deleted at: a write-through of
+    #: an older version (our own PATCH answered after the watch said DELETED) must not bring
+    #: it back as a ghost that holds, say, a slot of the namespace's cap forever.
+    tombstones: OrderedDict[Key, int] = field(default_factory=OrderedDict)
 
     def get(self, key: Key) -> JSON | None:
         return self.items.get(key)
@@ -88,13 +98,25 @@ class Store:
         old = self.items.get(key)
         if old is not None and resource_version(old) >= resource_version(obj):
             return False
+        if old is None and key in self.tombstones:
+            if resource_version(obj) <= self.tombstones[key]:
+                return False  # a version from before its deletion
+            del self.tombstones[key]
         new = self.project(obj)
         self.items[key] = new
         self._tell(key, old, new)
         return True
 
-    def remove(self, key: Key) -> None:
+    def remove(self, key: Key, *, version: int | None = None) -> None:
+        """Forget ``key``; ``version``: the resourceVersion it was deleted at (no older
+        version of it is taken back)."""
         old = self.items.pop(key, None)
+        gone = max(version if version is not None else -1, resource_version(old))
+        if gone > 0:  # a real etcd revision (objects built by hand carry none)
+            self.tombstones[key] = gone
+            self.tombstones.move_to_end(key)
+            while len(self.tombstones) > TOMBSTONES:
+                self.tombstones.popitem(last=False)
         if old is not None:
             self._tell(key, old, None)
 
@@ -163,7 +185,7 @@ class Informer:
             if not token:
                 break
         for key in self._mine - seen:
-            self.store.remove(key)
+            self.store.remove(key, version=int(version) if version.isdigit() else None)
         self._mine = seen
         self._version = version
         self.relists += 1
@@ -228,7 +250,7 @@ class Informer:
                 continue
             key = key_of(obj)
             if kind == "DELETED":
-                self.store.remove(key)
+                self.store.remove(key, version=resource_version(obj))
                 self._mine.discard(key)
             else:
                 self.store.upsert(obj)

@@ -61,7 +61,7 @@ from editflow.operator.decide import Decision, Observed, decide, wants_resolutio
 from editflow.operator.delivery import EditJobDelivery
 from editflow.operator.desk import DeskPublisher, lane_of
 from editflow.operator.dispatch import Dispatcher
-from editflow.operator.informer import JSON, Key
+from editflow.operator.informer import JSON, Key, resource_version
 from editflow.operator.kube import AsyncKube, KubeAPIError
 from editflow.operator.names import FINALIZER, LABEL_EDITJOB
 from editflow.operator.names import job_name as job_name_for
@@ -536,6 +536,13 @@ class Reconciler:
         if not present:
             self._released.add(key)
             log.info("finalizer released", extra={"editjob": "/".join(key)})
+            if written["metadata"].get("deletionTimestamp") and not written["metadata"].get(
+                "finalizers"
+            ):
+                # No finalizer left: the apiserver deleted it with this write. Forgotten now
+                # (never taken back by a later write-through), not reconciled again.
+                self.cache.editjobs.remove(key, version=resource_version(written))
+                return written
         self.cache.editjobs.upsert(written)
         return written
 
