@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from editflow.core.errors import ErrorInfo, is_retriable_exit_code
 from editflow.core.kubetime import parse_stamp
-from editflow.core.settings import OperatorSettings, Settings
+from editflow.core.settings import Settings
 from editflow.events.worker_contract import WorkerResult, result_json_key
 from editflow.operator.jobspec import WORKER_CONTAINER, worker_request
 from editflow.operator.podstate import exit_code, job_outcome, stuck, terminated, unschedulable
@@ -91,10 +91,6 @@ def gone(name: str) -> AttemptState:
         name,
         ended=ErrorInfo("job_missing", f"Job {name} disappeared before it reported a result", True),
     )
-
-
-def deadline_of(editjob: JSON, op: OperatorSettings) -> int:
-    return int((editjob.get("spec") or {}).get("deadlineSeconds") or op.deadline_seconds)
 
 
 def result_from_pods(pods: tuple[JSON, ...]) -> WorkerResult | None:

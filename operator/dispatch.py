@@ -22,7 +22,6 @@ from editflow.operator.attempts import (
     AttemptState,
     ResultReader,
     StartWords,
-    deadline_of,
     job_attempt_state,
     result_from_pods,
 )
@@ -32,7 +31,7 @@ from editflow.operator.credentials import (
     credentials_secret_manifest,
     credentials_secret_name,
 )
-from editflow.operator.jobspec import job_manifest
+from editflow.operator.jobspec import deadline_of, job_manifest
 from editflow.operator.kube import JSON, AsyncKube, KubeAPIError
 from editflow.operator.names import job_name
 from editflow.operator.workindex import job_finished

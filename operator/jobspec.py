@@ -41,6 +41,11 @@ WORKER_CONTAINER = "worker"
 TERMINATION_LOG = "/dev/termination-log"
 
 
+def deadline_of(editjob: dict[str, Any], op: OperatorSettings) -> int:
+    """An attempt's deadline in seconds: the EditJob's own, else the operator's default."""
+    return int((editjob.get("spec") or {}).get("deadlineSeconds") or op.deadline_seconds)
+
+
 def weights_cache_volume(settings: OperatorSettings) -> dict[str, Any] | None:
     """The shared weights cache as a Pod volume, or None (then each Pod caches in its /tmp).
 
@@ -328,7 +333,7 @@ def job_manifest(
         },
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": int(spec.get("deadlineSeconds") or settings.deadline_seconds),
+            "activeDeadlineSeconds": deadline_of(editjob, settings),
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             "podFailurePolicy": {
                 "rules": [

@@ -85,13 +85,12 @@ from editflow.operator.attempts import (
     AttemptState,
     ResultReader,
     StartWords,
-    deadline_of,
     gone,
     pods_state,
 )
 from editflow.operator.caches import ClusterCache
 from editflow.operator.credentials import AttemptCredentialMinter, CredentialMintError
-from editflow.operator.jobspec import worker_request
+from editflow.operator.jobspec import deadline_of, worker_request
 from editflow.operator.kube import JSON, AsyncKube
 from editflow.operator.names import job_name
 from editflow.operator.poolkeys import PoolKeys
@@ -252,7 +251,7 @@ class WarmDispatcher:
 
     # -- attempts ---------------------------------------------------------------------
     def _new_attempt(self, editjob: JSON, number: int) -> WarmAttempt:
-        meta, spec = editjob["metadata"], editjob["spec"]
+        meta = editjob["metadata"]
         request = worker_request(editjob, number, self.op)
         return WarmAttempt(
             namespace=meta["namespace"],
@@ -264,7 +263,7 @@ class WarmDispatcher:
             # exclude_unset: the worker tells an explicit field from a default (profiles).
             payload=request.model_dump_json(exclude_unset=True).encode(),
             msg_id=work_msg_id(meta["namespace"], request),
-            deadline=float(spec.get("deadlineSeconds") or self.op.deadline_seconds),
+            deadline=float(deadline_of(editjob, self.op)),
             created=self.clock(),
             editjob=editjob if self.minter is not None else None,
         )
