@@ -20,13 +20,15 @@ from editflow.core.sealing import (
     unseal,
 )
 
-CREDS = {"access_key": "AK", "secret_key": "SK", "session_token": "ST"}
+# Each value holds a "." and a space, which a Fernet token (urlsafe base64) never holds, so
+# "not in token" cannot pass or fail by chance.
+CREDS = {"access_key": "AK.id 1", "secret_key": "SK.secret 2", "session_token": "ST.token 3"}
 
 
 def test_the_pool_key_opens_its_tokens_and_another_namespace_key_does_not() -> None:
     team_a, team_b = new_pool_key(), new_pool_key()
     token = seal(CREDS, team_a)
-    assert "SK" not in token and "AK" not in token
+    assert all(value not in token for value in CREDS.values())
     assert unseal(token, [team_a], ttl=60) == CREDS
     with pytest.raises(SealError) as caught:
         unseal(token, [team_b], ttl=60)
