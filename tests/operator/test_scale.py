@@ -348,11 +348,14 @@ def _finished(job: dict) -> bool:
 def test_a_burst_of_approvals_survives_an_operator_restart_mid_burst(
     stack: LocalStack, scale_ns
 ) -> None:
-    # Every attempt gets its Job, but no Pod is ever placed (a node selector no node has):
-    # this test is about the control plane, and 2,000 workers would only measure the kubelet.
+    # Every attempt gets its Job, but no Pod is ever made: its ServiceAccount does not exist,
+    # so admission refuses each Pod (and a node selector no node has would keep one from
+    # running). This test is about the control plane: 2,000 Pods would only measure the
+    # kubelet, and then take three minutes for the namespace's deletion to remove.
     ns: ScaleNamespace = scale_ns(
         max_running_per_namespace=str(BURST + 10),
         resync_seconds="30",
+        worker_service_account="no-such-account",
         node_selector=json.dumps({"editflow.io/test-node": "nowhere"}),
     )
     events = events_settings(ns.env)
