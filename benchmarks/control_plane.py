@@ -43,6 +43,9 @@ the real worker's loop, unsealing and S3 write, no model), then the warm platfor
 floor (``controlplane/warmfloor.py``) on the same platform; event → EditJob, event →
 handed out and worker result → completion (p50/p99/max), and at the first level the
 operator's apiserver writes per successful edit by kind, through the counting proxy.
+At the first level, after the floor, the KEDA peer runs on the same platform
+(``controlplane/warmkeda.py``: a ScaledObject over warm consumers, from zero and at the
+same rates; ``--no-keda`` to skip).
 It writes ``control_plane-warm-<utc>.json``. ``--mode job`` is the run described above.
 """
 
@@ -810,7 +813,11 @@ async def run_warm(plan: Plan) -> dict[str, Any]:
         for index, background in enumerate(plan.backgrounds):
             try:
                 level = await warmrun.run_warm_level(
-                    background, plan, count_writes=counts_writes(plan, index), say=say
+                    background,
+                    plan,
+                    count_writes=counts_writes(plan, index),
+                    say=say,
+                    with_keda=plan.keda and index == 0,
                 )
                 result["levels"].append(level)
                 console.print(warmreport.steps_table([level]))
@@ -829,10 +836,6 @@ def counts_writes(plan: Plan, index: int) -> bool:
 
 
 def main_warm(plan: Plan) -> int:
-    if plan.keda:
-        console.print(
-            "[yellow]warm mode runs no KEDA phase yet: use --mode job for the peer[/yellow]"
-        )
     result = asyncio.run(run_warm(plan))
     warmreport.print_all(console, result)
     for error in result.get("errors", []):

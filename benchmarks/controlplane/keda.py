@@ -232,3 +232,92 @@ def scaled_job_ready(api: KubeClient, name: str) -> bool:
     path = SCALEDJOBS.format(namespace=SCALEDJOB_NAMESPACE) + f"/{name}"
     conditions = (api.get(path).get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+# -- warm mode: a ScaledObject over a Deployment of long-lived consumers -------------------------
+SCALEDOBJECTS = "/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects"
+DEPLOYMENTS = "/apis/apps/v1/namespaces/{namespace}/deployments"
+
+
+def warm_deployment(
+    name: str, *, nats_url: str, stream: str, consumer: str, handed_subject: str
+) -> dict[str, Any]:
+    """The peer's warm workers (:mod:`controlplane.keda_warm_consumer`), at zero replicas:
+    KEDA brings them up."""
+    labels = {"app.kubernetes.io/name": name}
+    env = {
+        "NATS_URL": nats_url,
+        "STREAM": stream,
+        "CONSUMER": consumer,
+        "HANDED_SUBJECT": handed_subject,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": SCALEDJOB_NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "consumer",
+                            "image": PEER_IMAGE,
+                            "command": ["python", str(HERE / "keda_warm_consumer.py")],
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def scaled_object(
+    name: str,
+    *,
+    polling_seconds: int,
+    monitor_endpoint: str,
+    stream: str,
+    consumer: str,
+    max_replicas: int,
+) -> dict[str, Any]:
+    """Scale ``name`` (a Deployment) from zero on its consumer's lag, as editflow's pool does.
+
+    KEDA's operator itself takes the Deployment from 0 to 1 when the lag shows (each
+    ``pollingInterval``); from 1 to ``max_replicas`` it hands over to an HPA reading KEDA's
+    metrics adapter, which the local platform does not run: one stub consumer takes 50/s.
+    """
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": SCALEDJOB_NAMESPACE},
+        "spec": {
+            "scaleTargetRef": {"name": name},
+            "pollingInterval": polling_seconds,
+            "cooldownPeriod": 3600,  # the pool stays up for the whole phase, as editflow's does
+            "minReplicaCount": 0,
+            "maxReplicaCount": max_replicas,
+            "triggers": [
+                {
+                    "type": "nats-jetstream",
+                    "metadata": {
+                        "natsServerMonitoringEndpoint": monitor_endpoint,
+                        "account": "$G",
+                        "stream": stream,
+                        "consumer": consumer,
+                        "lagThreshold": "1",
+                    },
+                }
+            ],
+        },
+    }
+
+
+def scaled_object_ready(api: KubeClient, name: str) -> bool:
+    path = SCALEDOBJECTS.format(namespace=SCALEDJOB_NAMESPACE) + f"/{name}"
+    conditions = (api.get(path).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

@@ -74,6 +74,53 @@ def writes_table(levels: list[dict[str, Any]]) -> Table | None:
     return table
 
 
+def keda_table(levels: list[dict[str, Any]]) -> Table | None:
+    """editflow's operator beside the KEDA peer on the same platform: event → handed out."""
+    level = next((lv for lv in levels if "keda" in lv), None)
+    if level is None:
+        return None
+    peer, operator = level["keda"], level.get("operator") or {}
+    table = Table(
+        title=f"event → handed to a worker, ms (p50 / p99 / max), {level['background']:,} EditJobs"
+    )
+    for column in (
+        "rate",
+        "editflow (EditJob, admission, STS)",
+        "lost",
+        "KEDA ScaledObject",
+        "lost",
+    ):
+        table.add_column(column, justify="right")
+    if "error" in peer:
+        table.add_row("—", "—", "—", f"not measured: {peer['error'][:80]}", "—")
+        return table
+    warm_first = (operator.get("warmup") or {}).get("from_zero_to_handed_out")
+    cold = peer.get("from_zero") or {}
+    table.add_row(
+        f"from zero (KEDA polls every {peer['polling_interval_s']} s)",
+        _ms(warm_first),
+        "0" if warm_first is not None else "1",
+        _ms(cold.get("event_to_handed_out", {}).get("max")),
+        str(cold.get("lost", "—")),
+    )
+    for step in peer.get("steps", []):
+        ours = _at(level, "operator", step["rate"])
+        cells = [f"{step['rate']:g}/s"]
+        for s, lost in (
+            (
+                ours["event_to_handed_out"] if ours else None,
+                ours["lost"]["handed"] if ours else "—",
+            ),
+            (step["event_to_handed_out"], step["lost"]),
+        ):
+            cells.append(
+                "—" if s is None else f"{_ms(s['p50'])} / {_ms(s['p99'])} / {_ms(s['max'])}"
+            )
+            cells.append(str(lost))
+        table.add_row(*cells)
+    return table
+
+
 def _at(level: dict[str, Any], phase: str, rate: float) -> dict[str, Any] | None:
     steps = (level.get(phase) or {}).get("steps", [])
     return next((s for s in steps if s["rate"] == rate), None)
@@ -132,4 +179,7 @@ def print_all(console: Console, result: dict[str, Any]) -> None:
     writes = writes_table(result["levels"])
     if writes is not None:
         console.print(writes)
+    peer = keda_table(result["levels"])
+    if peer is not None:
+        console.print(peer)
     console.print(goals_table(result["goals"]))

@@ -14,7 +14,10 @@ after the other, never at once on 2 cores:
    edit by kind (:mod:`controlplane.writes`); the proxy runs in this process, so the
    level that counts is not the level whose latencies are the goal's;
 2. **the warm floor** (:mod:`controlplane.warmfloor`), after the operator stopped, on the
-   same rates: the least the platform costs per event in warm mode.
+   same rates: the least the platform costs per event in warm mode;
+3. with ``with_keda`` (the first level of a run, unless ``--no-keda``), **the KEDA peer**
+   (:mod:`controlplane.warmkeda`), after the floor: a ScaledObject over warm consumers on
+   the same approvals, from zero and at the same rates.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from controlplane import warmkeda
 from controlplane.background import create_finished
 from controlplane.floor import admit_steady
 from controlplane.load import PublishReport, publish_steady
@@ -85,6 +89,12 @@ def warm_stages(timeline: Timeline, ids: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def from_zero(timeline: Timeline, event_id: str) -> float | None:
+    """Seconds from the first event to its hand-out, with no worker up yet."""
+    handed = timeline.handed.get(event_id)
+    return None if handed is None else round(handed - timeline.published[event_id], 4)
+
+
 async def drain(timeline: Timeline, ids: tuple[str, ...], timeout: float) -> float:
     """Until every event's completion arrived, or ``timeout``; returns seconds waited."""
     began = time.monotonic()
@@ -129,9 +139,9 @@ def maybe_proxy(platform: BenchPlatform, enabled: bool) -> Iterator[CountingProx
 
 
 async def run_warm_level(
-    background: int, plan: Any, *, count_writes: bool, say: Say
+    background: int, plan: Any, *, count_writes: bool, say: Say, with_keda: bool = False
 ) -> dict[str, Any]:
-    """Both phases (operator, floor) on one fresh platform; see the module docs."""
+    """The phases (operator, floor, KEDA) on one fresh platform; see the module docs."""
     level: dict[str, Any] = {"background": background, "count_writes": count_writes}
     say(f"warm level, {background:,} finished EditJobs: starting the platform")
     platform = await asyncio.to_thread(start_platform)
@@ -148,6 +158,12 @@ async def run_warm_level(
             level["operator"] = await operator_phase(platform, http, plan, background, proxy, say)
         say("warm floor: same rates, no operator")
         level["floor"] = await floor_phase(platform, http, plan, background, say)
+        if with_keda:
+            try:
+                level["keda"] = await warmkeda.keda_phase(platform, plan, say)
+            except Exception as exc:  # the other phases' figures stand; say what broke
+                say(f"KEDA phase failed: {exc!r}")
+                level["keda"] = {"error": repr(exc)}
     finally:
         await http.aclose()
         await asyncio.to_thread(platform.api.close)
@@ -201,6 +217,8 @@ async def operator_phase(
             )
             phase["warmup"] = {
                 "drain_seconds": await drain(timeline, warm.event_ids, 90.0),
+                # The pool starts at zero: its first event is the from-zero hand-out.
+                "from_zero_to_handed_out": from_zero(timeline, warm.event_ids[0]),
                 **warm_stages(timeline, warm.event_ids),
             }
             await wait_idle(meter, timeout=15)
