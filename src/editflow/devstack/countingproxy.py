@@ -164,6 +164,12 @@ class CountingProxy:
                 await session_holder["s"].close()
                 if self._runner is not None:
                     await self._runner.cleanup()
+                # Watches still streaming when the proxy stops: end their handlers here, or
+                # closing the loop prints "Task was destroyed but it is pending!" for each.
+                rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in rest:
+                    task.cancel()
+                await asyncio.gather(*rest, return_exceptions=True)
 
             loop.run_until_complete(teardown())
             loop.close()
