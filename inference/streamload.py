@@ -13,10 +13,11 @@ node cache yet (:mod:`.weights`), the stock path downloads every file, hashes it
   without chunk hashes (pushed before they existed) is still accepted: its whole-file hash is
   checked once the file is complete. A mismatch fails the load with
   :class:`WeightsIntegrityError`, which names the file and the chunk;
-* the node cache is filled behind the load: each verified chunk of a weights file is handed
-  to two writer threads (configs and tokenizer files are written at once), into a staging
-  directory that is renamed into place once every chunk of every file verified. The load
-  returns then, with the tensors; the writes finish behind it, every file is hashed again
+* the node cache is filled behind the load: configs and tokenizer files are written at once,
+  into a staging directory that is renamed into place once every chunk of every file
+  verified. The load returns then, with the tensors; two writer threads then write the
+  weights chunks from those tensors' buffers (not during the load: on a node whose cores
+  the S3 endpoint shares, the copies would slow the reads), every file is hashed again
   as written, and only then do the manifest and the completion marker of :mod:`.weights` go
   in and the model's lock is released (another Pod waits for it and then loads the files).
   A failed read removes the staging directory before the error is raised; a copy whose
@@ -246,17 +247,27 @@ def _remove_stale_staging(published: Published, cache: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _read_all(published: Published, files: list[_File], concurrency: int, writer: Any) -> list:
-    """Every chunk read and verified by ``concurrency`` threads; each verified chunk is handed
-    to ``writer`` for the cache. Returns the writes' futures; raises the first failure."""
-    writes: list = []
+#: A weights chunk verified and waiting to be written into the node cache: (fd, bytes, offset).
+ChunkWrite = tuple[int, memoryview, int]
+
+
+def _read_all(published: Published, files: list[_File], concurrency: int) -> list[ChunkWrite]:
+    """Every chunk read and verified by ``concurrency`` threads. Returns the cache writes of
+    the weights chunks, for the fill to make once the load is done; raises the first failure.
+
+    Why the weights are written only after the load: on a machine whose cores the S3
+    endpoint shares, every byte copied into the page cache during the load is CPU the
+    reads and the hashes do not get (the load is CPU-bound there, not network-bound). The
+    chunks stay in memory anyway: they are the tensors.
+    """
+    writes: list[ChunkWrite] = []
 
     def part(file: _File, index: int) -> None:
         _read_part(published, file, index)
         start = index * file.chunk_size
         view = memoryview(file.buffer)[start : start + min(file.chunk_size, file.size - start)]
         if file.rel.endswith(".safetensors"):
-            writes.append(writer.submit(os.pwrite, file.fd, view, start))
+            writes.append((file.fd, view, start))
         else:  # configs and tokenizer: written now, the pipeline reads them from the copy
             os.pwrite(file.fd, view, start)
 
@@ -276,16 +287,14 @@ def _read_all(published: Published, files: list[_File], concurrency: int, writer
     return writes
 
 
-def _finish_fill(
-    published: Published, final: Path, files: list[_File], writes: list, writer: Any
-) -> None:
-    """Behind the load: the last writes land, every file is hashed again as written (the
-    completion marker vouches for what is on disk, not for what was read), then the
-    manifest and the marker. On any failure the copy goes."""
+def _finish_fill(published: Published, final: Path, files: list[_File], writes: list) -> None:
+    """Behind the load: the weights chunks are written (two threads), every file is hashed
+    again as written (the completion marker vouches for what is on disk, not for what was
+    read), then the manifest and the marker. On any failure the copy goes."""
     try:
-        writer.shutdown(wait=True)
-        for future in writes:
-            future.result()
+        with ThreadPoolExecutor(2, thread_name_prefix="cache-fill") as writer:
+            for future in [writer.submit(os.pwrite, *write) for write in writes]:
+                future.result()
         for file in files:
             if file.size and sha256_file(final / file.rel) != file.sha256:
                 raise WeightsIntegrityError(
@@ -319,13 +328,12 @@ def stream_into_cache(
     final = published.final(cache)
     files: list[_File] = []
     staging: Path | None = None
-    writer = ThreadPoolExecutor(2, thread_name_prefix="cache-fill")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(published, cache)
         staging = Path(tempfile.mkdtemp(prefix=f".{published.name}-", dir=cache))
         _plan(published, staging, files)
-        writes = _read_all(published, files, concurrency, writer)
+        writes = _read_all(published, files, concurrency)
         tensors: Tensors = {
             file.rel: tensors_from_buffer(
                 file.buffer, f"weights file {file.rel} of {published.name}"
@@ -337,7 +345,6 @@ def stream_into_cache(
             shutil.rmtree(final)
         os.replace(staging, final)
     except BaseException:
-        writer.shutdown(wait=True, cancel_futures=True)
         for file in files:
             os.close(file.fd)
         if staging is not None:
@@ -348,7 +355,7 @@ def stream_into_cache(
 
     def fill() -> None:
         try:
-            _finish_fill(published, final, files, writes, writer)
+            _finish_fill(published, final, files, writes)
         except BaseException as exc:
             release(False)
             filled.set_exception(exc)
