@@ -6,6 +6,7 @@ as a process."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import uuid
@@ -23,6 +24,8 @@ from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
+from editflow.events.models import Person
+from editflow.events.sdk import OAClient
 from editflow.operator.crd import editjob_path
 from tests import hygiene
 
@@ -240,3 +243,44 @@ def bridge_settings(
         events=events_settings(**events),
         operator=OperatorSettings(**operator),
     )
+
+
+#: A literal public address: the bridge's SSRF guard resolves host names, and there is no DNS here.
+PUBLIC_IMAGE_URL = "https://93.184.215.14/poster.png"
+
+
+async def publish_approvals(
+    settings: Settings,
+    ids: list[str],
+    *,
+    source: str,
+    image_url: str = PUBLIC_IMAGE_URL,
+    interval: float = 0.0,
+    at_once: bool = False,
+    **fields: Any,
+) -> None:
+    """One approval event per id through the OA SDK, as an OA system sends them: one after
+    the other (``interval`` seconds apart), or all at once (``at_once``: a burst).
+
+    The form and approval ids derive from the event id, so each id is one approval; extra
+    ``fields`` go to :meth:`OAClient.submit_approval` (``generation=...``)."""
+    async with await OAClient.connect(settings, source=source) as client:
+
+        async def one(event_id: str) -> None:
+            await client.submit_approval(
+                form_id=f"F-{event_id[:8]}",
+                approval_id=f"A-{event_id[:8]}",
+                applicant=Person(id="u-1", name="Li Lei"),
+                image_url=image_url,
+                instruction="把背景换成海边日落",
+                event_id=event_id,
+                **fields,
+            )
+
+        if at_once:
+            await asyncio.gather(*(one(event_id) for event_id in ids))
+            return
+        for event_id in ids:
+            await one(event_id)
+            if interval:
+                await asyncio.sleep(interval)

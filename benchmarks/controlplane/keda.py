@@ -212,26 +212,32 @@ def scaled_job(
                     }
                 },
             },
-            "triggers": [
-                {
-                    "type": "nats-jetstream",
-                    "metadata": {
-                        "natsServerMonitoringEndpoint": monitor_endpoint,
-                        "account": "$G",
-                        "stream": stream,
-                        "consumer": consumer,
-                        "lagThreshold": "1",
-                    },
-                }
-            ],
+            "triggers": [jetstream_trigger(monitor_endpoint, stream, consumer)],
         },
     }
 
 
-def scaled_job_ready(api: KubeClient, name: str) -> bool:
-    path = SCALEDJOBS.format(namespace=SCALEDJOB_NAMESPACE) + f"/{name}"
+def jetstream_trigger(monitor_endpoint: str, stream: str, consumer: str) -> dict[str, Any]:
+    """KEDA's ``nats-jetstream`` scaler on ``consumer``'s lag, one unit of work per message."""
+    return {
+        "type": "nats-jetstream",
+        "metadata": {
+            "natsServerMonitoringEndpoint": monitor_endpoint,
+            "account": "$G",
+            "stream": stream,
+            "consumer": consumer,
+            "lagThreshold": "1",
+        },
+    }
+
+
+def _ready(api: KubeClient, path: str) -> bool:
     conditions = (api.get(path).get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def scaled_job_ready(api: KubeClient, name: str) -> bool:
+    return _ready(api, SCALEDJOBS.format(namespace=SCALEDJOB_NAMESPACE) + f"/{name}")
 
 
 # -- warm mode: a ScaledObject over a Deployment of long-lived consumers -------------------------
@@ -301,23 +307,10 @@ def scaled_object(
             "cooldownPeriod": 3600,  # the pool stays up for the whole phase, as editflow's does
             "minReplicaCount": 0,
             "maxReplicaCount": max_replicas,
-            "triggers": [
-                {
-                    "type": "nats-jetstream",
-                    "metadata": {
-                        "natsServerMonitoringEndpoint": monitor_endpoint,
-                        "account": "$G",
-                        "stream": stream,
-                        "consumer": consumer,
-                        "lagThreshold": "1",
-                    },
-                }
-            ],
+            "triggers": [jetstream_trigger(monitor_endpoint, stream, consumer)],
         },
     }
 
 
 def scaled_object_ready(api: KubeClient, name: str) -> bool:
-    path = SCALEDOBJECTS.format(namespace=SCALEDJOB_NAMESPACE) + f"/{name}"
-    conditions = (api.get(path).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return _ready(api, SCALEDOBJECTS.format(namespace=SCALEDJOB_NAMESPACE) + f"/{name}")

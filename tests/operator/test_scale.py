@@ -31,11 +31,9 @@ from editflow.devstack.countingproxy import CountingProxy
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
-from editflow.events.models import Person
-from editflow.events.sdk import OAClient
 from editflow.operator.crd import editjob_path
 from editflow.operator.names import LABEL_EDITJOB, MANAGED_BY, editjob_name
-from tests.harness import stored_completions, worker_command
+from tests.harness import publish_approvals, stored_completions, worker_command
 
 STUB_WORKER = Path(__file__).with_name("stub_worker.py")
 BURST = int(os.environ.get("EDITFLOW_SCALE_EVENTS", "2000"))
@@ -365,20 +363,7 @@ def test_a_burst_of_approvals_survives_an_operator_restart_mid_burst(
     settings = Settings(nats=NatsSettings(url=stack.nats_url), events=events)
 
     async def publish(batch: list[str]) -> None:
-        async with await OAClient.connect(settings, source="/oa/scale-test") as client:
-            await asyncio.gather(
-                *(
-                    client.submit_approval(
-                        form_id=f"F-{event_id[:8]}",
-                        approval_id=f"A-{event_id[:8]}",
-                        applicant=Person(id="u-1", name="Li Lei"),
-                        image_url="https://93.184.215.14/poster.png",  # literal: no DNS here
-                        instruction="把背景换成海边日落",
-                        event_id=event_id,
-                    )
-                    for event_id in batch
-                )
-            )
+        await publish_approvals(settings, batch, source="/oa/scale-test", at_once=True)
 
     half = len(ids) // 2
     asyncio.run(publish(ids[:half]))
@@ -431,18 +416,8 @@ def test_the_standby_takes_over_when_the_leader_is_killed_mid_burst(
     ids = [str(uuid.uuid4()) for _ in range(120)]
     settings = Settings(nats=NatsSettings(url=stack.nats_url), events=events)
 
-    async def publish() -> None:
-        async with await OAClient.connect(settings, source="/oa/failover-test") as client:
-            for event_id in ids:
-                await client.submit_approval(
-                    form_id=f"F-{event_id[:8]}",
-                    approval_id=f"A-{event_id[:8]}",
-                    applicant=Person(id="u-1", name="Li Lei"),
-                    image_url="https://93.184.215.14/poster.png",  # literal: no DNS here
-                    instruction="把背景换成海边日落",
-                    event_id=event_id,
-                )
-                await asyncio.sleep(0.01)  # a steady stream, not one batch
+    async def publish() -> None:  # a steady stream, not one batch
+        await publish_approvals(settings, ids, source="/oa/failover-test", interval=0.01)
 
     publisher = threading.Thread(target=lambda: asyncio.run(publish()))
     publisher.start()

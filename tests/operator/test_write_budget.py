@@ -27,9 +27,8 @@ from editflow.devstack import localmode
 from editflow.devstack.countingproxy import CountingProxy, Request, parse_path
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
-from editflow.events.models import Person
-from editflow.events.sdk import OAClient
 from editflow.operator.names import LABEL_POOL, editjob_name
+from tests.harness import PUBLIC_IMAGE_URL, publish_approvals
 from tests.operator.test_scale import ScaleNamespace, events_settings
 from tests.operator.test_scale import scale_ns as scale_ns
 from tests.operator.test_warm_dispatch import MODEL
@@ -61,26 +60,10 @@ def is_pool_write(request: Request) -> bool:
 
 
 def publish(
-    stack: LocalStack,
-    env: dict[str, str],
-    ids: list[str],
-    image_url: str = "https://93.184.215.14/poster.png",  # literal: no DNS here
+    stack: LocalStack, env: dict[str, str], ids: list[str], image_url: str = PUBLIC_IMAGE_URL
 ) -> None:
     settings = Settings(nats=NatsSettings(url=stack.nats_url), events=events_settings(env))
-
-    async def run() -> None:
-        async with await OAClient.connect(settings, source="/oa/write-budget") as client:
-            for event_id in ids:
-                await client.submit_approval(
-                    form_id=f"F-{event_id[:8]}",
-                    approval_id=f"A-{event_id[:8]}",
-                    applicant=Person(id="u-1", name="Li Lei"),
-                    image_url=image_url,
-                    instruction="把背景换成海边日落",
-                    event_id=event_id,
-                )
-
-    asyncio.run(run())
+    asyncio.run(publish_approvals(settings, ids, source="/oa/write-budget", image_url=image_url))
 
 
 def count_writes(ns: ScaleNamespace, proxy: CountingProxy, started: float, ids: list[str]) -> dict:

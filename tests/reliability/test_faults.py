@@ -48,12 +48,11 @@ from editflow.devstack import localmode
 from editflow.devstack.kubeapi import KubeClient
 from editflow.devstack.procs import wait_until
 from editflow.devstack.stack import LocalStack
-from editflow.events.models import Generation, Person
-from editflow.events.sdk import OAClient
+from editflow.events.models import Generation
 from editflow.operator.crd import editjob_path
 from editflow.operator.names import LABEL_EDITJOB, LABEL_POOL, editjob_name
 from tests import hygiene
-from tests.harness import stored_completions, worker_command
+from tests.harness import publish_approvals, stored_completions, worker_command
 from tests.reliability import diagnosis
 
 WORKER = Path(__file__).with_name("uploading_worker.py")
@@ -209,19 +208,11 @@ def publish_steadily(
     settings: Settings, ids: list[str], rate: float, image_url: str
 ) -> threading.Thread:
     async def publish() -> None:
-        async with await OAClient.connect(settings, source="/oa/faults") as client:
-            for event_id in ids:
-                await client.submit_approval(
-                    form_id=f"F-{event_id[:8]}",
-                    approval_id=f"A-{event_id[:8]}",
-                    applicant=Person(id="u-1"),
-                    image_url=image_url,
-                    instruction="把背景换成海边日落",
-                    # Two steps of the tiny model: the suite is about faults, not the GPU.
-                    generation=Generation(steps=2),
-                    event_id=event_id,
-                )
-                await asyncio.sleep(1 / rate)
+        await publish_approvals(
+            settings, ids, source="/oa/faults", image_url=image_url, interval=1 / rate,
+            # Two steps of the tiny model: the suite is about faults, not the GPU.
+            generation=Generation(steps=2),
+        )  # fmt: skip
 
     thread = threading.Thread(target=lambda: asyncio.run(publish()), daemon=True)
     thread.start()
