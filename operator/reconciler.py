@@ -188,7 +188,14 @@ class Reconciler:
             self._written_at.pop(key, None)
             self._refresh_due.discard(key)
             return
-        if old is not None and is_settled(old) and is_settled(new) and not wants_resolution(new):
+        deleting = bool(new["metadata"].get("deletionTimestamp"))
+        if (
+            old is not None
+            and is_settled(old)
+            and is_settled(new)
+            and not wants_resolution(new)
+            and not deleting  # a settled EditJob deleted: only its finalizer holds it
+        ):
             return  # settled and nothing asked of it: no resync of finished EditJobs
         self.queue.add(key)
 

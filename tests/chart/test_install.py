@@ -251,6 +251,16 @@ def test_install_prints_next_steps(release) -> None:
     assert f"kubectl -n {RELEASE_NS} get lease ef-editflow-operator" in notes
 
 
+def test_the_example_editjob_passes_the_installed_charts_admission(release, kubectl) -> None:
+    """The README's `kubectl apply -f examples/editjob.yaml`, into a namespace the installed
+    chart serves: its admission policy refuses what the CRD schema alone lets through (an
+    output prefix outside the namespace's own results, for one)."""
+    example = str(REPO / "examples" / "editjob.yaml")
+    result = kubectl("-n", TEAM_NS, "apply", "--dry-run=server", "-f", example, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "created (server dry run)" in result.stdout
+
+
 @pytest.mark.parametrize("namespace", [RELEASE_NS, TEAM_NS])
 def test_operator_can_run_edits_in_each_watched_namespace(release, kubectl, namespace) -> None:
     ns = ("-n", namespace)

@@ -298,3 +298,49 @@ async def test_deleting_an_editjob_cancels_it_through_decide_then_releases_the_f
     await asyncio.sleep(0.05)
     assert outbox.held[-1] == ("bare", "Cancelled", False)
     assert dispatcher.stopped[-1] == "bare-a1"
+
+
+async def test_deleting_a_settled_editjob_wakes_its_reconcile_through_the_cache() -> None:
+    """A settled EditJob changes no more, so its updates wake nothing, except its deletion:
+    the watch's update that sets ``deletionTimestamp`` must queue it, or its finalizer is
+    never released and ``kubectl delete`` hangs (seen on ``editflow dev up``)."""
+    from editflow.core.settings import Settings
+    from editflow.operator.caches import ClusterCache
+    from editflow.operator.reconciler import Reconciler
+
+    cache = ClusterCache(None, ["edits"])  # type: ignore[arg-type]
+    reconciler = Reconciler(
+        Settings(),
+        FinalizerKube(),  # type: ignore[arg-type]
+        cache=cache,
+        dispatcher=RecordingDispatcher(),  # type: ignore[arg-type]
+        outbox=RecordingOutbox(),  # type: ignore[arg-type]
+        s3=None,  # type: ignore[arg-type]
+        writer=None,  # type: ignore[arg-type]
+        delivery=None,  # type: ignore[arg-type]
+        now=lambda: NOW,
+    )
+
+    def settled() -> dict:
+        return editjob(
+            "done",
+            phase="Succeeded",
+            completionEventId="c-1",
+            completionPublishedAt=ts(NOW),
+            callbackDelivery="none",
+            finishedAt=ts(NOW),
+        )
+
+    cache.editjobs.upsert(settled())
+    while len(reconciler.queue):
+        reconciler.queue.done(await reconciler.queue.get())
+    resynced = settled()
+    resynced["metadata"]["resourceVersion"] = "6"
+    cache.editjobs.upsert(resynced)
+    assert len(reconciler.queue) == 0  # a settled EditJob's resync is no work
+    cache.editjobs.upsert(deleting(settled()))
+    assert len(reconciler.queue) == 1
+    key = await reconciler.queue.get()
+    await reconciler.reconcile(*key)
+    ((path, body),) = reconciler.kube.patches
+    assert path.endswith("/done") and body["metadata"]["finalizers"] == []
