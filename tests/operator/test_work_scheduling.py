@@ -121,15 +121,20 @@ def test_in_flight_counts_unfinished_jobs_claims_and_reservations_once_each() ->
     assert index.in_flight("edits") == 2
 
 
-def test_settled_editjobs_are_cached_slim() -> None:
-    big = editjob(
-        "done",
-        phase="Succeeded",
-        completionEventId="c-1",
+def settled(name: str, *, phase: str = "Succeeded", completion_id: str = "c-1") -> dict:
+    """A final EditJob whose completion was published: nothing left to do but expire."""
+    return editjob(
+        name,
+        phase=phase,
+        completionEventId=completion_id,
         completionPublishedAt=ts(NOW),
         callbackDelivery="none",
         finishedAt=ts(NOW),
     )
+
+
+def test_settled_editjobs_are_cached_slim() -> None:
+    big = settled("done")
     big["spec"]["prompt"] = "x" * 10_000
     big["metadata"]["managedFields"] = [{"manager": "kopf"}] * 10
     slim = project_editjob(big)
@@ -166,14 +171,7 @@ async def test_a_settled_editjob_seen_again_after_a_restart_reconciles_without_i
         writer=None,  # type: ignore[arg-type]
         delivery=None,  # type: ignore[arg-type]
     )
-    done = editjob(
-        "done",
-        phase="NeedsReview",
-        completionEventId="c-1",
-        completionPublishedAt=ts(NOW),
-        callbackDelivery="none",
-        finishedAt=ts(NOW),
-    )
+    done = settled("done", phase="NeedsReview")
     done["metadata"]["resourceVersion"] = "5"
     cache.editjobs.upsert(done)
     assert "spec" not in cache.editjobs.get(("edits", "done"))
@@ -265,14 +263,7 @@ async def test_deleting_an_editjob_cancels_it_through_decide_then_releases_the_f
         startedAt=ts(NOW - timedelta(seconds=30)),
     )
     lost = editjob("lost", phase="NeedsReview", completionEventId="c-1", finishedAt=ts(NOW))
-    kept = editjob(
-        "kept",
-        phase="Succeeded",
-        completionEventId="c-2",
-        completionPublishedAt=ts(NOW),
-        callbackDelivery="none",
-        finishedAt=ts(NOW),
-    )
+    kept = settled("kept", completion_id="c-2")
     for ej in (running, lost, kept):
         cache.editjobs.upsert(deleting(ej))
         await reconciler.reconcile("edits", ej["metadata"]["name"])
@@ -321,24 +312,14 @@ async def test_deleting_a_settled_editjob_wakes_its_reconcile_through_the_cache(
         now=lambda: NOW,
     )
 
-    def settled() -> dict:
-        return editjob(
-            "done",
-            phase="Succeeded",
-            completionEventId="c-1",
-            completionPublishedAt=ts(NOW),
-            callbackDelivery="none",
-            finishedAt=ts(NOW),
-        )
-
-    cache.editjobs.upsert(settled())
+    cache.editjobs.upsert(settled("done"))
     while len(reconciler.queue):
         reconciler.queue.done(await reconciler.queue.get())
-    resynced = settled()
+    resynced = settled("done")
     resynced["metadata"]["resourceVersion"] = "6"
     cache.editjobs.upsert(resynced)
     assert len(reconciler.queue) == 0  # a settled EditJob's resync is no work
-    cache.editjobs.upsert(deleting(settled()))
+    cache.editjobs.upsert(deleting(settled("done")))
     assert len(reconciler.queue) == 1
     key = await reconciler.queue.get()
     await reconciler.reconcile(*key)
