@@ -48,9 +48,9 @@ MAX_DURATION_SECONDS = 12 * 3600
 UPLOAD_MARGIN_SECONDS = 120
 
 _STS_NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
-#: Mints run in the default thread pool, several at once (a warm hand-out mints a batch):
-#: urllib3 keeps one connection per host unless told more, and threw the others away after
-#: each mint, so every mint beyond the first paid a new TCP connection.
+#: Mints run in the default thread pool, several at once (the reconciler's workers start
+#: attempts concurrently): urllib3 keeps one connection per host unless told more, and threw
+#: the others away after each mint, so every mint beyond the first paid a new TCP connection.
 _HTTP = urllib3.PoolManager(
     maxsize=16,
     timeout=urllib3.Timeout(connect=5, read=10),

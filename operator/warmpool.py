@@ -444,30 +444,21 @@ class WarmDispatcher:
         if free <= 0:
             return
         await self._ensure_consumer(pool)
-        batch: list[WarmAttempt] = []
         for _, name in list(pool.waiting[:free]):
             attempt = self.attempts.get((pool.namespace, name))
             if attempt is None:
                 pool.waiting.remove(next(e for e in pool.waiting if e[1] == name))
-            else:
-                batch.append(attempt)
-        # Each attempt's credentials are minted at once, not one after the other: a mint is an
-        # STS round trip, and a worker stays idle until its next attempt is out.
-        payloads = await asyncio.gather(
-            *(self._sealed_payload(attempt) for attempt in batch), return_exceptions=True
-        )
-        for attempt, payload in zip(batch, payloads, strict=True):
-            if isinstance(payload, CredentialMintError):
+                continue
+            try:
+                payload = await self._sealed_payload(attempt)
+            except CredentialMintError as exc:
                 # S3's STS away (an outage, a restart): the attempt keeps its place and the
-                # next tick tries again; other pools and the deadlines go on meanwhile. The
-                # ones behind it wait too, so the queue's order holds.
+                # next tick tries again; other pools and the deadlines go on meanwhile.
                 log.warning(
                     "hand-out waits: attempt credentials could not be minted",
-                    extra={"editjob": attempt.edit_id, "error": str(payload)[:300]},
+                    extra={"editjob": attempt.edit_id, "error": str(exc)[:300]},
                 )
                 return
-            if isinstance(payload, BaseException):
-                raise payload
             ack = await self.js.publish(
                 work_subject(pool.namespace, pool.model),
                 payload,
