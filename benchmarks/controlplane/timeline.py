@@ -10,6 +10,8 @@ second resolution, and the server's clock rather than the client's).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 from editflow.events.models import subject_token
@@ -49,3 +51,14 @@ class Timeline:
         """How many of ``event_ids`` never reached each stage."""
         stages = {"editjob": self.editjob, "job": self.job, "completion": self.completion}
         return {name: sum(1 for e in event_ids if e not in seen) for name, seen in stages.items()}
+
+
+async def wait_for_stage(
+    stage: dict[str, float], ids: tuple[str, ...], timeout: float, interval: float = 0.1
+) -> float:
+    """Until every one of ``ids`` reached ``stage`` (a Timeline dict), or ``timeout``;
+    returns the seconds waited."""
+    began = time.monotonic()
+    while any(e not in stage for e in ids) and time.monotonic() - began <= timeout:
+        await asyncio.sleep(interval)
+    return round(time.monotonic() - began, 2)

@@ -30,7 +30,7 @@ from controlplane import keda
 from controlplane.load import publish_steady
 from controlplane.localplatform import BenchPlatform
 from controlplane.stats import deltas, summarize
-from controlplane.timeline import Timeline
+from controlplane.timeline import Timeline, wait_for_stage
 from editflow.core.settings import NatsSettings, Settings
 from editflow.devstack.procs import wait_until
 from editflow.events.sdk import OAClient
@@ -52,14 +52,6 @@ def handed_stages(timeline: Timeline, ids: tuple[str, ...]) -> dict[str, Any]:
         "event_to_handed_out": summarize(deltas(published, timeline.handed)).as_dict(),
         "lost": sum(1 for e in ids if e not in timeline.handed),
     }
-
-
-async def wait_handed(timeline: Timeline, ids: tuple[str, ...], timeout: float) -> float:
-    """Until every event was handed to a worker, or ``timeout``; returns seconds waited."""
-    began = time.monotonic()
-    while any(e not in timeline.handed for e in ids) and time.monotonic() - began < timeout:
-        await asyncio.sleep(0.05)
-    return round(time.monotonic() - began, 2)
 
 
 async def keda_phase(platform: BenchPlatform, plan: Any, say: Say) -> dict[str, Any]:
@@ -116,7 +108,7 @@ async def keda_phase(platform: BenchPlatform, plan: Any, say: Say) -> dict[str, 
         say(f"KEDA: one event with the Deployment at zero (pollingInterval {polling} s)")
         cold = await publish_steady(client, timeline, rate=1.0, duration=1.0, label="keda-cold")
         phase["from_zero"] = {
-            "waited": await wait_handed(timeline, cold.event_ids, FROM_ZERO_TIMEOUT),
+            "waited": await wait_for_stage(timeline.handed, cold.event_ids, FROM_ZERO_TIMEOUT),
             **handed_stages(timeline, cold.event_ids),
         }
         phase["steps"] = []
@@ -126,7 +118,7 @@ async def keda_phase(platform: BenchPlatform, plan: Any, say: Say) -> dict[str, 
             published = await publish_steady(
                 client, timeline, rate=rate, duration=seconds, label=f"keda-{rate:g}"
             )
-            drained = await wait_handed(timeline, published.event_ids, plan.drain_seconds)
+            drained = await wait_for_stage(timeline.handed, published.event_ids, plan.drain_seconds)
             stages = handed_stages(timeline, published.event_ids)
             phase["steps"].append(
                 {

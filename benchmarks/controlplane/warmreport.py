@@ -25,6 +25,11 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{1000 * value:.0f}"
 
 
+def _spread(summary: dict[str, Any]) -> str:
+    """A stage's summary as "p50 / p99 / max" in ms."""
+    return f"{_ms(summary['p50'])} / {_ms(summary['p99'])} / {_ms(summary['max'])}"
+
+
 def steps_table(levels: list[dict[str, Any]]) -> Table:
     table = Table(title="warm mode: stages in ms (p50 / p99 / max)")
     for column in ("EditJobs", "phase", "rate", "events", "lost", "ok", "op CPU ms/ev"):
@@ -40,9 +45,7 @@ def steps_table(levels: list[dict[str, Any]]) -> Table:
                     str(step["publish"]["events"]), lost, "yes" if step["sustained"] else "NO",
                     str(step.get("operator_cpu_ms_per_event", "—")),
                 ]  # fmt: skip
-                for key, _, _ in STAGES:
-                    s = step[key]
-                    cells.append(f"{_ms(s['p50'])} / {_ms(s['p99'])} / {_ms(s['max'])}")
+                cells += [_spread(step[key]) for key, _, _ in STAGES]
                 table.add_row(*cells)
     return table
 
@@ -113,9 +116,7 @@ def keda_table(levels: list[dict[str, Any]]) -> Table | None:
             ),
             (step["event_to_handed_out"], step["lost"]),
         ):
-            cells.append(
-                "—" if s is None else f"{_ms(s['p50'])} / {_ms(s['p99'])} / {_ms(s['max'])}"
-            )
+            cells.append("—" if s is None else _spread(s))
             cells.append(str(lost))
         table.add_row(*cells)
     return table

@@ -49,7 +49,7 @@ from controlplane.localplatform import (
 )
 from controlplane.procstats import CpuBreakdown, ProcessMeter, wait_idle, wait_machine_idle
 from controlplane.stats import deltas, summarize
-from controlplane.timeline import Timeline
+from controlplane.timeline import Timeline, wait_for_stage
 from controlplane.warmfloor import WarmFloorDriver
 from controlplane.warmwatch import subscribe_warm_stages
 from controlplane.watch import ClusterWatches, subscribe_completions
@@ -97,12 +97,7 @@ def from_zero(timeline: Timeline, event_id: str) -> float | None:
 
 async def drain(timeline: Timeline, ids: tuple[str, ...], timeout: float) -> float:
     """Until every event's completion arrived, or ``timeout``; returns seconds waited."""
-    began = time.monotonic()
-    while sum(1 for e in ids if e in timeline.completion) < len(ids):
-        if time.monotonic() - began > timeout:
-            break
-        await asyncio.sleep(0.1)
-    return round(time.monotonic() - began, 2)
+    return await wait_for_stage(timeline.completion, ids, timeout)
 
 
 def http_client(platform: BenchPlatform) -> httpx.AsyncClient:
