@@ -3,7 +3,7 @@
 A store is an S3 prefix (``s3://<bucket>/<prefix>/<model>/``, what workers download from,
 :mod:`editflow.inference.weights`) or a directory (``<dir>/<model>/``, a PVC that workers
 mount as ``models_root``). A published model is its files plus ``manifest.json`` (the
-sha256 and size of each file, and the sha256 of each 64 MiB chunk for streamed loads),
+sha256 and size of each file, and the BLAKE3 of each 64 MiB chunk for streamed loads),
 written **last**: a model without its manifest is an
 unfinished push, which no worker loads.
 
@@ -36,7 +36,14 @@ from typing import Any, BinaryIO, Protocol
 
 from editflow.core.errors import InvalidInputError
 from editflow.inference.snapshot import Snapshot
-from editflow.inference.weights import COMPLETE_MARKER, MANIFEST, MANIFEST_CHUNK, sha256_file
+from editflow.inference.weights import (
+    CHUNK_HASH,
+    COMPLETE_MARKER,
+    MANIFEST,
+    MANIFEST_CHUNK,
+    chunk_hasher,
+    sha256_file,
+)
 
 #: Called with the bytes just hashed, uploaded or verified (a progress bar's advance).
 Progress = Callable[[int], None]
@@ -100,15 +107,16 @@ def hash_stream(chunks: Iterator[bytes], progress: Progress) -> tuple[str, int]:
 
 
 def hash_file(path: Path, progress: Progress) -> dict[str, Any]:
-    """A manifest entry: the file's sha256 and size, and the sha256 of each
+    """A manifest entry: the file's sha256 and size, and the :data:`CHUNK_HASH` of each
     :data:`MANIFEST_CHUNK` bytes (the last chunk shorter), in one read.
 
     The chunk hashes let a streamed load check each range read as it arrives instead of
     after the whole file (:mod:`.streamload`); the whole-file hash stays for ``verify``,
     the download path and workers that predate chunks.
     """
+    new_chunk = chunk_hasher(CHUNK_HASH, str(path))
     whole, size, chunks = hashlib.sha256(), 0, []
-    chunk, in_chunk = hashlib.sha256(), 0
+    chunk, in_chunk = new_chunk(), 0
     with path.open("rb") as handle:
         # Never read across a chunk boundary, whatever the two sizes are.
         while block := handle.read(min(CHUNK, MANIFEST_CHUNK - in_chunk)):
@@ -119,13 +127,14 @@ def hash_file(path: Path, progress: Progress) -> dict[str, Any]:
             progress(len(block))
             if in_chunk == MANIFEST_CHUNK:
                 chunks.append(chunk.hexdigest())
-                chunk, in_chunk = hashlib.sha256(), 0
+                chunk, in_chunk = new_chunk(), 0
     if in_chunk or not chunks:
         chunks.append(chunk.hexdigest())
     return {
         "sha256": whole.hexdigest(),
         "size": size,
         "chunk_size": MANIFEST_CHUNK,
+        "chunk_hash": CHUNK_HASH,
         "chunks": chunks,
     }
 

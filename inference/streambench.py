@@ -3,9 +3,11 @@
 Issue 23's goal is "streamed load ≥ 0.8× the raw read throughput" of the same objects from
 the same MinIO. :func:`measure_stream` measures both in one run, one after the other:
 
-* **raw read**: the manifest's objects fetched with the same ranged GETs and the same
-  number of threads as the loader, each body read and dropped (no hash, no write, no
-  tensors): the endpoint's and the network's limit on this machine;
+* **raw read**: the manifest's objects fetched with the same ranged GETs, the same number
+  of threads and the same socket reads as the loader (:func:`~.streamload.read_body_into`),
+  each body read into one buffer per thread that is used again and again, and dropped (no
+  hash, no fresh memory, no write, no tensors): the endpoint's and the network's limit on
+  this machine;
 * **streamed load**: :func:`~.streamload.locate_weights` into an empty cache directory,
   until its tensors are ready and verified (range reads into the tensors' buffers,
   per-chunk sha256, the tensors built); the cache fill runs behind it and is timed
@@ -17,6 +19,7 @@ warm after the first); ``repeats`` runs alternate the two and keep the best of e
 
 from __future__ import annotations
 
+import queue
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from editflow.core.settings import S3Settings, WorkerSettings
-from editflow.inference.streamload import READ_BLOCK, locate_weights
+from editflow.inference.streamload import locate_weights, read_body_into
 from editflow.inference.weights import MANIFEST_CHUNK, Published, read_published
 
 
@@ -62,15 +65,22 @@ class StreamMeasure:
         }
 
 
-def _get_range(published: Published, rel: str, start: int, length: int) -> int:
-    response = published.client.get_object(
-        published.bucket, published.key(rel), offset=start, length=length
-    )
+def _get_range(
+    published: Published, scratch: queue.SimpleQueue[bytearray], rel: str, start: int, length: int
+) -> int:
+    """One ranged GET read into a scratch buffer taken from ``scratch`` and given back."""
+    buffer = scratch.get()
     try:
-        return sum(len(block) for block in response.stream(READ_BLOCK))
+        response = published.client.get_object(
+            published.bucket, published.key(rel), offset=start, length=length
+        )
+        try:
+            return read_body_into(response, memoryview(buffer)[:length])
+        finally:
+            response.close()
+            response.release_conn()
     finally:
-        response.close()
-        response.release_conn()
+        scratch.put(buffer)
 
 
 def raw_read(published: Published, concurrency: int) -> tuple[int, float]:
@@ -79,9 +89,13 @@ def raw_read(published: Published, concurrency: int) -> tuple[int, float]:
     for rel, meta in published.files():
         size, chunk = int(meta["size"]), int(meta.get("chunk_size") or MANIFEST_CHUNK)
         ranges += [(rel, start, min(chunk, size - start)) for start in range(0, size, chunk)]
+    # One buffer per thread, zero-filled (so faulted in) before the clock starts.
+    scratch: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(concurrency):
+        scratch.put(bytearray(max((length for *_, length in ranges), default=0)))
     began = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        total = sum(pool.map(lambda r: _get_range(published, *r), ranges))
+        total = sum(pool.map(lambda r: _get_range(published, scratch, *r), ranges))
     return total, time.perf_counter() - began
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from editflow.core.errors import ModelError
 from editflow.core.s3 import s3_client
 from editflow.core.settings import S3Settings, WorkerSettings
 from editflow.inference import modelstore, streamload
@@ -47,11 +48,9 @@ def _worker(tmp_path: Path, prefix: str, **extra: object) -> WorkerSettings:
     )
 
 
-@pytest.fixture
-def pushed(
+def _push(
     tiny_models_root: Path, s3: S3Settings, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[str, dict]:
-    """The tiny snapshot pushed by ``editflow models push``'s code, in 64 KiB chunks."""
     monkeypatch.setattr(modelstore, "MANIFEST_CHUNK", CHUNK)
     prefix = f"stream-{uuid.uuid4().hex[:8]}"
     snapshot = validate_snapshot(tiny_models_root / MODEL, MODEL)
@@ -60,6 +59,14 @@ def pushed(
         s3_client(s3).get_object(s3.bucket, f"{prefix}/{MODEL}/{MANIFEST}").read()
     )
     return prefix, manifest
+
+
+@pytest.fixture
+def pushed(
+    tiny_models_root: Path, s3: S3Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict]:
+    """The tiny snapshot pushed by ``editflow models push``'s code, in 64 KiB chunks."""
+    return _push(tiny_models_root, s3, monkeypatch)
 
 
 def _states(pipe: object) -> dict[str, dict]:
@@ -74,7 +81,8 @@ def test_a_streamed_load_gives_the_file_loads_tensors_and_fills_the_cache(
     pushed: tuple[str, dict], tiny_models_root: Path, s3: S3Settings, tmp_path: Path
 ) -> None:
     prefix, manifest = pushed
-    assert len(manifest["files"][TRANSFORMER]["chunks"]) > 1  # streamed in several ranges
+    entry = manifest["files"][TRANSFORMER]
+    assert len(entry["chunks"]) > 1 and entry["chunk_hash"] == "blake3"  # several ranges
     worker = _worker(tmp_path, prefix)
     spec = get_spec(MODEL)
     cache = ModelCache(worker, s3)
@@ -108,10 +116,17 @@ def test_a_streamed_load_gives_the_file_loads_tensors_and_fills_the_cache(
         ).read_bytes()
 
 
+@pytest.mark.parametrize("chunk_hash", ["blake3", "sha256"])  # sha256: pushed before blake3
 def test_a_corrupt_chunk_fails_the_load_by_name_and_leaves_nothing_in_the_cache(
-    pushed: tuple[str, dict], s3: S3Settings, tmp_path: Path
+    chunk_hash: str,
+    tiny_models_root: Path,
+    s3: S3Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    prefix, _ = pushed
+    monkeypatch.setattr(modelstore, "CHUNK_HASH", chunk_hash)
+    prefix, manifest = _push(tiny_models_root, s3, monkeypatch)
+    assert manifest["files"][TRANSFORMER]["chunk_hash"] == chunk_hash
     client = s3_client(s3)
     key = f"{prefix}/{MODEL}/{TRANSFORMER}"
     data = bytearray(client.get_object(s3.bucket, key).read())
@@ -119,7 +134,9 @@ def test_a_corrupt_chunk_fails_the_load_by_name_and_leaves_nothing_in_the_cache(
     client.put_object(s3.bucket, key, io.BytesIO(bytes(data)), len(data))
 
     worker = _worker(tmp_path, prefix)
-    with pytest.raises(WeightsIntegrityError, match=rf"{TRANSFORMER} .*chunk 1 of \d+"):
+    with pytest.raises(
+        WeightsIntegrityError, match=rf"{TRANSFORMER} .*chunk 1 of \d+ .*has {chunk_hash} "
+    ):
         locate_weights(MODEL, worker, s3)
     leftovers = [p for p in Path(worker.cache_dir).rglob("*") if not p.name.endswith(".lock")]
     assert leftovers == [] or all(p.is_dir() and not any(p.iterdir()) for p in leftovers)
@@ -160,3 +177,45 @@ def test_streaming_can_be_turned_off_and_the_bench_hook_compares_with_a_raw_read
     assert measured.bytes == sum(m["size"] for m in manifest["files"].values())
     assert 0 < measured.load_seconds <= measured.filled_seconds and measured.raw_seconds > 0
     assert set(measured.as_dict()) >= {"raw_mb_s", "load_mb_s", "ratio"}
+
+
+def test_a_chunk_hash_this_worker_does_not_know_is_refused_by_name(
+    pushed: tuple[str, dict], s3: S3Settings, tmp_path: Path
+) -> None:
+    prefix, manifest = pushed
+    manifest["files"][TRANSFORMER]["chunk_hash"] = "md5"
+    raw = json.dumps(manifest).encode()
+    s3_client(s3).put_object(s3.bucket, f"{prefix}/{MODEL}/{MANIFEST}", io.BytesIO(raw), len(raw))
+    with pytest.raises(ModelError, match=rf"file {TRANSFORMER}: unknown chunk_hash 'md5'"):
+        locate_weights(MODEL, _worker(tmp_path, prefix), s3)
+
+
+class _UrllibOnly:
+    """A response without http.client's ``_fp`` under it: what read_body_into falls back on."""
+
+    def __init__(self, response: object) -> None:
+        self._response = response
+        self.headers = response.headers  # type: ignore[attr-defined]
+
+    def stream(self, amount: int) -> object:
+        return self._response.stream(amount)  # type: ignore[attr-defined]
+
+
+def test_a_body_is_read_whole_into_its_buffer_on_either_read_path(
+    pushed: tuple[str, dict], s3: S3Settings
+) -> None:
+    prefix, _ = pushed
+    client, key = s3_client(s3), f"{prefix}/{MODEL}/{TRANSFORMER}"
+    want = client.get_object(s3.bucket, key).read()
+    start, length = 1000, 3 * CHUNK + 7
+    for wrap in (lambda r: r, _UrllibOnly):
+        response = client.get_object(s3.bucket, key, offset=start, length=length)
+        buffer = bytearray(length + 5)  # room to spare: exactly the body is written
+        try:
+            assert streamload.read_body_into(wrap(response), memoryview(buffer)) == length
+        finally:
+            response.close()
+            response.release_conn()
+        assert bytes(buffer[:length]) == want[start : start + length] and buffer[length:] == bytes(
+            5
+        )
