@@ -877,4 +877,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from editflow.devstack.procs import exit_on_sigterm
+
+    exit_on_sigterm()  # a `timeout` or `kill` still stops the servers and removes temp dirs
     sys.exit(main())

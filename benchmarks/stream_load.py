@@ -116,4 +116,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from editflow.devstack.procs import exit_on_sigterm
+
+    exit_on_sigterm()  # a `timeout` or `kill` still stops the servers and removes temp dirs
     main()

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM unwind the main thread like Ctrl-C does (``SystemExit``, code 143).
+
+    Why: Python's default for SIGTERM ends the process at once, so ``with`` blocks and
+    ``finally`` clauses never run. The servers still die with their parent
+    (``PR_SET_PDEATHSIG``), but a benchmark stopped by ``timeout`` or ``kill`` would leave its
+    temp dirs (gigabytes of weights for the stream benchmark) and anything it started without
+    :class:`ManagedProcess`. Call it first thing in a script's ``main``.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def free_port() -> int:
