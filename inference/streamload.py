@@ -34,7 +34,7 @@ backend ``runai-model-streamer-s3`` requires boto3, whose botocore requires
 ``python-dateutil<3``, while this project pins ``python-dateutil==4.0.0`` (pip backtracks
 for minutes, then cannot resolve). ``fastsafetensors`` reads only local files. So this is
 the smallest loader that does the job, on the one S3 client the project already has
-(``minio``, :func:`editflow.core.s3.s3_client`): ranged GETs in threads (hashlib, the socket
+(``minio``, :func:`editflow.core.s3.s3_client`): ranged GETs in threads (the hashes, the socket
 reads and ``os.pwrite`` release the GIL) and a safetensors header parser of a dozen lines.
 
 Memory: the host buffers are the model's own tensors (nothing is copied on the CPU: the

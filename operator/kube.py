@@ -8,7 +8,7 @@ is re-read through the loader's refresh hook before requests.
 
 Why two HTTP clients. Requests (get, list, create, patch, delete: several per edit, 250 a
 second at 50 edits/s) go through aiohttp, whose HTTP parser is C: in the warm control-plane
-benchmark the operator's CPU per event was 0.62x of the same requests through httpx, whose
+benchmark the operator's CPU per event was 0.68x of the same requests through httpx, whose
 pure-Python stack (httpcore, h11, anyio) was most of what a request cost. Watches are a
 handful of long-lived streams, read line by line, and stay on httpx, whose line iterator has
 no line-length limit (aiohttp's stream reader refuses lines over its read buffer). A transport

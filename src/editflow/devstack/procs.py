@@ -35,7 +35,8 @@ def exit_on_sigterm() -> None:
     ``finally`` clauses never run. The servers still die with their parent
     (``PR_SET_PDEATHSIG``), but a benchmark stopped by ``timeout`` or ``kill`` would leave its
     temp dirs (gigabytes of weights for the stream benchmark) and anything it started without
-    :class:`ManagedProcess`. Call it first thing in a script's ``main``.
+    :class:`ManagedProcess`. Call it in a script's ``if __name__ == "__main__":`` block, not
+    in its ``main``: tests call ``main`` in pytest's own process, whose SIGTERM it would change.
     """
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
