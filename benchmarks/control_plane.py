@@ -77,6 +77,7 @@ from controlplane.localplatform import (
     NAMESPACE,
     BenchPlatform,
     operator_env,
+    platform_pids,
     start_operator,
     start_platform,
 )
@@ -312,16 +313,6 @@ async def add_background(http: httpx.AsyncClient, platform: BenchPlatform, count
                 on_created=lambda n: bar.advance(task, n),
             )  # fmt: skip
     return round(time.monotonic() - began, 1)
-
-
-def platform_pids(platform: BenchPlatform, **more: int) -> dict[str, int]:
-    """The processes a step's CPU is split by: the platform's servers, this client, ``more``."""
-    pids = {
-        comp.name: comp.process.pid
-        for comp in platform.stack.started
-        if comp.process is not None and comp.process.pid is not None
-    }
-    return {**pids, **more, "benchmark_client": os.getpid()}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,3 +145,13 @@ def operator_env(platform: BenchPlatform, extra: Mapping[str, str] | None = None
 def start_operator(platform: BenchPlatform, env: dict[str, str]) -> localmode.OperatorProcess:
     """``editflow operator run`` as a process, as tests/harness.py runs it."""
     return localmode.OperatorProcess(env, platform.stack.workdir).start()
+
+
+def platform_pids(platform: BenchPlatform, **more: int) -> dict[str, int]:
+    """The processes a step's CPU is split by: the platform's servers, this client, ``more``."""
+    pids = {
+        comp.name: comp.process.pid
+        for comp in platform.stack.started
+        if comp.process is not None and comp.process.pid is not None
+    }
+    return {**pids, **more, "benchmark_client": os.getpid()}

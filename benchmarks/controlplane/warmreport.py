@@ -77,6 +77,35 @@ def writes_table(levels: list[dict[str, Any]]) -> Table | None:
     return table
 
 
+def cpu_table(levels: list[dict[str, Any]], rate: float) -> Table | None:
+    """The machine's CPU per event at ``rate``, split by process, operator phase beside floor.
+
+    Why: on two shared cores a stage's p99 follows the whole machine's load, not the
+    operator's alone; this says how much of it the platform takes in each phase.
+    """
+    columns = [
+        (f"{level['background']:,} EJ, {phase}", step["cpu"])
+        for level in levels
+        for phase in ("operator", "floor")
+        if (step := _at(level, phase, rate)) is not None and "cpu" in step
+    ]
+    if not columns:
+        return None
+    table = Table(title=f"CPU per event at {rate:g}/s, ms (the whole machine, by process)")
+    table.add_column("process")
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    names: dict[str, float] = {}
+    for _, cpu in columns:
+        for name, ms in cpu["ms_per_event"].items():
+            names[name] = max(names.get(name, 0.0), ms)
+    for name in sorted(names, key=lambda n: -names[n]):
+        table.add_row(name, *(str(cpu["ms_per_event"].get(name, "—")) for _, cpu in columns))
+    table.add_row("machine", *(str(cpu["machine_ms_per_event"]) for _, cpu in columns))
+    table.add_row("busy cores", *(f"{cpu['machine_busy_cores']:.2f}" for _, cpu in columns))
+    return table
+
+
 def keda_table(levels: list[dict[str, Any]]) -> Table | None:
     """editflow's operator beside the KEDA peer on the same platform: event → handed out."""
     level = next((lv for lv in levels if "keda" in lv), None)
@@ -180,6 +209,9 @@ def print_all(console: Console, result: dict[str, Any]) -> None:
     writes = writes_table(result["levels"])
     if writes is not None:
         console.print(writes)
+    cpu = cpu_table(result["levels"], result["plan"]["goal_rate"])
+    if cpu is not None:
+        console.print(cpu)
     peer = keda_table(result["levels"])
     if peer is not None:
         console.print(peer)

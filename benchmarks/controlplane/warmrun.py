@@ -44,6 +44,7 @@ from controlplane.localplatform import (
     NAMESPACE,
     BenchPlatform,
     operator_env,
+    platform_pids,
     start_operator,
     start_platform,
 )
@@ -98,6 +99,27 @@ def from_zero(timeline: Timeline, event_id: str) -> float | None:
 async def drain(timeline: Timeline, ids: tuple[str, ...], timeout: float) -> float:
     """Until every event's completion arrived, or ``timeout``; returns seconds waited."""
     return await wait_for_stage(timeline.completion, ids, timeout)
+
+
+def cpu_per_event(by_process: dict[str, float], events: int) -> dict[str, Any]:
+    """A step's CPU split by process, in ms per event, with the machine's busy cores.
+
+    Why per process: at the goal rate the two cores are the limit, so a stage's latency
+    follows the whole machine's CPU per event, of which the operator is one part. ``other``
+    is the rest of the machine: in the operator's phase mostly its warm worker Pods.
+    """
+    per = max(1, events)
+    named = {
+        name: round(1000 * seconds / per, 1)
+        for name, seconds in by_process.items()
+        if name not in ("machine_busy", "machine_busy_cores", "wall_seconds")
+    }
+    return {
+        "ms_per_event": named,
+        "machine_ms_per_event": round(1000 * by_process["machine_busy"] / per, 1),
+        "machine_busy_cores": by_process["machine_busy_cores"],
+        "wall_seconds": by_process["wall_seconds"],
+    }
 
 
 def http_client(platform: BenchPlatform) -> httpx.AsyncClient:
@@ -219,7 +241,10 @@ async def operator_phase(
             await wait_idle(meter, timeout=15)
             for rate in plan.rates:
                 say(f"operator: {rate:g}/s for {step_seconds(plan, rate):g} s")
-                step = await operator_step(client, timeline, meter, proxy, plan, background, rate)
+                pids = platform_pids(platform, operator=meter.process.pid)
+                step = await operator_step(
+                    client, timeline, meter, pids, proxy, plan, background, rate
+                )
                 phase["steps"].append(step)
                 say(f"  lost {step['lost']}, sustained {step['sustained']}")
             if proxy is not None:  # every edit of the phase, each given time to finish
@@ -243,13 +268,14 @@ async def operator_step(
     client: OAClient,
     timeline: Timeline,
     meter: ProcessMeter,
+    pids: dict[str, int],
     proxy: CountingProxy | None,
     plan: Any,
     background: int,
     rate: float,
 ) -> dict[str, Any]:
     seconds = step_seconds(plan, rate)
-    cpu = CpuBreakdown({"operator": meter.process.pid})
+    cpu = CpuBreakdown(pids)
     cpu.start()
     began = time.monotonic()
     published = await publish_steady(
@@ -270,6 +296,7 @@ async def operator_step(
             1000 * by_process.get("operator", 0.0) / published.events, 1
         ),
         "operator_rss_mb": round(meter.rss() / 2**20, 1),
+        "cpu": cpu_per_event(by_process, published.events),
     }
     if proxy is not None:
         requests = [r for r in proxy.since(began) if not r.watch]
@@ -299,7 +326,8 @@ async def floor_phase(
         async with driver:
             for rate in plan.rates:
                 say(f"warm floor: {rate:g}/s for {step_seconds(plan, rate):g} s")
-                phase["steps"].append(await floor_step(driver, plan, background, rate))
+                step = await floor_step(driver, platform_pids(platform), plan, background, rate)
+                phase["steps"].append(step)
     finally:
         for sub in subs:
             await sub.unsubscribe()
@@ -323,13 +351,17 @@ def floor_operator_settings(platform: BenchPlatform) -> OperatorSettings:
 
 
 async def floor_step(
-    driver: WarmFloorDriver, plan: Any, background: int, rate: float
+    driver: WarmFloorDriver, pids: dict[str, int], plan: Any, background: int, rate: float
 ) -> dict[str, Any]:
     seconds = step_seconds(plan, rate)
+    cpu = CpuBreakdown(pids)
+    cpu.start()
     admitted = await admit_steady(
         driver, rate=rate, duration=seconds, label=f"wf{background}-{rate:g}"
     )
     drained = await drain(driver.timeline, admitted.event_ids, plan.drain_seconds)
+    await asyncio.sleep(2)  # as the operator's step: its late writes are in the window
+    by_process = cpu.stop()
     stages = warm_stages(driver.timeline, admitted.event_ids)
     step = {
         "rate": rate,
@@ -338,6 +370,6 @@ async def floor_step(
         **stages,
         "drain_seconds": drained,
         "sustained": judged(rate, admitted, stages),
+        "cpu": cpu_per_event(by_process, admitted.events),
     }
-    await asyncio.sleep(2)
     return step

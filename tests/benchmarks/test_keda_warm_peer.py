@@ -110,3 +110,24 @@ def test_the_peer_table_puts_editflow_and_keda_side_by_side_or_says_why_not() ->
     )
     assert failed is not None and failed.row_count == 1
     assert warmreport.keda_table([{"background": 0, "operator": operator}]) is None
+
+
+def test_the_cpu_table_splits_each_phases_machine_cpu_per_event_by_process() -> None:
+    from controlplane.warmrun import cpu_per_event
+
+    used = {"kube-apiserver": 9.0, "operator": 5.0, "other": 2.0}
+    machine = {"machine_busy": 20.0, "machine_busy_cores": 1.9, "wall_seconds": 10.5}
+    cpu = cpu_per_event({**used, **machine}, 500)
+    assert cpu["ms_per_event"] == {"kube-apiserver": 18.0, "operator": 10.0, "other": 4.0}
+    assert cpu["machine_ms_per_event"] == 40.0 and cpu["machine_busy_cores"] == 1.9
+    floor = cpu_per_event({"kube-apiserver": 6.0, "other": 1.0, **machine}, 500)
+    level = {
+        "background": 0,
+        "operator": {"steps": [{"rate": 50.0, "cpu": cpu}]},
+        "floor": {"steps": [{"rate": 50.0, "cpu": floor}, {"rate": 10.0, "cpu": floor}]},
+    }
+    table = warmreport.cpu_table([level], 50.0)
+    assert table is not None and len(table.columns) == 3  # process, operator, floor
+    # apiserver, operator, other, then the machine and its busy cores
+    assert table.row_count == 5
+    assert warmreport.cpu_table([level], 75.0) is None
