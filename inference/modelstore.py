@@ -3,7 +3,7 @@
 A store is an S3 prefix (``s3://<bucket>/<prefix>/<model>/``, what workers download from,
 :mod:`editflow.inference.weights`) or a directory (``<dir>/<model>/``, a PVC that workers
 mount as ``models_root``). A published model is its files plus ``manifest.json`` (the
-sha256 and size of each file, and the BLAKE3 of each 64 MiB chunk for streamed loads),
+sha256 and size of each file, and the XXH3-128 of each 64 MiB chunk for streamed loads),
 written **last**: a model without its manifest is an
 unfinished push, which no worker loads.
 

@@ -10,7 +10,7 @@ the same MinIO. :func:`measure_stream` measures both in one run, one after the o
   this machine;
 * **streamed load**: :func:`~.streamload.locate_weights` into an empty cache directory,
   until its tensors are ready and verified (range reads into the tensors' buffers,
-  per-chunk BLAKE3, the tensors built); the cache fill runs behind it and is timed
+  per-chunk XXH3-128, the tensors built); the cache fill runs behind it and is timed
   separately (``filled_seconds``: until the copy is in the cache, re-hashed as written).
 
 The raw read goes first, so both find the same server-side state (MinIO's own page cache

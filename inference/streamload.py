@@ -11,7 +11,8 @@ node cache yet (:mod:`.weights`), the stock path downloads every file, hashes it
   then built on (``torch.frombuffer``). The buffers are anonymous memory that asks for
   transparent huge pages (:func:`host_buffer`);
 * each chunk is hashed in the thread that reads it, against the manifest's per-chunk hash
-  (BLAKE3, :data:`~.weights.CHUNK_HASH`; sha256 in manifests pushed before it), block by
+  (XXH3-128, :data:`~.weights.CHUNK_HASH`, which says why it need not be a cryptographic
+  hash; BLAKE3 or sha256 in manifests pushed before it), block by
   block as it arrives, so verifying overlaps the reads. A manifest
   without chunk hashes (pushed before they existed) is still accepted: its whole-file hash is
   checked once the file is complete. A mismatch fails the load with

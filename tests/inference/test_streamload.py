@@ -82,7 +82,7 @@ def test_a_streamed_load_gives_the_file_loads_tensors_and_fills_the_cache(
 ) -> None:
     prefix, manifest = pushed
     entry = manifest["files"][TRANSFORMER]
-    assert len(entry["chunks"]) > 1 and entry["chunk_hash"] == "blake3"  # several ranges
+    assert len(entry["chunks"]) > 1 and entry["chunk_hash"] == "xxh3-128"  # several ranges
     worker = _worker(tmp_path, prefix)
     spec = get_spec(MODEL)
     cache = ModelCache(worker, s3)
@@ -116,7 +116,8 @@ def test_a_streamed_load_gives_the_file_loads_tensors_and_fills_the_cache(
         ).read_bytes()
 
 
-@pytest.mark.parametrize("chunk_hash", ["blake3", "sha256"])  # sha256: pushed before blake3
+# blake3 and sha256: what pushes wrote before xxh3-128, still read
+@pytest.mark.parametrize("chunk_hash", ["xxh3-128", "blake3", "sha256"])
 def test_a_corrupt_chunk_fails_the_load_by_name_and_leaves_nothing_in_the_cache(
     chunk_hash: str,
     tiny_models_root: Path,
