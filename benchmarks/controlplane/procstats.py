@@ -141,6 +141,9 @@ class CpuBreakdown:
     (worker Pods, this client's children, other users).
     """
 
+    #: The whole machine's figures in :meth:`stop`'s answer, beside the named processes.
+    MACHINE_KEYS = ("machine_busy", "machine_busy_cores", "wall_seconds")
+
     def __init__(self, pids: dict[str, int]) -> None:
         self.processes: dict[str, psutil.Process] = {}
         for name, pid in pids.items():

@@ -112,7 +112,7 @@ def cpu_per_event(by_process: dict[str, float], events: int) -> dict[str, Any]:
     named = {
         name: round(1000 * seconds / per, 1)
         for name, seconds in by_process.items()
-        if name not in ("machine_busy", "machine_busy_cores", "wall_seconds")
+        if name not in CpuBreakdown.MACHINE_KEYS
     }
     return {
         "ms_per_event": named,
@@ -284,6 +284,7 @@ async def operator_step(
     drained = await drain(timeline, published.event_ids, plan.drain_seconds)
     await asyncio.sleep(2)  # late writes of this step's edits (delivery records, Events)
     by_process = cpu.stop()
+    split = cpu_per_event(by_process, published.events)
     stages = warm_stages(timeline, published.event_ids)
     step: dict[str, Any] = {
         "rate": rate,
@@ -292,11 +293,9 @@ async def operator_step(
         **stages,
         "drain_seconds": drained,
         "sustained": judged(rate, published, stages),
-        "operator_cpu_ms_per_event": round(
-            1000 * by_process.get("operator", 0.0) / published.events, 1
-        ),
+        "operator_cpu_ms_per_event": split["ms_per_event"].get("operator", 0.0),
         "operator_rss_mb": round(meter.rss() / 2**20, 1),
-        "cpu": cpu_per_event(by_process, published.events),
+        "cpu": split,
     }
     if proxy is not None:
         requests = [r for r in proxy.since(began) if not r.watch]
